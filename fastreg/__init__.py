@@ -1,0 +1,29 @@
+"""fastreg: a CPU engine for training and serving regularized neural networks.
+
+Numba and Cython kernels behind a Module API shaped like PyTorch's. ``import fastreg`` is light:
+it imports numpy only; numba is imported the first time a numba kernel runs, and the submodules
+(``nn``, ``optim``, ``data``, ``train``) on first attribute access.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ._config import (get_backend, get_default_dtype, get_num_threads, set_backend,
+                      set_default_dtype, set_num_threads)
+from ._random import Generator, initial_seed, manual_seed
+
+__version__ = "0.1.0"
+
+_SUBMODULES = ("nn", "optim", "data", "train", "inference")
+
+__all__ = ["set_backend", "get_backend", "set_num_threads", "get_num_threads",
+           "set_default_dtype", "get_default_dtype", "manual_seed", "initial_seed", "Generator",
+           *_SUBMODULES]
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        mod = importlib.import_module(f"fastreg.{name}")
+        globals()[name] = mod
+        return mod
+    raise AttributeError(f"module 'fastreg' has no attribute {name!r}")

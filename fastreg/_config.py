@@ -1,0 +1,100 @@
+"""Process-wide settings: backend, thread count, default dtype.
+
+One place for each fact: the list of backends, the default dtype and the thread count live here
+and nowhere else. Importing this module imports numpy only.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+#: Backends a user can name. "auto" picks per op (see fastreg._kernels._dispatch.AUTO).
+BACKENDS = ("auto", "numba", "cython")
+#: Floating dtypes every kernel supports.
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _check_backend(name) -> str:
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return name.lower()
+
+
+_state = {
+    "backend": _check_backend(os.environ.get("FASTREG_BACKEND", "auto")),
+    "num_threads": _cpu_count(),
+    "threads_set_by_user": False,
+    "default_dtype": np.dtype(np.float32),
+}
+
+
+def set_backend(name: str) -> None:
+    """Select the kernel backend: "numba", "cython" or "auto" (the default, per-op fastest).
+
+    The environment variable ``FASTREG_BACKEND`` sets the initial value.
+    """
+    _state["backend"] = _check_backend(name)
+
+
+def get_backend() -> str:
+    """Return the backend chosen with :func:`set_backend` (or ``FASTREG_BACKEND``)."""
+    return _state["backend"]
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads in every parallel region: Numba, OpenMP (Cython kernels) and BLAS.
+
+    All three pools are set together so that no library oversubscribes the cores.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    _state["num_threads"] = int(n)
+    _state["threads_set_by_user"] = True
+    apply_num_threads()
+
+
+def get_num_threads() -> int:
+    """Return the number of threads the kernels use."""
+    return _state["num_threads"]
+
+
+def apply_num_threads() -> None:
+    """Push the thread count into every runtime that is already loaded.
+
+    Runtimes loaded later get it from the dispatcher when they are first imported, so calling
+    ``set_num_threads`` never imports numba by itself.
+    """
+    n = _state["num_threads"]
+    if "numba" in sys.modules and "fastreg._kernels._numba_runtime" in sys.modules:
+        sys.modules["fastreg._kernels._numba_runtime"].set_num_threads(n)
+    rt = sys.modules.get("fastreg._kernels._runtime_cy")
+    if rt is not None:
+        rt.set_num_threads(n)
+    if _state["threads_set_by_user"]:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+            return
+        threadpool_limits(limits=n, user_api="blas")
+
+
+def set_default_dtype(dtype) -> None:
+    """Set the dtype new layers use when ``dtype=None`` (float32 unless changed), as in torch."""
+    dt = np.dtype(dtype)
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    _state["default_dtype"] = dt
+
+
+def get_default_dtype() -> np.dtype:
+    """Return the default floating dtype (``numpy.float32`` unless set otherwise)."""
+    return _state["default_dtype"]

@@ -1,0 +1,73 @@
+"""The one dispatch point between the public kernel functions and their backends.
+
+Each op family ``<op>`` has interchangeable implementations with one signature:
+``fastreg/_kernels/_<op>_numba.py`` (Numba) and ``fastreg/_kernels/_<op>_cy.pyx`` (Cython), plus,
+for matmul only, ``_matmul_blas.py`` (the BLAS that NumPy ships). Modules are imported on first use,
+so ``import fastreg`` never imports numba.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .. import _config
+
+OPS = ("matmul", "norm", "dropout", "optim", "elementwise")
+
+#: Backend modules per backend name; "{op}" is replaced by the op family.
+_MODULE_PATTERN = {
+    "numba": "fastreg._kernels._{op}_numba",
+    "cython": "fastreg._kernels._{op}_cy",
+    "blas": "fastreg._kernels._{op}_blas",
+}
+
+#: What "auto" picks per op family on the machine this was measured on (see README, "Backends").
+AUTO = {
+    "matmul": "cython",
+    "norm": "cython",
+    "dropout": "cython",
+    "optim": "cython",
+    "elementwise": "cython",
+}
+
+_cache: dict[tuple[str, str, str], object] = {}
+
+
+def resolve(op: str, backend: str | None = None) -> str:
+    """Concrete backend name for ``op`` given an explicit choice or the global setting."""
+    name = _config.get_backend() if backend is None else backend
+    if name == "auto":
+        return AUTO[op]
+    if name not in _MODULE_PATTERN:
+        raise ValueError(f"backend must be one of {_config.BACKENDS}, got {name!r}")
+    return name
+
+
+def _load(op: str, backend: str):
+    modname = _MODULE_PATTERN[backend].format(op=op)
+    try:
+        mod = importlib.import_module(modname)
+    except ImportError as exc:
+        if backend == "cython":
+            raise ImportError(
+                f"fastreg's Cython extension {modname} is not built; reinstall fastreg with "
+                f"'pip install .' (needs a C compiler), or use fastreg.set_backend('numba')"
+            ) from exc
+        raise
+    if backend == "numba":
+        from . import _numba_runtime
+        _numba_runtime.set_num_threads(_config.get_num_threads())
+    elif backend == "cython":
+        from . import _runtime_cy
+        _runtime_cy.set_num_threads(_config.get_num_threads())
+    return mod
+
+
+def kernel(op: str, name: str, backend: str | None = None):
+    """Return the implementation of kernel ``name`` of family ``op`` for the chosen backend."""
+    be = resolve(op, backend)
+    key = (op, name, be)
+    fn = _cache.get(key)
+    if fn is None:
+        fn = getattr(_load(op, be), name)
+        _cache[key] = fn
+    return fn

@@ -1,0 +1,78 @@
+"""Argument checks for the public kernel entry points.
+
+Kernels below this layer run with bounds checking off; everything a user passes is checked here
+first, and every message names the argument and the offending value.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._config import FLOAT_DTYPES
+
+
+def float_dtype(name: str, a) -> np.dtype:
+    """The dtype of ``a`` if it is a float32/float64 ndarray, else a TypeError naming ``name``."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+    return a.dtype
+
+
+def check_array(name: str, a, *, dtype=None, shape=None, ndim=None, writeable=False,
+                allow_none=False):
+    """Check one array argument and return it.
+
+    dtype: required dtype (TypeError otherwise). shape: required shape, a tuple whose entries may be
+    None for "any". ndim: required number of dimensions. writeable: the kernel writes into it.
+    Every array must be C-contiguous: the kernels index flat memory.
+    """
+    if a is None:
+        if allow_none:
+            return None
+        raise TypeError(f"{name} must be a numpy.ndarray, got None")
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if dtype is not None and a.dtype != np.dtype(dtype):
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {a.shape}")
+    if shape is not None:
+        if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise ValueError(f"{name} must have shape {want}, got {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{name} is read-only; the kernel writes its result into it")
+    return a
+
+
+def check_scalar(name: str, value, *, low=None, high=None, low_open=False, high_open=False,
+                 integer=False) -> float:
+    """Check a real scalar lies in [low, high] (open ends on request) and is finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if integer and not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    v = float(value)
+    if not np.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    lo_bad = low is not None and (v <= low if low_open else v < low)
+    hi_bad = high is not None and (v >= high if high_open else v > high)
+    if lo_bad or hi_bad:
+        lb = "(" if low_open else "["
+        rb = ")" if high_open else "]"
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{name} must be in {lb}{lo}, {hi}{rb}, got {value!r}")
+    return int(value) if integer else v
+
+
+def no_overlap(**arrays) -> None:
+    """Raise if two named output/input arrays share memory where the kernel forbids it."""
+    items = [(k, v) for k, v in arrays.items() if v is not None]
+    for i in range(len(items)):
+        for j in range(i + 1, len(items)):
+            if np.may_share_memory(items[i][1], items[j][1]):
+                raise ValueError(f"{items[i][0]} and {items[j][0]} must not share memory")

@@ -1,0 +1,40 @@
+"""Shared fixtures: every kernel test runs on every CPU backend and both float dtypes."""
+import numpy as np
+import pytest
+
+CPU_BACKENDS = ("numba", "cython")
+DTYPES = (np.float32, np.float64)
+#: Sizes that catch off-by-one blocking and remainder loops.
+AWKWARD_SIZES = (1, 2, 7, 33, 257, 1000)
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture(params=DTYPES, ids=["f32", "f64"])
+def dtype(request):
+    return np.dtype(request.param)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def tol(dtype, f32=1e-4, f64=1e-10):
+    """(rtol, atol) for comparing a kernel in ``dtype`` against a float64 reference."""
+    return (f32, f32) if np.dtype(dtype) == np.float32 else (f64, f64)
+
+
+@pytest.fixture(autouse=True)
+def _restore_fastreg_settings():
+    import fastreg
+    backend, threads = fastreg.get_backend(), fastreg.get_num_threads()
+    dt = fastreg.get_default_dtype()
+    yield
+    fastreg.set_backend(backend)
+    fastreg.set_default_dtype(dt)
+    if fastreg.get_num_threads() != threads:
+        fastreg.set_num_threads(threads)
