@@ -1,0 +1,164 @@
+"""Mini-batch iteration: :class:`DataLoader` over in-memory NumPy arrays.
+
+Mini-batch SGD draws k samples without replacement per update and visits every sample once per
+epoch: an epoch is one permutation of ``range(N)`` cut into ⌈N/k⌉ batches (⌊N/k⌋ with
+``drop_last``, which drops the short remainder batch).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from .._random import Generator, default_generator
+
+__all__ = ["DataLoader"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def _numpy_rng(rng, name: str = "rng") -> np.random.Generator:
+    """Resolve the ``rng``/``seed`` argument every data function takes.
+
+    None: fastreg's default generator (seeded by ``fastreg.manual_seed``); an int: a fresh
+    generator with that seed; a ``numpy.random.Generator`` or ``fastreg.Generator``: itself.
+    """
+    if rng is None:
+        return default_generator.numpy
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, Generator):
+        return rng.numpy
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        if rng < 0:
+            raise ValueError(f"{name} as a seed must be >= 0, got {rng!r}")
+        return np.random.default_rng(int(rng))
+    raise TypeError(f"{name} must be None, an int seed, a numpy.random.Generator or a "
+                    f"fastreg.Generator, got {type(rng).__name__}")
+
+
+def _check_int(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    return int(value)
+
+
+class DataLoader:
+    """Iterate over ``(xb, yb)`` mini-batches of in-memory arrays, reshuffled every epoch.
+
+    Each epoch visits every sample exactly once (sampling without replacement). With
+    ``shuffle=True`` the order of epoch ``e`` is a permutation drawn from a generator seeded by
+    ``(seed, e)``: it depends only on the seed and the epoch number, so a run resumed from
+    :meth:`state_dict` (or after :meth:`set_epoch`) sees the same batches as an uninterrupted one.
+
+    Parameters
+    ----------
+    X : ndarray, shape (N, ...)
+        Inputs; batches are taken along axis 0.
+    y : ndarray, shape (N, ...), optional
+        Targets. Without them the loader yields ``(xb, None)``.
+    batch_size : int, default 256
+        Samples per batch k.
+    shuffle : bool, default True
+        Draw a new permutation each epoch; False keeps the stored order.
+    drop_last : bool, default False
+        Drop the last batch when it is shorter than ``batch_size``.
+    seed : int, optional
+        Seed of the shuffling. None draws one from fastreg's default generator at construction
+        (so ``fastreg.manual_seed`` makes runs repeatable).
+
+    Notes
+    -----
+    Batches are C-contiguous arrays in the dtype of ``X``/``y``. Shuffled batches are fresh
+    copies (fancy indexing); unshuffled batches are views of the (contiguous) dataset, so a
+    consumer must not write into them.
+
+    Examples
+    --------
+    >>> loader = DataLoader(X, y, batch_size=256, seed=0)
+    >>> for epoch in range(epochs):
+    ...     for xb, yb in loader:
+    ...         ...
+    """
+
+    def __init__(self, X: np.ndarray, y: np.ndarray | None = None, batch_size: int = 256,
+                 shuffle: bool = True, drop_last: bool = False, seed: int | None = None) -> None:
+        if not isinstance(X, np.ndarray):
+            raise TypeError(f"X must be a numpy.ndarray, got {type(X).__name__}")
+        if X.ndim < 1:
+            raise ValueError(f"X must have a sample axis (ndim >= 1), got shape {X.shape}")
+        if y is not None:
+            if not isinstance(y, np.ndarray):
+                raise TypeError(f"y must be a numpy.ndarray or None, got {type(y).__name__}")
+            if y.ndim < 1 or y.shape[0] != X.shape[0]:
+                raise ValueError(f"X and y must have the same number of samples, got "
+                                 f"X.shape={X.shape} and y.shape={y.shape}")
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        if seed is None:
+            seed = int(default_generator.numpy.integers(0, 2**63))
+        else:
+            seed = _check_int("seed", seed, 0)
+        self.seed = seed & _MASK64
+        self.epoch = 0
+        # Contiguous once here, so unshuffled batches are contiguous views.
+        self.X = np.ascontiguousarray(X)
+        self.y = None if y is None else np.ascontiguousarray(y)
+
+    @property
+    def num_samples(self) -> int:
+        return self.X.shape[0]
+
+    def __len__(self) -> int:
+        """Batches per epoch: ⌊N/k⌋ with ``drop_last``, else ⌈N/k⌉."""
+        n, k = self.num_samples, self.batch_size
+        return n // k if self.drop_last else -(-n // k)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration produce the order of epoch ``epoch``."""
+        self.epoch = _check_int("epoch", epoch, 0)
+
+    def state_dict(self) -> dict:
+        """The shuffling state: ``{"seed", "epoch"}`` (the next epoch's order follows from it)."""
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state from :meth:`state_dict`."""
+        missing = {"seed", "epoch"} - set(state)
+        if missing:
+            raise KeyError(f"DataLoader state is missing {sorted(missing)}")
+        self.seed = _check_int("state['seed']", state["seed"], 0) & _MASK64
+        self.epoch = _check_int("state['epoch']", state["epoch"], 0)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The sample order of epoch ``epoch`` (identity when ``shuffle=False``)."""
+        n = self.num_samples
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, int(epoch)]).permutation(n)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        # The epoch advances when iteration starts, so an abandoned epoch is not replayed.
+        epoch = self.epoch
+        self.epoch += 1
+        return self._batches(epoch)
+
+    def _batches(self, epoch: int):
+        n, k = self.num_samples, self.batch_size
+        stop = len(self) * k
+        X, y = self.X, self.y
+        if not self.shuffle:
+            for start in range(0, min(stop, n), k):
+                yield X[start:start + k], (None if y is None else y[start:start + k])
+            return
+        order = self.permutation(epoch)
+        for start in range(0, min(stop, n), k):
+            idx = order[start:start + k]
+            yield X[idx], (None if y is None else y[idx])
+
+    def __repr__(self) -> str:
+        return (f"DataLoader(num_samples={self.num_samples}, batch_size={self.batch_size}, "
+                f"shuffle={self.shuffle}, drop_last={self.drop_last}, seed={self.seed})")
