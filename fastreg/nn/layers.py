@@ -1,0 +1,729 @@
+"""Layers: Linear, BatchNorm1d, LayerNorm, Dropout, activations, Identity, Flatten, Sequential.
+
+Shapes: N = batch rows, K = in_features, M = out_features, C = features normalized.
+Each layer is an llm.c-style pair: ``forward(x)`` writes into an output array the layer owns
+(reused across calls of the same shape) and caches what backward needs; ``backward(dy)``
+accumulates parameter gradients (``+=``) and returns dL/dx in another owned array.
+The arithmetic runs in ``fastreg._kernels``; this file only validates and wires buffers.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import _config, _random
+from .._kernels import _codes
+from .._kernels import dropout as _dropout
+from .._kernels import elementwise as _elementwise
+from .._kernels import matmul as _matmul
+from .._kernels import norm as _norm
+from .module import Module
+from .parameter import Parameter
+
+__all__ = [
+    "BatchNorm1d",
+    "Dropout",
+    "Flatten",
+    "Identity",
+    "LayerNorm",
+    "LeakyReLU",
+    "Linear",
+    "ReLU",
+    "Sequential",
+    "Sigmoid",
+    "Tanh",
+]
+
+
+def _resolve_dtype(dtype) -> np.dtype:
+    """``dtype=None`` means ``fastreg.get_default_dtype()``; otherwise float32 or float64."""
+    if dtype is None:
+        return _config.get_default_dtype()
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in _config.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _check_input(layer: Module, x, dtype: np.dtype, min_ndim: int = 1) -> np.ndarray:
+    """x as a C-contiguous array of the layer's dtype, or a clear error naming the layer."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{layer._describe()}: input must be a numpy.ndarray, "
+                        f"got {type(x).__name__}")
+    if x.dtype != dtype:
+        raise TypeError(f"{layer._describe()}: input has dtype {x.dtype} but the layer's dtype "
+                        f"is {dtype}; cast the input with x.astype(numpy.{dtype})")
+    if x.ndim < min_ndim:
+        raise ValueError(f"{layer._describe()}: input must have at least {min_ndim} "
+                         f"dimension(s), got shape {x.shape}")
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    return x
+
+
+def _input_float_dtype(x) -> np.dtype:
+    """Parameter-free layers follow their input's float dtype (anything else is rejected)."""
+    dt = getattr(x, "dtype", None)
+    return dt if dt in _config.FLOAT_DTYPES else _config.get_default_dtype()
+
+
+def _check_grad(layer: Module, dy, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    if not isinstance(dy, np.ndarray):
+        raise TypeError(f"{layer._describe()}: grad_output must be a numpy.ndarray, "
+                        f"got {type(dy).__name__}")
+    if dy.shape != shape:
+        raise ValueError(f"{layer._describe()}: grad_output has shape {dy.shape}, the last "
+                         f"forward output had shape {shape}")
+    if dy.dtype != dtype:
+        raise TypeError(f"{layer._describe()}: grad_output has dtype {dy.dtype}, "
+                        f"expected {dtype}")
+    if not dy.flags.c_contiguous:
+        dy = np.ascontiguousarray(dy)
+    return dy
+
+
+def _init_module():
+    """``fastreg.nn.init`` when it exists (written separately), else None."""
+    try:
+        from . import init
+    except ImportError:
+        return None
+    return init
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear
+# ---------------------------------------------------------------------------------------------
+
+class Linear(Module):
+    r"""Affine map :math:`y = x W^\top + b`, as ``torch.nn.Linear``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        K and M. ``weight`` is (M, K) (torch's layout), ``bias`` is (M,).
+    bias : bool
+        Learn an additive bias.
+    dtype : numpy dtype, optional
+        float32 or float64; None means ``fastreg.get_default_dtype()``.
+
+    Notes
+    -----
+    Initialization is torch's: ``W ~ U(-1/sqrt(K), 1/sqrt(K))`` (kaiming_uniform with
+    :math:`a=\sqrt 5`) and ``b ~ U(-1/sqrt(K), 1/sqrt(K))``, drawn from
+    ``fastreg.manual_seed``'s generator. ``weight.regularize`` is True (L1/L2 penalties and weight
+    decay groups apply to it by default), the bias's is False.
+
+    Input (N, K) or (*, K); output (N, M). Backward: ``dW += dy^T x``, ``db += sum_n dy``,
+    ``dx = dy W``. Inside ``Sequential`` a following ReLU / LeakyReLU(slope > 0) / Sigmoid / Tanh
+    is fused into the same kernel call (its backward then uses the activation's output).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=None):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        dt = _resolve_dtype(dtype)
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.weight = Parameter(np.empty((self.out_features, self.in_features), dtype=dt),
+                                regularize=True)
+        if bias:
+            self.bias = Parameter(np.empty(self.out_features, dtype=dt))
+        else:
+            self.register_parameter("bias", None)
+        self._cache = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch's default: kaiming_uniform_(a=sqrt(5)) weight, U(+-1/sqrt(fan_in)) bias."""
+        bound = 1.0 / math.sqrt(self.in_features)
+        init = _init_module()
+        if init is not None and hasattr(init, "kaiming_uniform_"):
+            init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+            if self.bias is not None:
+                init.uniform_(self.bias, -bound, bound)
+            return
+        gen = _random.default_generator.numpy
+        # kaiming_uniform(a=sqrt 5): gain sqrt(2/(1+5)), bound = gain*sqrt(3/fan_in) = 1/sqrt(K)
+        self.weight.data[...] = gen.uniform(-bound, bound, size=self.weight.shape)
+        if self.bias is not None:
+            self.bias.data[...] = gen.uniform(-bound, bound, size=self.bias.shape)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+    def forward(self, x: np.ndarray, *, activation: int = _codes.ACT_IDENTITY,
+                slope: float = 0.01) -> np.ndarray:
+        """``y = act(x W^T + b)``; ``activation`` is a ``_codes.ACT_*`` (Sequential's fusion)."""
+        W = self.weight.data
+        x = _check_input(self, x, W.dtype)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"{self._describe()}: input has shape {x.shape}, expected "
+                             f"(N, {self.in_features}) (in_features={self.in_features})")
+        x2 = x.reshape(-1, self.in_features)
+        out = self._buffer("out", (x2.shape[0], self.out_features), W.dtype)
+        b = None if self.bias is None else self.bias.data
+        _matmul.linear_forward(x2, W, b, out, activation=activation, slope=slope)
+        self._cache = (x2, x.shape, out, activation, slope)
+        return out.reshape(*x.shape[:-1], self.out_features) if x.ndim != 2 else out
+
+    def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
+        x2, in_shape, y, act, slope = self._require_cache()
+        dy = _check_grad(self, grad_output, (*in_shape[:-1], self.out_features), y.dtype)
+        dy = dy.reshape(y.shape)
+        if act != _codes.ACT_IDENTITY:
+            # fused activation: gradient w.r.t. the pre-activation, from the saved output
+            dz = self._buffer("dz", y.shape, y.dtype)
+            _elementwise.activation_backward(dy, y, dz, act, slope=slope)
+            dy = dz
+        W, b = self.weight, self.bias
+        db = b.grad_buffer() if (b is not None and b.requires_grad) else None
+        if W.requires_grad:
+            _matmul.linear_backward_weight(dy, x2, W.grad_buffer(), db, accumulate=True)
+        elif db is not None:
+            db += dy.sum(axis=0)
+        if not input_grad:
+            return None
+        dx = self._buffer("dx", x2.shape, y.dtype)
+        _matmul.linear_backward_input(dy, W.data, dx)
+        return dx.reshape(in_shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalization
+# ---------------------------------------------------------------------------------------------
+
+def _check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)) \
+            or not (eps >= 0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+class BatchNorm1d(Module):
+    r"""Batch normalization over the batch dimension of (N, C) input, as ``torch.nn.BatchNorm1d``.
+
+    .. math::
+        \mu_B = \frac1N\sum_n x_n,\quad \sigma^2_B = \frac1N\sum_n (x_n-\mu_B)^2,\quad
+        y = \gamma\,\frac{x-\mu_B}{\sqrt{\sigma^2_B+\epsilon}} + \beta
+
+    Training uses batch statistics and updates the running estimates
+    ``running_mean <- (1-m) running_mean + m mu_B`` and
+    ``running_var <- (1-m) running_var + m N/(N-1) sigma^2_B`` (unbiased); ``momentum=None``
+    uses the cumulative average ``m = 1/num_batches_tracked``. Evaluation uses the running
+    estimates, or the batch statistics when ``track_running_stats=False`` (as torch).
+
+    Parameters
+    ----------
+    num_features : int
+        C.
+    eps : float
+        Added to the variance.
+    momentum : float or None
+        Running-statistics factor m.
+    affine : bool
+        Learn ``weight`` (gamma, ones) and ``bias`` (beta, zeros).
+    track_running_stats : bool
+        Keep ``running_mean``, ``running_var``, ``num_batches_tracked`` buffers.
+    dtype : numpy dtype, optional
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, dtype=None):
+        super().__init__()
+        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) \
+                or num_features < 1:
+            raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
+        if momentum is not None and (isinstance(momentum, bool) or not 0.0 <= momentum <= 1.0):
+            raise ValueError(f"momentum must be in [0, 1] or None, got {momentum!r}")
+        dt = _resolve_dtype(dtype)
+        C = self.num_features = int(num_features)
+        self.eps = _check_eps(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        if self.affine:
+            self.weight = Parameter(np.ones(C, dtype=dt))
+            self.bias = Parameter(np.zeros(C, dtype=dt))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if self.track_running_stats:
+            self.register_buffer("running_mean", np.zeros(C, dtype=dt))
+            self.register_buffer("running_var", np.ones(C, dtype=dt))
+            self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self._dtype = dt
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.fill(0)
+            self.running_var.fill(1)
+            self.num_batches_tracked.fill(0)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        dt = self._dtype
+        x = _check_input(self, x, dt, min_ndim=2)
+        if x.ndim != 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"{self._describe()}: input has shape {x.shape}, expected "
+                             f"(N, {self.num_features}) (num_features={self.num_features})")
+        N, C = x.shape
+        use_batch_stats = self.training or not self.track_running_stats
+        if use_batch_stats and N < 2:
+            raise ValueError(f"{self._describe()}: expected more than 1 value per channel when "
+                             f"training, got input size {x.shape}")
+        gamma = self.weight.data if self.affine else None     # None: gamma = 1, beta = 0
+        beta = self.bias.data if self.affine else None
+        out = self._buffer("out", x.shape, dt)
+        if not use_batch_stats:                  # eval with running statistics
+            _norm.batchnorm_forward_eval(x, gamma, beta, self.running_mean, self.running_var,
+                                         out, eps=self.eps)
+            self._cache = (x, None, None)
+            return out
+        mean = self._buffer("save_mean", (C,), dt)
+        rstd = self._buffer("save_rstd", (C,), dt)
+        m = 0.0
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked += 1
+            m = (1.0 / float(self.num_batches_tracked)) if self.momentum is None \
+                else self.momentum
+        # running_mean/var are None without track_running_stats: batch statistics only
+        _norm.batchnorm_forward_train(x, gamma, beta, self.running_mean, self.running_var, out,
+                                      mean, rstd, momentum=m, eps=self.eps)
+        self._cache = (x, mean, rstd)
+        return out
+
+    def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
+        x, mean, rstd = self._require_cache()
+        dt = self._dtype
+        dy = _check_grad(self, grad_output, x.shape, dt)
+        gamma = self.weight.data if self.affine else None
+        dgamma = self.weight.grad_buffer() if self.affine and self.weight.requires_grad \
+            else None
+        dbeta = self.bias.grad_buffer() if self.affine and self.bias.requires_grad else None
+        dx = self._buffer("dx", x.shape, dt)
+        if mean is None:
+            # eval-mode statistics are constants: y = gamma*(x - rm)*r + beta, r = 1/sqrt(rv+eps)
+            r = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+            if dgamma is not None:
+                dgamma += ((dy * ((x - self.running_mean) * r)).sum(axis=0)).astype(dt)
+            if dbeta is not None:
+                dbeta += dy.sum(axis=0)
+            scale = r if gamma is None else gamma * r
+            np.multiply(dy, scale.astype(dt), out=dx)
+        else:
+            _norm.batchnorm_backward(dy, x, gamma, mean, rstd, dx, dgamma, dbeta,
+                                     accumulate=True)
+        return dx if input_grad else None
+
+
+class LayerNorm(Module):
+    r"""Layer normalization over the last dimension, as ``torch.nn.LayerNorm``.
+
+    .. math::
+        \mu_n = \frac1C\sum_c x_{nc},\quad \sigma^2_n = \frac1C\sum_c (x_{nc}-\mu_n)^2,\quad
+        y_{nc} = \gamma_c\,\frac{x_{nc}-\mu_n}{\sqrt{\sigma^2_n+\epsilon}} + \beta_c
+
+    Statistics are per sample, so any batch size works (including 1) and train/eval agree.
+
+    Parameters
+    ----------
+    normalized_shape : int or 1-tuple
+        C, the size of the last dimension (only the last dimension is supported).
+    eps : float
+    elementwise_affine : bool
+        Learn ``weight`` (ones) and ``bias`` (zeros) of shape (C,).
+    dtype : numpy dtype, optional
+    """
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
+                 dtype=None):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) \
+            else tuple(normalized_shape)
+        if len(shape) != 1 or isinstance(shape[0], bool) or \
+                not isinstance(shape[0], (int, np.integer)) or shape[0] < 1:
+            raise ValueError("normalized_shape must be a positive int or a 1-tuple (fastreg "
+                             f"normalizes over the last dimension only), got {normalized_shape!r}")
+        dt = _resolve_dtype(dtype)
+        self.normalized_shape = (int(shape[0]),)
+        self.eps = _check_eps(eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        C = self.normalized_shape[0]
+        if self.elementwise_affine:
+            self.weight = Parameter(np.ones(C, dtype=dt))
+            self.bias = Parameter(np.zeros(C, dtype=dt))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self._dtype = dt
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps:g}, "
+                f"elementwise_affine={self.elementwise_affine}")
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        dt = self._dtype
+        C = self.normalized_shape[0]
+        x = _check_input(self, x, dt)
+        if x.shape[-1] != C:
+            raise ValueError(f"{self._describe()}: input has shape {x.shape}, expected "
+                             f"(*, {C}) (normalized_shape={self.normalized_shape})")
+        x2 = x.reshape(-1, C)
+        N = x2.shape[0]
+        gamma = self.weight.data if self.elementwise_affine else None
+        beta = self.bias.data if self.elementwise_affine else None
+        out = self._buffer("out", x2.shape, dt)
+        mean = self._buffer("save_mean", (N,), dt)
+        rstd = self._buffer("save_rstd", (N,), dt)
+        _norm.layernorm_forward(x2, gamma, beta, out, mean, rstd, eps=self.eps)
+        self._cache = (x2, x.shape, mean, rstd)
+        return out.reshape(x.shape)
+
+    def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
+        x2, in_shape, mean, rstd = self._require_cache()
+        dt = self._dtype
+        dy = _check_grad(self, grad_output, in_shape, dt).reshape(x2.shape)
+        affine = self.elementwise_affine
+        gamma = self.weight.data if affine else None
+        dgamma = self.weight.grad_buffer() if affine and self.weight.requires_grad else None
+        dbeta = self.bias.grad_buffer() if affine and self.bias.requires_grad else None
+        dx = self._buffer("dx", x2.shape, dt)
+        _norm.layernorm_backward(dy, x2, gamma, mean, rstd, dx, dgamma, dbeta, accumulate=True)
+        return dx.reshape(in_shape) if input_grad else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout
+# ---------------------------------------------------------------------------------------------
+
+DROPOUT_MODES = ("inverted", "classic")
+
+
+class Dropout(Module):
+    r"""Zero each element with probability ``p`` during training (fresh Bernoulli mask per call).
+
+    ``mode="inverted"`` (torch's and the default): kept elements are scaled by
+    :math:`1/(1-p)` in training and evaluation is the identity. ``mode="classic"``: training
+    keeps elements unscaled and evaluation multiplies by :math:`(1-p)`. Both give
+    :math:`E[y] = x` at evaluation scale.
+
+    Masks come from the Philox4x32-10 counter RNG keyed by ``fastreg.manual_seed`` (each call
+    reserves fresh counter blocks), are stored as bits and reused by backward. ``p = 0`` and
+    inverted evaluation return the input itself (no copy, no kernel).
+    """
+
+    def __init__(self, p: float = 0.5, mode: str = "inverted"):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
+            raise TypeError(f"p must be a real number, got {p!r}")
+        if not 0.0 <= float(p) < 1.0:
+            raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
+        if mode not in DROPOUT_MODES:
+            raise ValueError(f"mode must be one of {DROPOUT_MODES}, got {mode!r}")
+        self.p = float(p)
+        self.mode = mode
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        extra = "" if self.mode == "inverted" else f", mode={self.mode!r}"
+        return f"p={self.p}{extra}"
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _check_input(self, x, _input_float_dtype(x))
+        p = self.p
+        if p == 0.0 or (not self.training and self.mode == "inverted"):
+            self._cache = ("identity", x.shape, x.dtype)
+            return x
+        out = self._buffer("out", x.shape, x.dtype)
+        if not self.training:                      # classic form at inference: scale by 1 - p
+            np.multiply(x, x.dtype.type(1.0 - p), out=out)
+            self._cache = ("scale", x.shape, x.dtype)
+            return out
+        n = x.size
+        mask = self._buffer("mask", (_dropout.mask_nbytes(n),), np.uint8)
+        seed, offset = _random.default_generator.reserve_philox(_dropout.philox_blocks(n))
+        scale = 1.0 / (1.0 - p) if self.mode == "inverted" else 1.0
+        _dropout.dropout_forward(x, out, mask, p, scale, seed, offset)
+        self._cache = ("mask", x.shape, x.dtype, mask, scale)
+        return out
+
+    def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
+        cache = self._require_cache()
+        kind, shape, dt = cache[:3]
+        dy = _check_grad(self, grad_output, shape, dt)
+        if not input_grad:
+            return None
+        if kind == "identity":
+            return dy
+        dx = self._buffer("dx", shape, dt)
+        if kind == "scale":
+            np.multiply(dy, dt.type(1.0 - self.p), out=dx)
+        else:
+            _dropout.dropout_backward(dy, cache[3], dx, cache[4])
+        return dx
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations (element-wise; backward from the saved output y)
+# ---------------------------------------------------------------------------------------------
+
+class _Activation(Module):
+    """y = f(x) element-wise through ``elementwise.activation_forward``; backward from y."""
+    _code = _codes.ACT_IDENTITY
+
+    def __init__(self):
+        super().__init__()
+        self._cache = None
+
+    @property
+    def slope(self) -> float:
+        return 0.01
+
+    def fusable(self) -> bool:
+        """Can Sequential fold this into the preceding Linear (backward from output exact)?"""
+        return True
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _check_input(self, x, _input_float_dtype(x))
+        dt = x.dtype
+        out = self._buffer("out", x.shape, dt)
+        _elementwise.activation_forward(x, out, self._code, slope=self.slope)
+        self._cache = (x, out)
+        return out
+
+    def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
+        _x, y = self._require_cache()
+        dy = _check_grad(self, grad_output, y.shape, y.dtype)
+        if not input_grad:
+            return None
+        dx = self._buffer("dx", y.shape, y.dtype)
+        _elementwise.activation_backward(dy, y, dx, self._code, slope=self.slope)
+        return dx
+
+
+class ReLU(_Activation):
+    r""":math:`\max(x, 0)`; gradient 0 where :math:`x \le 0` (as torch)."""
+    _code = _codes.ACT_RELU
+
+
+class Sigmoid(_Activation):
+    r""":math:`1/(1+e^{-x})`; backward :math:`dy\,y(1-y)`."""
+    _code = _codes.ACT_SIGMOID
+
+
+class Tanh(_Activation):
+    r""":math:`\tanh x`; backward :math:`dy\,(1-y^2)`."""
+    _code = _codes.ACT_TANH
+
+
+class LeakyReLU(_Activation):
+    r""":math:`x` for :math:`x > 0`, else :math:`\text{negative\_slope}\cdot x`."""
+    _code = _codes.ACT_LEAKY_RELU
+
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__()
+        if isinstance(negative_slope, bool) or \
+                not isinstance(negative_slope, (int, float, np.integer, np.floating)) or \
+                not math.isfinite(negative_slope):
+            raise ValueError(f"negative_slope must be a finite number, got {negative_slope!r}")
+        self.negative_slope = float(negative_slope)
+
+    @property
+    def slope(self) -> float:
+        return self.negative_slope
+
+    def fusable(self) -> bool:
+        # from the output, "x > 0" is "y > 0" only when the slope is positive
+        return self.negative_slope > 0
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+    def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
+        if self.negative_slope > 0:
+            return super().backward(grad_output, input_grad=input_grad)
+        x, y = self._require_cache()
+        dy = _check_grad(self, grad_output, y.shape, y.dtype)
+        if not input_grad:
+            return None
+        dx = self._buffer("dx", y.shape, y.dtype)
+        np.multiply(dy, np.where(x > 0, 1, self.negative_slope).astype(y.dtype), out=dx)
+        return dx
+
+
+class Identity(Module):
+    """Returns its input unchanged (no copy)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        self._cache = True
+        return x
+
+    def backward(self, grad_output, *, input_grad: bool = True):
+        return grad_output if input_grad else None
+
+
+class Flatten(Module):
+    """Flatten dimensions ``start_dim..end_dim`` into one (a view when the input is contiguous)."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
+        super().__init__()
+        self.start_dim = int(start_dim)
+        self.end_dim = int(end_dim)
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{self._describe()}: input must be a numpy.ndarray, "
+                            f"got {type(x).__name__}")
+        nd = max(x.ndim, 1)
+        s = self.start_dim + nd if self.start_dim < 0 else self.start_dim
+        e = self.end_dim + nd if self.end_dim < 0 else self.end_dim
+        if not (0 <= s < nd and 0 <= e < nd) or s > e:
+            raise ValueError(f"{self._describe()}: cannot flatten dims {self.start_dim}.."
+                             f"{self.end_dim} of an input with shape {x.shape}")
+        self._cache = x.shape
+        return x.reshape(*x.shape[:s], -1, *x.shape[e + 1:])
+
+    def backward(self, grad_output, *, input_grad: bool = True):
+        shape = self._require_cache()
+        return np.reshape(grad_output, shape) if input_grad else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequential
+# ---------------------------------------------------------------------------------------------
+
+_FUSABLE = (ReLU, LeakyReLU, Sigmoid, Tanh)
+
+
+class Sequential(Module):
+    """Modules applied in order; ``backward`` runs them in reverse.
+
+    Indexable (``model[0]``, ``model[1:3]`` is a Sequential sharing the same modules), iterable,
+    ``len``-able and printable like ``torch.nn.Sequential``. Accepts modules or an OrderedDict.
+
+    Speed: a Linear directly followed by ReLU, LeakyReLU(negative_slope > 0), Sigmoid or Tanh is
+    run as one ``linear_forward(..., activation=...)`` call, and its backward applies
+    ``activation_backward`` from the saved output; the result equals the unfused pair. Set
+    ``fuse = False`` on the instance to run every module separately.
+
+    A module instance may appear only once: backward uses the cache of a module's latest call,
+    and a second call would overwrite the output the first handed on.
+    """
+
+    def __init__(self, *args):
+        super().__init__()
+        self.fuse = True
+        if len(args) == 1 and isinstance(args[0], OrderedDict):
+            for key, m in args[0].items():
+                self.add_module(str(key), m)
+        else:
+            for i, m in enumerate(args):
+                self.add_module(str(i), m)
+        self._plan = None
+
+    def add_module(self, name: str, module: Module | None) -> None:
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"Sequential takes fastreg.nn.Module instances, got "
+                            f"{type(module).__name__}")
+        for other_name, other in self._modules.items():
+            if other is module and other_name != name:
+                raise ValueError(
+                    f"Sequential: the same {type(module).__name__} instance appears twice (at "
+                    f"{other_name!r} and {name!r}); create a separate instance for each position "
+                    "(each caches its own forward pass for backward)")
+        super().add_module(name, module)
+        object.__setattr__(self, "_plan", None)
+
+    def append(self, module: Module) -> Sequential:
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if isinstance(value, Module):
+            object.__setattr__(self, "_plan", None)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, idx):
+        items = list(self._modules.items())
+        if isinstance(idx, slice):
+            return Sequential(OrderedDict(items[idx]))
+        if isinstance(idx, bool) or not isinstance(idx, (int, np.integer)):
+            raise TypeError(f"Sequential indices must be integers or slices, got "
+                            f"{type(idx).__name__}")
+        n = len(items)
+        if not -n <= idx < n:
+            raise IndexError(f"index {idx} is out of range for Sequential of length {n}")
+        return items[idx][1]
+
+    def _steps(self):
+        """[(module, fused activation or None)], fusing Linear + activation pairs."""
+        mods = [m for m in self._modules.values() if m is not None]
+        steps, i = [], 0
+        while i < len(mods):
+            m = mods[i]
+            nxt = mods[i + 1] if i + 1 < len(mods) else None
+            if self.fuse and type(m) is Linear and nxt is not None and type(nxt) in _FUSABLE \
+                    and nxt.fusable():
+                steps.append((m, nxt))
+                i += 2
+            else:
+                steps.append((m, None))
+                i += 1
+        return steps
+
+    def forward(self, x):
+        steps = self._steps()
+        for m, act in steps:
+            if act is None:
+                x = m.forward(x)
+            else:
+                x = m.forward(x, activation=act._code, slope=act.slope)
+                act._cache = None        # the activation's own backward must not run stale
+        self._plan = steps
+        return x
+
+    def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
+        """Back-propagate through the modules of the last forward, in reverse.
+
+        ``input_grad=False`` skips dL/dx of the first module (the training loop does not need
+        the gradient w.r.t. the data; for a leading Linear that saves a whole GEMM).
+        """
+        steps = self.__dict__.get("_plan")
+        if steps is None:
+            raise RuntimeError("Sequential: backward() called before forward()")
+        g = grad_output
+        last = len(steps) - 1
+        for i in range(last, -1, -1):
+            g = steps[i][0].backward(g, input_grad=input_grad or i > 0)
+        return g

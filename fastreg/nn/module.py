@@ -1,0 +1,342 @@
+"""Module: the base class of every layer, loss and container (shaped like ``torch.nn.Module``).
+
+A module owns Parameters (learnable arrays with gradients), buffers (running statistics) and child
+modules, registered by attribute assignment as in torch, so ``state_dict`` keys are torch's
+(``"0.weight"``, ``"1.running_mean"``, ``"1.num_batches_tracked"`` ...).
+
+Forward and backward are explicit, as in llm.c: ``forward(x)`` computes the output and caches what
+``backward`` needs (the input reference, saved statistics, dropout mask bits);
+``backward(grad_output)`` accumulates ``p.grad`` and returns dL/dx. There is no autograd tape.
+
+Buffer ownership (why reusing output buffers is safe): every layer writes its output into an
+array it owns and reuses across calls of the same shape. A layer's output is cached as the *next*
+layer's input; both are overwritten only by the next forward pass, which also refreshes that
+cache. Two things could break this and are ruled out: (1) one module instance appearing twice in
+a model (its second call would overwrite the output the first call handed on) -- ``Sequential``
+rejects it; (2) the caller keeping the array ``model(x)`` returned -- the outermost call returns
+a copy of a module-owned result (the logits, small), so what the caller holds is the caller's.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, namedtuple
+from collections.abc import Iterator
+
+import numpy as np
+
+from .parameter import Parameter
+
+_IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+# Depth of nested Module.__call__ (0 = the caller's own call). Only the outermost call copies a
+# module-owned result, see the module docstring.
+_call_depth = 0
+
+
+class Module:
+    """Base class: parameters, buffers and children registered by attribute assignment.
+
+    Subclasses implement ``forward(x)`` (cache what backward needs) and ``backward(grad_output)``
+    (accumulate ``p.grad`` with ``+=``, return dL/dx).
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_non_persistent", set())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_out_buffers", {})
+
+    # -- registration -------------------------------------------------------------------------
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError("call Module.__init__() before assigning attributes")
+        params, buffers, modules = self._parameters, self._buffers, self._modules
+        if isinstance(value, Parameter):
+            buffers.pop(name, None)
+            modules.pop(name, None)
+            self.__dict__.pop(name, None)
+            params[name] = value
+        elif isinstance(value, Module):
+            params.pop(name, None)
+            buffers.pop(name, None)
+            self.__dict__.pop(name, None)
+            modules[name] = value
+        elif name in params:
+            if value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} as parameter {name!r} "
+                                "(a fastreg.nn.Parameter or None is required)")
+            params[name] = None
+        elif name in buffers:
+            if value is not None and not isinstance(value, np.ndarray):
+                raise TypeError(f"cannot assign {type(value).__name__} as buffer {name!r}")
+            buffers[name] = value
+        elif name in modules:
+            if value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} as child module {name!r}")
+            modules[name] = None
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        d = self.__dict__
+        for store in ("_parameters", "_buffers", "_modules"):
+            if store in d and name in d[store]:
+                return d[store][name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name):
+        for store in (self._parameters, self._buffers, self._modules):
+            if name in store:
+                del store[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_parameter(self, name: str, param: Parameter | None) -> None:
+        """Add a parameter (or None, e.g. ``bias=False``) under ``name``."""
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"param must be a fastreg.nn.Parameter or None, "
+                            f"got {type(param).__name__}")
+        self.__dict__.pop(name, None)
+        self._parameters[name] = param
+
+    def register_buffer(self, name: str, tensor: np.ndarray | None,
+                        persistent: bool = True) -> None:
+        """Add a buffer (state that is not learned, e.g. ``running_mean``) under ``name``.
+
+        Persistent buffers appear in :meth:`state_dict`.
+        """
+        if tensor is not None and not isinstance(tensor, np.ndarray):
+            raise TypeError(f"buffer {name!r} must be a numpy.ndarray or None, "
+                            f"got {type(tensor).__name__}")
+        self.__dict__.pop(name, None)
+        self._buffers[name] = tensor
+        if persistent:
+            self._non_persistent.discard(name)
+        else:
+            self._non_persistent.add(name)
+
+    def add_module(self, name: str, module: Module | None) -> None:
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"{type(module).__name__} is not a fastreg.nn.Module")
+        self.__dict__.pop(name, None)
+        self._modules[name] = module
+
+    # -- traversal ----------------------------------------------------------------------------
+    def named_modules(self, memo=None, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """Yield (qualified name, module) for this module and every descendant, once each."""
+        if memo is None:
+            memo = set()
+        if id(self) in memo:
+            return
+        memo.add(id(self))
+        yield prefix, self
+        for name, m in self._modules.items():
+            if m is not None:
+                yield from m.named_modules(memo, f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator[Module]:
+        for _, m in self.named_modules():
+            yield m
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        for name, m in self._modules.items():
+            if m is not None:
+                yield name, m
+
+    def children(self) -> Iterator[Module]:
+        for _, m in self.named_children():
+            yield m
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True
+                         ) -> Iterator[tuple[str, Parameter]]:
+        """Yield (qualified name, Parameter), each Parameter once, in registration order."""
+        seen = set()
+        mods = self.named_modules(prefix=prefix) if recurse else [(prefix, self)]
+        for mprefix, m in mods:
+            for name, p in m._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (f"{mprefix}.{name}" if mprefix else name), p
+
+    def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True
+                      ) -> Iterator[tuple[str, np.ndarray]]:
+        mods = self.named_modules(prefix=prefix) if recurse else [(prefix, self)]
+        for mprefix, m in mods:
+            for name, b in m._buffers.items():
+                if b is not None:
+                    yield (f"{mprefix}.{name}" if mprefix else name), b
+
+    def buffers(self, recurse: bool = True) -> Iterator[np.ndarray]:
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
+
+    def apply(self, fn) -> Module:
+        """Call ``fn(m)`` on every child (recursively), then on self, as torch."""
+        for m in self.children():
+            m.apply(fn)
+        fn(self)
+        return self
+
+    # -- modes and gradients ------------------------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        """Training mode (batch statistics, dropout on); returns self."""
+        if not isinstance(mode, bool):
+            raise TypeError(f"mode must be a bool, got {mode!r}")
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self) -> Module:
+        """Inference mode (running statistics, dropout off); returns self."""
+        return self.train(False)
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zero every parameter's gradient in place.
+
+        The default differs from torch (``set_to_none=True``) on purpose: an optimizer may have
+        pointed ``p.grad`` at a view of its flat gradient buffer, which must stay in place.
+        """
+        for p in self.parameters():
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.fill(0)
+
+    # -- state --------------------------------------------------------------------------------
+    def state_dict(self, destination=None, prefix: str = "") -> OrderedDict[str, np.ndarray]:
+        """Parameters and persistent buffers by torch's key names, as **copies**.
+
+        Copies (unlike torch's shared tensors) so that a saved state -- e.g. early stopping's
+        best weights -- does not change when training goes on in place.
+        """
+        out = OrderedDict() if destination is None else destination
+        for mprefix, m in self.named_modules(prefix=prefix.rstrip(".")):
+            pre = f"{mprefix}." if mprefix else ""
+            for name, p in m._parameters.items():
+                if p is not None:
+                    out[pre + name] = p.data.copy()
+            for name, b in m._buffers.items():
+                if b is not None and name not in m._non_persistent:
+                    out[pre + name] = b.copy()
+        return out
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Copy arrays from ``state_dict`` into this module's parameters and buffers in place.
+
+        Values may be numpy arrays (or anything ``numpy.asarray`` accepts, e.g. a torch tensor's
+        ``.numpy()``); floating values are cast to the module's dtype. Arrays are never rebound
+        (``p.data[...] = value``), so optimizers holding views stay valid.
+
+        Returns ``(missing_keys, unexpected_keys)``; with ``strict=True`` either being non-empty,
+        or any shape mismatch, raises ``RuntimeError`` before anything is copied.
+        """
+        if not hasattr(state_dict, "items"):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        targets = OrderedDict()
+        for mprefix, m in self.named_modules():
+            pre = f"{mprefix}." if mprefix else ""
+            for name, p in m._parameters.items():
+                if p is not None:
+                    targets[pre + name] = p.data
+            for name, b in m._buffers.items():
+                if b is not None and name not in m._non_persistent:
+                    targets[pre + name] = b
+        missing = [k for k in targets if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in targets]
+        errors = []
+        if strict and unexpected:
+            errors.append("Unexpected key(s) in state_dict: " + ", ".join(map(repr, unexpected)))
+        if strict and missing:
+            errors.append("Missing key(s) in state_dict: " + ", ".join(map(repr, missing)))
+        values = {}
+        for key, dst in targets.items():
+            if key not in state_dict:
+                continue
+            src = np.asarray(state_dict[key])
+            if src.shape != dst.shape:
+                errors.append(f"size mismatch for {key}: copying a param with shape {src.shape} "
+                              f"from checkpoint, the shape in current model is {dst.shape}")
+                continue
+            values[key] = src
+        if errors:
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
+                               + "\n\t".join(errors))
+        for key, src in values.items():
+            dst = targets[key]
+            dst[...] = src.astype(dst.dtype, copy=False)
+        return _IncompatibleKeys(missing, unexpected)
+
+    # -- compute ------------------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def __call__(self, *args, **kwargs):
+        global _call_depth
+        _call_depth += 1
+        try:
+            out = self.forward(*args, **kwargs)
+        finally:
+            _call_depth -= 1
+        if _call_depth == 0 and isinstance(out, np.ndarray) and args \
+                and isinstance(args[0], np.ndarray) and not np.may_share_memory(out, args[0]):
+            out = out.copy()   # the caller keeps it; the module reuses its buffer next call
+        return out
+
+    def _buffer(self, key: str, shape: tuple, dtype) -> np.ndarray:
+        """A module-owned output/scratch array of ``shape``, reused across calls.
+
+        Backed by one flat array per ``key`` that only grows, so a smaller batch (the last of
+        an epoch) or a return to the training batch after validation allocates nothing: the
+        result is a C-contiguous view of the first ``prod(shape)`` elements.
+        """
+        n = 1
+        for d in shape:
+            n *= d
+        flat = self._out_buffers.get(key)
+        if flat is None or flat.size < n or flat.dtype != dtype:
+            flat = np.empty(max(n, 1), dtype=dtype)
+            self._out_buffers[key] = flat
+        return flat[:n].reshape(shape)
+
+    def _require_cache(self, attr: str = "_cache"):
+        cache = self.__dict__.get(attr)
+        if cache is None:
+            raise RuntimeError(f"{self._describe()}: backward() called before forward(); run "
+                               "a forward pass (in the same mode) first")
+        return cache
+
+    # -- printing -----------------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        return ""
+
+    def _describe(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def __repr__(self) -> str:
+        lines = []
+        extra = self.extra_repr()
+        if extra:
+            lines = extra.split("\n")
+        for name, m in self._modules.items():
+            child = repr(m).replace("\n", "\n  ")
+            lines.append(f"({name}): {child}")
+        main = type(self).__name__ + "("
+        if lines:
+            if len(lines) == 1 and not self._modules:
+                main += lines[0]
+            else:
+                main += "\n  " + "\n  ".join(lines) + "\n"
+        return main + ")"
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self._parameters) | set(self._buffers)
+                      | set(self._modules))

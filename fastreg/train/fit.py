@@ -1,0 +1,348 @@
+"""``fit``: the mini-batch training loop (forward, loss, backward, optimizer step, schedule,
+validation, callbacks), recorded in a :class:`History`."""
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .._config import FLOAT_DTYPES
+from .history import History
+
+#: Schedulers stepped after every optimizer step by default (their period is in steps).
+STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR")
+#: Schedulers stepped with the validation loss once per epoch.
+PLATEAU_SCHEDULERS = ("ReduceLROnPlateau",)
+SCHEDULER_INTERVALS = ("epoch", "step")
+
+
+class Trainer:
+    """The state callbacks see: ``model``, ``optimizer``, ``loss_fn``, ``scheduler``,
+    ``history``, ``epoch`` (1-based), ``global_step``, ``stop_training``, ``stop_reason``."""
+
+    def __init__(self, model, loss_fn, optimizer, scheduler, history: History):
+        self.model = model
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.history = history
+        self.epoch = 0
+        self.global_step = 0
+        self.stop_training = False
+        self.stop_reason = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------------
+
+def accuracy_count(output: np.ndarray, target: np.ndarray) -> int:
+    """Correct predictions in a batch: argmax over classes for (N, C) scores with integer
+    targets; ``output > 0`` vs ``target > 0.5`` for one logit per sample (binary)."""
+    if output.ndim == 2 and output.shape[1] > 1:
+        return int(np.count_nonzero(output.argmax(axis=1) == np.asarray(target).reshape(-1)))
+    return int(np.count_nonzero((output.reshape(-1) > 0) == (np.asarray(target).reshape(-1)
+                                                                > 0.5)))
+
+
+def _resolve_metrics(metrics, loss_fn) -> list[tuple[str, Callable]]:
+    """[(name, fn(output, target) -> summed value over the batch)]."""
+    from ..nn.loss import MSELoss
+    out = []
+    for m in metrics or ():
+        if m == "accuracy":
+            if isinstance(loss_fn, MSELoss):
+                continue            # regression: accuracy is meaningless, skipped silently
+            out.append(("accuracy", accuracy_count))
+        elif callable(m):
+            name = getattr(m, "__name__", type(m).__name__)
+            out.append((name, lambda o, t, f=m: float(f(o, t)) * len(o)))
+        else:
+            raise ValueError(f"metrics entries must be 'accuracy' or callables "
+                             f"f(output, target) -> float (a batch mean), got {m!r}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks
+# ---------------------------------------------------------------------------------------------
+
+def _model_dtype(model) -> np.dtype | None:
+    for p in model.parameters():
+        return p.data.dtype
+    return None
+
+
+def _check_pair(name: str, pair, dtype) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise TypeError(f"{name} must be a tuple (X, y), got {type(pair).__name__}")
+    X, y = pair
+    if not isinstance(X, np.ndarray) or not isinstance(y, np.ndarray):
+        raise TypeError(f"{name} must hold numpy arrays, got ({type(X).__name__}, "
+                        f"{type(y).__name__})")
+    if X.ndim < 1 or y.ndim < 1 or X.shape[0] != y.shape[0]:
+        raise ValueError(f"{name}: X and y must have the same number of samples, got "
+                         f"X.shape={X.shape} and y.shape={y.shape}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    # the data is cast once here (not per batch) so a float64 dataset trains a float32 model
+    if dtype is not None and X.dtype != dtype and (X.dtype in FLOAT_DTYPES
+                                                    or X.dtype.kind in "iub"):
+        X = X.astype(dtype)
+    return X, y
+
+
+def _check_int(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    return int(value)
+
+
+def _scheduler_interval(scheduler, override) -> str | None:
+    if scheduler is None:
+        return None
+    name = type(scheduler).__name__
+    if name in PLATEAU_SCHEDULERS:
+        if override == "step":
+            raise ValueError("ReduceLROnPlateau is stepped once per epoch with the validation "
+                             "loss; scheduler_interval='step' is not supported for it")
+        return "plateau"
+    if override is not None:
+        if override not in SCHEDULER_INTERVALS:
+            raise ValueError(f"scheduler_interval must be one of {SCHEDULER_INTERVALS} or None, "
+                             f"got {override!r}")
+        return override
+    return "step" if name in STEP_SCHEDULERS else "epoch"
+
+
+def _current_lr(optimizer) -> float:
+    groups = getattr(optimizer, "param_groups", None)
+    if groups:
+        return float(groups[0]["lr"])
+    return float(getattr(optimizer, "lr", math.nan))
+
+
+def _backward_takes_input_grad(model) -> bool:
+    try:
+        return "input_grad" in inspect.signature(model.backward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+
+def evaluate(model, loss_fn, X: np.ndarray, y: np.ndarray, batch_size: int = 1024,
+             metrics: Sequence = ("accuracy",)) -> dict[str, float]:
+    """Mean loss and metrics of ``model`` (in eval mode) over ``(X, y)``, in batches.
+
+    Returns ``{"loss": ..., "accuracy": ...}``. The model is left in eval mode.
+    """
+    X, y = _check_pair("data", (X, y), _model_dtype(model))
+    mets = _resolve_metrics(metrics, loss_fn)
+    return _evaluate(model, loss_fn, X, y, _check_int("batch_size", batch_size, 1), mets)
+
+
+def _evaluate(model, loss_fn, X, y, batch_size, mets) -> dict[str, float]:
+    model.eval()
+    n = X.shape[0]
+    total = 0.0
+    sums = [0.0] * len(mets)
+    for start in range(0, n, batch_size):
+        xb = np.ascontiguousarray(X[start:start + batch_size])
+        yb = y[start:start + batch_size]
+        out = model(xb)
+        total += loss_fn(out, yb) * len(xb)
+        for i, (_, fn) in enumerate(mets):
+            sums[i] += fn(out, yb)
+    res = {"loss": total / n}
+    for (name, _), s in zip(mets, sums):
+        res[name] = s / n
+    return res
+
+
+def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epochs: int = 10,
+        batch_size: int = 256, scheduler=None, callbacks: Iterable = (),
+        metrics: Sequence = ("accuracy",), progress: bool = True, shuffle: bool = True,
+        seed: int | None = None, scheduler_interval: str | None = None) -> History:
+    """Train ``model`` with mini-batch gradient descent and return its :class:`History`.
+
+    Each epoch visits every training sample once in a fresh random order (``DataLoader``,
+    sampling without replacement, ``ceil(N / batch_size)`` steps); per step::
+
+        out = model(xb); loss = loss_fn(out, yb)
+        optimizer.zero_grad(); model.backward(loss_fn.backward()); optimizer.step()
+
+    then the validation pass in eval mode, the scheduler, and the callbacks.
+
+    Parameters
+    ----------
+    model : fastreg.nn.Module
+    loss_fn : fastreg.nn loss (returns a float, ``backward()`` gives dL/doutput)
+    optimizer : fastreg.optim optimizer
+    train, valid : (X, y)
+        Arrays; X is cast once to the model's dtype. ``valid`` is optional (without it there
+        is no ``val_loss``, so EarlyStopping must monitor something else).
+    epochs, batch_size : int
+    scheduler : learning-rate scheduler, optional
+        Stepping rule: ``ReduceLROnPlateau`` gets ``step(val_loss)`` (or the train loss without
+        validation data) after each epoch; ``OneCycleLR`` and ``CyclicLR`` are stepped after
+        every optimizer step; every other scheduler once per epoch. ``scheduler_interval``
+        ("epoch" or "step") overrides the rule for the non-plateau schedulers.
+    callbacks : iterable of Callback
+        ``on_train_begin(trainer)``, ``on_epoch_end(trainer, epoch, logs)``,
+        ``on_train_end(trainer)``; a callback sets ``trainer.stop_training`` to stop.
+    metrics : sequence of "accuracy" or callables ``f(output, target) -> batch mean``
+        "accuracy" is skipped for ``MSELoss``.
+    progress : bool
+        A tqdm bar over epochs when tqdm is installed, else one printed line per epoch.
+    shuffle : bool
+    seed : int, optional
+        Seed of the batch order (None: drawn from ``fastreg.manual_seed``'s generator).
+
+    Returns
+    -------
+    History
+        Epochs are numbered from 1. The logs of each epoch hold "loss" (mean training loss of
+        the epoch's batches, in training mode, plus ``optimizer.penalty()`` at the epoch's end
+        when the optimizer has L1/L2 penalties), "accuracy", "val_loss", "val_accuracy" and
+        "lr" (the first parameter group's rate at the start of the epoch).
+
+    Raises
+    ------
+    FloatingPointError
+        When a training loss is NaN or infinite; the message names the epoch and the step.
+    """
+    from ..data import DataLoader
+
+    if not callable(getattr(model, "backward", None)):
+        raise TypeError(f"model must be a fastreg.nn.Module, got {type(model).__name__}")
+    dtype = _model_dtype(model)
+    X, y = _check_pair("train", train, dtype)
+    Xv = yv = None
+    if valid is not None:
+        Xv, yv = _check_pair("valid", valid, dtype)
+    epochs = _check_int("epochs", epochs, 1)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    interval = _scheduler_interval(scheduler, scheduler_interval)
+    mets = _resolve_metrics(metrics, loss_fn)
+    callbacks = list(callbacks or ())
+    penalty = getattr(optimizer, "penalty", None)
+    input_grad_kw = _backward_takes_input_grad(model)
+
+    history = History()
+    trainer = Trainer(model, loss_fn, optimizer, scheduler, history)
+    loader = DataLoader(X, y, batch_size=batch_size, shuffle=shuffle, drop_last=False, seed=seed)
+    bar = _progress_bar(epochs) if progress else None
+    t_start = time.perf_counter()
+    for cb in callbacks:
+        cb.on_train_begin(trainer)
+    try:
+        for epoch in range(1, epochs + 1):
+            trainer.epoch = epoch
+            t_epoch = time.perf_counter()
+            lr = _current_lr(optimizer)
+            model.train()
+            total, seen = 0.0, 0
+            sums = [0.0] * len(mets)
+            for step, (xb, yb) in enumerate(loader, 1):
+                out = model(xb)
+                loss = loss_fn(out, yb)
+                if not math.isfinite(loss):
+                    trainer.stop_reason = f"non-finite loss at epoch {epoch}, step {step}"
+                    raise FloatingPointError(
+                        f"training loss is {loss} at epoch {epoch}, step {step} (global step "
+                        f"{trainer.global_step + 1}); lower the learning rate, check the data "
+                        "for NaN/inf, or add normalization")
+                optimizer.zero_grad()
+                grad = loss_fn.backward()
+                if input_grad_kw:
+                    model.backward(grad, input_grad=False)   # dL/d(data) is never needed
+                else:
+                    model.backward(grad)
+                optimizer.step()
+                trainer.global_step += 1
+                if interval == "step":
+                    scheduler.step()
+                n = len(xb)
+                total += loss * n
+                seen += n
+                for i, (_, fn) in enumerate(mets):
+                    sums[i] += fn(out, yb)
+            logs = {"loss": total / seen + (float(penalty()) if callable(penalty) else 0.0)}
+            for (name, _), s in zip(mets, sums):
+                logs[name] = s / seen
+            if Xv is not None:
+                res = _evaluate(model, loss_fn, Xv, yv, max(batch_size, 1024), mets)
+                logs["val_loss"] = res.pop("loss")
+                for k, v in res.items():
+                    logs["val_" + k] = v
+            logs["lr"] = lr
+            if interval == "plateau":
+                scheduler.step(logs.get("val_loss", logs["loss"]))
+            elif interval == "epoch":
+                scheduler.step()
+            history.append(epoch, logs, time.perf_counter() - t_epoch)
+            for cb in callbacks:
+                cb.on_epoch_end(trainer, epoch, logs)
+            _report(bar, history, progress)
+            if trainer.stop_training:
+                break
+        for cb in callbacks:
+            cb.on_train_end(trainer)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train()
+        history.wall_time = time.perf_counter() - t_start
+    _finish(history, trainer, callbacks, epochs)
+    return history
+
+
+def _finish(history: History, trainer: Trainer, callbacks: list, epochs: int) -> None:
+    history.stopped_early = bool(trainer.stop_training) and len(history) < epochs
+    if trainer.stop_reason:
+        history.stop_reason = trainer.stop_reason
+    elif trainer.stop_training:
+        history.stop_reason = f"stopped by a callback after epoch {history.epochs[-1]}"
+    else:
+        history.stop_reason = f"completed {len(history)} epochs"
+    stopper = next((cb for cb in callbacks if getattr(cb, "best_epoch", None) is not None
+                    and hasattr(cb, "monitor")), None)
+    if stopper is not None:
+        history.monitor = stopper.monitor
+        history.best_epoch = int(stopper.best_epoch)
+        history.best_value = float(stopper.best)
+        return
+    key = "val_loss" if "val_loss" in history else "loss"
+    values = history.history.get(key, [])
+    finite = [(v, e) for v, e in zip(values, history.epochs) if math.isfinite(v)]
+    if finite:
+        history.monitor = key
+        history.best_value, history.best_epoch = min(finite)
+
+
+def _progress_bar(epochs: int):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=epochs, desc="fit", unit="epoch", file=sys.stderr, leave=True)
+
+
+def _report(bar, history: History, progress: bool) -> None:
+    if not progress:
+        return
+    if bar is None:
+        print(history.format_epoch(len(history) - 1), flush=True)
+        return
+    last = {k: v[-1] for k, v in history.history.items() if k != "lr"}
+    bar.set_postfix({k: f"{v:.4f}" for k, v in last.items()}, refresh=False)
+    bar.update(1)
