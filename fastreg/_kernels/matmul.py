@@ -1,9 +1,198 @@
-"""Linear-layer products. CONTRACT STUB: replaced by the matmul implementation.
+"""Linear-layer products: forward with a fused bias + activation epilogue, and the two backward
+products, dbias fused into the weight-gradient pass.
 
-linear_forward(x, weight, bias, out, activation=ACT_IDENTITY, slope=0.01, backend=None) -> out
-    out[N, M] = act(x[N, K] @ weight[M, K].T + bias[M]); bias may be None.
-linear_backward_input(dy, weight, dx, backend=None) -> dx
-    dx[N, K] = dy[N, M] @ weight[M, K]   (overwrites dx)
-linear_backward_weight(dy, x, dweight, dbias, accumulate=True, backend=None) -> None
-    dweight[M, K] (+)= dy.T @ x; dbias[M] (+)= dy.sum(0) fused in the same pass; dbias may be None.
+Shapes (llm.c style; all arrays C-contiguous and of one dtype, float32 or float64)::
+
+    x       (N, K)   layer input, N rows (batch), K input features
+    weight  (M, K)   M output features (torch.nn.Linear layout)
+    bias    (M,)     or None
+    out     (N, M)   act(x @ weight.T + bias), written in place
+    dy      (N, M)   gradient w.r.t. the pre-activation output
+    dx      (N, K)   gradient w.r.t. x, overwritten
+    dweight (M, K)   gradient w.r.t. weight, accumulated (or overwritten)
+    dbias   (M,)     gradient w.r.t. bias, accumulated (or overwritten), or None
+
+Every function validates its arguments here, then calls the backend chosen by ``backend``
+(``"numba"``, ``"cython"``, ``"blas"``, ``"auto"``, or None for the global setting) through
+:func:`fastreg._kernels._dispatch.kernel`. The own kernels are cache-blocked packed GEMMs,
+parallel over output blocks; ``"blas"`` is NumPy's matmul plus a NumPy epilogue.
 """
+from __future__ import annotations
+
+import numpy as np
+
+from . import _dispatch
+from ._codes import ACT_IDENTITY, ACTIVATIONS
+from ._validate import check_array, check_scalar, float_dtype
+
+__all__ = ["linear_backward_input", "linear_backward_weight", "linear_forward"]
+
+#: The kernels index with C ints.
+_MAX_DIM = 2**31 - 1
+_ACT_CODES = frozenset(ACTIVATIONS.values())
+
+
+def _activation_code(activation) -> int:
+    if isinstance(activation, str):
+        code = ACTIVATIONS.get(activation.lower())
+        if code is None:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, "
+                             f"got {activation!r}")
+        return code
+    if isinstance(activation, (int, np.integer)) and not isinstance(activation, bool):
+        if int(activation) in _ACT_CODES:
+            return int(activation)
+        raise ValueError(f"activation must be one of the codes {sorted(_ACT_CODES)} or a name "
+                         f"in {sorted(ACTIVATIONS)}, got {activation!r}")
+    raise TypeError(f"activation must be a str or an int code, got {activation!r}")
+
+
+def _check_dims(**shapes) -> None:
+    for name, shape in shapes.items():
+        if any(d > _MAX_DIM for d in shape):
+            raise ValueError(f"{name} has a dimension above {_MAX_DIM}: shape {shape}")
+
+
+def _check_outputs_apart(outputs: dict, inputs: dict) -> None:
+    """Outputs must not share memory with inputs nor with each other (inputs may alias)."""
+    outs = [(k, v) for k, v in outputs.items() if v is not None]
+    ins = [(k, v) for k, v in inputs.items() if v is not None]
+    for i, (on, o) in enumerate(outs):
+        for other, a in ins + outs[i + 1:]:
+            if np.may_share_memory(o, a):
+                raise ValueError(f"{on} must not share memory with {other}")
+
+
+def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, out: np.ndarray,
+                   activation: int | str = ACT_IDENTITY, slope: float = 0.01,
+                   backend: str | None = None) -> np.ndarray:
+    r"""Fused linear layer: ``out = act(x @ weight.T + bias)``.
+
+    .. math:: \mathrm{out}_{nm} = f\Big(\sum_k x_{nk} W_{mk} + b_m\Big)
+
+    with :math:`f` the identity, ReLU :math:`\max(v, 0)`, leaky ReLU (:math:`v` if :math:`v \ge 0`
+    else :math:`\text{slope}\cdot v`), sigmoid :math:`1/(1+e^{-v})` or tanh, applied to each
+    output tile while it is still in registers / L1 (no second pass over ``out``).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, K)
+    weight : ndarray, shape (M, K)
+    bias : ndarray, shape (M,), or None
+    out : ndarray, shape (N, M)
+        Written in place; must not overlap the inputs.
+    activation : int or str
+        A code from :mod:`fastreg._kernels._codes` or its name ("identity", "relu",
+        "leaky_relu", "sigmoid", "tanh").
+    slope : float
+        Negative-side slope of the leaky ReLU (finite).
+    backend : {"numba", "cython", "blas", "auto"} or None
+
+    Returns
+    -------
+    out : ndarray
+    """
+    dt = float_dtype("x", x)
+    check_array("x", x, ndim=2)
+    check_array("weight", weight, dtype=dt, ndim=2)
+    N, K = x.shape
+    M = weight.shape[0]
+    if weight.shape[1] != K:
+        raise ValueError(f"x and weight shapes do not match: x {x.shape} needs weight (M, {K}), "
+                         f"got weight {weight.shape}")
+    check_array("bias", bias, dtype=dt, ndim=1, allow_none=True)
+    if bias is not None and bias.shape[0] != M:
+        raise ValueError(f"bias and weight shapes do not match: weight {weight.shape} needs "
+                         f"bias ({M},), got bias {bias.shape}")
+    check_array("out", out, dtype=dt, ndim=2, writeable=True)
+    if out.shape != (N, M):
+        raise ValueError(f"out must have shape (N, M) = ({N}, {M}) for x {x.shape} and weight "
+                         f"{weight.shape}, got out {out.shape}")
+    act = _activation_code(activation)
+    slope = check_scalar("slope", slope)
+    _check_dims(x=x.shape, weight=weight.shape)
+    _check_outputs_apart({"out": out}, {"x": x, "weight": weight, "bias": bias})
+    fn = _dispatch.kernel("matmul", "linear_forward", backend)
+    fn(x, weight, bias, out, act, slope)
+    return out
+
+
+def linear_backward_input(dy: np.ndarray, weight: np.ndarray, dx: np.ndarray,
+                          backend: str | None = None) -> np.ndarray:
+    r"""Gradient of a linear layer w.r.t. its input: ``dx = dy @ weight`` (overwrites ``dx``).
+
+    .. math:: \mathrm{dx}_{nk} = \sum_m \mathrm{dy}_{nm} W_{mk}
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, M)
+    weight : ndarray, shape (M, K)
+    dx : ndarray, shape (N, K)
+        Written in place; must not overlap the inputs.
+    backend : {"numba", "cython", "blas", "auto"} or None
+
+    Returns
+    -------
+    dx : ndarray
+    """
+    dt = float_dtype("dy", dy)
+    check_array("dy", dy, ndim=2)
+    check_array("weight", weight, dtype=dt, ndim=2)
+    N, M = dy.shape
+    K = weight.shape[1]
+    if weight.shape[0] != M:
+        raise ValueError(f"dy and weight shapes do not match: dy {dy.shape} needs weight "
+                         f"({M}, K), got weight {weight.shape}")
+    check_array("dx", dx, dtype=dt, ndim=2, writeable=True)
+    if dx.shape != (N, K):
+        raise ValueError(f"dx must have shape (N, K) = ({N}, {K}) for dy {dy.shape} and weight "
+                         f"{weight.shape}, got dx {dx.shape}")
+    _check_dims(dy=dy.shape, weight=weight.shape)
+    _check_outputs_apart({"dx": dx}, {"dy": dy, "weight": weight})
+    fn = _dispatch.kernel("matmul", "linear_backward_input", backend)
+    fn(dy, weight, dx)
+    return dx
+
+
+def linear_backward_weight(dy: np.ndarray, x: np.ndarray, dweight: np.ndarray,
+                           dbias: np.ndarray | None, accumulate: bool = True,
+                           backend: str | None = None) -> None:
+    r"""Gradients of a linear layer w.r.t. weight and bias, in one pass over ``dy``.
+
+    .. math::
+        \mathrm{dW}_{mk} \mathrel{(+)=} \sum_n \mathrm{dy}_{nm} x_{nk}, \qquad
+        \mathrm{db}_m \mathrel{(+)=} \sum_n \mathrm{dy}_{nm}
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, M)
+    x : ndarray, shape (N, K)
+    dweight : ndarray, shape (M, K)
+    dbias : ndarray, shape (M,), or None
+    accumulate : bool
+        True adds to ``dweight`` / ``dbias`` (gradient accumulation, as ``Parameter.grad``);
+        False overwrites them.
+    backend : {"numba", "cython", "blas", "auto"} or None
+    """
+    dt = float_dtype("dy", dy)
+    check_array("dy", dy, ndim=2)
+    check_array("x", x, dtype=dt, ndim=2)
+    N, M = dy.shape
+    K = x.shape[1]
+    if x.shape[0] != N:
+        raise ValueError(f"dy and x shapes do not match: dy {dy.shape} needs x ({N}, K), "
+                         f"got x {x.shape}")
+    check_array("dweight", dweight, dtype=dt, ndim=2, writeable=True)
+    if dweight.shape != (M, K):
+        raise ValueError(f"dweight must have shape (M, K) = ({M}, {K}) for dy {dy.shape} and "
+                         f"x {x.shape}, got dweight {dweight.shape}")
+    check_array("dbias", dbias, dtype=dt, ndim=1, writeable=True, allow_none=True)
+    if dbias is not None and dbias.shape[0] != M:
+        raise ValueError(f"dbias must have shape ({M},) for dy {dy.shape}, got dbias "
+                         f"{dbias.shape}")
+    if not isinstance(accumulate, (bool, np.bool_)):
+        raise TypeError(f"accumulate must be a bool, got {accumulate!r}")
+    _check_dims(dy=dy.shape, x=x.shape)
+    _check_outputs_apart({"dweight": dweight, "dbias": dbias}, {"dy": dy, "x": x})
+    fn = _dispatch.kernel("matmul", "linear_backward_weight", backend)
+    fn(dy, x, dweight, dbias, bool(accumulate))

@@ -1,0 +1,324 @@
+/* Type-generic body of the GEMM (see _matmul_kernel.h, which includes this file once per type
+ * with FR_T, FR_SUFFIX, FR_MR, FR_W, FR_KC, FR_NC and the vector macros defined).
+ * No include guard on purpose. */
+
+#define FR_NR (2 * FR_W)
+#define FN(name) FR_CAT(name, FR_SUFFIX)
+/* Below this many flops the OpenMP fork/join (a few us) costs more than it saves. */
+#define FR_PAR_MIN_FLOPS 1.0e6
+/* Up to this many output rows the product is a few GEMVs: no packing, no tile padding. */
+#define FR_SMALL_M 4
+
+static inline FR_T FN(fr_act)(FR_T v, int act, FR_T slope) {
+    switch (act) {
+    case FR_ACT_RELU: return v > 0 ? v : (FR_T)0;
+    case FR_ACT_LEAKY_RELU: return v < 0 ? v * slope : v;
+    case FR_ACT_SIGMOID: return (FR_T)1 / ((FR_T)1 + FR_EXP(-v));
+    case FR_ACT_TANH: return FR_TANH(v);
+    default: return v;
+    }
+}
+
+/* Ap[k * MR + i] = A[i, k] for the mr x kc sliver at A (rows beyond mr are zero). */
+static void FN(fr_pack_a)(int mr, int kc, const FR_T *A, ptrdiff_t rsa, ptrdiff_t csa,
+                          FR_T *restrict Ap) {
+    if (csa == 1) {
+        for (int i = 0; i < mr; i++) {
+            const FR_T *row = A + i * rsa;
+            for (int k = 0; k < kc; k++) Ap[k * FR_MR + i] = row[k];
+        }
+    } else {
+        for (int k = 0; k < kc; k++) {
+            const FR_T *col = A + k * csa;
+            for (int i = 0; i < mr; i++) Ap[k * FR_MR + i] = col[i * rsa];
+        }
+    }
+    for (int i = mr; i < FR_MR; i++)
+        for (int k = 0; k < kc; k++) Ap[k * FR_MR + i] = 0;
+}
+
+/* Bp[k * NR + j] = B[k, j] for the kc x nr panel at B (columns beyond nr are zero). */
+static void FN(fr_pack_b)(int nr, int kc, const FR_T *B, ptrdiff_t rsb, ptrdiff_t csb,
+                          FR_T *restrict Bp) {
+    if (csb == 1) {
+        for (int k = 0; k < kc; k++) {
+            const FR_T *row = B + k * rsb;
+            for (int j = 0; j < nr; j++) Bp[k * FR_NR + j] = row[j];
+            for (int j = nr; j < FR_NR; j++) Bp[k * FR_NR + j] = 0;
+        }
+    } else {
+        for (int j = 0; j < nr; j++) {
+            const FR_T *col = B + j * csb;
+            for (int k = 0; k < kc; k++) Bp[k * FR_NR + j] = col[k * rsb];
+        }
+        for (int k = 0; k < kc; k++)
+            for (int j = nr; j < FR_NR; j++) Bp[k * FR_NR + j] = 0;
+    }
+}
+
+/* C tile (MR x NR at c, row stride ldc) (+)= Ap sliver @ Bp panel; then, if epilogue:
+ * C = act(C + bias[0:NR]) (bias may be NULL). load_c: add to what C holds. */
+static inline void FN(fr_ukernel)(int kc, const FR_T *restrict a, const FR_T *restrict b,
+                                  FR_T *restrict c, ptrdiff_t ldc, int load_c, int epilogue,
+                                  const FR_T *bias, int act, FR_T slope) {
+#ifndef FR_SCALAR_KERNEL
+    FR_V c0[FR_MR], c1[FR_MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < FR_MR; i++) { c0[i] = FR_VZERO(); c1[i] = FR_VZERO(); }
+    for (int k = 0; k < kc; k++) {
+        FR_V b0 = FR_VLOAD(b), b1 = FR_VLOAD(b + FR_W);
+#pragma GCC unroll 16
+        for (int i = 0; i < FR_MR; i++) {
+            FR_V ai = FR_VBCAST(a + i);
+            c0[i] = FR_VFMA(ai, b0, c0[i]);
+            c1[i] = FR_VFMA(ai, b1, c1[i]);
+        }
+        a += FR_MR;
+        b += FR_NR;
+    }
+    if (load_c) {
+#pragma GCC unroll 16
+        for (int i = 0; i < FR_MR; i++) {
+            c0[i] = FR_VADD(c0[i], FR_VLOAD(c + i * ldc));
+            c1[i] = FR_VADD(c1[i], FR_VLOAD(c + i * ldc + FR_W));
+        }
+    }
+    if (epilogue && bias) {
+        FR_V bb0 = FR_VLOAD(bias), bb1 = FR_VLOAD(bias + FR_W);
+#pragma GCC unroll 16
+        for (int i = 0; i < FR_MR; i++) { c0[i] = FR_VADD(c0[i], bb0); c1[i] = FR_VADD(c1[i], bb1); }
+    }
+    if (epilogue && act == FR_ACT_RELU) {
+        FR_V z = FR_VZERO();
+#pragma GCC unroll 16
+        for (int i = 0; i < FR_MR; i++) { c0[i] = FR_VMAX(c0[i], z); c1[i] = FR_VMAX(c1[i], z); }
+    } else if (epilogue && act == FR_ACT_LEAKY_RELU) {
+        FR_V s = FR_VSET1(slope);
+#pragma GCC unroll 16
+        for (int i = 0; i < FR_MR; i++) { c0[i] = FR_VLEAKY(c0[i], s); c1[i] = FR_VLEAKY(c1[i], s); }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < FR_MR; i++) {
+        FR_VSTORE(c + i * ldc, c0[i]);
+        FR_VSTORE(c + i * ldc + FR_W, c1[i]);
+    }
+#else
+    FR_T acc[FR_MR][FR_NR];
+    for (int i = 0; i < FR_MR; i++)
+        for (int j = 0; j < FR_NR; j++) acc[i][j] = 0;
+    for (int k = 0; k < kc; k++) {
+        for (int i = 0; i < FR_MR; i++)
+            for (int j = 0; j < FR_NR; j++) acc[i][j] += a[i] * b[j];
+        a += FR_MR;
+        b += FR_NR;
+    }
+    for (int i = 0; i < FR_MR; i++)
+        for (int j = 0; j < FR_NR; j++) {
+            FR_T v = acc[i][j] + (load_c ? c[i * ldc + j] : (FR_T)0);
+            if (epilogue && bias) v += bias[j];
+            if (epilogue && (act == FR_ACT_RELU || act == FR_ACT_LEAKY_RELU))
+                v = FN(fr_act)(v, act, slope);
+            c[i * ldc + j] = v;
+        }
+#endif
+    /* sigmoid / tanh have no vector form here: one scalar pass over the tile, still in L1. */
+    if (epilogue && (act == FR_ACT_SIGMOID || act == FR_ACT_TANH)) {
+        for (int i = 0; i < FR_MR; i++)
+            for (int j = 0; j < FR_NR; j++) c[i * ldc + j] = FN(fr_act)(c[i * ldc + j], act, slope);
+    }
+}
+
+/* Edge tile (mr < MR or nr < NR): full kernel into scratch, then copy the valid part. */
+static void FN(fr_edge_tile)(int mr, int nr, int kc, const FR_T *a, const FR_T *b,
+                             FR_T *restrict c, ptrdiff_t ldc, int load_c, int epilogue,
+                             const FR_T *bias, int act, FR_T slope, FR_T *restrict tile) {
+    FN(fr_ukernel)(kc, a, b, tile, FR_NR, 0, 0, NULL, FR_ACT_IDENTITY, 0);
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++) {
+            FR_T v = tile[i * FR_NR + j] + (load_c ? c[i * ldc + j] : (FR_T)0);
+            if (epilogue) {
+                if (bias) v += bias[j];
+                v = FN(fr_act)(v, act, slope);
+            }
+            c[i * ldc + j] = v;
+        }
+}
+
+/* Few output rows (m <= FR_SMALL_M): GEMV-like loops straight from the inputs. Parallel over
+ * column chunks when the work is worth a fork. Returns 0 if the layout has no fast form here. */
+static int FN(fr_gemm_small)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdiff_t csa,
+                             const FR_T *B, ptrdiff_t rsb, ptrdiff_t csb, FR_T *C, ptrdiff_t ldc,
+                             int accumulate, const FR_T *bias, int act, FR_T slope, FR_T *rowsum,
+                             int nthreads) {
+    if (!(rsb == 1 || csb == 1)) return 0;
+    /* A rows made contiguous (m x k, tiny) so both forms read them with unit stride. */
+    FR_T *Arows = (FR_T *)fr_get_scratch((size_t)m * (size_t)k * sizeof(FR_T) + FR_ALIGN);
+    if (!Arows) return 0;
+    for (int i = 0; i < m; i++)
+        for (int p = 0; p < k; p++) Arows[(ptrdiff_t)i * k + p] = A[i * rsa + p * csa];
+    if (rowsum) {
+        for (int i = 0; i < m; i++) {
+            FR_T s = 0;
+            for (int p = 0; p < k; p++) s += Arows[(ptrdiff_t)i * k + p];
+            rowsum[i] = accumulate ? rowsum[i] + s : s;
+        }
+    }
+    const int chunk = 256;
+    const int nchunks = (n + chunk - 1) / chunk;
+    const double flops = 2.0 * m * (double)n * k;
+    const int nt = flops >= FR_PAR_MIN_FLOPS / 2 ? FR_MIN(nthreads, nchunks) : 1;
+    (void)nt;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int ch = 0; ch < nchunks; ch++) {
+        const int j0 = ch * chunk, j1 = FR_MIN(n, j0 + chunk);
+        if (rsb == 1) {
+            /* B[k, j] = B[j * csb + k]: column j is contiguous in k -> dot products. */
+            for (int i = 0; i < m; i++) {
+                const FR_T *x = Arows + (ptrdiff_t)i * k;
+                FR_T *crow = C + i * ldc;
+                int j = j0;
+                for (; j + 4 <= j1; j += 4) {
+                    const FR_T *w0 = B + j * csb, *w1 = w0 + csb, *w2 = w1 + csb, *w3 = w2 + csb;
+                    FR_T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+                    for (int p = 0; p < k; p++) {
+                        s0 += x[p] * w0[p];
+                        s1 += x[p] * w1[p];
+                        s2 += x[p] * w2[p];
+                        s3 += x[p] * w3[p];
+                    }
+                    if (accumulate) { s0 += crow[j]; s1 += crow[j + 1]; s2 += crow[j + 2]; s3 += crow[j + 3]; }
+                    crow[j] = s0; crow[j + 1] = s1; crow[j + 2] = s2; crow[j + 3] = s3;
+                }
+                for (; j < j1; j++) {
+                    const FR_T *w0 = B + j * csb;
+                    FR_T s0 = 0;
+#pragma omp simd reduction(+ : s0)
+                    for (int p = 0; p < k; p++) s0 += x[p] * w0[p];
+                    crow[j] = accumulate ? crow[j] + s0 : s0;
+                }
+            }
+        } else {
+            /* B rows contiguous in j -> axpy form, the C chunk stays in L1. */
+            for (int i = 0; i < m; i++) {
+                const FR_T *x = Arows + (ptrdiff_t)i * k;
+                FR_T *restrict crow = C + i * ldc;
+                if (!accumulate)
+                    for (int j = j0; j < j1; j++) crow[j] = 0;
+                for (int p = 0; p < k; p++) {
+                    const FR_T xp = x[p];
+                    const FR_T *restrict brow = B + p * rsb;
+#pragma omp simd
+                    for (int j = j0; j < j1; j++) crow[j] += xp * brow[j];
+                }
+            }
+        }
+        if (bias || act != FR_ACT_IDENTITY) {
+            for (int i = 0; i < m; i++) {
+                FR_T *crow = C + i * ldc;
+                for (int j = j0; j < j1; j++)
+                    crow[j] = FN(fr_act)(crow[j] + (bias ? bias[j] : (FR_T)0), act, slope);
+            }
+        }
+    }
+    return 1;
+}
+
+/* C[m, n] (+)= A @ B, fused epilogue act(C + bias[n]) and rowsum[m] (+)= A.sum(1).
+ * Returns 0 on success, -1 if the scratch could not be allocated. */
+static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdiff_t csa,
+                       const FR_T *B, ptrdiff_t rsb, ptrdiff_t csb, FR_T *C, ptrdiff_t ldc,
+                       int accumulate, const FR_T *bias, int act, FR_T slope, FR_T *rowsum,
+                       int nthreads) {
+    if (m <= 0 || n <= 0) return 0;
+    if (k <= 0) {  /* empty sum: C = act(beta * C + bias) */
+        for (int i = 0; i < m; i++) {
+            if (rowsum && !accumulate) rowsum[i] = 0;
+            for (int j = 0; j < n; j++) {
+                FR_T v = accumulate ? C[i * ldc + j] : (FR_T)0;
+                C[i * ldc + j] = FN(fr_act)(v + (bias ? bias[j] : (FR_T)0), act, slope);
+            }
+        }
+        return 0;
+    }
+    if (nthreads < 1) nthreads = 1;
+    if (m <= FR_SMALL_M &&
+        FN(fr_gemm_small)(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, accumulate, bias, act,
+                          slope, rowsum, nthreads))
+        return 0;
+
+    const int rowpanels = (m + FR_MR - 1) / FR_MR;
+    const double flops = 2.0 * m * (double)n * k;
+    int nt = flops >= FR_PAR_MIN_FLOPS ? nthreads : 1;
+    /* Balanced depth blocks: 784 = 4 x 196 rather than 3 x 256 + 16. */
+    const int kblocks = (k + FR_KC - 1) / FR_KC;
+    const int kcb = (k + kblocks - 1) / kblocks;
+    const int ncmax = FR_MIN(n, FR_NC);
+    const int maxpanels = (ncmax + FR_NR - 1) / FR_NR;
+    const size_t bp_elems = (size_t)maxpanels * FR_NR * kcb;
+    const size_t per_thread = (size_t)FR_MR * kcb + (size_t)FR_MR * FR_NR;
+    FR_T *Bp = (FR_T *)fr_get_scratch((bp_elems + per_thread * (size_t)nt) * sizeof(FR_T));
+    if (!Bp) return -1;
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int tid = omp_get_thread_num();
+        const int nteam = nt > 1 ? omp_get_num_threads() : 1;
+        FR_T *Ap = Bp + bp_elems + per_thread * (size_t)tid;
+        FR_T *tile = Ap + (size_t)FR_MR * kcb;
+        for (int jc = 0; jc < n; jc += FR_NC) {
+            const int nc = FR_MIN(FR_NC, n - jc);
+            const int npanels = (nc + FR_NR - 1) / FR_NR;
+            /* Enough tasks for load balance on a shared machine, but each task repacks its A
+             * sliver, so do not split columns when the rows alone give enough tasks. */
+            int nchunks = (4 * nteam + rowpanels - 1) / rowpanels;
+            if (nteam == 1) nchunks = 1;
+            if (nchunks > npanels) nchunks = npanels;
+            const int ntasks = rowpanels * nchunks;
+            for (int pc = 0; pc < k; pc += kcb) {
+                const int kc = FR_MIN(kcb, k - pc);
+                const int first = pc == 0, last = pc + kc >= k;
+                const int load_c = accumulate || !first;
+#pragma omp for schedule(static)
+                for (int p = 0; p < npanels; p++) {
+                    const int j0 = jc + p * FR_NR;
+                    FN(fr_pack_b)(FR_MIN(FR_NR, n - j0), kc, B + pc * rsb + j0 * csb, rsb, csb,
+                                  Bp + (size_t)p * FR_NR * kc);
+                }
+#pragma omp for schedule(dynamic, 1)
+                for (int t = 0; t < ntasks; t++) {
+                    const int ir = t / nchunks, ch = t % nchunks;
+                    const int i0 = ir * FR_MR, mr = FR_MIN(FR_MR, m - i0);
+                    const int p0 = (int)((long)ch * npanels / nchunks);
+                    const int p1 = (int)((long)(ch + 1) * npanels / nchunks);
+                    FN(fr_pack_a)(mr, kc, A + i0 * rsa + pc * csa, rsa, csa, Ap);
+                    if (rowsum && jc == 0 && ch == 0) {
+                        /* dbias: each row sliver is packed exactly once here per depth block. */
+                        for (int i = 0; i < mr; i++) {
+                            FR_T s = 0;
+                            for (int p = 0; p < kc; p++) s += Ap[p * FR_MR + i];
+                            rowsum[i0 + i] = (accumulate || !first) ? rowsum[i0 + i] + s : s;
+                        }
+                    }
+                    for (int p = p0; p < p1; p++) {
+                        const int j0 = jc + p * FR_NR, nr = FR_MIN(FR_NR, n - j0);
+                        FR_T *c = C + i0 * ldc + j0;
+                        const FR_T *bp = Bp + (size_t)p * FR_NR * kc;
+                        const FR_T *bb = bias ? bias + j0 : NULL;
+                        if (mr == FR_MR && nr == FR_NR)
+                            FN(fr_ukernel)(kc, Ap, bp, c, ldc, load_c, last, bb, act, slope);
+                        else
+                            FN(fr_edge_tile)(mr, nr, kc, Ap, bp, c, ldc, load_c, last, bb, act,
+                                             slope, tile);
+                    }
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+#undef FR_NR
+#undef FN
+#undef FR_PAR_MIN_FLOPS
+#undef FR_SMALL_M
