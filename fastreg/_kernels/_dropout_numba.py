@@ -8,7 +8,10 @@ to 64 bits anyway, and every operand here is < 2**32, so M·c is exact and LLVM 
 products to 32x32->64 multiplies (vpmuludq).
 """
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange
+from numba.core import types
+from numba.extending import intrinsic
 
 _M0 = np.uint64(0xD2511F53)
 _M1 = np.uint64(0xCD9E8D57)
@@ -77,26 +80,39 @@ def _mask_bytes(mask, b0, b1, n, k0, k1, offset, threshold):
         mask[nbytes - 1] &= np.uint8((1 << (n & 7)) - 1)
 
 
-@njit(cache=True, inline="always")
-def _apply(x, out, obits, mask, b0, b1, n, scale):
-    """out[i] = x[i] * scale where mask bit i is set, else 0, for i in [8*b0, min(8*b1, n)).
+@intrinsic
+def _and_bits(typingctx, v, keep):
+    """``v`` with its bits ANDed with the integer ``keep`` (0 or all ones): ``v`` or +0.0.
 
-    Branch-free: a select on a random bit mispredicts half the time (10x slower), so the product
-    is stored and then ANDed, through the unsigned view ``obits`` of ``out``, with 0 or ~0.
+    A branch-free select: a branch on a random bit mispredicts half the time (10x slower), and
+    Numba has no scalar float<->int bitcast of its own. Also gives +0.0 for dropped inf/nan.
     """
+    if not isinstance(v, types.Float) or not isinstance(keep, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        fv, kv = args
+        ity = ir.IntType(sig.args[0].bitwidth)
+        kv = builder.trunc(kv, ity) if sig.args[1].bitwidth > ity.width else builder.zext(kv, ity)
+        return builder.bitcast(builder.and_(builder.bitcast(fv, ity), kv), fv.type)
+
+    return v(v, keep), codegen
+
+
+@njit(cache=True, inline="always")
+def _apply(x, out, mask, b0, b1, n, scale):
+    """out[i] = x[i] * scale where mask bit i is set, else 0, for i in [8*b0, min(8*b1, n))."""
     full = n >> 3
     bf = min(b1, full)
     for m in range(b0, bf):
         byte = np.uint64(mask[m])
         for j in range(8):
             i = 8 * m + j
-            out[i] = x[i] * scale
-            obits[i] &= _ZERO - ((byte >> np.uint64(j)) & _ONE)
+            out[i] = _and_bits(x[i] * scale, _ZERO - ((byte >> np.uint64(j)) & _ONE))
     if b1 > full >= b0:
         byte = np.uint64(mask[full])
         for i in range(8 * full, n):
-            out[i] = x[i] * scale
-            obits[i] &= _ZERO - ((byte >> np.uint64(i & 7)) & _ONE)
+            out[i] = _and_bits(x[i] * scale, _ZERO - ((byte >> np.uint64(i & 7)) & _ONE))
 
 
 @njit(cache=True, parallel=True)
@@ -113,7 +129,8 @@ def dropout_mask(mask, n, k0, k1, offset, threshold):
 
 
 @njit(cache=True, parallel=True)
-def _forward(x, out, obits, mask, n, k0, k1, offset, threshold, scale):
+def dropout_forward(x, out, mask, n, k0, k1, offset, threshold, scale):
+    """mask bits as dropout_mask; out = x * scale where kept, else 0 (out may alias x)."""
     ka = np.uint64(k0)
     kb = np.uint64(k1)
     nbytes = (n + 7) >> 3
@@ -122,28 +139,15 @@ def _forward(x, out, obits, mask, n, k0, k1, offset, threshold, scale):
         b0 = c * CHUNK_BYTES
         b1 = min(b0 + CHUNK_BYTES, nbytes)
         _mask_bytes(mask, b0, b1, n, ka, kb, offset, threshold)
-        _apply(x, out, obits, mask, b0, b1, n, scale)
+        _apply(x, out, mask, b0, b1, n, scale)
 
 
 @njit(cache=True, parallel=True)
-def _backward(dy, mask, dx, dxbits, n, scale):
+def dropout_backward(dy, mask, dx, n, scale):
+    """dx = dy * scale where the mask bit is set, else 0 (dx may alias dy)."""
     nbytes = (n + 7) >> 3
     nchunks = (nbytes + CHUNK_BYTES - 1) // CHUNK_BYTES
     for c in prange(nchunks):
         b0 = c * CHUNK_BYTES
         b1 = min(b0 + CHUNK_BYTES, nbytes)
-        _apply(dy, dx, dxbits, mask, b0, b1, n, scale)
-
-
-def _bits(a):
-    return a.view(np.uint32 if a.itemsize == 4 else np.uint64)
-
-
-def dropout_forward(x, out, mask, n, k0, k1, offset, threshold, scale):
-    """mask bits as dropout_mask; out = x * scale where kept, else 0 (out may alias x)."""
-    _forward(x, out, _bits(out), mask, n, k0, k1, offset, threshold, scale)
-
-
-def dropout_backward(dy, mask, dx, n, scale):
-    """dx = dy * scale where the mask bit is set, else 0 (dx may alias dy)."""
-    _backward(dy, mask, dx, _bits(dx), n, scale)
+        _apply(dy, dx, mask, b0, b1, n, scale)
