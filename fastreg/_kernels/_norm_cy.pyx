@@ -1,0 +1,212 @@
+# Cython backend of the norm kernels: batch norm and layer norm, forward and backward.
+#
+# Same names and positional signatures as _norm_numba.py (see its docstring for the buffers:
+# `partial` (P, 2, C) float64 per-chunk column sums, `coef` (4, C) float64 per-feature
+# coefficients). Row chunk p covers rows [p*N//P, (p+1)*N//P) and runs on OpenMP thread p; the
+# inner loops over a chunk live in _norm_loops.h. Arguments were validated by
+# fastreg/_kernels/norm.py: nothing below checks shapes (boundscheck is off).
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+
+cdef extern from "_omp_compat.h":
+    int omp_get_max_threads() nogil
+
+cdef extern from "_norm_loops.h" nogil:
+    void bn_sums_f(const float *x, const float *shift, double *s1, double *s2,
+                   Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+    void bn_sums_d(const double *x, const double *shift, double *s1, double *s2,
+                   Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+    void bn_affine_rev_f(const float *x, float *out, const double *mu, const double *sc,
+                         const double *sh, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+    void bn_affine_rev_d(const double *x, double *out, const double *mu, const double *sc,
+                         const double *sh, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+    void bn_grad_sums_f(const float *dy, const float *x, const float *mean, double *sb,
+                        double *sw, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+    void bn_grad_sums_d(const double *dy, const double *x, const double *mean, double *sb,
+                        double *sw, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+    void bn_dx_rev_f(const float *dy, const float *x, float *dx, const double *mu,
+                     const double *ca, const double *cb, const double *cd,
+                     Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+    void bn_dx_rev_d(const double *dy, const double *x, double *dx, const double *mu,
+                     const double *ca, const double *cb, const double *cd,
+                     Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+    void ln_fwd_rows_f(const float *x, const float *w, const float *b, float *out,
+                       float *save_mean, float *save_rstd, int has_w, int has_b, double eps,
+                       Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+    void ln_fwd_rows_d(const double *x, const double *w, const double *b, double *out,
+                       double *save_mean, double *save_rstd, int has_w, int has_b, double eps,
+                       Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+    void ln_bwd_rows_f(const float *dy, const float *x, const float *w, const float *save_mean,
+                       const float *save_rstd, float *dx, double *pw, double *pb, int has_w,
+                       Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+    void ln_bwd_rows_d(const double *dy, const double *x, const double *w,
+                       const double *save_mean, const double *save_rstd, double *dx,
+                       double *pw, double *pb, int has_w,
+                       Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+
+
+cdef inline void _affine_rows(const floating[:, ::1] x, floating[:, ::1] out,
+                              double[:, ::1] coef, Py_ssize_t P) noexcept nogil:
+    # out = (x - coef[0]) * coef[1] + coef[2], one chunk per thread, each chunk backwards
+    cdef Py_ssize_t p, N = x.shape[0], C = x.shape[1]
+    for p in prange(P, schedule="static", chunksize=1, num_threads=P):
+        if floating is float:
+            bn_affine_rev_f(&x[0, 0], &out[0, 0], &coef[0, 0], &coef[1, 0], &coef[2, 0],
+                            p * N // P, (p + 1) * N // P, C)
+        else:
+            bn_affine_rev_d(&x[0, 0], &out[0, 0], &coef[0, 0], &coef[1, 0], &coef[2, 0],
+                            p * N // P, (p + 1) * N // P, C)
+
+
+def batchnorm_forward_train(const floating[:, ::1] x, const floating[::1] weight,
+                            const floating[::1] bias, floating[::1] running_mean,
+                            floating[::1] running_var, floating[:, ::1] out,
+                            floating[::1] save_mean, floating[::1] save_rstd,
+                            double[:, :, ::1] partial, double[:, ::1] coef, bint has_weight,
+                            bint has_bias, bint has_running, double momentum, double eps):
+    cdef Py_ssize_t p, c, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
+    cdef double t1, t2, m, var, mean, rstd, inv_n = 1.0 / N
+    with nogil:
+        # pass 1: per-chunk sums of d = x - x[0] and d^2 (float64)
+        for p in prange(P, schedule="static", chunksize=1, num_threads=P):
+            if floating is float:
+                bn_sums_f(&x[0, 0], &x[0, 0], &partial[p, 0, 0], &partial[p, 1, 0],
+                          p * N // P, (p + 1) * N // P, C)
+            else:
+                bn_sums_d(&x[0, 0], &x[0, 0], &partial[p, 0, 0], &partial[p, 1, 0],
+                          p * N // P, (p + 1) * N // P, C)
+        # combine chunks; coef = (mean, gamma * rstd, beta)
+        for c in range(C):
+            t1 = 0.0
+            t2 = 0.0
+            for p in range(P):
+                t1 = t1 + partial[p, 0, c]
+                t2 = t2 + partial[p, 1, c]
+            m = t1 * inv_n
+            var = t2 * inv_n - m * m
+            if var < 0.0:
+                var = 0.0
+            mean = x[0, c] + m
+            rstd = 1.0 / sqrt(var + eps)
+            save_mean[c] = <floating>mean
+            save_rstd[c] = <floating>rstd
+            if has_running:
+                running_mean[c] = <floating>((1.0 - momentum) * running_mean[c] + momentum * mean)
+                running_var[c] = <floating>((1.0 - momentum) * running_var[c]
+                                            + momentum * var * N / (N - 1.0))
+            coef[0, c] = mean
+            coef[1, c] = rstd * weight[c] if has_weight else rstd
+            coef[2, c] = bias[c] if has_bias else 0.0
+        _affine_rows(x, out, coef, P)
+
+
+def batchnorm_forward_eval(const floating[:, ::1] x, const floating[::1] weight,
+                           const floating[::1] bias, const floating[::1] running_mean,
+                           const floating[::1] running_var, floating[:, ::1] out,
+                           double[:, ::1] coef, Py_ssize_t n_chunks, bint has_weight,
+                           bint has_bias, double eps):
+    cdef Py_ssize_t c, C = x.shape[1], P = n_chunks
+    cdef double rstd
+    with nogil:
+        for c in range(C):
+            rstd = 1.0 / sqrt(<double>running_var[c] + eps)
+            coef[0, c] = running_mean[c]
+            coef[1, c] = rstd * weight[c] if has_weight else rstd
+            coef[2, c] = bias[c] if has_bias else 0.0
+        if P > 0:
+            _affine_rows(x, out, coef, P)
+
+
+def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
+                       const floating[::1] weight, const floating[::1] save_mean,
+                       const floating[::1] save_rstd, floating[:, ::1] dx,
+                       floating[::1] dweight, floating[::1] dbias, double[:, :, ::1] partial,
+                       double[:, ::1] coef, bint has_weight, bint need_dweight, bint need_dbias,
+                       bint accumulate):
+    cdef Py_ssize_t p, c, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
+    cdef double db, dg, rstd, a, inv_n = 1.0 / N if N > 0 else 0.0
+    with nogil:
+        # pass 1: per-chunk sums of dy and dy * (x - mean)
+        for p in prange(P, schedule="static", chunksize=1, num_threads=P):
+            if floating is float:
+                bn_grad_sums_f(&dy[0, 0], &x[0, 0], &save_mean[0], &partial[p, 0, 0],
+                               &partial[p, 1, 0], p * N // P, (p + 1) * N // P, C)
+            else:
+                bn_grad_sums_d(&dy[0, 0], &x[0, 0], &save_mean[0], &partial[p, 0, 0],
+                               &partial[p, 1, 0], p * N // P, (p + 1) * N // P, C)
+        # dbeta, dgamma; dx = a*dy - a*rstd*dgamma/N * (x - mean) - a*dbeta/N, a = gamma*rstd
+        for c in range(C):
+            db = 0.0
+            dg = 0.0
+            for p in range(P):
+                db = db + partial[p, 0, c]
+                dg = dg + partial[p, 1, c]
+            rstd = save_rstd[c]
+            dg = dg * rstd
+            if need_dweight:
+                dweight[c] = <floating>(dweight[c] + dg if accumulate else dg)
+            if need_dbias:
+                dbias[c] = <floating>(dbias[c] + db if accumulate else db)
+            a = rstd * weight[c] if has_weight else rstd
+            coef[0, c] = save_mean[c]
+            coef[1, c] = a
+            coef[2, c] = -a * rstd * dg * inv_n
+            coef[3, c] = -a * db * inv_n
+        # pass 2: dx, each chunk backwards
+        for p in prange(P, schedule="static", chunksize=1, num_threads=P):
+            if floating is float:
+                bn_dx_rev_f(&dy[0, 0], &x[0, 0], &dx[0, 0], &coef[0, 0], &coef[1, 0],
+                            &coef[2, 0], &coef[3, 0], p * N // P, (p + 1) * N // P, C)
+            else:
+                bn_dx_rev_d(&dy[0, 0], &x[0, 0], &dx[0, 0], &coef[0, 0], &coef[1, 0],
+                            &coef[2, 0], &coef[3, 0], p * N // P, (p + 1) * N // P, C)
+
+
+def layernorm_forward(const floating[:, ::1] x, const floating[::1] weight,
+                      const floating[::1] bias, floating[:, ::1] out, floating[::1] save_mean,
+                      floating[::1] save_rstd, bint has_weight, bint has_bias, double eps):
+    cdef Py_ssize_t p, N = x.shape[0], C = x.shape[1]
+    cdef Py_ssize_t P = min(N, <Py_ssize_t>omp_get_max_threads())
+    if P == 0:
+        return
+    with nogil:
+        for p in prange(P, schedule="static", chunksize=1, num_threads=P):
+            if floating is float:
+                ln_fwd_rows_f(&x[0, 0], &weight[0], &bias[0], &out[0, 0], &save_mean[0],
+                              &save_rstd[0], has_weight, has_bias, eps,
+                              p * N // P, (p + 1) * N // P, C)
+            else:
+                ln_fwd_rows_d(&x[0, 0], &weight[0], &bias[0], &out[0, 0], &save_mean[0],
+                              &save_rstd[0], has_weight, has_bias, eps,
+                              p * N // P, (p + 1) * N // P, C)
+
+
+def layernorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
+                       const floating[::1] weight, const floating[::1] save_mean,
+                       const floating[::1] save_rstd, floating[:, ::1] dx,
+                       floating[::1] dweight, floating[::1] dbias, double[:, :, ::1] partial,
+                       bint has_weight, bint need_dweight, bint need_dbias, bint accumulate):
+    cdef Py_ssize_t p, c, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
+    cdef double tw, tb
+    with nogil:
+        for p in prange(P, schedule="static", chunksize=1, num_threads=P):
+            if floating is float:
+                ln_bwd_rows_f(&dy[0, 0], &x[0, 0], &weight[0], &save_mean[0], &save_rstd[0],
+                              &dx[0, 0], &partial[p, 0, 0], &partial[p, 1, 0], has_weight,
+                              p * N // P, (p + 1) * N // P, C)
+            else:
+                ln_bwd_rows_d(&dy[0, 0], &x[0, 0], &weight[0], &save_mean[0], &save_rstd[0],
+                              &dx[0, 0], &partial[p, 0, 0], &partial[p, 1, 0], has_weight,
+                              p * N // P, (p + 1) * N // P, C)
+        if need_dweight or need_dbias:
+            for c in range(C):
+                tw = 0.0
+                tb = 0.0
+                for p in range(P):
+                    tw = tw + partial[p, 0, c]
+                    tb = tb + partial[p, 1, c]
+                if need_dweight:
+                    dweight[c] = <floating>(dweight[c] + tw if accumulate else tw)
+                if need_dbias:
+                    dbias[c] = <floating>(dbias[c] + tb if accumulate else tb)

@@ -1,0 +1,244 @@
+"""Numba backend of the norm kernels (batch norm and layer norm, forward and backward).
+
+Shapes: x, dy, out, dx are (N, C) C-contiguous, one float dtype. Per-feature vectors (weight,
+bias, running stats, batch-norm save_mean/save_rstd, dweight, dbias) are (C,); layer-norm
+save_mean/save_rstd are (N,). Scratch buffers, allocated by the caller (fastreg._kernels.norm):
+
+* ``partial`` (P, 2, C) float64: one slice per row chunk; a chunk's thread accumulates its
+  column sums there, and the P slices are added afterwards (no atomics, deterministic for a
+  given P).
+* ``coef`` (4, C) float64: per-feature coefficients of the elementwise pass, kept in float64 so
+  that float32 data with a large mean is normalised without cancellation.
+
+Row chunk p covers rows [p*N//P, (p+1)*N//P). Batch norm reads its chunk twice (sums, then the
+elementwise pass); the second pass walks the chunk backwards so it starts on the rows the first
+pass touched last, which are still in cache. Statistics use float64 sums of x - x[0, c] (a shift
+by one sample keeps E[d^2] - E[d]^2 well conditioned for data with a large mean).
+
+Signatures are identical to the Cython backend (_norm_cy.pyx); the public wrappers validate
+everything, nothing here checks shapes.
+"""
+import numpy as np
+from numba import njit, prange
+
+# Re-association lets LLVM vectorise the row sums; no "nnan"/"ninf": NaN and inf must propagate.
+_FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
+_OPTS = {"cache": True, "parallel": True, "fastmath": _FASTMATH, "error_model": "numpy"}
+
+
+@njit(**_OPTS)
+def batchnorm_forward_train(x, weight, bias, running_mean, running_var, out, save_mean,
+                            save_rstd, partial, coef, has_weight, has_bias, has_running,
+                            momentum, eps):
+    N, C = x.shape
+    P = partial.shape[0]
+    shift = x[0]
+    # pass 1: per-chunk sums of d = x - shift and d^2
+    for p in prange(P):
+        s1 = partial[p, 0]
+        s2 = partial[p, 1]
+        for c in range(C):
+            s1[c] = 0.0
+            s2[c] = 0.0
+        for n in range((p * N) // P, ((p + 1) * N) // P):
+            xr = x[n]
+            for c in range(C):
+                d = np.float64(xr[c]) - np.float64(shift[c])
+                s1[c] += d
+                s2[c] += d * d
+    # combine the chunks; coef = (mean, gamma * rstd, beta)
+    inv_n = 1.0 / N
+    for c in range(C):
+        t1 = 0.0
+        t2 = 0.0
+        for p in range(P):
+            t1 += partial[p, 0, c]
+            t2 += partial[p, 1, c]
+        m = t1 * inv_n
+        var = max(t2 * inv_n - m * m, 0.0)
+        mean = np.float64(shift[c]) + m
+        rstd = 1.0 / np.sqrt(var + eps)
+        save_mean[c] = mean
+        save_rstd[c] = rstd
+        if has_running:
+            running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean
+            running_var[c] = ((1.0 - momentum) * running_var[c]
+                              + momentum * var * N / (N - 1.0))
+        coef[0, c] = mean
+        coef[1, c] = rstd * weight[c] if has_weight else rstd
+        coef[2, c] = bias[c] if has_bias else 0.0
+    _affine_rows_reversed(x, out, coef, P)
+
+
+@njit(**_OPTS)
+def _affine_rows_reversed(x, out, coef, P):
+    # out = (x - coef[0]) * coef[1] + coef[2], chunk by chunk, each chunk last row first
+    N, C = x.shape
+    mu = coef[0]
+    sc = coef[1]
+    sh = coef[2]
+    for p in prange(P):
+        r0 = (p * N) // P
+        for n in range(((p + 1) * N) // P - 1, r0 - 1, -1):
+            xr = x[n]
+            orow = out[n]
+            for c in range(C):
+                orow[c] = (np.float64(xr[c]) - mu[c]) * sc[c] + sh[c]
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def batchnorm_forward_eval(x, weight, bias, running_mean, running_var, out, coef, n_chunks,
+                           has_weight, has_bias, eps):
+    C = x.shape[1]
+    for c in range(C):
+        rstd = 1.0 / np.sqrt(np.float64(running_var[c]) + eps)
+        coef[0, c] = running_mean[c]
+        coef[1, c] = rstd * weight[c] if has_weight else rstd
+        coef[2, c] = bias[c] if has_bias else 0.0
+    if n_chunks > 0:
+        _affine_rows_reversed(x, out, coef, n_chunks)
+
+
+@njit(**_OPTS)
+def batchnorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, partial, coef,
+                       has_weight, need_dweight, need_dbias, accumulate):
+    N, C = x.shape
+    P = partial.shape[0]
+    # pass 1: per-chunk sums of dy and dy * (x - mean)
+    for p in prange(P):
+        sb = partial[p, 0]
+        sw = partial[p, 1]
+        for c in range(C):
+            sb[c] = 0.0
+            sw[c] = 0.0
+        for n in range((p * N) // P, ((p + 1) * N) // P):
+            xr = x[n]
+            gr = dy[n]
+            for c in range(C):
+                g = np.float64(gr[c])
+                sb[c] += g
+                sw[c] += g * (np.float64(xr[c]) - np.float64(save_mean[c]))
+    # dbeta = sum dy, dgamma = sum dy * xhat;
+    # dx = gamma*rstd*dy - gamma*rstd^2*dgamma/N * (x - mean) - gamma*rstd*dbeta/N
+    inv_n = 1.0 / N if N > 0 else 0.0
+    for c in range(C):
+        db = 0.0
+        dg = 0.0
+        for p in range(P):
+            db += partial[p, 0, c]
+            dg += partial[p, 1, c]
+        rstd = np.float64(save_rstd[c])
+        dg *= rstd
+        if need_dweight:
+            dweight[c] = dweight[c] + dg if accumulate else dg
+        if need_dbias:
+            dbias[c] = dbias[c] + db if accumulate else db
+        a = rstd * weight[c] if has_weight else rstd
+        coef[0, c] = save_mean[c]
+        coef[1, c] = a
+        coef[2, c] = -a * rstd * dg * inv_n
+        coef[3, c] = -a * db * inv_n
+    mu = coef[0]
+    ca = coef[1]
+    cb = coef[2]
+    cd = coef[3]
+    for p in prange(P):
+        r0 = (p * N) // P
+        for n in range(((p + 1) * N) // P - 1, r0 - 1, -1):
+            xr = x[n]
+            gr = dy[n]
+            dr = dx[n]
+            for c in range(C):
+                dr[c] = ca[c] * gr[c] + cb[c] * (np.float64(xr[c]) - mu[c]) + cd[c]
+
+
+@njit(**_OPTS)
+def layernorm_forward(x, weight, bias, out, save_mean, save_rstd, has_weight, has_bias, eps):
+    N, C = x.shape
+    inv_c = 1.0 / C
+    for n in prange(N):
+        xr = x[n]
+        orow = out[n]
+        k = np.float64(xr[0])
+        s1 = 0.0
+        s2 = 0.0
+        for c in range(C):
+            d = np.float64(xr[c]) - k
+            s1 += d
+            s2 += d * d
+        m = s1 * inv_c
+        var = max(s2 * inv_c - m * m, 0.0)
+        mean = k + m
+        rstd = 1.0 / np.sqrt(var + eps)
+        save_mean[n] = mean
+        save_rstd[n] = rstd
+        if has_weight and has_bias:
+            for c in range(C):
+                orow[c] = (np.float64(xr[c]) - mean) * rstd * weight[c] + bias[c]
+        elif has_weight:
+            for c in range(C):
+                orow[c] = (np.float64(xr[c]) - mean) * rstd * weight[c]
+        elif has_bias:
+            for c in range(C):
+                orow[c] = (np.float64(xr[c]) - mean) * rstd + bias[c]
+        else:
+            for c in range(C):
+                orow[c] = (np.float64(xr[c]) - mean) * rstd
+
+
+@njit(**_OPTS)
+def layernorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, partial,
+                       has_weight, need_dweight, need_dbias, accumulate):
+    # per row: g = dy * gamma, xhat = (x - mean) * rstd,
+    # dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat)); dgamma += dy * xhat, dbeta += dy
+    N, C = x.shape
+    P = partial.shape[0]
+    inv_c = 1.0 / C
+    for p in prange(P):
+        pw = partial[p, 0]
+        pb = partial[p, 1]
+        for c in range(C):
+            pw[c] = 0.0
+            pb[c] = 0.0
+        for n in range((p * N) // P, ((p + 1) * N) // P):
+            xr = x[n]
+            gr = dy[n]
+            dr = dx[n]
+            mean = np.float64(save_mean[n])
+            rstd = np.float64(save_rstd[n])
+            sg = 0.0
+            sgx = 0.0
+            if has_weight:
+                for c in range(C):
+                    g = np.float64(gr[c]) * weight[c]
+                    sg += g
+                    sgx += g * (np.float64(xr[c]) - mean)
+            else:
+                for c in range(C):
+                    g = np.float64(gr[c])
+                    sg += g
+                    sgx += g * (np.float64(xr[c]) - mean)
+            mg = sg * inv_c
+            mgx = sgx * rstd * inv_c
+            if has_weight:
+                for c in range(C):
+                    xh = (np.float64(xr[c]) - mean) * rstd
+                    g = np.float64(gr[c])
+                    dr[c] = rstd * (g * weight[c] - mg - xh * mgx)
+                    pw[c] += g * xh
+                    pb[c] += g
+            else:
+                for c in range(C):
+                    xh = (np.float64(xr[c]) - mean) * rstd
+                    dr[c] = rstd * (np.float64(gr[c]) - mg - xh * mgx)
+    if need_dweight or need_dbias:
+        for c in range(C):
+            tw = 0.0
+            tb = 0.0
+            for p in range(P):
+                tw += partial[p, 0, c]
+                tb += partial[p, 1, c]
+            if need_dweight:
+                dweight[c] = dweight[c] + tw if accumulate else tw
+            if need_dbias:
+                dbias[c] = dbias[c] + tb if accumulate else tb
