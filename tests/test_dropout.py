@@ -254,28 +254,28 @@ def no_kernel(monkeypatch):
 
 def _args(n=10, dtype=np.float32):
     x = np.ones(n, dtype=dtype)
-    return dict(x=x, out=np.empty_like(x), mask=np.empty(D.mask_nbytes(n), np.uint8), p=0.5,
-                scale=2.0, seed=1, offset=0)
+    return {"x": x, "out": np.empty_like(x), "mask": np.empty(D.mask_nbytes(n), np.uint8),
+            "p": 0.5, "scale": 2.0, "seed": 1, "offset": 0}
 
 
 @pytest.mark.parametrize("change,exc,msg", [
-    (dict(p=1), ValueError, r"p must be in \[0, 1\), got 1"),
-    (dict(p=1.5), ValueError, r"p must be in \[0, 1\), got 1.5"),
-    (dict(p=-0.1), ValueError, r"p must be in \[0, 1\)"),
-    (dict(p=float("nan")), ValueError, "p must be finite"),
-    (dict(p="0.5"), TypeError, "p must be a real number"),
-    (dict(x=np.ones(10, dtype=np.int32)), TypeError, "x must have dtype float32 or float64"),
-    (dict(x=[1.0] * 10), TypeError, "x must be a numpy.ndarray"),
-    (dict(out=np.empty(10, dtype=np.float64)), TypeError, "out must have dtype float32"),
-    (dict(out=np.empty(11, dtype=np.float32)), ValueError, "out must have shape"),
-    (dict(mask=np.empty(1, np.uint8)), ValueError, "mask must have mask_nbytes"),
-    (dict(mask=np.empty(2, np.int8)), TypeError, "mask must have dtype uint8"),
-    (dict(x=np.ones(20, dtype=np.float32)[::2]), ValueError, "x must be C-contiguous"),
-    (dict(seed=-1), ValueError, "seed must be in"),
-    (dict(seed=2**64), ValueError, "seed must be in"),
-    (dict(seed=1.0), TypeError, "seed must be an integer"),
-    (dict(offset=-5), ValueError, "offset must be in"),
-    (dict(scale=float("inf")), ValueError, "scale must be finite"),
+    ({"p": 1}, ValueError, r"p must be in \[0, 1\), got 1"),
+    ({"p": 1.5}, ValueError, r"p must be in \[0, 1\), got 1.5"),
+    ({"p": -0.1}, ValueError, r"p must be in \[0, 1\)"),
+    ({"p": float("nan")}, ValueError, "p must be finite"),
+    ({"p": "0.5"}, TypeError, "p must be a real number"),
+    ({"x": np.ones(10, dtype=np.int32)}, TypeError, "x must have dtype float32 or float64"),
+    ({"x": [1.0] * 10}, TypeError, "x must be a numpy.ndarray"),
+    ({"out": np.empty(10, dtype=np.float64)}, TypeError, "out must have dtype float32"),
+    ({"out": np.empty(11, dtype=np.float32)}, ValueError, "out must have shape"),
+    ({"mask": np.empty(1, np.uint8)}, ValueError, "mask must have mask_nbytes"),
+    ({"mask": np.empty(2, np.int8)}, TypeError, "mask must have dtype uint8"),
+    ({"x": np.ones(20, dtype=np.float32)[::2]}, ValueError, "x must be C-contiguous"),
+    ({"seed": -1}, ValueError, "seed must be in"),
+    ({"seed": 2**64}, ValueError, "seed must be in"),
+    ({"seed": 1.0}, TypeError, "seed must be an integer"),
+    ({"offset": -5}, ValueError, "offset must be in"),
+    ({"scale": float("inf")}, ValueError, "scale must be finite"),
 ])
 def test_forward_rejects_bad_arguments_naming_them(no_kernel, change, exc, msg):
     args = _args()
