@@ -1,0 +1,418 @@
+"""Optimizer base class: param groups, flat buffers, state_dict in torch's layout, penalties.
+
+Layout: for every param group the optimizer owns three kinds of flat, contiguous buffers of the
+group's dtype, each of length n = total size of the group's trainable parameters:
+
+    data   the parameter values; every ``p.data`` is re-pointed at its view (reshaped)
+    grad   the gradients; every ``p.grad`` is re-pointed at its view (modules accumulate into it)
+    state  one buffer per state name (``exp_avg``, ``momentum_buffer``, ...), created on first use
+
+so that a step is one fused kernel call per group (fastreg/_kernels/optim.py), whatever the number
+of tensors. ``state_dict()`` slices the flat state back into per-parameter arrays keyed by
+parameter index with torch's state names, so a torch optimizer's state_dict (tensors converted with
+``.numpy()``) loads, and ours loads into torch after ``torch.as_tensor``.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from ..nn.parameter import Parameter
+
+
+class _Required:
+    """Marker for a hyper-parameter without default (torch's ``required``)."""
+
+    def __repr__(self) -> str:
+        return "<required parameter>"
+
+
+required = _Required()
+
+
+class _FlatGroup:
+    """The flat buffers of one param group and the views its parameters point at."""
+
+    __slots__ = (
+        "data",
+        "data_views",
+        "dtype",
+        "grad",
+        "grad_views",
+        "params",
+        "slices",
+        "state",
+        "step",
+    )
+
+    def __init__(self, params: list[Parameter]):
+        # Frozen parameters (requires_grad False) stay in the group, as in torch, but are not
+        # stepped: they never get a gradient.
+        self.params = [p for p in params if p.requires_grad]
+        dtypes = {p.data.dtype for p in self.params}
+        if len(dtypes) > 1:
+            raise TypeError("all parameters of a param group must have one dtype (the group is "
+                            f"one flat buffer), got {sorted(str(d) for d in dtypes)}; put each "
+                            "dtype in its own param group")
+        self.dtype = dtypes.pop() if dtypes else np.dtype(np.float32)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"parameters must have dtype float32 or float64, got {self.dtype}")
+        self.slices, n = [], 0
+        for p in self.params:
+            self.slices.append((n, n + p.data.size))
+            n += p.data.size
+        self.data = np.empty(n, dtype=self.dtype)
+        self.grad = np.zeros(n, dtype=self.dtype)
+        self.data_views, self.grad_views = [], []
+        for p, (lo, hi) in zip(self.params, self.slices):
+            self.data[lo:hi] = p.data.ravel()
+            if p.grad is not None:
+                self._copy_in(self.grad, lo, hi, p, p.grad, "grad")
+            dv = self.data[lo:hi].reshape(p.data.shape)
+            gv = self.grad[lo:hi].reshape(p.data.shape)
+            p.data, p.grad = dv, gv
+            self.data_views.append(dv)
+            self.grad_views.append(gv)
+        self.state: dict[str, np.ndarray] = {}
+        self.step = 0
+
+    @property
+    def n(self) -> int:
+        return self.data.shape[0]
+
+    @staticmethod
+    def _copy_in(flat, lo, hi, p, arr, what):
+        arr = np.asarray(arr)
+        if arr.size != hi - lo:
+            raise ValueError(f"{what} of {p!r} has shape {arr.shape}, expected the parameter's "
+                             f"shape {p.data.shape}")
+        flat[lo:hi] = arr.ravel()
+
+    def adopt(self, zero_grad: bool = False) -> None:
+        """Take back arrays that user code re-bound (``p.data = ...``, ``p.grad = None``).
+
+        The contract (fastreg/nn/parameter.py) is to write in place, so this is normally a
+        cheap identity check per parameter; a re-bound array is copied into the flat buffer and
+        the parameter re-pointed at its view.
+        """
+        for i, p in enumerate(self.params):
+            lo, hi = self.slices[i]
+            dv, gv = self.data_views[i], self.grad_views[i]
+            if p.data is not dv:
+                self._copy_in(self.data, lo, hi, p, p.data, "data")
+                p.data = dv
+            if p.grad is not gv:
+                if p.grad is None or zero_grad:
+                    self.grad[lo:hi] = 0
+                else:
+                    self._copy_in(self.grad, lo, hi, p, p.grad, "grad")
+                p.grad = gv
+
+    def buffer(self, name: str, fill: float = 0.0) -> np.ndarray:
+        """State buffer ``name``, created filled with ``fill`` the first time it is asked for."""
+        buf = self.state.get(name)
+        if buf is None:
+            buf = np.full(self.n, fill, dtype=self.dtype)
+            self.state[name] = buf
+        return buf
+
+
+def _as_param_list(params, what: str) -> list[Parameter]:
+    if isinstance(params, Parameter):
+        return [params]
+    if isinstance(params, (set, frozenset)):
+        raise TypeError(f"{what} need to be organized in ordered collections, but the ordering "
+                        "of a set changes between runs; use a list instead")
+    if isinstance(params, np.ndarray) or not isinstance(params, Iterable):
+        raise TypeError(f"{what} should be an iterable of fastreg.nn.Parameter or dicts, "
+                        f"got {type(params).__name__}")
+    out = list(params)
+    for p in out:
+        if not isinstance(p, Parameter):
+            raise TypeError("optimizer can only optimize fastreg.nn.Parameter objects, but one "
+                            f"of the params is {type(p).__name__}")
+    return out
+
+
+class Optimizer:
+    """Base class of fastreg's optimizers, shaped like ``torch.optim.Optimizer``.
+
+    Parameters
+    ----------
+    params : iterable of Parameter or of dict
+        Parameters to optimize, or param groups: dicts with a ``"params"`` entry and per-group
+        hyper-parameters that override ``defaults``.
+    defaults : dict
+        Default hyper-parameters (torch's keys, plus fastreg's ``l1`` and ``l2`` penalties).
+
+    Notes
+    -----
+    Each group's parameters are copied into one flat buffer at construction and every
+    ``p.data``/``p.grad`` is re-pointed at its view, so ``step()`` is one kernel call per group.
+    A group therefore has one dtype, a parameter belongs to one group, and a parameter whose
+    gradient was never written steps with a zero gradient (torch would skip it; with
+    ``zero_grad(set_to_none=False)`` torch behaves the same way). LR schedulers read and write
+    ``group["lr"]``, ``group["momentum"]``, ``group["betas"]`` and ``group["initial_lr"]``;
+    every step reads the current values.
+
+    Subclasses set ``_kind`` (a name for error messages) and implement ``_check_group`` and
+    ``_update(group, flat)``.
+    """
+
+    #: Whether the per-parameter state holds a "step" entry (torch: all but SGD).
+    _has_step = True
+
+    def __init__(self, params, defaults: dict[str, Any]):
+        self.defaults = dict(defaults)
+        self.defaults.setdefault("l1", 0.0)
+        self.defaults.setdefault("l2", 0.0)
+        self.param_groups: list[dict[str, Any]] = []
+        self._flat: list[_FlatGroup] = []
+        if isinstance(params, dict):
+            params = [params]
+        if isinstance(params, Parameter):
+            raise TypeError("params argument given to the optimizer should be an iterable of "
+                            "Parameters or dicts, but got Parameter")
+        if isinstance(params, np.ndarray) or not isinstance(params, Iterable):
+            raise TypeError("params argument given to the optimizer should be an iterable of "
+                            f"Parameters or dicts, but got {type(params).__name__}")
+        groups = list(params)
+        if len(groups) == 0:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for g in groups:
+            self.add_param_group(g)
+
+    # ----------------------------------------------------------------- groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group (a dict with ``"params"`` and optional hyper-parameters)."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
+        if "params" not in param_group:
+            raise ValueError("param_group must have a 'params' entry")
+        group = dict(param_group)
+        group["params"] = _as_param_list(group["params"], "optimizer parameters")
+        for name, default in self.defaults.items():
+            if default is required and name not in group:
+                raise ValueError("parameter group didn't specify a value of required "
+                                 f"optimization parameter {name}")
+            group.setdefault(name, default)
+        self._check_group(group)
+        for key in ("l1", "l2"):
+            v = group[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not np.isfinite(v) or v < 0:
+                raise ValueError(f"Invalid {key} value: {v}")
+        ids = [id(p) for p in group["params"]]
+        if len(ids) != len(set(ids)):
+            raise ValueError("optimizer contains a parameter group with duplicate parameters")
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if seen & set(ids):
+            raise ValueError("some parameters appear in more than one parameter group")
+        flat = _FlatGroup(group["params"])
+        self.param_groups.append(group)
+        self._flat.append(flat)
+
+    def _check_group(self, group: dict[str, Any]) -> None:  # pragma: no cover - overridden
+        pass
+
+    # ----------------------------------------------------------------- steps
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero every gradient in place.
+
+        ``set_to_none`` is accepted for torch compatibility but the gradient buffers are kept
+        (zeroed): the flat layout is what makes the step one kernel call, and modules accumulate
+        into ``p.grad`` in place.
+        """
+        for flat in self._flat:
+            flat.adopt(zero_grad=True)
+            flat.grad.fill(0)
+
+    def step(self, closure: Callable[[], float] | None = None):
+        """Perform one optimization step (one fused kernel call per param group).
+
+        closure : callable, optional
+            Re-evaluates the model and returns the loss (which ``step`` returns).
+        """
+        loss = closure() if closure is not None else None
+        for group, flat in zip(self.param_groups, self._flat):
+            if flat.n == 0:
+                continue
+            flat.adopt()
+            flat.step += 1
+            self._update(group, flat)
+        return loss
+
+    def _update(self, group: dict[str, Any], flat: _FlatGroup) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- penalties
+    def penalty(self) -> float:
+        """Σ over groups of l1·Σ|w| + l2·Σw², the regularization term to add to a reported loss.
+
+        The matching gradient is added inside the fused update, so a training loop never
+        differentiates this term itself.
+        """
+        total = 0.0
+        for group, flat in zip(self.param_groups, self._flat):
+            l1, l2 = float(group["l1"]), float(group["l2"])
+            if flat.n == 0 or (l1 == 0 and l2 == 0):
+                continue
+            flat.adopt()
+            w = flat.data
+            if l1:
+                total += l1 * float(np.abs(w).sum(dtype=np.float64))
+            if l2:
+                total += l2 * float(np.dot(w, w))
+        return total
+
+    # ----------------------------------------------------------------- state
+    @property
+    def state(self) -> dict[Parameter, dict[str, Any]]:
+        """Per-parameter state as live views of the flat buffers (``"step"`` as a float)."""
+        out: dict[Parameter, dict[str, Any]] = {}
+        for flat in self._flat:
+            if not flat.state and (flat.step == 0 or not self._has_step):
+                continue
+            for p, (lo, hi) in zip(flat.params, flat.slices):
+                st: dict[str, Any] = {"step": float(flat.step)} if self._has_step else {}
+                for name, buf in flat.state.items():
+                    st[name] = buf[lo:hi].reshape(p.data.shape)
+                out[p] = st
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer state in torch's layout (arrays are copies).
+
+        ``{"state": {index: {"step": float, <torch state names>: ndarray}}, "param_groups":
+        [{<hyper-parameters>, "params": [indices]}]}``, indices numbering the parameters of all
+        groups in order.
+        """
+        index = {}
+        groups = []
+        for group in self.param_groups:
+            packed = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+            packed["params"] = []
+            for p in group["params"]:
+                index.setdefault(id(p), len(index))
+                packed["params"].append(index[id(p)])
+            groups.append(packed)
+        state = {}
+        for p, st in self.state.items():
+            state[index[id(p)]] = {k: (v.copy() if isinstance(v, np.ndarray) else v)
+                                   for k, v in st.items()}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state produced by :meth:`state_dict` or by a torch optimizer of the same kind.
+
+        Tensors must be convertible with ``numpy.asarray`` (CPU tensors are). All parameters of a
+        group share one step count here, so their saved ``step`` values must agree; parameters
+        without saved state (torch skips parameters that never had a gradient) start from the
+        initial state.
+        """
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        for g, sg in zip(self.param_groups, saved_groups):
+            if len(g["params"]) != len(sg["params"]):
+                raise ValueError("loaded state dict contains a parameter group that doesn't "
+                                 "match the size of optimizer's group")
+        saved_state = state_dict["state"]
+        new_groups = []
+        for g, sg in zip(self.param_groups, saved_groups):
+            ng = dict(g)
+            ng.update({k: copy.deepcopy(v) for k, v in sg.items()
+                       if k not in ("params", "param_names")})
+            self._check_group(ng)
+            new_groups.append(ng)
+        # Build every group's new state before touching the optimizer (all or nothing).
+        loaded = []
+        for gi, (g, sg, flat) in enumerate(zip(self.param_groups, saved_groups, self._flat)):
+            ids = dict(zip((id(p) for p in g["params"]), sg["params"]))
+            steps, bufs = set(), {}
+            for p, (lo, hi) in zip(flat.params, flat.slices):
+                st = saved_state.get(ids[id(p)])
+                if not st:
+                    continue
+                for name, value in st.items():
+                    if value is None:
+                        continue
+                    if name == "step":
+                        steps.add(float(np.asarray(value)))
+                        continue
+                    arr = np.asarray(value)
+                    if arr.size != hi - lo:
+                        raise ValueError(f"state {name!r} of parameter {ids[id(p)]} has shape "
+                                         f"{arr.shape}, expected {p.data.shape}")
+                    if name not in bufs:
+                        bufs[name] = self._initial_buffer(new_groups[gi], flat, name)
+                    bufs[name][lo:hi] = arr.ravel()
+            if len(steps) > 1:
+                raise ValueError(f"param group {gi}: fastreg steps a group as one flat buffer, "
+                                 f"so all its parameters need the same 'step', got "
+                                 f"{sorted(steps)}")
+            step = int(steps.pop()) if steps else 0
+            loaded.append((step, bufs))
+        for gi, (flat, (step, bufs)) in enumerate(zip(self._flat, loaded)):
+            flat.step, flat.state = step, bufs
+            new_groups[gi]["params"] = self.param_groups[gi]["params"]
+        self.param_groups[:] = new_groups
+
+    def _initial_buffer(self, group: dict[str, Any], flat: _FlatGroup, name: str) -> np.ndarray:
+        """A fresh state buffer as the algorithm would create it (zeros unless overridden)."""
+        return np.zeros(flat.n, dtype=flat.dtype)
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for i, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for k in sorted(k for k in g if k != "params"):
+                lines.append(f"    {k}: {g[k]}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+def param_groups(params_or_model, weight_decay: float = 0.0, l1: float = 0.0,
+                 l2: float = 0.0) -> list[dict[str, Any]]:
+    """Split parameters into a regularized group and an unregularized one.
+
+    Parameters with ``p.regularize`` True (Linear weights) get ``weight_decay``, ``l1`` and
+    ``l2``; the others (biases, normalization parameters) get 0 for all three, the usual practice
+    of not decaying biases and norm scales.
+
+    Parameters
+    ----------
+    params_or_model : Module or iterable of Parameter
+        Anything with a ``parameters()`` method, or the parameters themselves.
+    weight_decay, l1, l2 : float
+        Coefficients for the regularized group (≥ 0).
+
+    Returns
+    -------
+    list of dict
+        ``[{"params": weights, "weight_decay": ..., "l1": ..., "l2": ...},
+        {"params": others, "weight_decay": 0.0, "l1": 0.0, "l2": 0.0}]``, ready to pass to any
+        optimizer (either list may be empty).
+
+    Examples
+    --------
+    >>> opt = fr.optim.SGD(fr.optim.param_groups(model, l2=1e-4), lr=0.1)  # doctest: +SKIP
+    """
+    for name, v in (("weight_decay", weight_decay), ("l1", l1), ("l2", l2)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    src = params_or_model
+    if not isinstance(src, Parameter) and callable(getattr(src, "parameters", None)):
+        src = src.parameters()
+    params = _as_param_list(src, "params_or_model")
+    reg = [p for p in params if p.regularize]
+    other = [p for p in params if not p.regularize]
+    return [{"params": reg, "weight_decay": float(weight_decay), "l1": float(l1),
+             "l2": float(l2)},
+            {"params": other, "weight_decay": 0.0, "l1": 0.0, "l2": 0.0}]
