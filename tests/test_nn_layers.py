@@ -11,8 +11,8 @@ from fastreg import nn
 from tests.conftest import tol
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +58,7 @@ def bn_ref(x, g, b, eps):
 
 def bn_backward_ref(dy, x, g, eps):
     N = x.shape[0]
-    _, mu, var, xhat = bn_ref(x, g, 0, eps)
+    _, _mu, var, xhat = bn_ref(x, g, 0, eps)
     dbeta = dy.sum(0)
     dgamma = (dy * xhat).sum(0)
     dx = g / np.sqrt(var + eps) / N * (N * dy - dbeta - xhat * dgamma)
