@@ -348,3 +348,43 @@ def test_hypothesis_sgd_entry_point(n, shape2, dts, momentum, nesterov, maximize
                    nesterov=nesterov, maximize=maximize, l1=l1, l2=l2)
     rtol, atol = tol(w.dtype, f32=1e-5, f64=1e-12)
     np.testing.assert_allclose(w, want, rtol=rtol, atol=atol)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=st.sampled_from(CASES), n=st.integers(1, 40), bad=st.sampled_from(
+       [None, "dtype", "length", "ndim", "strided", "readonly"]),
+       which=st.integers(0, 3), dtype=st.sampled_from([np.float32, np.float64]),
+       backend=st.sampled_from(["numba", "cython"]))
+def test_hypothesis_every_entry_point(case, n, bad, which, dtype, backend):
+    """Any kernel, any option set, one corrupted array: a clean error or the right answer."""
+    kind, opts = case
+    names = _needed(kind, opts)
+    rng = np.random.default_rng(n)
+    arrays = {"w": rng.standard_normal(n).astype(dtype), "g": rng.standard_normal(n).astype(dtype)}
+    init = 0.1 if kind == "adagrad" else 0.0
+    arrays.update({k: np.full(n, init, dtype) for k in names})
+    keys = list(arrays)
+    target = keys[which % len(keys)]
+    if bad == "dtype":
+        arrays[target] = arrays[target].astype(np.float64 if dtype == np.float32 else np.float32)
+    elif bad == "length":
+        arrays[target] = np.zeros(n + 1, dtype)
+    elif bad == "ndim":
+        arrays[target] = arrays[target].reshape(n, 1)
+    elif bad == "strided":
+        arrays[target] = np.repeat(arrays[target], 2)[::2]
+    elif bad == "readonly" and target != "g":
+        arrays[target].flags.writeable = False
+    before = {k: a.astype(np.float64) for k, a in arrays.items()}
+    w = arrays.pop("w")
+    g = arrays.pop("g")
+    try:
+        _run_kernel(kind, w, g, arrays, 1, opts, backend)
+    except (TypeError, ValueError) as exc:
+        assert bad is not None and not (bad == "readonly" and target == "g"), exc
+        return
+    assert bad is None or (bad == "readonly" and target == "g")
+    st64 = {k: before[k] for k in names}
+    want = REFS[kind](before["w"], before["g"], st64, 1, **opts)
+    rtol, atol = tol(dtype)
+    np.testing.assert_allclose(w, want, rtol=rtol, atol=atol)
