@@ -7,7 +7,6 @@
 # chunks in parallel (the result does not depend on how chunks map to threads).
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memset
 
 cimport cython
 from cython cimport floating
@@ -23,21 +22,23 @@ cdef extern from "_philox.h" nogil:
                               int64_t b1, int64_t n, float scale)
     void fr_dropout_apply_f64(const double *x, double *out, const uint8_t *mask, int64_t b0,
                               int64_t b1, int64_t n, double scale)
+    void fr_dropout_mask_chunk(uint8_t *mask, int64_t b0, int64_t b1, int64_t n, uint32_t k0,
+                               uint32_t k1, uint64_t offset, uint64_t threshold)
+    void fr_dropout_forward_chunk_f32(const float *x, float *out, uint8_t *mask, int64_t b0,
+                                      int64_t b1, int64_t n, uint32_t k0, uint32_t k1,
+                                      uint64_t offset, uint64_t threshold, float scale)
+    void fr_dropout_forward_chunk_f64(const double *x, double *out, uint8_t *mask, int64_t b0,
+                                      int64_t b1, int64_t n, uint32_t k0, uint32_t k1,
+                                      uint64_t offset, uint64_t threshold, double scale)
+    int FR_PHILOX_AVX512_ENABLED
 
 # Mask bytes per parallel work item: 2048 elements, 8 KiB of float32 (stays in L1 between the
 # mask pass and the apply pass over the same chunk).
 DEF CHUNK_BYTES = 256
 
 
-cdef inline void _mask_chunk(uint8_t *mask, int64_t b0, int64_t b1, int64_t n, uint32_t k0,
-                             uint32_t k1, uint64_t offset, uint64_t threshold) noexcept nogil:
-    cdef int64_t nbytes = (n + 7) >> 3
-    if threshold == 0:                       # (1 - p) * 2^32 < 1: nothing survives
-        memset(mask + b0, 0, <size_t>(b1 - b0))
-    else:
-        fr_dropout_mask_bytes(mask, b0, b1, k0, k1, offset, <uint32_t>(threshold - 1))
-    if b1 == nbytes and (n & 7) != 0:        # unused bits of the tail byte are 0
-        mask[nbytes - 1] &= <uint8_t>((1u << (n & 7)) - 1u)
+#: True when this build runs the explicit AVX-512 Philox path (else the portable C loops).
+HAVE_AVX512 = bool(FR_PHILOX_AVX512_ENABLED)
 
 
 def philox4x32_10_blocks(uint32_t[:, ::1] ctr, uint32_t[:, ::1] out, uint32_t k0, uint32_t k1):
@@ -66,7 +67,7 @@ def dropout_mask(uint8_t[::1] mask, int64_t n, uint32_t k0, uint32_t k1, uint64_
     for c in prange(nchunks, nogil=True, schedule="static"):
         b0 = c * CHUNK_BYTES
         b1 = min(b0 + CHUNK_BYTES, nbytes)
-        _mask_chunk(&mask[0], b0, b1, n, k0, k1, offset, threshold)
+        fr_dropout_mask_chunk(&mask[0], b0, b1, n, k0, k1, offset, threshold)
 
 
 @cython.boundscheck(False)
@@ -83,11 +84,12 @@ def dropout_forward(const floating[::1] x, floating[::1] out, uint8_t[::1] mask,
     for c in prange(nchunks, nogil=True, schedule="static"):
         b0 = c * CHUNK_BYTES
         b1 = min(b0 + CHUNK_BYTES, nbytes)
-        _mask_chunk(&mask[0], b0, b1, n, k0, k1, offset, threshold)
         if floating is float:
-            fr_dropout_apply_f32(&x[0], &out[0], &mask[0], b0, b1, n, scale)
+            fr_dropout_forward_chunk_f32(&x[0], &out[0], &mask[0], b0, b1, n, k0, k1, offset,
+                                         threshold, scale)
         else:
-            fr_dropout_apply_f64(&x[0], &out[0], &mask[0], b0, b1, n, scale)
+            fr_dropout_forward_chunk_f64(&x[0], &out[0], &mask[0], b0, b1, n, k0, k1, offset,
+                                         threshold, scale)
 
 
 @cython.boundscheck(False)

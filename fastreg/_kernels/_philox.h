@@ -114,4 +114,137 @@ FR_DEFINE_DROPOUT_APPLY(f32, float, uint32_t)
 FR_DEFINE_DROPOUT_APPLY(f64, double, uint64_t)
 #undef FR_DEFINE_DROPOUT_APPLY
 
+/* ---------------------------------------------------------------------------------------------
+ * Whole-chunk entry points used by _dropout_cy.pyx: bytes [b0, b1) of a call over n elements
+ * with keep threshold `threshold` (in [0, 2^32]). They clear the unused bits of the tail byte.
+ * With AVX-512F, groups of 8 full bytes (64 elements) run the explicit SIMD path below; the rest
+ * (and every non-AVX-512 build) runs the portable loops above. Both give identical bits.
+ * ------------------------------------------------------------------------------------------- */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define FR_PHILOX_AVX512 1
+
+typedef struct {
+    __m512i ka[10], kb[10];   /* round keys, broadcast in 64-bit lanes */
+    __m512i thr;              /* threshold - 1 in the low 32 bits of each 64-bit lane */
+} fr_philox_avx512_keys;
+
+static inline void fr_philox_avx512_setup(fr_philox_avx512_keys *k, uint32_t k0, uint32_t k1,
+                                          uint32_t thr_m1)
+{
+    for (int r = 0; r < 10; ++r) {
+        k->ka[r] = _mm512_set1_epi64((long long)(uint32_t)(k0 + (uint32_t)r * FR_PHILOX_W0));
+        k->kb[r] = _mm512_set1_epi64((long long)(uint32_t)(k1 + (uint32_t)r * FR_PHILOX_W1));
+    }
+    k->thr = _mm512_set1_epi64((long long)thr_m1);
+}
+
+/* Mask bytes m .. m+7 as one little-endian uint64. Lane q of the vectors holds byte m+q, i.e.
+ * counter blocks 2(m+q) ("a") and 2(m+q)+1 ("e"). Words live in the low 32 bits of 64-bit lanes;
+ * the high halves carry garbage that vpmuludq and the even-lane compares ignore. */
+static inline uint64_t fr_philox_mask8_avx512(const fr_philox_avx512_keys *k, uint64_t offset,
+                                              int64_t m)
+{
+    const __m512i m0 = _mm512_set1_epi64(FR_PHILOX_M0), m1 = _mm512_set1_epi64(FR_PHILOX_M1);
+    const __m512i lane2 = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
+    __m512i ca = _mm512_add_epi64(_mm512_set1_epi64((long long)(offset + 2 * (uint64_t)m)),
+                                  lane2);                       /* wraps mod 2^64 */
+    __m512i cb = _mm512_add_epi64(ca, _mm512_set1_epi64(1));
+    __m512i a0 = ca, a1 = _mm512_srli_epi64(ca, 32), a2 = _mm512_setzero_si512(), a3 = a2;
+    __m512i e0 = cb, e1 = _mm512_srli_epi64(cb, 32), e2 = a2, e3 = a2;
+    for (int r = 0; r < 10; ++r) {
+        __m512i pa0 = _mm512_mul_epu32(a0, m0), pa1 = _mm512_mul_epu32(a2, m1);
+        __m512i pe0 = _mm512_mul_epu32(e0, m0), pe1 = _mm512_mul_epu32(e2, m1);
+        /* 0x96: three-way XOR */
+        a0 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pa1, 32), a1, k->ka[r], 0x96);
+        a2 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pa0, 32), a3, k->kb[r], 0x96);
+        e0 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pe1, 32), e1, k->ka[r], 0x96);
+        e2 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pe0, 32), e3, k->kb[r], 0x96);
+        a1 = pa1; a3 = pa0; e1 = pe1; e3 = pe0;
+    }
+    const __mmask16 even = 0x5555;
+    __m512i bits = _mm512_setzero_si512();
+#define FR_BIT(w, j) bits = _mm512_mask_or_epi32(bits, _mm512_mask_cmple_epu32_mask(even, w, \
+                                  k->thr), bits, _mm512_set1_epi32(1 << (j)))
+    FR_BIT(a0, 0); FR_BIT(a1, 1); FR_BIT(a2, 2); FR_BIT(a3, 3);
+    FR_BIT(e0, 4); FR_BIT(e1, 5); FR_BIT(e2, 6); FR_BIT(e3, 7);
+#undef FR_BIT
+    return (uint64_t)_mm_cvtsi128_si64(_mm512_cvtepi64_epi8(bits));
+}
+#endif
+
+/* Keep bits of bytes [b0, b1), tail bits cleared. */
+static inline void fr_dropout_mask_chunk(uint8_t *mask, int64_t b0, int64_t b1, int64_t n,
+                                         uint32_t k0, uint32_t k1, uint64_t offset,
+                                         uint64_t threshold)
+{
+    int64_t nbytes = (n + 7) >> 3;
+    if (threshold == 0) {                      /* (1 - p) 2^32 < 1: nothing survives */
+        memset(mask + b0, 0, (size_t)(b1 - b0));
+        return;
+    }
+    uint32_t thr_m1 = (uint32_t)(threshold - 1);
+    int64_t m = b0;
+#ifdef FR_PHILOX_AVX512
+    fr_philox_avx512_keys keys;
+    fr_philox_avx512_setup(&keys, k0, k1, thr_m1);
+    for (; m + 8 <= b1; m += 8) {
+        uint64_t bytes = fr_philox_mask8_avx512(&keys, offset, m);
+        memcpy(mask + m, &bytes, 8);
+    }
+#endif
+    fr_dropout_mask_bytes(mask, m, b1, k0, k1, offset, thr_m1);
+    if (b1 == nbytes && (n & 7) != 0)          /* unused bits of the tail byte are 0 */
+        mask[nbytes - 1] &= (uint8_t)((1u << (n & 7)) - 1u);
+}
+
+/* Forward over bytes [b0, b1): mask bits and out = x * scale where kept, else +0.
+ * VEC_BODY applies 8 fresh mask bytes (uint64 `bytes`) to the 64 elements from 8m. */
+#define FR_DEFINE_DROPOUT_FORWARD(SUFFIX, T, VEC_BODY)                                        \
+static inline void fr_dropout_forward_chunk_##SUFFIX(const T *x, T *out, uint8_t *mask,        \
+        int64_t b0, int64_t b1, int64_t n, uint32_t k0, uint32_t k1, uint64_t offset,         \
+        uint64_t threshold, T scale)                                                          \
+{                                                                                             \
+    int64_t m = b0;                                                                           \
+    FR_FORWARD_VEC(T, VEC_BODY)                                                                  \
+    fr_dropout_mask_chunk(mask, m, b1, n, k0, k1, offset, threshold);                         \
+    fr_dropout_apply_##SUFFIX(x, out, mask, m, b1, n, scale);                                 \
+}
+
+#ifdef FR_PHILOX_AVX512
+#define FR_PHILOX_AVX512_ENABLED 1
+#define FR_FORWARD_VEC(T, VEC_BODY)                                                              \
+    if (threshold != 0) {                                                                     \
+        fr_philox_avx512_keys keys;                                                           \
+        fr_philox_avx512_setup(&keys, k0, k1, (uint32_t)(threshold - 1));                     \
+        int64_t full = n >> 3;                 /* bytes whose 8 elements all exist */         \
+        int64_t bv = b1 < full ? b1 : full;                                                   \
+        for (; m + 8 <= bv; m += 8) {                                                         \
+            uint64_t bytes = fr_philox_mask8_avx512(&keys, offset, m);                        \
+            memcpy(mask + m, &bytes, 8);                                                      \
+            const T *xs = x + 8 * m;                                                          \
+            T *os = out + 8 * m;                                                              \
+            VEC_BODY                                                                          \
+        }                                                                                     \
+    }
+#define FR_VEC_F32                                                                            \
+    { const __m512 s = _mm512_set1_ps(scale);                                                 \
+      for (int t = 0; t < 4; ++t)                                                             \
+          _mm512_storeu_ps(os + 16 * t, _mm512_maskz_mul_ps((__mmask16)(bytes >> (16 * t)),   \
+                                                            _mm512_loadu_ps(xs + 16 * t), s)); }
+#define FR_VEC_F64                                                                            \
+    { const __m512d s = _mm512_set1_pd(scale);                                                \
+      for (int t = 0; t < 8; ++t)                                                             \
+          _mm512_storeu_pd(os + 8 * t, _mm512_maskz_mul_pd((__mmask8)(bytes >> (8 * t)),       \
+                                                           _mm512_loadu_pd(xs + 8 * t), s)); }
+#else
+#define FR_PHILOX_AVX512_ENABLED 0
+#define FR_FORWARD_VEC(T, VEC_BODY)
+#define FR_VEC_F32
+#define FR_VEC_F64
+#endif
+
+FR_DEFINE_DROPOUT_FORWARD(f32, float, FR_VEC_F32)
+FR_DEFINE_DROPOUT_FORWARD(f64, double, FR_VEC_F64)
+
 #endif
