@@ -180,6 +180,18 @@ def test_image_transforms_are_pure_and_seeded(fn):
     assert a.shape == img.shape and a.dtype == img.dtype
 
 
+@pytest.mark.parametrize("chunk", [1, 50, 130])
+def test_chunking_does_not_change_results(monkeypatch, chunk):
+    img = make_images((7, 6, 5, 2))
+    angles = np.linspace(-170, 170, 7)
+    dy, dx = np.arange(-3, 4), np.arange(3, -4, -1)
+    whole = [A.rotate(img, angles), A.rotate(img, angles, "nearest"), A.shift(img, dy, dx)]
+    monkeypatch.setattr(A, "_CHUNK_PIXELS", chunk)  # 1 image per chunk, 1-2, 4 + remainder
+    parts = [A.rotate(img, angles), A.rotate(img, angles, "nearest"), A.shift(img, dy, dx)]
+    for w, p in zip(whole, parts):
+        assert np.array_equal(w, p)
+
+
 def test_empty_batch():
     img = np.zeros((0, 4, 4))
     for out in (A.random_rotation(img, 10, rng=0), A.random_shift(img, 1, rng=0),

@@ -29,10 +29,12 @@ __all__ = [
     "word_swap",
 ]
 
-#: Pixels gathered per chunk (bounds the float64 coordinate temporaries to a few tens of MB).
-_CHUNK_PIXELS = 1 << 21
-#: Source coordinates this close to an integer are snapped to it, so that rotations by multiples
-#: of 90 degrees are exact permutations of the pixels (cos(pi/2) is 6e-17, not 0).
+#: Pixels per chunk of whole images. Small on purpose: the ~10 float64 temporaries of a chunk
+#: (128 KiB each) stay in L2 and are recycled by malloc; multi-MB temporaries are returned to the
+#: OS and page-faulted back in on every call, which made rotation 5x slower (measured).
+_CHUNK_PIXELS = 1 << 14
+#: |cos| or |sin| below this is snapped to 0, so that rotations by multiples of 90 degrees are
+#: exact permutations of the pixels (cos(pi/2) is 6e-17, not 0).
 _SNAP = 1e-9
 
 
@@ -80,17 +82,34 @@ def _chunks(n: int, pixels_per_image: int):
         yield slice(start, min(n, start + step))
 
 
-def _gather(images: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-            valid: np.ndarray, fill: float) -> np.ndarray:
-    """``images[b, rows, cols]`` where ``valid``, ``fill`` elsewhere (float64, channels kept).
+def _padded(images: np.ndarray, fill: float, dtype: np.dtype) -> np.ndarray:
+    """Images framed by ``fill`` (1 pixel before, 2 after), flattened to (N·(H+3)·(W+3), *C).
 
-    ``rows``/``cols``/``valid`` broadcast to (B, H, W); out-of-range indices are clipped before
-    indexing and masked after, so nothing reads outside the array.
+    Source coordinates are clipped into [-1, H] × [-1, W] before indexing; everything outside
+    the image then reads the frame (``fill``), so each gather is one ``take`` with no masks. The
+    second trailing pixel holds the (r0 + 1, c0 + 1) neighbour of a coordinate clipped to H / W.
     """
-    H, W = images.shape[1], images.shape[2]
-    vals = images[b, np.clip(rows, 0, H - 1), np.clip(cols, 0, W - 1)].astype(np.float64)
-    mask = valid if images.ndim == 3 else valid[..., None]
-    return np.where(mask, vals, fill)
+    n, H, W = images.shape[:3]
+    P = np.empty((n, H + 3, W + 3, *images.shape[3:]), dtype=dtype)
+    P[...] = _cast_like(np.asarray(fill, dtype=np.float64), dtype)
+    P[:, 1:H + 1, 1:W + 1] = images
+    return P.reshape(n * (H + 3) * (W + 3), *images.shape[3:])
+
+
+def _flat_index(rows: np.ndarray, cols: np.ndarray, n: int, H: int, W: int) -> np.ndarray:
+    """Index into :func:`_padded` of (image b, rows, cols) for ``rows``/``cols`` of shape
+    (n, H, W) (or broadcastable), already clipped to [-1, H] × [-1, W]; computed in the float or
+    int dtype of ``rows`` (exact: every value is an integer far below 2**53) and cast once."""
+    base = ((np.arange(n)[:, None, None] * (H + 3) + 1) * (W + 3) + 1).astype(rows.dtype)
+    idx = np.add(np.multiply(rows, W + 3), np.add(cols, base))
+    return idx.astype(np.intp, copy=False)
+
+
+def _lerp_into(b: np.ndarray, a: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``b := a + t * (b - a)`` in place."""
+    np.subtract(b, a, out=b)
+    np.multiply(b, t, out=b)
+    return np.add(b, a, out=b)
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,6 +135,7 @@ def rotate(images: np.ndarray, degrees, interpolation: str = "bilinear",
     degrees : float or array of shape (N,)
         Angle per image (one for all when scalar), counter-clockwise.
     interpolation : {"bilinear", "nearest"}
+        Bilinear interpolation computes in float64 for float64 images, float32 otherwise.
     fill : float
         Value of pixels whose source lies outside the image.
 
@@ -128,8 +148,11 @@ def rotate(images: np.ndarray, degrees, interpolation: str = "bilinear",
         raise ValueError(f"interpolation must be 'bilinear' or 'nearest', got {interpolation!r}")
     fill = _check_fill(fill)
     n, H, W = images.shape[:3]
-    deg = np.asarray(degrees, dtype=np.float64) if not isinstance(degrees, np.ndarray) \
-        else degrees.astype(np.float64)
+    try:
+        deg = np.asarray(degrees, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"degrees must be a number or an array of numbers, got {degrees!r}") \
+            from None
     if deg.ndim == 0:
         deg = np.full(n, float(deg))
     if deg.shape != (n,):
@@ -137,36 +160,46 @@ def rotate(images: np.ndarray, degrees, interpolation: str = "bilinear",
     if not np.all(np.isfinite(deg)):
         raise ValueError("degrees must be finite")
 
+    nearest = interpolation == "nearest"
+    work = images.dtype if nearest else np.result_type(images.dtype, np.float32)
     theta = np.deg2rad(deg)
+    cos, sin = np.cos(theta), np.sin(theta)
+    # Exact quarter turns: cos(pi/2) is 6e-17, not 0; snapping it makes 90/180/270 degrees an
+    # exact permutation of the pixels.
+    cos[np.abs(cos) < _SNAP] = 0.0
+    sin[np.abs(sin) < _SNAP] = 0.0
     cy, cx = (H - 1) / 2.0, (W - 1) / 2.0
     y = (cy - np.arange(H, dtype=np.float64))[None, :, None]  # (1, H, 1)
     x = (np.arange(W, dtype=np.float64) - cx)[None, None, :]  # (1, 1, W)
     out = np.empty_like(images)
+    chan = (slice(None),) * 3 + (None,) * (images.ndim - 3)  # weights (B,H,W) -> channels
     for sl in _chunks(n, H * W):
-        cos = np.cos(theta[sl])[:, None, None]
-        sin = np.sin(theta[sl])[:, None, None]
-        rows = cy - (-x * sin + y * cos)  # (B, H, W) source coordinates
-        cols = cx + (x * cos + y * sin)
-        for a in (rows, cols):
-            near = np.rint(a)
-            np.copyto(a, near, where=np.abs(a - near) < _SNAP)
-        b = np.arange(sl.start, sl.stop)[:, None, None]
-        if interpolation == "nearest":
-            r = np.rint(rows).astype(np.intp)
-            c = np.rint(cols).astype(np.intp)
-            res = _gather(images, b, r, c, (r >= 0) & (r < H) & (c >= 0) & (c < W), fill)
-        else:
-            r0f, c0f = np.floor(rows), np.floor(cols)
-            fr, fc = rows - r0f, cols - c0f
-            r0, c0 = r0f.astype(np.intp), c0f.astype(np.intp)
-            res = 0.0
-            for dr, wr in ((0, 1.0 - fr), (1, fr)):
-                for dc, wc in ((0, 1.0 - fc), (1, fc)):
-                    r, c = r0 + dr, c0 + dc
-                    v = _gather(images, b, r, c, (r >= 0) & (r < H) & (c >= 0) & (c < W), fill)
-                    w = wr * wc
-                    res = res + (v * (w if images.ndim == 3 else w[..., None]))
-        out[sl] = _cast_like(res, images.dtype)
+        flat = _padded(images[sl], fill, work)
+        c = cos[sl, None, None]
+        s = sin[sl, None, None]
+        # source coordinates (B, H, W): r_s = c_y + x sin - y cos, c_s = c_x + x cos + y sin
+        rows = (cy + x * s) - y * c
+        cols = (cx + x * c) + y * s
+        np.clip(rows, -1, H, out=rows)
+        np.clip(cols, -1, W, out=cols)
+        if nearest:
+            out[sl] = flat.take(_flat_index(np.rint(rows), np.rint(cols), rows.shape[0], H, W),
+                                axis=0)
+            continue
+        r0, c0 = np.floor(rows), np.floor(cols)
+        fr = np.subtract(rows, r0, out=rows).astype(work, copy=False)[chan]
+        fc = np.subtract(cols, c0, out=cols).astype(work, copy=False)[chan]
+        i00 = _flat_index(r0, c0, rows.shape[0], H, W)
+        # top = v00 + fc (v01 - v00), bottom likewise one row down, out = top + fr (bottom - top).
+        # Written with out= ufunc calls: `a + b * (c - d)` on large temporaries costs ms in
+        # NumPy's temporary-elision check.
+        top, v01 = flat.take(i00, axis=0), flat.take(i00 + 1, axis=0)
+        _lerp_into(v01, top, fc)  # v01 := top + fc * (v01 - top)
+        i00 += W + 3  # next row
+        bottom, v11 = flat.take(i00, axis=0), flat.take(i00 + 1, axis=0)
+        _lerp_into(v11, bottom, fc)
+        _lerp_into(v11, v01, fr)
+        out[sl] = _cast_like(v11, images.dtype)
     return out
 
 
@@ -237,12 +270,10 @@ def shift(images: np.ndarray, dy, dx, fill: float = 0.0) -> np.ndarray:
     dy, dx = shifts
     out = np.empty_like(images)
     for sl in _chunks(n, H * W):
-        rows = np.arange(H)[None, :] - dy[sl, None]  # (B, H)
-        cols = np.arange(W)[None, :] - dx[sl, None]  # (B, W)
-        valid = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]
-        b = np.arange(sl.start, sl.stop)[:, None, None]
-        res = _gather(images, b, rows[:, :, None], cols[:, None, :], valid, fill)
-        out[sl] = _cast_like(res, images.dtype)
+        flat = _padded(images[sl], fill, images.dtype)
+        rows = np.clip(np.arange(H)[None, :, None] - dy[sl, None, None], -1, H)  # (B, H, 1)
+        cols = np.clip(np.arange(W)[None, None, :] - dx[sl, None, None], -1, W)  # (B, 1, W)
+        out[sl] = flat.take(_flat_index(rows, cols, rows.shape[0], H, W), axis=0)
     return out
 
 
