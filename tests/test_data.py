@@ -197,6 +197,13 @@ def test_stratified_split_keeps_class_proportions():
     assert np.all(np.bincount(ytr, minlength=6) > 0)  # even the 3-sample class trains
 
 
+def test_string_labels_are_stratified():
+    labels = np.array(["cat"] * 90 + ["dog"] * 10)
+    X, _ = ids_dataset(100)
+    (_, ytr), (_, yva), (_, yte) = train_valid_test_split(X, labels, valid=0.2, test=0.2, seed=1)
+    assert (yva == "dog").sum() == 2 and (yte == "dog").sum() == 2 and (ytr == "dog").sum() == 6
+
+
 def test_float_targets_fall_back_to_plain_split():
     X, _ = ids_dataset(100)
     y = np.linspace(0, 1, 100)

@@ -11,6 +11,9 @@ from .loader import _numpy_rng
 
 __all__ = ["train_valid_test_split"]
 
+#: dtype kinds treated as class labels: bool, integers, strings.
+_LABEL_KINDS = "biuUS"
+
 
 def _split_size(name: str, value, n: int) -> int:
     """A fraction in [0, 1) of ``n`` (rounded) or an absolute count in [0, n)."""
@@ -46,13 +49,14 @@ def _allocate(total: int, ideal: np.ndarray, capacity: np.ndarray,
 
 def train_valid_test_split(X: np.ndarray, y: np.ndarray | None = None, valid: float = 0.1,
                            test: float = 0.1, stratify: bool = True, seed=None):
-    """Split ``(X, y)`` into disjoint shuffled train, validation and test sets.
+    r"""Split ``(X, y)`` into disjoint shuffled train, validation and test sets.
 
-    With ``stratify=True`` and 1-D integer (or bool) labels, every class keeps its proportion in
-    each split: class c with :math:`n_c` samples gives about :math:`n_c \\cdot` ``valid`` to
-    validation and :math:`n_c \\cdot` ``test`` to test, rounded so that the split sizes are
-    exactly ``round(valid·N)`` and ``round(test·N)`` (largest-remainder rounding). Float or
-    multi-dimensional targets fall back to a plain random split.
+    With ``stratify=True`` and 1-D integer (or bool, or string) labels, every class keeps its
+    proportion in each split: class c with :math:`n_c` samples gives about
+    :math:`n_c \cdot \text{valid}` samples to validation and :math:`n_c \cdot \text{test}` to
+    test, rounded so that the split sizes are exactly ``round(valid·N)`` and ``round(test·N)``
+    (largest-remainder rounding). Float or multi-dimensional targets fall back to a plain random
+    split.
 
     Parameters
     ----------
@@ -90,7 +94,7 @@ def train_valid_test_split(X: np.ndarray, y: np.ndarray | None = None, valid: fl
     rng = _numpy_rng(seed, "seed")
 
     perm = rng.permutation(n)
-    if stratify and y is not None and y.ndim == 1 and y.dtype.kind in "biu":
+    if stratify and y is not None and y.ndim == 1 and y.dtype.kind in _LABEL_KINDS:
         # Group a random permutation by class (stable sort keeps it random within each class),
         # then give each class's first test_c samples to test and the next valid_c to valid.
         _, inverse, class_counts = np.unique(y, return_inverse=True, return_counts=True)
