@@ -10,6 +10,8 @@
 #   backward_weight  dW  = dy.T @ x       A = dy.T (1, M)    B = x        (K, 1), rowsum = dbias
 cimport numpy as cnp
 
+from fastreg import _config
+
 cnp.import_array()
 
 cdef extern from "_matmul_kernel.h" nogil:
@@ -21,7 +23,6 @@ cdef extern from "_matmul_kernel.h" nogil:
                     const double *B, Py_ssize_t rsb, Py_ssize_t csb, double *C, Py_ssize_t ldc,
                     int accumulate, const double *bias, int act, double slope, double *rowsum,
                     int nthreads)
-    int omp_get_max_threads()
 
 
 cdef inline void* _ptr(object a):
@@ -36,7 +37,9 @@ cdef int _gemm(object dtype, int m, int n, int k, object A, Py_ssize_t rsa, Py_s
     cdef void *pc = _ptr(C)
     cdef void *pbias = _ptr(bias)
     cdef void *prow = _ptr(rowsum)
-    cdef int nt = omp_get_max_threads()
+    # fastreg's setting, not omp_get_max_threads(): another OpenMP user in the process (numba's
+    # omp layer) may have changed this thread's OpenMP default.
+    cdef int nt = _config.get_num_threads()
     cdef bint is_f32 = dtype.itemsize == 4
     cdef int rc
     with nogil:

@@ -247,70 +247,73 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
                           slope, rowsum, nthreads))
         return 0;
 
-    const int rowpanels = (m + FR_MR - 1) / FR_MR;
     const double flops = 2.0 * m * (double)n * k;
-    int nt = flops >= FR_PAR_MIN_FLOPS ? nthreads : 1;
+    const int nt = flops >= FR_PAR_MIN_FLOPS ? nthreads : 1;
     /* Balanced depth blocks: 784 = 4 x 196 rather than 3 x 256 + 16. */
     const int kblocks = (k + FR_KC - 1) / FR_KC;
     const int kcb = (k + kblocks - 1) / kblocks;
-    const int ncmax = FR_MIN(n, FR_NC);
-    const int maxpanels = (ncmax + FR_NR - 1) / FR_NR;
-    const size_t bp_elems = (size_t)maxpanels * FR_NR * kcb;
-    const size_t per_thread = (size_t)FR_MR * kcb + (size_t)FR_MR * FR_NR;
-    FR_T *Bp = (FR_T *)fr_get_scratch((bp_elems + per_thread * (size_t)nt) * sizeof(FR_T));
-    if (!Bp) return -1;
+    /* Tasks are (row block) x (column block) tiles of C, each computed start to finish by one
+     * thread with its own packed B: no barrier inside the call, so a thread that the OS
+     * preempts (a shared 2-core machine) delays only its own tile, never a team barrier.
+     * Repacking B per row block costs k*nc copies per 2*mc*k*nc flops: < 1% for mc >= 64. */
+    int mb = (m + FR_MC - 1) / FR_MC, nb = (n + FR_NC - 1) / FR_NC;
+    const int want = nt > 1 ? 3 * nt : 1;
+    while (mb * nb < want) {
+        const int mcur = (m + mb - 1) / mb, ncur = (n + nb - 1) / nb;
+        if (mcur >= 2 * FR_MR && mcur >= ncur / 2) mb++;
+        else if (ncur >= 2 * FR_NR) nb++;
+        else break;
+    }
+    const int mcb = ((m + mb - 1) / mb + FR_MR - 1) / FR_MR * FR_MR;
+    const int ncb = ((n + nb - 1) / nb + FR_NR - 1) / FR_NR * FR_NR;
+    mb = (m + mcb - 1) / mcb;
+    nb = (n + ncb - 1) / ncb;
+    const int ntasks = mb * nb;
+    const int nteam = FR_MIN(nt, ntasks);
+    const size_t per_thread = (size_t)ncb * kcb + (size_t)FR_MR * kcb + (size_t)FR_MR * FR_NR;
+    FR_T *scratch = (FR_T *)fr_get_scratch(per_thread * (size_t)nteam * sizeof(FR_T));
+    if (!scratch) return -1;
+    (void)nteam;
 
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        const int tid = omp_get_thread_num();
-        const int nteam = nt > 1 ? omp_get_num_threads() : 1;
-        FR_T *Ap = Bp + bp_elems + per_thread * (size_t)tid;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nteam) if (nteam > 1)
+    for (int t = 0; t < ntasks; t++) {
+        FR_T *Bp = scratch + per_thread * (size_t)omp_get_thread_num();
+        FR_T *Ap = Bp + (size_t)ncb * kcb;
         FR_T *tile = Ap + (size_t)FR_MR * kcb;
-        for (int jc = 0; jc < n; jc += FR_NC) {
-            const int nc = FR_MIN(FR_NC, n - jc);
-            const int npanels = (nc + FR_NR - 1) / FR_NR;
-            /* Enough tasks for load balance on a shared machine, but each task repacks its A
-             * sliver, so do not split columns when the rows alone give enough tasks. */
-            int nchunks = (4 * nteam + rowpanels - 1) / rowpanels;
-            if (nteam == 1) nchunks = 1;
-            if (nchunks > npanels) nchunks = npanels;
-            const int ntasks = rowpanels * nchunks;
-            for (int pc = 0; pc < k; pc += kcb) {
-                const int kc = FR_MIN(kcb, k - pc);
-                const int first = pc == 0, last = pc + kc >= k;
-                const int load_c = accumulate || !first;
-#pragma omp for schedule(static)
-                for (int p = 0; p < npanels; p++) {
-                    const int j0 = jc + p * FR_NR;
-                    FN(fr_pack_b)(FR_MIN(FR_NR, n - j0), kc, B + pc * rsb + j0 * csb, rsb, csb,
-                                  Bp + (size_t)p * FR_NR * kc);
+        const int ib = t / nb, jb = t % nb;
+        const int i0 = ib * mcb, i1 = FR_MIN(m, i0 + mcb);
+        const int j0 = jb * ncb, nc = FR_MIN(ncb, n - j0);
+        const int npanels = (nc + FR_NR - 1) / FR_NR;
+        for (int pc = 0; pc < k; pc += kcb) {
+            const int kc = FR_MIN(kcb, k - pc);
+            const int first = pc == 0, last = pc + kc >= k;
+            const int load_c = accumulate || !first;
+            for (int p = 0; p < npanels; p++) {
+                const int jp = j0 + p * FR_NR;
+                FN(fr_pack_b)(FR_MIN(FR_NR, n - jp), kc, B + pc * rsb + jp * csb, rsb, csb,
+                              Bp + (size_t)p * FR_NR * kc);
+            }
+            for (int ir = i0; ir < i1; ir += FR_MR) {
+                const int mr = FR_MIN(FR_MR, i1 - ir);
+                FN(fr_pack_a)(mr, kc, A + ir * rsa + pc * csa, rsa, csa, Ap);
+                if (rowsum && jb == 0) {
+                    /* dbias: each row sliver is packed exactly once here per depth block. */
+                    for (int i = 0; i < mr; i++) {
+                        FR_T s = 0;
+                        for (int p = 0; p < kc; p++) s += Ap[p * FR_MR + i];
+                        rowsum[ir + i] = load_c ? rowsum[ir + i] + s : s;
+                    }
                 }
-#pragma omp for schedule(dynamic, 1)
-                for (int t = 0; t < ntasks; t++) {
-                    const int ir = t / nchunks, ch = t % nchunks;
-                    const int i0 = ir * FR_MR, mr = FR_MIN(FR_MR, m - i0);
-                    const int p0 = (int)((long)ch * npanels / nchunks);
-                    const int p1 = (int)((long)(ch + 1) * npanels / nchunks);
-                    FN(fr_pack_a)(mr, kc, A + i0 * rsa + pc * csa, rsa, csa, Ap);
-                    if (rowsum && jc == 0 && ch == 0) {
-                        /* dbias: each row sliver is packed exactly once here per depth block. */
-                        for (int i = 0; i < mr; i++) {
-                            FR_T s = 0;
-                            for (int p = 0; p < kc; p++) s += Ap[p * FR_MR + i];
-                            rowsum[i0 + i] = (accumulate || !first) ? rowsum[i0 + i] + s : s;
-                        }
-                    }
-                    for (int p = p0; p < p1; p++) {
-                        const int j0 = jc + p * FR_NR, nr = FR_MIN(FR_NR, n - j0);
-                        FR_T *c = C + i0 * ldc + j0;
-                        const FR_T *bp = Bp + (size_t)p * FR_NR * kc;
-                        const FR_T *bb = bias ? bias + j0 : NULL;
-                        if (mr == FR_MR && nr == FR_NR)
-                            FN(fr_ukernel)(kc, Ap, bp, c, ldc, load_c, last, bb, act, slope);
-                        else
-                            FN(fr_edge_tile)(mr, nr, kc, Ap, bp, c, ldc, load_c, last, bb, act,
-                                             slope, tile);
-                    }
+                for (int p = 0; p < npanels; p++) {
+                    const int jp = j0 + p * FR_NR, nr = FR_MIN(FR_NR, n - jp);
+                    FR_T *c = C + ir * ldc + jp;
+                    const FR_T *bp = Bp + (size_t)p * FR_NR * kc;
+                    const FR_T *bb = bias ? bias + jp : NULL;
+                    if (mr == FR_MR && nr == FR_NR)
+                        FN(fr_ukernel)(kc, Ap, bp, c, ldc, load_c, last, bb, act, slope);
+                    else
+                        FN(fr_edge_tile)(mr, nr, kc, Ap, bp, c, ldc, load_c, last, bb, act,
+                                         slope, tile);
                 }
             }
         }

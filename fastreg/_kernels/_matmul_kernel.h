@@ -7,10 +7,11 @@
  * A and B are read through (row stride, column stride) pairs, so the three linear-layer products
  * (x @ W.T, dy @ W, dy.T @ x) are the same routine with different strides.
  *
- * Blocking (Goto/BLIS): for each column block jc (NC) and depth block pc (KC) the B block is
- * packed once into contiguous NR-wide panels (shared by all threads, sized for L2); the output
- * is then split into tasks of MR rows x a chunk of NR panels; a task packs its MR x kc sliver of
- * A (L1) and runs the register-blocked micro-kernel over the B panels of its chunk.
+ * Blocking (Goto/BLIS): C is split into tiles of at most MC rows x NC columns (smaller when
+ * needed to give every thread work); each tile is one OpenMP task (dynamic schedule, no barrier
+ * inside the call). A task walks the depth in KC blocks: it packs its kc x nc block of B into
+ * NR-wide panels (L2), then for each MR-row sliver of A packs it (L1) and runs the
+ * register-blocked micro-kernel across the B panels.
  *
  * The micro-kernel keeps an MR x NR tile in registers: AVX-512 (8 x 2 zmm), AVX2 (6 x 2 ymm) or
  * a portable scalar loop (4 x 8), chosen by the compiler flags (setup.py uses -march=native).
@@ -102,6 +103,7 @@ static void *fr_get_scratch(size_t bytes) {
 #endif
 #define FR_KC 256
 #define FR_NC 512
+#define FR_MC 128
 #include "_matmul_gemm_impl.h"
 #undef FR_T
 #undef FR_SUFFIX
@@ -122,6 +124,7 @@ static void *fr_get_scratch(size_t bytes) {
 #undef FR_SCALAR_KERNEL
 #undef FR_KC
 #undef FR_NC
+#undef FR_MC
 
 /* ----------------------------------------------------------------- double */
 #define FR_T double
@@ -164,6 +167,7 @@ static void *fr_get_scratch(size_t bytes) {
 #endif
 #define FR_KC 256
 #define FR_NC 256
+#define FR_MC 128
 #include "_matmul_gemm_impl.h"
 #undef FR_T
 #undef FR_SUFFIX
@@ -184,5 +188,6 @@ static void *fr_get_scratch(size_t bytes) {
 #undef FR_SCALAR_KERNEL
 #undef FR_KC
 #undef FR_NC
+#undef FR_MC
 
 #endif /* FASTREG_MATMUL_KERNEL_H */

@@ -18,12 +18,13 @@ the micro-kernel here is a 4 x 4 block of dot products over *k-contiguous* packe
 scalar accumulators that LLVM turns into 16 vector registers, 8 loads per 16 FMAs. Depth blocks
 are long (KC) to amortize the 16 horizontal sums at the end of each block.
 
-Blocking: for each column block (NC columns of C) and depth block (KC) the B block is packed
-once, row by row (Bp[j * kc + p] = B[pc + p, j]), shared by all threads; then each thread takes
-tasks of 4 rows x a chunk of 4-column quads, packs its 4 x kc sliver of A (Ap[i * kc + p]) into
-its own scratch row, and runs the 4 x 4 kernel. The epilogue (bias + activation) is applied to
-the 16 values as they are stored after the last depth block; dbias is summed from the packed A
-sliver (each row is packed exactly once per depth block in the jc == 0, chunk 0 task).
+Blocking: C is cut into tiles of at most MC rows x nc columns (nc from the L2 budget, smaller
+when needed to give every thread work), dealt round-robin to the threads of one prange: no
+barrier inside the call. A tile walks the depth in KC blocks: it packs its B block row by row
+(Bp[j * kc + p] = B[pc + p, j], L2), then for each 4-row sliver of A packs it (Ap[i * kc + p],
+L1) and runs the 4 x 4 kernel across the B block. The epilogue (bias + activation) is applied
+to the 16 values as they are stored after the last depth block; dbias is summed from the packed
+A sliver (in the tiles of column block 0, where each row is packed once per depth block).
 """
 from __future__ import annotations
 
@@ -42,9 +43,14 @@ _FM = {"reassoc", "contract", "nsz", "arcp"}
 #: Register block (rows x columns of C per micro-kernel call).
 MR = 4
 NR = 4
-#: Depth block; the B block (NC x KC) is sized for a 1 MiB L2 (512 KiB of it).
-KC = 512
-NC = {4: 256, 8: 128}
+#: Depth block (long: amortizes the 16 horizontal sums per tile). Packed panels are zero-padded
+#: to a multiple of KPAD so the vector loop has no scalar remainder.
+KC = 1024
+KPAD = 16
+#: Bytes of L2 (1 MiB per Zen 4 core) the packed B block may use: its width follows from kc.
+L2_BLOCK_BYTES = 512 * 1024
+#: Rows of C per task (at most).
+MC = 128
 #: Below this many flops, one thread: a parallel launch costs more than it saves.
 PAR_MIN_FLOPS = 1.0e6
 #: Up to this many rows of C the product is a few GEMVs: no packing, no 4-row padding.
@@ -65,23 +71,21 @@ def _act(v, act, slope):
 
 
 @njit(cache=True, fastmath=_FM)
-def _pack_rows(kc, src, off, rs, cs, rows, dst, doff):
-    """dst[doff + r * kc + p] = src[off + r * rs + p * cs] for r < rows, zero rows up to 4."""
-    if cs == 1:
-        for r in range(rows):
-            base = off + r * rs
-            d = doff + r * kc
-            for p in range(kc):
-                dst[d + p] = src[base + p]
-    else:
-        for p in range(kc):
-            base = off + p * cs
-            for r in range(rows):
-                dst[doff + r * kc + p] = src[base + r * rs]
-    for r in range(rows, 4):
-        d = doff + r * kc
-        for p in range(kc):
-            dst[d + p] = 0
+def _pack_rows(kv, kc, src, off, rs, cs, rows, dst, doff):
+    """dst[doff + r * kc + p] = src[off + r * rs + p * cs] for r < rows and p < kv; zero for the
+    padding (rows up to 4, p from kv up to kc)."""
+    for r in range(4):
+        d = dst[doff + r * kc:doff + (r + 1) * kc]  # a slice: no wraparound checks inside
+        if r >= rows:
+            d[:] = 0
+            continue
+        if cs == 1:
+            d[:kv] = src[off + r * rs:off + r * rs + kv]
+        else:
+            s = src[off + r * rs:]
+            for p in range(kv):
+                d[p] = s[p * cs]
+        d[kv:] = 0
 
 
 @njit(cache=True, fastmath=_FM, inline="always")
@@ -100,17 +104,21 @@ def _tile_4x4(kc, Ap, ao, Bp, bo, C, coff, ldc, mr, nr, j0, load_c, epi, bias, h
     """C[i, j] (+)= sum_p Ap[i, p] * Bp[j, p] for the 4 x 4 tile at C[coff] (mr x nr valid)."""
     s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
     s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
-    a1, a2, a3 = ao + kc, ao + 2 * kc, ao + 3 * kc
-    b1, b2, b3 = bo + kc, bo + 2 * kc, bo + 3 * kc
+    # Slices, not offset arithmetic: numba's negative-index wraparound on "Ap[ao + p]" (ao of
+    # unknown sign) turns the vectorized loads into gathers; "a0[p]" with p in range() does not.
+    a0, a1 = Ap[ao:ao + kc], Ap[ao + kc:ao + 2 * kc]
+    a2, a3 = Ap[ao + 2 * kc:ao + 3 * kc], Ap[ao + 3 * kc:ao + 4 * kc]
+    b0, b1 = Bp[bo:bo + kc], Bp[bo + kc:bo + 2 * kc]
+    b2, b3 = Bp[bo + 2 * kc:bo + 3 * kc], Bp[bo + 3 * kc:bo + 4 * kc]
     for p in range(kc):
-        x0 = Ap[ao + p]
-        x1 = Ap[a1 + p]
-        x2 = Ap[a2 + p]
-        x3 = Ap[a3 + p]
-        w0 = Bp[bo + p]
-        w1 = Bp[b1 + p]
-        w2 = Bp[b2 + p]
-        w3 = Bp[b3 + p]
+        x0 = a0[p]
+        x1 = a1[p]
+        x2 = a2[p]
+        x3 = a3[p]
+        w0 = b0[p]
+        w1 = b1[p]
+        w2 = b2[p]
+        w3 = b3[p]
         s00 += x0 * w0
         s01 += x0 * w1
         s02 += x0 * w2
@@ -167,22 +175,23 @@ def _gemm_small(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, accumulate, bias, has
             for i in range(m):
                 xo = i * k
                 co = i * ldc
+                xr = Arows[xo:xo + k]
+                cr = C[co:co + n]
                 if rsb == 1:
                     for j in range(j0, j1):
-                        bo = j * csb
+                        br = B[j * csb:j * csb + k]
                         s = zero
                         for p in range(k):
-                            s += Arows[xo + p] * B[bo + p]
-                        C[co + j] = C[co + j] + s if accumulate else s
+                            s += xr[p] * br[p]
+                        cr[j] = cr[j] + s if accumulate else s
                 else:
                     if not accumulate:
-                        for j in range(j0, j1):
-                            C[co + j] = 0
+                        cr[j0:j1] = 0
                     for p in range(k):
-                        xp = Arows[xo + p]
-                        bo = p * rsb
+                        xp = xr[p]
+                        br = B[p * rsb:p * rsb + n]
                         for j in range(j0, j1):
-                            C[co + j] += xp * B[bo + j]
+                            cr[j] += xp * br[j]
                 if has_bias or act != ACT_IDENTITY:
                     for j in range(j0, j1):
                         v = C[co + j]
@@ -193,46 +202,48 @@ def _gemm_small(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, accumulate, bias, has
 
 @njit(cache=True, parallel=True, fastmath=_FM)
 def _gemm_blocked(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, accumulate, bias, has_bias, act,
-                  slope, rowsum, has_rowsum, nt, Bp, Ap, kcb, ncb, zero):
+                  slope, rowsum, has_rowsum, nt, scratch, kcb, kcp, mcb, ncb, zero):
     """C[m, n] (+)= A @ B; epilogue act(C + bias[n]) after the last depth block; rowsum (+)=
-    A.sum(1). Bp holds (ncb rounded up to 4) x kcb, Ap holds nt rows of 4 x kcb."""
-    rowq = (m + MR - 1) // MR
-    for jc in range(0, n, ncb):
-        nc = min(ncb, n - jc)
-        nq = (nc + NR - 1) // NR
-        nchunks = 1
-        if nt > 1:
-            nchunks = min(nq, (4 * nt + rowq - 1) // rowq)
-        ntasks = rowq * nchunks
-        for pc in range(0, k, kcb):
-            kc = min(kcb, k - pc)
-            load_c = accumulate or pc > 0
-            last = pc + kc >= k
-            for t in prange(nt):
-                for q in range(t, nq, nt):
-                    j0 = jc + q * NR
-                    _pack_rows(kc, B, pc * rsb + j0 * csb, csb, rsb, min(NR, n - j0), Bp,
+    A.sum(1). Tasks are mcb x ncb tiles of C, dealt round-robin to nt threads; each thread has
+    its own scratch row: packed B (ncb x kcp) then packed A (4 x kcp), kcp = kcb padded."""
+    mb = (m + mcb - 1) // mcb
+    nb = (n + ncb - 1) // ncb
+    ntasks = mb * nb
+    for t in prange(nt):
+        Bp = scratch[t, :ncb * kcp]
+        Ap = scratch[t, ncb * kcp:]
+        for task in range(t, ntasks, nt):
+            ib = task // nb
+            jb = task % nb
+            i0 = ib * mcb
+            i1 = min(m, i0 + mcb)
+            j0 = jb * ncb
+            nc = min(ncb, n - j0)
+            nq = (nc + NR - 1) // NR
+            for pc in range(0, k, kcb):
+                kv = min(kcb, k - pc)
+                kc = (kv + KPAD - 1) // KPAD * KPAD
+                load_c = accumulate or pc > 0
+                last = pc + kv >= k
+                for q in range(nq):
+                    jq = j0 + q * NR
+                    _pack_rows(kv, kc, B, pc * rsb + jq * csb, csb, rsb, min(NR, n - jq), Bp,
                                q * NR * kc)
-            for t in prange(nt):
-                ao = t * MR * kcb
-                for task in range(t, ntasks, nt):
-                    iq = task // nchunks
-                    ch = task % nchunks
-                    i0 = iq * MR
-                    mr = min(MR, m - i0)
-                    _pack_rows(kc, A, i0 * rsa + pc * csa, rsa, csa, mr, Ap, ao)
-                    if has_rowsum and jc == 0 and ch == 0:
+                for ir in range(i0, i1, MR):
+                    mr = min(MR, i1 - ir)
+                    _pack_rows(kv, kc, A, ir * rsa + pc * csa, rsa, csa, mr, Ap, 0)
+                    if has_rowsum and jb == 0:
+                        # dbias: each row sliver is packed exactly once here per depth block
                         for i in range(mr):
                             s = zero
+                            ar = Ap[i * kc:(i + 1) * kc]
                             for p in range(kc):
-                                s += Ap[ao + i * kc + p]
-                            rowsum[i0 + i] = rowsum[i0 + i] + s if load_c else s
-                    q0 = ch * nq // nchunks
-                    q1 = (ch + 1) * nq // nchunks
-                    for q in range(q0, q1):
-                        j0 = jc + q * NR
-                        _tile_4x4(kc, Ap, ao, Bp, q * NR * kc, C, i0 * ldc + j0, ldc, mr,
-                                  min(NR, n - j0), j0, load_c, last, bias, has_bias, act, slope,
+                                s += ar[p]
+                            rowsum[ir + i] = rowsum[ir + i] + s if load_c else s
+                    for q in range(nq):
+                        jq = j0 + q * NR
+                        _tile_4x4(kc, Ap, 0, Bp, q * NR * kc, C, ir * ldc + jq, ldc, mr,
+                                  min(NR, n - jq), jq, load_c, last, bias, has_bias, act, slope,
                                   zero)
 
 
@@ -277,11 +288,33 @@ def _gemm(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, accumulate, bias, act, slop
         return
     kblocks = (k + KC - 1) // KC
     kcb = (k + kblocks - 1) // kblocks
-    ncb = min(NC[dt.itemsize], n)
-    nbp = (ncb + NR - 1) // NR * NR * kcb
-    buf = _get_scratch(dt, nbp + nt * MR * kcb)
+    kcp = (kcb + KPAD - 1) // KPAD * KPAD
+    nc_max = max(64, L2_BLOCK_BYTES // (kcp * dt.itemsize) // NR * NR)
+    mcb, ncb = _tiles(m, n, MC, nc_max, 3 * nt if nt > 1 else 1)
+    nt = min(nt, ((m + mcb - 1) // mcb) * ((n + ncb - 1) // ncb))
+    per_thread = ncb * kcp + MR * kcp
+    buf = _get_scratch(dt, nt * per_thread)[:nt * per_thread].reshape(nt, per_thread)
     _gemm_blocked(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, bool(accumulate), bias, has_bias,
-                  act, slope, rowsum, has_rowsum, nt, buf[:nbp], buf[nbp:], kcb, ncb, zero)
+                  act, slope, rowsum, has_rowsum, nt, buf, kcb, kcp, mcb, ncb, zero)
+
+
+def _tiles(m: int, n: int, mc: int, nc: int, want: int) -> tuple[int, int]:
+    """Tile sizes (multiples of MR, NR) for at least ``want`` tiles where the shape allows:
+    split the longer side first, never below two register blocks."""
+    mb, nb = _cdiv(m, mc), _cdiv(n, nc)
+    while mb * nb < want:
+        mcur, ncur = _cdiv(m, mb), _cdiv(n, nb)
+        if mcur >= 2 * MR and mcur >= ncur // 2:
+            mb += 1
+        elif ncur >= 2 * NR:
+            nb += 1
+        else:
+            break
+    return _cdiv(_cdiv(m, mb), MR) * MR, _cdiv(_cdiv(n, nb), NR) * NR
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def linear_forward(x, weight, bias, out, act, slope):
