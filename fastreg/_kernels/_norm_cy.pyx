@@ -1,8 +1,8 @@
 # Cython backend of the norm kernels: batch norm and layer norm, forward and backward.
 #
 # Same names and positional signatures as _norm_numba.py (see its docstring for the buffers:
-# `partial` (P, 2, C) float64 per-chunk column sums, `coef` (4, C) float64 per-feature
-# coefficients). Row chunk p covers rows [p*N//P, (p+1)*N//P) and runs on OpenMP thread p; the
+# `partial` (P, 2, C) float64 per-chunk column sums, `block` (P, 2, C) in x's dtype for sums
+# over blocks of 16 rows, `coef` (4, C) per-feature coefficients in x's dtype). Row chunk p covers rows [p*N//P, (p+1)*N//P) and runs on OpenMP thread p; the
 # inner loops over a chunk live in _norm_loops.h. Arguments were validated by
 # fastreg/_kernels/norm.py: nothing below checks shapes (boundscheck is off).
 from cython cimport floating
@@ -17,16 +17,20 @@ cdef extern from "_norm_loops.h" nogil:
                    Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
     void bn_sums_d(const double *x, const double *shift, double *s1, double *s2,
                    Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
-    void bn_affine_rev_f(const float *x, float *out, const double *mu, const double *sc,
-                         const double *sh, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
-    void bn_affine_rev_d(const double *x, double *out, const double *mu, const double *sc,
-                         const double *sh, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+    void bn_affine_rev_f(const float *x, float *out, const float *mh, const float *ml,
+                         const float *sc, const float *sh, Py_ssize_t r0, Py_ssize_t r1,
+                         Py_ssize_t C)
+    void bn_affine_rev_d(const double *x, double *out, const double *mh, const double *ml,
+                         const double *sc, const double *sh, Py_ssize_t r0, Py_ssize_t r1,
+                         Py_ssize_t C)
     void bn_grad_sums_f(const float *dy, const float *x, const float *mean, double *sb,
-                        double *sw, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+                        double *sw, float *bb, float *bw, Py_ssize_t r0, Py_ssize_t r1,
+                        Py_ssize_t C)
     void bn_grad_sums_d(const double *dy, const double *x, const double *mean, double *sb,
-                        double *sw, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
-    void bn_dx_rev_f(const float *dy, const float *x, float *dx, const double *mu,
-                     const double *ca, const double *cb, const double *cd,
+                        double *sw, double *bb, double *bw, Py_ssize_t r0, Py_ssize_t r1,
+                        Py_ssize_t C)
+    void bn_dx_rev_f(const float *dy, const float *x, float *dx, const float *mu,
+                     const float *ca, const float *cb, const float *cd,
                      Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
     void bn_dx_rev_d(const double *dy, const double *x, double *dx, const double *mu,
                      const double *ca, const double *cb, const double *cd,
@@ -38,35 +42,36 @@ cdef extern from "_norm_loops.h" nogil:
                        double *save_mean, double *save_rstd, int has_w, int has_b, double eps,
                        Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
     void ln_bwd_rows_f(const float *dy, const float *x, const float *w, const float *save_mean,
-                       const float *save_rstd, float *dx, double *pw, double *pb, int has_w,
-                       Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+                       const float *save_rstd, float *dx, double *pw, double *pb, float *bw,
+                       float *bb, int has_w, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
     void ln_bwd_rows_d(const double *dy, const double *x, const double *w,
                        const double *save_mean, const double *save_rstd, double *dx,
-                       double *pw, double *pb, int has_w,
+                       double *pw, double *pb, double *bw, double *bb, int has_w,
                        Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
 
 
 cdef inline void _affine_rows(const floating[:, ::1] x, floating[:, ::1] out,
-                              double[:, ::1] coef, Py_ssize_t P) noexcept nogil:
-    # out = (x - coef[0]) * coef[1] + coef[2], one chunk per thread, each chunk backwards
+                              floating[:, ::1] coef, Py_ssize_t P) noexcept nogil:
+    # out = ((x - coef[0]) - coef[1]) * coef[2] + coef[3], one chunk per thread, backwards
     cdef Py_ssize_t p, N = x.shape[0], C = x.shape[1]
     for p in prange(P, schedule="static", chunksize=1, num_threads=P):
         if floating is float:
             bn_affine_rev_f(&x[0, 0], &out[0, 0], &coef[0, 0], &coef[1, 0], &coef[2, 0],
-                            p * N // P, (p + 1) * N // P, C)
+                            &coef[3, 0], p * N // P, (p + 1) * N // P, C)
         else:
             bn_affine_rev_d(&x[0, 0], &out[0, 0], &coef[0, 0], &coef[1, 0], &coef[2, 0],
-                            p * N // P, (p + 1) * N // P, C)
+                            &coef[3, 0], p * N // P, (p + 1) * N // P, C)
 
 
 def batchnorm_forward_train(const floating[:, ::1] x, const floating[::1] weight,
                             const floating[::1] bias, floating[::1] running_mean,
                             floating[::1] running_var, floating[:, ::1] out,
                             floating[::1] save_mean, floating[::1] save_rstd,
-                            double[:, :, ::1] partial, double[:, ::1] coef, bint has_weight,
+                            double[:, :, ::1] partial, floating[:, ::1] coef, bint has_weight,
                             bint has_bias, bint has_running, double momentum, double eps):
     cdef Py_ssize_t p, c, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
     cdef double t1, t2, m, var, mean, rstd, inv_n = 1.0 / N
+    cdef floating mh
     with nogil:
         # pass 1: per-chunk sums of d = x - x[0] and d^2 (float64)
         for p in prange(P, schedule="static", chunksize=1, num_threads=P):
@@ -95,16 +100,18 @@ def batchnorm_forward_train(const floating[:, ::1] x, const floating[::1] weight
                 running_mean[c] = <floating>((1.0 - momentum) * running_mean[c] + momentum * mean)
                 running_var[c] = <floating>((1.0 - momentum) * running_var[c]
                                             + momentum * var * N / (N - 1.0))
-            coef[0, c] = mean
-            coef[1, c] = rstd * weight[c] if has_weight else rstd
-            coef[2, c] = bias[c] if has_bias else 0.0
+            mh = <floating>mean
+            coef[0, c] = mh
+            coef[1, c] = <floating>(mean - mh)
+            coef[2, c] = <floating>(rstd * weight[c] if has_weight else rstd)
+            coef[3, c] = bias[c] if has_bias else 0.0
         _affine_rows(x, out, coef, P)
 
 
 def batchnorm_forward_eval(const floating[:, ::1] x, const floating[::1] weight,
                            const floating[::1] bias, const floating[::1] running_mean,
                            const floating[::1] running_var, floating[:, ::1] out,
-                           double[:, ::1] coef, Py_ssize_t n_chunks, bint has_weight,
+                           floating[:, ::1] coef, Py_ssize_t n_chunks, bint has_weight,
                            bint has_bias, double eps):
     cdef Py_ssize_t c, C = x.shape[1], P = n_chunks
     cdef double rstd
@@ -112,8 +119,9 @@ def batchnorm_forward_eval(const floating[:, ::1] x, const floating[::1] weight,
         for c in range(C):
             rstd = 1.0 / sqrt(<double>running_var[c] + eps)
             coef[0, c] = running_mean[c]
-            coef[1, c] = rstd * weight[c] if has_weight else rstd
-            coef[2, c] = bias[c] if has_bias else 0.0
+            coef[1, c] = 0.0
+            coef[2, c] = <floating>(rstd * weight[c] if has_weight else rstd)
+            coef[3, c] = bias[c] if has_bias else 0.0
         if P > 0:
             _affine_rows(x, out, coef, P)
 
@@ -122,7 +130,7 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
                        const floating[::1] weight, const floating[::1] save_mean,
                        const floating[::1] save_rstd, floating[:, ::1] dx,
                        floating[::1] dweight, floating[::1] dbias, double[:, :, ::1] partial,
-                       double[:, ::1] coef, bint has_weight, bint need_dweight, bint need_dbias,
+                       floating[:, :, ::1] block, floating[:, ::1] coef, bint has_weight, bint need_dweight, bint need_dbias,
                        bint accumulate):
     cdef Py_ssize_t p, c, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
     cdef double db, dg, rstd, a, inv_n = 1.0 / N if N > 0 else 0.0
@@ -131,10 +139,12 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
         for p in prange(P, schedule="static", chunksize=1, num_threads=P):
             if floating is float:
                 bn_grad_sums_f(&dy[0, 0], &x[0, 0], &save_mean[0], &partial[p, 0, 0],
-                               &partial[p, 1, 0], p * N // P, (p + 1) * N // P, C)
+                               &partial[p, 1, 0], &block[p, 0, 0], &block[p, 1, 0],
+                               p * N // P, (p + 1) * N // P, C)
             else:
                 bn_grad_sums_d(&dy[0, 0], &x[0, 0], &save_mean[0], &partial[p, 0, 0],
-                               &partial[p, 1, 0], p * N // P, (p + 1) * N // P, C)
+                               &partial[p, 1, 0], &block[p, 0, 0], &block[p, 1, 0],
+                               p * N // P, (p + 1) * N // P, C)
         # dbeta, dgamma; dx = a*dy - a*rstd*dgamma/N * (x - mean) - a*dbeta/N, a = gamma*rstd
         for c in range(C):
             db = 0.0
@@ -150,9 +160,9 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
                 dbias[c] = <floating>(dbias[c] + db if accumulate else db)
             a = rstd * weight[c] if has_weight else rstd
             coef[0, c] = save_mean[c]
-            coef[1, c] = a
-            coef[2, c] = -a * rstd * dg * inv_n
-            coef[3, c] = -a * db * inv_n
+            coef[1, c] = <floating>a
+            coef[2, c] = <floating>(-a * rstd * dg * inv_n)
+            coef[3, c] = <floating>(-a * db * inv_n)
         # pass 2: dx, each chunk backwards
         for p in prange(P, schedule="static", chunksize=1, num_threads=P):
             if floating is float:
@@ -186,18 +196,21 @@ def layernorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
                        const floating[::1] weight, const floating[::1] save_mean,
                        const floating[::1] save_rstd, floating[:, ::1] dx,
                        floating[::1] dweight, floating[::1] dbias, double[:, :, ::1] partial,
-                       bint has_weight, bint need_dweight, bint need_dbias, bint accumulate):
+                       floating[:, :, ::1] block, bint has_weight, bint need_dweight,
+                       bint need_dbias, bint accumulate):
     cdef Py_ssize_t p, c, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
     cdef double tw, tb
     with nogil:
         for p in prange(P, schedule="static", chunksize=1, num_threads=P):
             if floating is float:
                 ln_bwd_rows_f(&dy[0, 0], &x[0, 0], &weight[0], &save_mean[0], &save_rstd[0],
-                              &dx[0, 0], &partial[p, 0, 0], &partial[p, 1, 0], has_weight,
+                              &dx[0, 0], &partial[p, 0, 0], &partial[p, 1, 0],
+                              &block[p, 0, 0], &block[p, 1, 0], has_weight,
                               p * N // P, (p + 1) * N // P, C)
             else:
                 ln_bwd_rows_d(&dy[0, 0], &x[0, 0], &weight[0], &save_mean[0], &save_rstd[0],
-                              &dx[0, 0], &partial[p, 0, 0], &partial[p, 1, 0], has_weight,
+                              &dx[0, 0], &partial[p, 0, 0], &partial[p, 1, 0],
+                              &block[p, 0, 0], &block[p, 1, 0], has_weight,
                               p * N // P, (p + 1) * N // P, C)
         if need_dweight or need_dbias:
             for c in range(C):

@@ -1,7 +1,9 @@
 /* Inner loops of the Cython norm kernels (_norm_cy.pyx), one row chunk [r0, r1) at a time.
  *
- * Arrays are (N, C) row-major; per-feature vectors (C,); scratch sums are float64. The .pyx file
- * validates nothing either: fastreg/_kernels/norm.py checked every shape before we get here.
+ * Arrays are (N, C) row-major; per-feature vectors (C,). Sums are float64; elementwise maths is
+ * in the data type T (twice the SIMD width for float32, and accurate to a few ulp: means enter
+ * as a hi + lo pair of T numbers). The .pyx file validates nothing either:
+ * fastreg/_kernels/norm.py checked every shape before we get here.
  * Written in C for `restrict` and `omp simd reduction`, which vectorise the float64 row sums
  * without -ffast-math (so NaN/inf still propagate). NORM_DEFINE(T, S) instantiates the family
  * for element type T with suffix S (f = float, d = double).
@@ -11,12 +13,15 @@
 #include <math.h>
 #include <stddef.h>
 
+/* Rows per block of the T-precision partial sums in the backward kernels (see bn_grad_sums) */
+#define NORM_BLOCK 16
 #define NORM_PRAGMA(x) _Pragma(#x)
 #define NORM_SIMD NORM_PRAGMA(omp simd)
 #define NORM_SIMD_SUM2(a, b) NORM_PRAGMA(omp simd reduction(+:a, b))
 
 #define NORM_DEFINE(T, S)                                                                       \
-/* Batch norm pass 1: s1[c] = sum_n (x[n,c] - shift[c]), s2[c] = sum_n (...)^2 over the chunk */ \
+/* Batch norm pass 1: s1[c] = sum_n (x[n,c] - shift[c]), s2[c] = sum_n (...)^2 over the chunk. \
+   The difference is taken in T (exact or nearly, x and shift are close), summed in float64. */ \
 static inline void bn_sums_##S(const T *restrict x, const T *restrict shift,                   \
                                double *restrict s1, double *restrict s2,                       \
                                ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C) {                      \
@@ -25,46 +30,56 @@ static inline void bn_sums_##S(const T *restrict x, const T *restrict shift,    
         const T *restrict xr = x + n * C;                                                       \
         NORM_SIMD                                                                               \
         for (ptrdiff_t c = 0; c < C; c++) {                                                     \
-            double d = (double)xr[c] - (double)shift[c];                                        \
+            double d = (double)(xr[c] - shift[c]);                                              \
             s1[c] += d;                                                                         \
             s2[c] += d * d;                                                                     \
         }                                                                                       \
     }                                                                                           \
 }                                                                                               \
-/* Batch norm pass 2: out = (x - mu) * sc + sh, last row of the chunk first (still cached) */  \
+/* Batch norm pass 2: out = ((x - mh) - ml) * sc + sh in T, where mh + ml is the float64 mean  \
+   split in two T numbers (so float32 data with a large mean loses nothing); the chunk is      \
+   walked last row first, starting on the rows pass 1 left in cache. */                        \
 static inline void bn_affine_rev_##S(const T *restrict x, T *restrict out,                     \
-                                     const double *restrict mu, const double *restrict sc,     \
-                                     const double *restrict sh,                                \
+                                     const T *restrict mh, const T *restrict ml,               \
+                                     const T *restrict sc, const T *restrict sh,               \
                                      ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C) {                \
     for (ptrdiff_t n = r1 - 1; n >= r0; n--) {                                                  \
         const T *restrict xr = x + n * C;                                                       \
         T *restrict orow = out + n * C;                                                         \
         NORM_SIMD                                                                               \
         for (ptrdiff_t c = 0; c < C; c++)                                                       \
-            orow[c] = (T)(((double)xr[c] - mu[c]) * sc[c] + sh[c]);                             \
+            orow[c] = ((xr[c] - mh[c]) - ml[c]) * sc[c] + sh[c];                                \
     }                                                                                           \
 }                                                                                               \
-/* Batch norm backward pass 1: sb[c] = sum_n dy, sw[c] = sum_n dy * (x - mean) */               \
+/* Batch norm backward pass 1: sb[c] = sum_n dy, sw[c] = sum_n dy * (x - mean). Blocks of     \
+   NORM_BLOCK rows are summed in T into bb/bw (C,), then added to the float64 sums: half the    \
+   work of float64 accumulators per element, error ~NORM_BLOCK ulp of T per block. */           \
 static inline void bn_grad_sums_##S(const T *restrict dy, const T *restrict x,                 \
                                     const T *restrict mean,                                    \
                                     double *restrict sb, double *restrict sw,                  \
+                                    T *restrict bb, T *restrict bw,                            \
                                     ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C) {                 \
     for (ptrdiff_t c = 0; c < C; c++) { sb[c] = 0.0; sw[c] = 0.0; }                             \
-    for (ptrdiff_t n = r0; n < r1; n++) {                                                       \
-        const T *restrict xr = x + n * C;                                                       \
-        const T *restrict gr = dy + n * C;                                                      \
-        NORM_SIMD                                                                               \
-        for (ptrdiff_t c = 0; c < C; c++) {                                                     \
-            double g = (double)gr[c];                                                           \
-            sb[c] += g;                                                                         \
-            sw[c] += g * ((double)xr[c] - (double)mean[c]);                                     \
+    for (ptrdiff_t n0 = r0; n0 < r1; n0 += NORM_BLOCK) {                                        \
+        const ptrdiff_t n1 = n0 + NORM_BLOCK < r1 ? n0 + NORM_BLOCK : r1;                       \
+        for (ptrdiff_t c = 0; c < C; c++) { bb[c] = 0; bw[c] = 0; }                             \
+        for (ptrdiff_t n = n0; n < n1; n++) {                                                   \
+            const T *restrict xr = x + n * C;                                                   \
+            const T *restrict gr = dy + n * C;                                                  \
+            NORM_SIMD                                                                           \
+            for (ptrdiff_t c = 0; c < C; c++) {                                                 \
+                bb[c] += gr[c];                                                                 \
+                bw[c] += gr[c] * (xr[c] - mean[c]);                                             \
+            }                                                                                   \
         }                                                                                       \
+        NORM_SIMD                                                                               \
+        for (ptrdiff_t c = 0; c < C; c++) { sb[c] += (double)bb[c]; sw[c] += (double)bw[c]; }   \
     }                                                                                           \
 }                                                                                               \
 /* Batch norm backward pass 2: dx = ca * dy + cb * (x - mu) + cd, chunk walked backwards */     \
 static inline void bn_dx_rev_##S(const T *restrict dy, const T *restrict x, T *restrict dx,    \
-                                 const double *restrict mu, const double *restrict ca,         \
-                                 const double *restrict cb, const double *restrict cd,         \
+                                 const T *restrict mu, const T *restrict ca,                   \
+                                 const T *restrict cb, const T *restrict cd,                   \
                                  ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C) {                    \
     for (ptrdiff_t n = r1 - 1; n >= r0; n--) {                                                  \
         const T *restrict xr = x + n * C;                                                       \
@@ -72,10 +87,11 @@ static inline void bn_dx_rev_##S(const T *restrict dy, const T *restrict x, T *r
         T *restrict dr = dx + n * C;                                                            \
         NORM_SIMD                                                                               \
         for (ptrdiff_t c = 0; c < C; c++)                                                       \
-            dr[c] = (T)(ca[c] * (double)gr[c] + cb[c] * ((double)xr[c] - mu[c]) + cd[c]);       \
+            dr[c] = ca[c] * gr[c] + cb[c] * (xr[c] - mu[c]) + cd[c];                            \
     }                                                                                           \
 }                                                                                               \
-/* Layer norm forward on rows [r0, r1): per-row shifted float64 sums, then the affine map */   \
+/* Layer norm forward on rows [r0, r1): per-row shifted float64 sums, then the affine map in T \
+   with the mean split as mh + ml (see bn_affine_rev) */                                       \
 static inline void ln_fwd_rows_##S(const T *restrict x, const T *restrict w,                   \
                                    const T *restrict b, T *restrict out,                       \
                                    T *restrict save_mean, T *restrict save_rstd,               \
@@ -85,85 +101,95 @@ static inline void ln_fwd_rows_##S(const T *restrict x, const T *restrict w,    
     for (ptrdiff_t n = r0; n < r1; n++) {                                                       \
         const T *restrict xr = x + n * C;                                                       \
         T *restrict orow = out + n * C;                                                         \
-        const double k = (double)xr[0];                                                         \
+        const T k = xr[0];                                                                      \
         double s1 = 0.0, s2 = 0.0;                                                              \
         NORM_SIMD_SUM2(s1, s2)                                                                  \
         for (ptrdiff_t c = 0; c < C; c++) {                                                     \
-            double d = (double)xr[c] - k;                                                       \
+            double d = (double)(xr[c] - k);                                                     \
             s1 += d;                                                                            \
             s2 += d * d;                                                                        \
         }                                                                                       \
         const double m = s1 * inv_c;                                                            \
         double var = s2 * inv_c - m * m;                                                        \
         if (var < 0.0) var = 0.0;                                                               \
-        const double mean = k + m;                                                              \
+        const double mean = (double)k + m;                                                      \
         const double rstd = 1.0 / sqrt(var + eps);                                              \
-        save_mean[n] = (T)mean;                                                                 \
-        save_rstd[n] = (T)rstd;                                                                 \
+        const T mh = (T)mean, ml = (T)(mean - (double)mh), rs = (T)rstd;                        \
+        save_mean[n] = mh;                                                                      \
+        save_rstd[n] = rs;                                                                      \
         if (has_w && has_b) {                                                                   \
             NORM_SIMD                                                                           \
             for (ptrdiff_t c = 0; c < C; c++)                                                   \
-                orow[c] = (T)(((double)xr[c] - mean) * rstd * (double)w[c] + (double)b[c]);     \
+                orow[c] = ((xr[c] - mh) - ml) * rs * w[c] + b[c];                               \
         } else if (has_w) {                                                                     \
             NORM_SIMD                                                                           \
             for (ptrdiff_t c = 0; c < C; c++)                                                   \
-                orow[c] = (T)(((double)xr[c] - mean) * rstd * (double)w[c]);                    \
+                orow[c] = ((xr[c] - mh) - ml) * rs * w[c];                                      \
         } else if (has_b) {                                                                     \
             NORM_SIMD                                                                           \
             for (ptrdiff_t c = 0; c < C; c++)                                                   \
-                orow[c] = (T)(((double)xr[c] - mean) * rstd + (double)b[c]);                    \
+                orow[c] = ((xr[c] - mh) - ml) * rs + b[c];                                      \
         } else {                                                                                \
             NORM_SIMD                                                                           \
             for (ptrdiff_t c = 0; c < C; c++)                                                   \
-                orow[c] = (T)(((double)xr[c] - mean) * rstd);                                   \
+                orow[c] = ((xr[c] - mh) - ml) * rs;                                             \
         }                                                                                       \
     }                                                                                           \
 }                                                                                               \
-/* Layer norm backward on rows [r0, r1); pw/pb (C,) collect this chunk's dgamma/dbeta */       \
+/* Layer norm backward on rows [r0, r1); pw/pb (C,) collect this chunk's dgamma/dbeta in      \
+   float64, from blocks of NORM_BLOCK rows summed in T into bw/bb (C,). Row sums in float64. */ \
 static inline void ln_bwd_rows_##S(const T *restrict dy, const T *restrict x,                  \
                                    const T *restrict w, const T *restrict save_mean,           \
                                    const T *restrict save_rstd, T *restrict dx,                \
-                                   double *restrict pw, double *restrict pb, int has_w,        \
+                                   double *restrict pw, double *restrict pb,                   \
+                                   T *restrict bw, T *restrict bb, int has_w,                  \
                                    ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C) {                  \
     const double inv_c = 1.0 / (double)C;                                                       \
     for (ptrdiff_t c = 0; c < C; c++) { pw[c] = 0.0; pb[c] = 0.0; }                             \
-    for (ptrdiff_t n = r0; n < r1; n++) {                                                       \
-        const T *restrict xr = x + n * C;                                                       \
-        const T *restrict gr = dy + n * C;                                                      \
-        T *restrict dr = dx + n * C;                                                            \
-        const double mean = (double)save_mean[n], rstd = (double)save_rstd[n];                  \
-        double sg = 0.0, sgx = 0.0;                                                             \
-        if (has_w) {                                                                            \
-            NORM_SIMD_SUM2(sg, sgx)                                                             \
-            for (ptrdiff_t c = 0; c < C; c++) {                                                 \
-                double g = (double)gr[c] * (double)w[c];                                        \
-                sg += g;                                                                        \
-                sgx += g * ((double)xr[c] - mean);                                              \
+    for (ptrdiff_t n0 = r0; n0 < r1; n0 += NORM_BLOCK) {                                        \
+        const ptrdiff_t n1 = n0 + NORM_BLOCK < r1 ? n0 + NORM_BLOCK : r1;                       \
+        for (ptrdiff_t c = 0; c < C; c++) { bw[c] = 0; bb[c] = 0; }                             \
+        for (ptrdiff_t n = n0; n < n1; n++) {                                                   \
+            const T *restrict xr = x + n * C;                                                   \
+            const T *restrict gr = dy + n * C;                                                  \
+            T *restrict dr = dx + n * C;                                                        \
+            const T mean = save_mean[n], rstd = save_rstd[n];                                   \
+            double sg = 0.0, sgx = 0.0;                                                         \
+            if (has_w) {                                                                        \
+                NORM_SIMD_SUM2(sg, sgx)                                                         \
+                for (ptrdiff_t c = 0; c < C; c++) {                                             \
+                    T g = gr[c] * w[c];                                                         \
+                    sg += (double)g;                                                            \
+                    sgx += (double)(g * (xr[c] - mean));                                        \
+                }                                                                               \
+            } else {                                                                            \
+                NORM_SIMD_SUM2(sg, sgx)                                                         \
+                for (ptrdiff_t c = 0; c < C; c++) {                                             \
+                    sg += (double)gr[c];                                                        \
+                    sgx += (double)(gr[c] * (xr[c] - mean));                                    \
+                }                                                                               \
             }                                                                                   \
-        } else {                                                                                \
-            NORM_SIMD_SUM2(sg, sgx)                                                             \
-            for (ptrdiff_t c = 0; c < C; c++) {                                                 \
-                double g = (double)gr[c];                                                       \
-                sg += g;                                                                        \
-                sgx += g * ((double)xr[c] - mean);                                              \
+            const T mg = (T)(sg * inv_c), mgx = (T)(sgx * (double)rstd * inv_c);                \
+            if (has_w) {                                                                        \
+                NORM_SIMD                                                                       \
+                for (ptrdiff_t c = 0; c < C; c++) {                                             \
+                    T xh = (xr[c] - mean) * rstd;                                               \
+                    T g = gr[c];                                                                \
+                    dr[c] = rstd * (g * w[c] - mg - xh * mgx);                                  \
+                    bw[c] += g * xh;                                                            \
+                    bb[c] += g;                                                                 \
+                }                                                                               \
+            } else {                                                                            \
+                NORM_SIMD                                                                       \
+                for (ptrdiff_t c = 0; c < C; c++) {                                             \
+                    T xh = (xr[c] - mean) * rstd;                                               \
+                    dr[c] = rstd * (gr[c] - mg - xh * mgx);                                     \
+                }                                                                               \
             }                                                                                   \
         }                                                                                       \
-        const double mg = sg * inv_c, mgx = sgx * rstd * inv_c;                                 \
         if (has_w) {                                                                            \
             NORM_SIMD                                                                           \
-            for (ptrdiff_t c = 0; c < C; c++) {                                                 \
-                double xh = ((double)xr[c] - mean) * rstd;                                      \
-                double g = (double)gr[c];                                                       \
-                dr[c] = (T)(rstd * (g * (double)w[c] - mg - xh * mgx));                         \
-                pw[c] += g * xh;                                                                \
-                pb[c] += g;                                                                     \
-            }                                                                                   \
-        } else {                                                                                \
-            NORM_SIMD                                                                           \
-            for (ptrdiff_t c = 0; c < C; c++) {                                                 \
-                double xh = ((double)xr[c] - mean) * rstd;                                      \
-                dr[c] = (T)(rstd * ((double)gr[c] - mg - xh * mgx));                            \
-            }                                                                                   \
+            for (ptrdiff_t c = 0; c < C; c++) { pw[c] += (double)bw[c]; pb[c] += (double)bb[c]; } \
         }                                                                                       \
     }                                                                                           \
 }

@@ -123,7 +123,7 @@ def batchnorm_forward_train(x, weight, bias, running_mean, running_var, out, sav
                running_var=running_var, out=out, save_mean=save_mean, save_rstd=save_rstd)
     P = _n_chunks(N, C)
     partial = np.empty((P, 2, C))
-    coef = np.empty((4, C))
+    coef = np.empty((4, C), dtype)
     fn = _dispatch.kernel("norm", "batchnorm_forward_train", backend)
     fn(x, _or_empty(weight, dtype), _or_empty(bias, dtype), _or_empty(running_mean, dtype),
        _or_empty(running_var, dtype), out, save_mean, save_rstd, partial, coef,
@@ -161,7 +161,7 @@ def batchnorm_forward_eval(x, weight, bias, running_mean, running_var, out, eps=
     eps = check_scalar("eps", eps, low=0.0)
     no_overlap(x=x, out=out, weight=weight, bias=bias, running_mean=running_mean,
                running_var=running_var)
-    coef = np.empty((4, C))
+    coef = np.empty((4, C), dtype)
     fn = _dispatch.kernel("norm", "batchnorm_forward_eval", backend)
     P = _n_chunks(N, C) if N > 0 else 0
     fn(x, _or_empty(weight, dtype), _or_empty(bias, dtype), running_mean, running_var, out, coef,
@@ -225,10 +225,11 @@ def batchnorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, 
     N, C = x.shape
     P = _n_chunks(N, C)
     partial = np.empty((P, 2, C))
-    coef = np.empty((4, C))
+    block = np.empty((P, 2, C), dtype)
+    coef = np.empty((4, C), dtype)
     fn = _dispatch.kernel("norm", "batchnorm_backward", backend)
     fn(dy, x, _or_empty(weight, dtype), save_mean, save_rstd, dx, _or_empty(dweight, dtype),
-       _or_empty(dbias, dtype), partial, coef, weight is not None, dweight is not None,
+       _or_empty(dbias, dtype), partial, block, coef, weight is not None, dweight is not None,
        dbias is not None, accumulate)
     return dx
 
@@ -306,8 +307,9 @@ def layernorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, 
     N, C = x.shape
     P = _n_chunks(N, C)
     partial = np.empty((P, 2, C))
+    block = np.empty((P, 2, C), dtype)
     fn = _dispatch.kernel("norm", "layernorm_backward", backend)
     fn(dy, x, _or_empty(weight, dtype), save_mean, save_rstd, dx, _or_empty(dweight, dtype),
-       _or_empty(dbias, dtype), partial, weight is not None, dweight is not None,
+       _or_empty(dbias, dtype), partial, block, weight is not None, dweight is not None,
        dbias is not None, accumulate)
     return dx
