@@ -367,3 +367,16 @@ def test_hypothesis_activations_are_correct_or_raise_cleanly(shape, dtype, act, 
         return
     name = act if isinstance(act, str) else {v: k for k, v in _codes.ACTIVATIONS.items()}[act]
     np.testing.assert_allclose(out, act_ref(x, name, slope), rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh"])
+def test_saturating_activations_accurate_over_whole_range_with_nan_passthrough(backend, dtype,
+                                                                              name):
+    # covers exp's overflow, subnormal and tiny-argument regimes and the tanh formula switch
+    x = np.concatenate([np.linspace(-120, 120, 4801), np.geomspace(1e-30, 0.5, 200),
+                        -np.geomspace(1e-30, 0.5, 200), [0.0, -0.0, np.nan]]).astype(dtype)
+    y = np.empty_like(x)
+    E.activation_forward(x, y, name, backend=backend)
+    rtol, atol = (2e-6, 1e-37) if dtype == np.float32 else (1e-14, 1e-300)
+    np.testing.assert_allclose(y[:-1], act_ref(x[:-1], name), rtol=rtol, atol=atol)
+    assert np.isnan(y[-1])
