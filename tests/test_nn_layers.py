@@ -487,3 +487,11 @@ def test_random_inputs_give_answer_or_clean_error(kind, n, c, c_layer, xdt, ldt,
                                    + layer.bias.data, rtol=1e-4, atol=1e-4)
     g = layer.backward(np.ones(y.shape, y.dtype))
     assert g.shape == x.shape
+
+
+def test_parameter_free_layer_follows_input_dtype_between_calls(rng):
+    relu = nn.ReLU()
+    a = relu(rng.standard_normal((3, 4)).astype(np.float32))
+    b = relu(rng.standard_normal((3, 4)))
+    assert a.dtype == np.float32 and b.dtype == np.float64
+    assert relu.backward(np.ones((3, 4))).dtype == np.float64

@@ -18,6 +18,7 @@ a copy of a module-owned result (the logits, small), so what the caller holds is
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict, namedtuple
 from collections.abc import Iterator
 
@@ -27,9 +28,10 @@ from .parameter import Parameter
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
-# Depth of nested Module.__call__ (0 = the caller's own call). Only the outermost call copies a
-# module-owned result, see the module docstring.
-_call_depth = 0
+# Depth of nested Module.__call__ per thread (0 = the caller's own call). Only the outermost call
+# copies a module-owned result, see the module docstring. (One model instance must still not be
+# called from two threads at once: its buffers and caches are per instance.)
+_local = threading.local()
 
 
 class Module:
@@ -280,13 +282,13 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, *args, **kwargs):
-        global _call_depth
-        _call_depth += 1
+        depth = getattr(_local, "depth", 0)
+        _local.depth = depth + 1
         try:
             out = self.forward(*args, **kwargs)
         finally:
-            _call_depth -= 1
-        if _call_depth == 0 and isinstance(out, np.ndarray) and args \
+            _local.depth = depth
+        if depth == 0 and isinstance(out, np.ndarray) and args \
                 and isinstance(args[0], np.ndarray) and not np.may_share_memory(out, args[0]):
             out = out.copy()   # the caller keeps it; the module reuses its buffer next call
         return out
@@ -298,14 +300,18 @@ class Module:
         an epoch) or a return to the training batch after validation allocates nothing: the
         result is a C-contiguous view of the first ``prod(shape)`` elements.
         """
+        entry = self._out_buffers.get(key)
+        if entry is not None and entry[1].shape == shape and entry[1].dtype == dtype:
+            return entry[1]                       # steady state: same shape as last call
         n = 1
         for d in shape:
             n *= d
-        flat = self._out_buffers.get(key)
+        flat = None if entry is None else entry[0]
         if flat is None or flat.size < n or flat.dtype != dtype:
             flat = np.empty(max(n, 1), dtype=dtype)
-            self._out_buffers[key] = flat
-        return flat[:n].reshape(shape)
+        view = flat[:n].reshape(shape)
+        self._out_buffers[key] = (flat, view)
+        return view
 
     def _require_cache(self, attr: str = "_cache"):
         cache = self.__dict__.get(attr)
