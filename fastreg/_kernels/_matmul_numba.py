@@ -55,6 +55,8 @@ MC = 128
 PAR_MIN_FLOPS = 1.0e6
 #: Up to this many rows of C the product is a few GEMVs: no packing, no 4-row padding.
 SMALL_M = 3
+#: Up to this depth (and B rows contiguous) C is built by axpy over B's rows instead.
+SHORT_K = 64
 
 
 @njit(cache=True, fastmath=_FM)
@@ -154,50 +156,54 @@ def _tile_4x4(kc, Ap, ao, Bp, bo, C, coff, ldc, mr, nr, j0, load_c, epi, bias, h
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
-def _gemm_small(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, accumulate, bias, has_bias, act,
-                slope, rowsum, has_rowsum, nt, Arows, zero):
-    """Few rows of C: GEMV loops straight from B (rsb == 1: dot form; csb == 1: axpy form)."""
+def _gemm_rows(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, accumulate, bias, has_bias, act,
+               slope, rowsum, has_rowsum, nt, Arows, zero):
+    """C row by row, no packing of B: dot products when B's columns are contiguous (rsb == 1:
+    few rows of x @ W.T), else axpy over B's rows (csb == 1: a short depth, where the 4 x 4
+    dot-product tile would spend its time in horizontal sums). Tasks are (row, 256-column chunk)
+    pairs dealt round-robin to nt threads; A is first copied to contiguous rows (m x k)."""
     for i in range(m):
+        ar = Arows[i * k:(i + 1) * k]
         for p in range(k):
-            Arows[i * k + p] = A[i * rsa + p * csa]
-    if has_rowsum:
-        for i in range(m):
-            s = zero
-            for p in range(k):
-                s += Arows[i * k + p]
-            rowsum[i] = rowsum[i] + s if accumulate else s
+            ar[p] = A[i * rsa + p * csa]
     chunk = 256
     nchunks = (n + chunk - 1) // chunk
+    ntasks = m * nchunks
     for t in prange(nt):
-        for ch in range(t, nchunks, nt):
-            j0 = ch * chunk
+        for task in range(t, ntasks, nt):
+            i = task // nchunks
+            j0 = (task % nchunks) * chunk
             j1 = min(n, j0 + chunk)
-            for i in range(m):
-                xo = i * k
-                co = i * ldc
-                xr = Arows[xo:xo + k]
-                cr = C[co:co + n]
-                if rsb == 1:
-                    for j in range(j0, j1):
-                        br = B[j * csb:j * csb + k]
-                        s = zero
-                        for p in range(k):
-                            s += xr[p] * br[p]
-                        cr[j] = cr[j] + s if accumulate else s
-                else:
-                    if not accumulate:
-                        cr[j0:j1] = 0
+            xr = Arows[i * k:(i + 1) * k]
+            cr = C[i * ldc:i * ldc + n]
+            if has_rowsum and j0 == 0:
+                s = zero
+                for p in range(k):
+                    s += xr[p]
+                rowsum[i] = rowsum[i] + s if accumulate else s
+            if rsb == 1:
+                for j in range(j0, j1):
+                    br = B[j * csb:j * csb + k]
+                    s = zero
                     for p in range(k):
-                        xp = xr[p]
-                        br = B[p * rsb:p * rsb + n]
-                        for j in range(j0, j1):
-                            cr[j] += xp * br[j]
-                if has_bias or act != ACT_IDENTITY:
-                    for j in range(j0, j1):
-                        v = C[co + j]
-                        if has_bias:
-                            v += bias[j]
-                        C[co + j] = _act(v, act, slope)
+                        s += xr[p] * br[p]
+                    cr[j] = cr[j] + s if accumulate else s
+            else:
+                cc = cr[j0:j1]  # indices from 0: no wraparound select in the vector loop
+                w = j1 - j0
+                if not accumulate:
+                    cc[:] = 0
+                for p in range(k):
+                    xp = xr[p]
+                    bc = B[p * rsb + j0:p * rsb + j1]
+                    for j in range(w):
+                        cc[j] += xp * bc[j]
+            if has_bias or act != ACT_IDENTITY:
+                for j in range(j0, j1):
+                    v = cr[j]
+                    if has_bias:
+                        v += bias[j]
+                    cr[j] = _act(v, act, slope)
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
@@ -280,11 +286,11 @@ def _gemm(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, accumulate, bias, act, slop
     flops = 2.0 * m * n * k
     nt = numba.get_num_threads() if flops >= PAR_MIN_FLOPS else 1
     slope = dt.type(slope)
-    if m <= SMALL_M and (rsb == 1 or csb == 1):
-        ncks = (n + 255) // 256
-        _gemm_small(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, bool(accumulate), bias, has_bias,
-                    act, slope, rowsum, has_rowsum, max(1, min(nt, ncks)),
-                    _get_scratch(dt, m * k), zero)
+    if (m <= SMALL_M and (rsb == 1 or csb == 1)) or (k <= SHORT_K and csb == 1):
+        ntasks = m * ((n + 255) // 256)
+        _gemm_rows(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, bool(accumulate), bias, has_bias,
+                   act, slope, rowsum, has_rowsum, max(1, min(nt, ntasks)),
+                   _get_scratch(dt, m * k), zero)
         return
     kblocks = (k + KC - 1) // KC
     kcb = (k + kblocks - 1) // kblocks
