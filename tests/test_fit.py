@@ -197,3 +197,27 @@ def test_progress_output_and_plot(tmp_path, capsys, monkeypatch):
     fig = h.plot(path)
     assert path.stat().st_size > 0 and len(fig.axes) == 2
     assert math.isfinite(h.to_dict()["wall_time"])
+
+
+def test_single_sample_last_batch_is_dropped_by_default_for_batchnorm():
+    X, y = blobs(65)
+    fr.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    opt = fr.optim.SGD(model.parameters(), lr=0.1)
+    h = fit(model, nn.CrossEntropyLoss(), opt, (X, y), epochs=2, batch_size=32, progress=False)
+    assert len(h) == 2 and int(model[1].num_batches_tracked) == 4       # 2 x (32 + 32)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        fit(model, nn.CrossEntropyLoss(), opt, (X, y), epochs=1, batch_size=32,
+            drop_last=False, progress=False)
+    fit(model, nn.CrossEntropyLoss(), opt, (X, y), epochs=1, batch_size=30, drop_last=True,
+        progress=False)
+    assert int(model[1].num_batches_tracked) == 4 + 2 + 2   # failed run: 2, then 2 x 30
+
+
+def test_tqdm_progress_bar_runs():
+    pytest.importorskip("tqdm")
+    X, y = blobs()
+    model = mlp()
+    h = fit(model, nn.CrossEntropyLoss(), fr.optim.SGD(model.parameters(), lr=0.1), (X, y),
+            epochs=2, progress=True)
+    assert len(h) == 2

@@ -171,7 +171,8 @@ def _evaluate(model, loss_fn, X, y, batch_size, mets) -> dict[str, float]:
 def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epochs: int = 10,
         batch_size: int = 256, scheduler=None, callbacks: Iterable = (),
         metrics: Sequence = ("accuracy",), progress: bool = True, shuffle: bool = True,
-        seed: int | None = None, scheduler_interval: str | None = None) -> History:
+        seed: int | None = None, scheduler_interval: str | None = None,
+        drop_last: bool | None = None) -> History:
     """Train ``model`` with mini-batch gradient descent and return its :class:`History`.
 
     Each epoch visits every training sample once in a fresh random order (``DataLoader``,
@@ -206,6 +207,12 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
     shuffle : bool
     seed : int, optional
         Seed of the batch order (None: drawn from ``fastreg.manual_seed``'s generator).
+    scheduler_interval : {"epoch", "step"}, optional
+        Overrides the stepping rule above.
+    drop_last : bool, optional
+        True: ``floor(N / batch_size)`` full batches per epoch. False: keep the short last
+        batch. None (default): keep it unless it holds a single sample, which BatchNorm1d
+        cannot train on (no batch variance; torch raises there too).
 
     Returns
     -------
@@ -239,7 +246,9 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
 
     history = History()
     trainer = Trainer(model, loss_fn, optimizer, scheduler, history)
-    loader = DataLoader(X, y, batch_size=batch_size, shuffle=shuffle, drop_last=False, seed=seed)
+    loader = DataLoader(X, y, batch_size=batch_size, shuffle=shuffle,
+                        drop_last=bool(drop_last), seed=seed)
+    skip_single = drop_last is None and len(loader) > 1
     bar = _progress_bar(epochs) if progress else None
     t_start = time.perf_counter()
     for cb in callbacks:
@@ -253,6 +262,8 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
             total, seen = 0.0, 0
             sums = [0.0] * len(mets)
             for step, (xb, yb) in enumerate(loader, 1):
+                if skip_single and len(xb) == 1:
+                    continue
                 out = model(xb)
                 loss = loss_fn(out, yb)
                 if not math.isfinite(loss):
