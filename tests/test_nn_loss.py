@@ -107,3 +107,29 @@ def test_bad_targets_are_clear_errors():
         nn.MSELoss(reduction="none")
     with pytest.raises(ValueError, match="does not match"):
         nn.MSELoss()(np.zeros((2, 2)), np.zeros(2))
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from(["ce", "mse", "bce"]), n=st.integers(0, 6), c=st.integers(1, 5),
+       xdt=st.sampled_from([np.float32, np.float64, np.int64]),
+       tdt=st.sampled_from([np.int64, np.int32, np.float32, np.float64]),
+       tshape=st.sampled_from(["match", "rows", "wrong"]))
+def test_random_loss_inputs_give_answer_or_clean_error(kind, n, c, xdt, tdt, tshape):
+    loss = {"ce": nn.CrossEntropyLoss, "mse": nn.MSELoss, "bce": nn.BCEWithLogitsLoss}[kind]()
+    x = np.linspace(-2, 2, n * c).reshape(n, c).astype(xdt)
+    shape = {"match": (n, c), "rows": (n,), "wrong": (n + 1,)}[tshape]
+    t = (np.arange(int(np.prod(shape))).reshape(shape) % c).astype(tdt)
+    try:
+        v = loss(x, t)
+    except (TypeError, ValueError):
+        return
+    assert isinstance(v, float) and np.isfinite(v)
+    if kind == "ce":
+        assert v == pytest.approx(ce_ref(x, t.astype(int)), rel=1e-4)
+    g = loss.backward()
+    assert g.shape == x.shape and np.all(np.isfinite(g))
