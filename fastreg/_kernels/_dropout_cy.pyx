@@ -33,7 +33,8 @@ cdef extern from "_philox.h" nogil:
     int FR_PHILOX_AVX512_ENABLED
 
 # Mask bytes per parallel work item: 2048 elements, 8 KiB of float32 (stays in L1 between the
-# mask pass and the apply pass over the same chunk).
+# mask pass and the apply pass over the same chunk). A single chunk runs without a parallel
+# region (batch-1 inference latency).
 DEF CHUNK_BYTES = 256
 
 
@@ -64,7 +65,7 @@ def dropout_mask(uint8_t[::1] mask, int64_t n, uint32_t k0, uint32_t k1, uint64_
     cdef int64_t c, b0, b1
     if n <= 0:
         return
-    for c in prange(nchunks, nogil=True, schedule="static"):
+    for c in prange(nchunks, nogil=True, schedule="static", use_threads_if=nchunks > 1):
         b0 = c * CHUNK_BYTES
         b1 = min(b0 + CHUNK_BYTES, nbytes)
         fr_dropout_mask_chunk(&mask[0], b0, b1, n, k0, k1, offset, threshold)
@@ -81,7 +82,7 @@ def dropout_forward(const floating[::1] x, floating[::1] out, uint8_t[::1] mask,
     cdef int64_t c, b0, b1
     if n <= 0:
         return
-    for c in prange(nchunks, nogil=True, schedule="static"):
+    for c in prange(nchunks, nogil=True, schedule="static", use_threads_if=nchunks > 1):
         b0 = c * CHUNK_BYTES
         b1 = min(b0 + CHUNK_BYTES, nbytes)
         if floating is float:
@@ -102,7 +103,7 @@ def dropout_backward(const floating[::1] dy, const uint8_t[::1] mask, floating[:
     cdef int64_t c, b0, b1
     if n <= 0:
         return
-    for c in prange(nchunks, nogil=True, schedule="static"):
+    for c in prange(nchunks, nogil=True, schedule="static", use_threads_if=nchunks > 1):
         b0 = c * CHUNK_BYTES
         b1 = min(b0 + CHUNK_BYTES, nbytes)
         if floating is float:
