@@ -704,6 +704,7 @@ class Sequential(Module):
 
     def forward(self, x):
         steps = self._steps()
+        self._plan = None                # a forward that fails midway leaves nothing to backward
         for m, act in steps:
             if act is None:
                 x = m.forward(x)
