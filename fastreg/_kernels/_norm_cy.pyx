@@ -17,12 +17,12 @@ cdef extern from "_norm_loops.h" nogil:
                    Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
     void bn_sums_d(const double *x, const double *shift, double *s1, double *s2,
                    Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
-    void bn_affine_rev_f(const float *x, float *out, const float *mh, const float *ml,
-                         const float *sc, const float *sh, Py_ssize_t r0, Py_ssize_t r1,
-                         Py_ssize_t C)
-    void bn_affine_rev_d(const double *x, double *out, const double *mh, const double *ml,
-                         const double *sc, const double *sh, Py_ssize_t r0, Py_ssize_t r1,
-                         Py_ssize_t C)
+    void bn_affine_f(const float *x, float *out, const float *mh, const float *ml,
+                     const float *sc, const float *sh, int reverse, Py_ssize_t r0,
+                     Py_ssize_t r1, Py_ssize_t C)
+    void bn_affine_d(const double *x, double *out, const double *mh, const double *ml,
+                     const double *sc, const double *sh, int reverse, Py_ssize_t r0,
+                     Py_ssize_t r1, Py_ssize_t C)
     void bn_grad_sums_f(const float *dy, const float *x, const float *mean, double *sb,
                         double *sw, float *bb, float *bw, Py_ssize_t r0, Py_ssize_t r1,
                         Py_ssize_t C)
@@ -51,16 +51,16 @@ cdef extern from "_norm_loops.h" nogil:
 
 
 cdef inline void _affine_rows(const floating[:, ::1] x, floating[:, ::1] out,
-                              floating[:, ::1] coef, Py_ssize_t P) noexcept nogil:
-    # out = ((x - coef[0]) - coef[1]) * coef[2] + coef[3], one chunk per thread, backwards
+                              floating[:, ::1] coef, Py_ssize_t P, int reverse) noexcept nogil:
+    # out = ((x - coef[0]) - coef[1]) * coef[2] + coef[3], one chunk per thread
     cdef Py_ssize_t p, N = x.shape[0], C = x.shape[1]
     for p in prange(P, schedule="static", chunksize=1, num_threads=P):
         if floating is float:
-            bn_affine_rev_f(&x[0, 0], &out[0, 0], &coef[0, 0], &coef[1, 0], &coef[2, 0],
-                            &coef[3, 0], p * N // P, (p + 1) * N // P, C)
+            bn_affine_f(&x[0, 0], &out[0, 0], &coef[0, 0], &coef[1, 0], &coef[2, 0],
+                        &coef[3, 0], reverse, p * N // P, (p + 1) * N // P, C)
         else:
-            bn_affine_rev_d(&x[0, 0], &out[0, 0], &coef[0, 0], &coef[1, 0], &coef[2, 0],
-                            &coef[3, 0], p * N // P, (p + 1) * N // P, C)
+            bn_affine_d(&x[0, 0], &out[0, 0], &coef[0, 0], &coef[1, 0], &coef[2, 0],
+                        &coef[3, 0], reverse, p * N // P, (p + 1) * N // P, C)
 
 
 def batchnorm_forward_train(const floating[:, ::1] x, const floating[::1] weight,
@@ -105,7 +105,7 @@ def batchnorm_forward_train(const floating[:, ::1] x, const floating[::1] weight
             coef[1, c] = <floating>(mean - mh)
             coef[2, c] = <floating>(rstd * weight[c] if has_weight else rstd)
             coef[3, c] = bias[c] if has_bias else 0.0
-        _affine_rows(x, out, coef, P)
+        _affine_rows(x, out, coef, P, 1)
 
 
 def batchnorm_forward_eval(const floating[:, ::1] x, const floating[::1] weight,
@@ -123,7 +123,7 @@ def batchnorm_forward_eval(const floating[:, ::1] x, const floating[::1] weight,
             coef[2, c] = <floating>(rstd * weight[c] if has_weight else rstd)
             coef[3, c] = bias[c] if has_bias else 0.0
         if P > 0:
-            _affine_rows(x, out, coef, P)
+            _affine_rows(x, out, coef, P, 0)
 
 
 def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,

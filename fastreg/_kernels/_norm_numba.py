@@ -110,12 +110,14 @@ def batchnorm_forward_train(x, weight, bias, running_mean, running_var, out, sav
         coef[1, c] = mean - mh
         coef[2, c] = rstd * weight[c] if has_weight else rstd
         coef[3, c] = bias[c] if has_bias else 0.0
-    _affine_rows_reversed(x, out, coef, P)
+    _affine_rows(x, out, coef, P, True)
 
 
 @njit(**_OPTS)
-def _affine_rows_reversed(x, out, coef, P):
-    # out = ((x - coef[0]) - coef[1]) * coef[2] + coef[3], chunk by chunk, last row first
+def _affine_rows(x, out, coef, P, reverse):
+    # out = ((x - coef[0]) - coef[1]) * coef[2] + coef[3], chunk by chunk; reverse walks each
+    # chunk last row first (after a first pass, those rows are still cached); a lone pass goes
+    # forwards, which the prefetchers prefer
     N, C = x.shape
     mh = coef[0]
     ml = coef[1]
@@ -123,7 +125,9 @@ def _affine_rows_reversed(x, out, coef, P):
     sh = coef[3]
     for p in prange(P):
         r0 = (p * N) // P
-        for n in range(((p + 1) * N) // P - 1, r0 - 1, -1):
+        r1 = ((p + 1) * N) // P
+        for i in range(r1 - r0):
+            n = r1 - 1 - i if reverse else r0 + i
             xr = x[n]
             orow = out[n]
             for c in range(C):
@@ -141,7 +145,7 @@ def batchnorm_forward_eval(x, weight, bias, running_mean, running_var, out, coef
         coef[2, c] = rstd * weight[c] if has_weight else rstd
         coef[3, c] = bias[c] if has_bias else 0.0
     if n_chunks > 0:
-        _affine_rows_reversed(x, out, coef, n_chunks)
+        _affine_rows(x, out, coef, n_chunks, False)
 
 
 @njit(**_OPTS)
