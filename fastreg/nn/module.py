@@ -15,6 +15,9 @@ cache. Two things could break this and are ruled out: (1) one module instance ap
 a model (its second call would overwrite the output the first call handed on) -- ``Sequential``
 rejects it; (2) the caller keeping the array ``model(x)`` returned -- the outermost call returns
 a copy of a module-owned result (the logits, small), so what the caller holds is the caller's.
+Two rules remain the caller's: the input ``x`` is cached by reference, so do not modify it in
+place between ``forward`` and ``backward`` (torch would refuse through its version counter);
+and the array ``backward`` returns is module-owned, valid until the next backward.
 """
 from __future__ import annotations
 
