@@ -217,17 +217,33 @@ def softmax_xent_forward(logits, target, probs, eps):
     for r in prange(N):
         row = logits[r]
         prow = probs[r]
-        m = row[0]
-        lsum = 0.0
-        for c in range(C):
-            v = row[c]
-            lsum += v
-            m = max(m, v)
+        # four independent chains: float reductions do not vectorize without reassociation
+        m0 = m1 = m2 = m3 = row[0]
+        l0 = l1 = l2 = l3 = 0.0
+        c4 = C - C % 4
+        for c in range(0, c4, 4):
+            m0, m1 = max(m0, row[c]), max(m1, row[c + 1])
+            m2, m3 = max(m2, row[c + 2]), max(m3, row[c + 3])
+            l0 += row[c]
+            l1 += row[c + 1]
+            l2 += row[c + 2]
+            l3 += row[c + 3]
+        m = max(max(m0, m1), max(m2, m3))
+        lsum = (l0 + l1) + (l2 + l3)
+        for c in range(c4, C):
+            m = max(m, row[c])
+            lsum += row[c]
         ly = float(row[target[r]])
         for c in range(C):                  # vectorized exp, in the dtype of the logits
             prow[c] = _fexp(row[c] - m)
-        s = 0.0
-        for c in range(C):
+        s0 = s1 = s2 = s3 = 0.0
+        for c in range(0, c4, 4):
+            s0 += prow[c]
+            s1 += prow[c + 1]
+            s2 += prow[c + 2]
+            s3 += prow[c + 3]
+        s = (s0 + s1) + (s2 + s3)
+        for c in range(c4, C):
             s += prow[c]
         inv = prow.dtype.type(1.0 / s)
         for c in range(C):
