@@ -15,8 +15,15 @@ layernorm_forward(x, weight, bias, out, save_mean, save_rstd, eps=1e-5, backend=
 layernorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, accumulate=True,
                    backend=None)
 
-Statistics are accumulated in float64 (sums of x - x[0], which stays accurate for data with a
-large mean) and stored in x's dtype. Outputs must not share memory with inputs or each other.
+Numerics: forward statistics are float64 sums of x - x[0] (accurate for data with a large mean,
+where E[x^2] - E[x]^2 in float32 fails), stored in x's dtype. Elementwise maths runs in x's dtype
+with the float64 mean entering as a hi + lo pair. Backward column sums (d gamma, d beta) add
+blocks of 16 rows in x's dtype into float64 totals; layer-norm row sums are float64.
+
+Parallelism: rows are split into one chunk per thread (_n_chunks); column sums are per-chunk
+partials in a float64 (P, 2, C) scratch, added afterwards (measured faster than giving each
+thread a block of columns: equal at 4096 x 1024, 2x faster at C = 64). Outputs must not share
+memory with inputs or each other.
 """
 from __future__ import annotations
 
