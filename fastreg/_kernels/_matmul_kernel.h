@@ -46,6 +46,11 @@
 #define FR_CAT(a, b) FR_CAT_(a, b)
 #define FR_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define FR_ALIGN 64
+#if defined(__GNUC__) && !defined(__clang__)
+#define FR_NOVEC __attribute__((optimize("no-tree-vectorize")))
+#else
+#define FR_NOVEC
+#endif
 
 /* Per-calling-thread scratch, grown on demand and kept for the next call: a fresh allocation per
  * call would page-fault the whole packed-B block every time (glibc mmaps large blocks). */
@@ -62,9 +67,54 @@ static void *fr_get_scratch(size_t bytes) {
     return fr_scratch;
 }
 
+/* Register transposes for the packers: dst[c * ldd + r] = src[r * lds + c] for one square block
+ * (8 x 8 float, 4 x 4 double). Scalar transposing loops either run at one element per several
+ * cycles (strided stores) or get vectorized into AVX-512 scatters, which are slower still. */
+#if defined(__AVX2__)
+#define FR_HAVE_TRANSPOSE 1
+static inline void fr_transpose_f32(const float *src, ptrdiff_t lds, float *dst, ptrdiff_t ldd) {
+    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + lds);
+    __m256 r2 = _mm256_loadu_ps(src + 2 * lds), r3 = _mm256_loadu_ps(src + 3 * lds);
+    __m256 r4 = _mm256_loadu_ps(src + 4 * lds), r5 = _mm256_loadu_ps(src + 5 * lds);
+    __m256 r6 = _mm256_loadu_ps(src + 6 * lds), r7 = _mm256_loadu_ps(src + 7 * lds);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(s0, s4, 0x20));
+    _mm256_storeu_ps(dst + ldd, _mm256_permute2f128_ps(s1, s5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(s2, s6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(s3, s7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(s0, s4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(s1, s5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(s2, s6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+static inline void fr_transpose_f64(const double *src, ptrdiff_t lds, double *dst,
+                                    ptrdiff_t ldd) {
+    __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + lds);
+    __m256d r2 = _mm256_loadu_pd(src + 2 * lds), r3 = _mm256_loadu_pd(src + 3 * lds);
+    __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+    __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+    _mm256_storeu_pd(dst, _mm256_permute2f128_pd(t0, t2, 0x20));
+    _mm256_storeu_pd(dst + ldd, _mm256_permute2f128_pd(t1, t3, 0x20));
+    _mm256_storeu_pd(dst + 2 * ldd, _mm256_permute2f128_pd(t0, t2, 0x31));
+    _mm256_storeu_pd(dst + 3 * ldd, _mm256_permute2f128_pd(t1, t3, 0x31));
+}
+#endif
+
 /* ------------------------------------------------------------------ float */
 #define FR_T float
 #define FR_SUFFIX f32
+#define FR_TB 8
 #define FR_EXP expf
 #define FR_TANH tanhf
 #if defined(__AVX512F__)
@@ -107,6 +157,7 @@ static void *fr_get_scratch(size_t bytes) {
 #include "_matmul_gemm_impl.h"
 #undef FR_T
 #undef FR_SUFFIX
+#undef FR_TB
 #undef FR_EXP
 #undef FR_TANH
 #undef FR_MR
@@ -129,6 +180,7 @@ static void *fr_get_scratch(size_t bytes) {
 /* ----------------------------------------------------------------- double */
 #define FR_T double
 #define FR_SUFFIX f64
+#define FR_TB 4
 #define FR_EXP exp
 #define FR_TANH tanh
 #if defined(__AVX512F__)
@@ -171,6 +223,7 @@ static void *fr_get_scratch(size_t bytes) {
 #include "_matmul_gemm_impl.h"
 #undef FR_T
 #undef FR_SUFFIX
+#undef FR_TB
 #undef FR_EXP
 #undef FR_TANH
 #undef FR_MR
