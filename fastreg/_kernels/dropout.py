@@ -37,6 +37,7 @@ copy and without calling these kernels (nor reserving Philox blocks); the kernel
 from __future__ import annotations
 
 from fractions import Fraction
+from functools import lru_cache
 
 import numpy as np
 
@@ -59,6 +60,7 @@ def philox_blocks(n: int) -> int:
     return (int(n) + 3) // 4
 
 
+@lru_cache(maxsize=64)          # exact Fraction arithmetic costs ~10 us; a model uses few p values
 def keep_threshold(p: float) -> int:
     """``floor((1 - p) · 2**32)`` as an exact integer (element kept iff its word is below it)."""
     return int((1 - Fraction(float(p))) * (1 << 32))   # int() floors a positive Fraction
