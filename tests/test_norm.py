@@ -230,6 +230,30 @@ def test_layernorm_large_mean_float32_statistics_are_accurate(backend, rng):
     np.testing.assert_allclose(out, y, atol=2e-5)
 
 
+def test_large_outputs_match_reference(backend, dtype, rng):
+    # >= 8 MB outputs take the Cython streaming-store path; an odd C misaligns every row
+    N, C = (2053, 1031) if dtype == np.float32 else (1031, 1031)
+    x, dy = rand(rng, (N, C), dtype, loc=2.0), rand(rng, (N, C), dtype)
+    w, b = rand(rng, C, dtype), rand(rng, C, dtype)
+    out, dx = np.full((N, C), np.nan, dtype), np.full((N, C), np.nan, dtype)
+    sm, sr, dw, db = (np.zeros(C, dtype) for _ in range(4))
+    norm.batchnorm_forward_train(x, w, b, None, None, out, sm, sr, backend=backend)
+    close(out, bn_train_ref(x, w, b, 1e-5)[0], dtype)
+    norm.batchnorm_forward_eval(x, w, b, sm, sr, out, backend=backend)
+    close(out, (x.astype(np.float64) - sm) / np.sqrt(sr.astype(np.float64) + 1e-5) * w + b,
+          dtype)
+    norm.batchnorm_backward(dy, x, w, sm, sr, dx, dw, db, backend=backend)
+    close(dx, bn_backward_ref(dy, x, w, sm, sr)[0], dtype, f32=2e-4)
+    lm, lr = np.empty(N, dtype), np.empty(N, dtype)
+    norm.layernorm_forward(x, w, b, out, lm, lr, backend=backend)
+    close(out, ln_forward_ref(x, w, b, 1e-5)[0], dtype)
+    norm.layernorm_backward(dy, x, w, lm, lr, dx, dw, db, accumulate=False, backend=backend)
+    rdx, rdw, rdb = ln_backward_ref(dy, x, w, lm, lr)
+    close(dx, rdx, dtype, f32=2e-4)
+    close(dw, rdw, dtype, f32=2e-4)
+    close(db, rdb, dtype, f32=2e-4)
+
+
 # --------------------------------------------------------------------------------------------
 # finite differences of the scalar loss L = sum(out * R), float64
 # --------------------------------------------------------------------------------------------

@@ -13,15 +13,16 @@ cdef extern from "_omp_compat.h":
     int omp_get_max_threads() nogil
 
 cdef extern from "_norm_loops.h" nogil:
+    int NORM_STREAM_BYTES
     void bn_sums_f(const float *x, const float *shift, double *s1, double *s2,
                    Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
     void bn_sums_d(const double *x, const double *shift, double *s1, double *s2,
                    Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
     void bn_affine_f(const float *x, float *out, const float *mh, const float *ml,
-                     const float *sc, const float *sh, int reverse, Py_ssize_t r0,
+                     const float *sc, const float *sh, int reverse, int stream, Py_ssize_t r0,
                      Py_ssize_t r1, Py_ssize_t C)
     void bn_affine_d(const double *x, double *out, const double *mh, const double *ml,
-                     const double *sc, const double *sh, int reverse, Py_ssize_t r0,
+                     const double *sc, const double *sh, int reverse, int stream, Py_ssize_t r0,
                      Py_ssize_t r1, Py_ssize_t C)
     void bn_grad_sums_f(const float *dy, const float *x, const float *mean, double *sb,
                         double *sw, float *bb, float *bw, Py_ssize_t r0, Py_ssize_t r1,
@@ -30,37 +31,44 @@ cdef extern from "_norm_loops.h" nogil:
                         double *sw, double *bb, double *bw, Py_ssize_t r0, Py_ssize_t r1,
                         Py_ssize_t C)
     void bn_dx_rev_f(const float *dy, const float *x, float *dx, const float *mu,
-                     const float *ca, const float *cb, const float *cd,
+                     const float *ca, const float *cb, const float *cd, int stream,
                      Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
     void bn_dx_rev_d(const double *dy, const double *x, double *dx, const double *mu,
-                     const double *ca, const double *cb, const double *cd,
+                     const double *ca, const double *cb, const double *cd, int stream,
                      Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
     void ln_fwd_rows_f(const float *x, const float *w, const float *b, float *out,
                        float *save_mean, float *save_rstd, int has_w, int has_b, double eps,
-                       Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+                       int stream, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
     void ln_fwd_rows_d(const double *x, const double *w, const double *b, double *out,
                        double *save_mean, double *save_rstd, int has_w, int has_b, double eps,
-                       Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+                       int stream, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
     void ln_bwd_rows_f(const float *dy, const float *x, const float *w, const float *save_mean,
                        const float *save_rstd, float *dx, double *pw, double *pb, float *bw,
-                       float *bb, int has_w, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+                       float *bb, int has_w, int stream, Py_ssize_t r0, Py_ssize_t r1,
+                       Py_ssize_t C)
     void ln_bwd_rows_d(const double *dy, const double *x, const double *w,
                        const double *save_mean, const double *save_rstd, double *dx,
                        double *pw, double *pb, double *bw, double *bb, int has_w,
-                       Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+                       int stream, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+
+
+cdef inline int _stream(Py_ssize_t n_elements, Py_ssize_t itemsize) noexcept nogil:
+    # write the output with streaming stores? (see NORM_STREAM_BYTES in _norm_loops.h)
+    return n_elements * itemsize >= NORM_STREAM_BYTES
 
 
 cdef inline void _affine_rows(const floating[:, ::1] x, floating[:, ::1] out,
                               floating[:, ::1] coef, Py_ssize_t P, int reverse) noexcept nogil:
     # out = ((x - coef[0]) - coef[1]) * coef[2] + coef[3], one chunk per thread
     cdef Py_ssize_t p, N = x.shape[0], C = x.shape[1]
+    cdef int stream = _stream(N * C, sizeof(floating))
     for p in prange(P, schedule="static", chunksize=1, num_threads=P):
         if floating is float:
             bn_affine_f(&x[0, 0], &out[0, 0], &coef[0, 0], &coef[1, 0], &coef[2, 0],
-                        &coef[3, 0], reverse, p * N // P, (p + 1) * N // P, C)
+                        &coef[3, 0], reverse, stream, p * N // P, (p + 1) * N // P, C)
         else:
             bn_affine_d(&x[0, 0], &out[0, 0], &coef[0, 0], &coef[1, 0], &coef[2, 0],
-                        &coef[3, 0], reverse, p * N // P, (p + 1) * N // P, C)
+                        &coef[3, 0], reverse, stream, p * N // P, (p + 1) * N // P, C)
 
 
 def batchnorm_forward_train(const floating[:, ::1] x, const floating[::1] weight,
@@ -134,6 +142,7 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
                        bint accumulate):
     cdef Py_ssize_t p, c, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
     cdef double db, dg, rstd, a, inv_n = 1.0 / N if N > 0 else 0.0
+    cdef int stream = _stream(N * C, sizeof(floating))
     with nogil:
         # pass 1: per-chunk sums of dy and dy * (x - mean)
         for p in prange(P, schedule="static", chunksize=1, num_threads=P):
@@ -167,10 +176,10 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
         for p in prange(P, schedule="static", chunksize=1, num_threads=P):
             if floating is float:
                 bn_dx_rev_f(&dy[0, 0], &x[0, 0], &dx[0, 0], &coef[0, 0], &coef[1, 0],
-                            &coef[2, 0], &coef[3, 0], p * N // P, (p + 1) * N // P, C)
+                            &coef[2, 0], &coef[3, 0], stream, p * N // P, (p + 1) * N // P, C)
             else:
                 bn_dx_rev_d(&dy[0, 0], &x[0, 0], &dx[0, 0], &coef[0, 0], &coef[1, 0],
-                            &coef[2, 0], &coef[3, 0], p * N // P, (p + 1) * N // P, C)
+                            &coef[2, 0], &coef[3, 0], stream, p * N // P, (p + 1) * N // P, C)
 
 
 def layernorm_forward(const floating[:, ::1] x, const floating[::1] weight,
@@ -178,17 +187,18 @@ def layernorm_forward(const floating[:, ::1] x, const floating[::1] weight,
                       floating[::1] save_rstd, bint has_weight, bint has_bias, double eps):
     cdef Py_ssize_t p, N = x.shape[0], C = x.shape[1]
     cdef Py_ssize_t P = min(N, <Py_ssize_t>omp_get_max_threads())
+    cdef int stream = _stream(N * C, sizeof(floating))
     if P == 0:
         return
     with nogil:
         for p in prange(P, schedule="static", chunksize=1, num_threads=P):
             if floating is float:
                 ln_fwd_rows_f(&x[0, 0], &weight[0], &bias[0], &out[0, 0], &save_mean[0],
-                              &save_rstd[0], has_weight, has_bias, eps,
+                              &save_rstd[0], has_weight, has_bias, eps, stream,
                               p * N // P, (p + 1) * N // P, C)
             else:
                 ln_fwd_rows_d(&x[0, 0], &weight[0], &bias[0], &out[0, 0], &save_mean[0],
-                              &save_rstd[0], has_weight, has_bias, eps,
+                              &save_rstd[0], has_weight, has_bias, eps, stream,
                               p * N // P, (p + 1) * N // P, C)
 
 
@@ -200,17 +210,18 @@ def layernorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
                        bint need_dbias, bint accumulate):
     cdef Py_ssize_t p, c, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
     cdef double tw, tb
+    cdef int stream = _stream(N * C, sizeof(floating))
     with nogil:
         for p in prange(P, schedule="static", chunksize=1, num_threads=P):
             if floating is float:
                 ln_bwd_rows_f(&dy[0, 0], &x[0, 0], &weight[0], &save_mean[0], &save_rstd[0],
                               &dx[0, 0], &partial[p, 0, 0], &partial[p, 1, 0],
-                              &block[p, 0, 0], &block[p, 1, 0], has_weight,
+                              &block[p, 0, 0], &block[p, 1, 0], has_weight, stream,
                               p * N // P, (p + 1) * N // P, C)
             else:
                 ln_bwd_rows_d(&dy[0, 0], &x[0, 0], &weight[0], &save_mean[0], &save_rstd[0],
                               &dx[0, 0], &partial[p, 0, 0], &partial[p, 1, 0],
-                              &block[p, 0, 0], &block[p, 1, 0], has_weight,
+                              &block[p, 0, 0], &block[p, 1, 0], has_weight, stream,
                               p * N // P, (p + 1) * N // P, C)
         if need_dweight or need_dbias:
             for c in range(C):

@@ -12,6 +12,68 @@
 #define FASTREG_NORM_LOOPS_H
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__AVX512F__) || defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+/* Outputs of at least this many bytes are written with non-temporal (streaming) stores: they
+   cannot stay in the 32 MB L3 next to their inputs anyway, and streaming skips the read-for-
+   ownership of every output line (a third of a pass's traffic). Smaller outputs stay cached for
+   the next layer. A row is computed into an L1 tile, then streamed. */
+#define NORM_STREAM_BYTES (8 << 20)
+#define NORM_TILE 512
+
+static inline void norm_stream_f(float *restrict dst, const float *restrict src, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+#if defined(__AVX512F__)
+    for (; i < n && ((uintptr_t)(dst + i) & 63); i++) dst[i] = src[i];
+    for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+#elif defined(__SSE2__)
+    for (; i < n && ((uintptr_t)(dst + i) & 15); i++) dst[i] = src[i];
+    for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+#endif
+    for (; i < n; i++) dst[i] = src[i];
+}
+
+static inline void norm_stream_d(double *restrict dst, const double *restrict src,
+                                 ptrdiff_t n) {
+    ptrdiff_t i = 0;
+#if defined(__AVX512F__)
+    for (; i < n && ((uintptr_t)(dst + i) & 63); i++) dst[i] = src[i];
+    for (; i + 8 <= n; i += 8) _mm512_stream_pd(dst + i, _mm512_loadu_pd(src + i));
+#elif defined(__SSE2__)
+    for (; i < n && ((uintptr_t)(dst + i) & 15); i++) dst[i] = src[i];
+    for (; i + 2 <= n; i += 2) _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
+#endif
+    for (; i < n; i++) dst[i] = src[i];
+}
+
+/* Streaming stores are weakly ordered: fence before another thread may read the output. */
+static inline void norm_stream_fence(void) {
+#if defined(__AVX512F__) || defined(__SSE2__)
+    _mm_sfence();
+#endif
+}
+
+/* dst[0:C] = EXPR(j) for j = column, through an L1 tile and streaming stores when STREAM. */
+#define NORM_ROW_STORE(T, S, STREAM, dst, C, j, EXPR)                                           \
+    if (STREAM) {                                                                               \
+        T tile_[NORM_TILE];                                                                     \
+        for (ptrdiff_t c0_ = 0; c0_ < (C); c0_ += NORM_TILE) {                                  \
+            const ptrdiff_t len_ = (C) - c0_ < NORM_TILE ? (C) - c0_ : NORM_TILE;               \
+            NORM_SIMD                                                                           \
+            for (ptrdiff_t t_ = 0; t_ < len_; t_++) {                                           \
+                const ptrdiff_t j = c0_ + t_;                                                   \
+                tile_[t_] = (EXPR);                                                             \
+            }                                                                                   \
+            norm_stream_##S((dst) + c0_, tile_, len_);                                          \
+        }                                                                                       \
+    } else {                                                                                    \
+        NORM_SIMD                                                                               \
+        for (ptrdiff_t j = 0; j < (C); j++) (dst)[j] = (EXPR);                                  \
+    }
 
 /* Rows per block of the T-precision partial sums in the backward kernels (see bn_grad_sums) */
 #define NORM_BLOCK 16
@@ -43,15 +105,14 @@ static inline void bn_sums_##S(const T *restrict x, const T *restrict shift,    
 static inline void bn_affine_##S(const T *restrict x, T *restrict out,                         \
                                  const T *restrict mh, const T *restrict ml,                   \
                                  const T *restrict sc, const T *restrict sh, int reverse,      \
-                                 ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C) {                    \
+                                 int stream, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C) {        \
     for (ptrdiff_t i = 0; i < r1 - r0; i++) {                                                   \
         const ptrdiff_t n = reverse ? r1 - 1 - i : r0 + i;                                      \
         const T *restrict xr = x + n * C;                                                       \
         T *restrict orow = out + n * C;                                                         \
-        NORM_SIMD                                                                               \
-        for (ptrdiff_t c = 0; c < C; c++)                                                       \
-            orow[c] = ((xr[c] - mh[c]) - ml[c]) * sc[c] + sh[c];                                \
+        NORM_ROW_STORE(T, S, stream, orow, C, c, ((xr[c] - mh[c]) - ml[c]) * sc[c] + sh[c])     \
     }                                                                                           \
+    if (stream) norm_stream_fence();                                                            \
 }                                                                                               \
 /* Batch norm backward pass 1: sb[c] = sum_n dy, sw[c] = sum_n dy * (x - mean). Blocks of     \
    NORM_BLOCK rows are summed in T into bb/bw (C,), then added to the float64 sums: half the    \
@@ -81,23 +142,22 @@ static inline void bn_grad_sums_##S(const T *restrict dy, const T *restrict x,  
 /* Batch norm backward pass 2: dx = ca * dy + cb * (x - mu) + cd, chunk walked backwards */     \
 static inline void bn_dx_rev_##S(const T *restrict dy, const T *restrict x, T *restrict dx,    \
                                  const T *restrict mu, const T *restrict ca,                   \
-                                 const T *restrict cb, const T *restrict cd,                   \
+                                 const T *restrict cb, const T *restrict cd, int stream,       \
                                  ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C) {                    \
     for (ptrdiff_t n = r1 - 1; n >= r0; n--) {                                                  \
         const T *restrict xr = x + n * C;                                                       \
         const T *restrict gr = dy + n * C;                                                      \
         T *restrict dr = dx + n * C;                                                            \
-        NORM_SIMD                                                                               \
-        for (ptrdiff_t c = 0; c < C; c++)                                                       \
-            dr[c] = ca[c] * gr[c] + cb[c] * (xr[c] - mu[c]) + cd[c];                            \
+        NORM_ROW_STORE(T, S, stream, dr, C, c, ca[c] * gr[c] + cb[c] * (xr[c] - mu[c]) + cd[c]) \
     }                                                                                           \
+    if (stream) norm_stream_fence();                                                            \
 }                                                                                               \
 /* Layer norm forward on rows [r0, r1): per-row shifted float64 sums, then the affine map in T \
    with the mean split as mh + ml (see bn_affine) */                                           \
 static inline void ln_fwd_rows_##S(const T *restrict x, const T *restrict w,                   \
                                    const T *restrict b, T *restrict out,                       \
                                    T *restrict save_mean, T *restrict save_rstd,               \
-                                   int has_w, int has_b, double eps,                           \
+                                   int has_w, int has_b, double eps, int stream,               \
                                    ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C) {                  \
     const double inv_c = 1.0 / (double)C;                                                       \
     for (ptrdiff_t n = r0; n < r1; n++) {                                                       \
@@ -120,23 +180,16 @@ static inline void ln_fwd_rows_##S(const T *restrict x, const T *restrict w,    
         save_mean[n] = mh;                                                                      \
         save_rstd[n] = rs;                                                                      \
         if (has_w && has_b) {                                                                   \
-            NORM_SIMD                                                                           \
-            for (ptrdiff_t c = 0; c < C; c++)                                                   \
-                orow[c] = ((xr[c] - mh) - ml) * rs * w[c] + b[c];                               \
+            NORM_ROW_STORE(T, S, stream, orow, C, c, ((xr[c] - mh) - ml) * rs * w[c] + b[c])    \
         } else if (has_w) {                                                                     \
-            NORM_SIMD                                                                           \
-            for (ptrdiff_t c = 0; c < C; c++)                                                   \
-                orow[c] = ((xr[c] - mh) - ml) * rs * w[c];                                      \
+            NORM_ROW_STORE(T, S, stream, orow, C, c, ((xr[c] - mh) - ml) * rs * w[c])           \
         } else if (has_b) {                                                                     \
-            NORM_SIMD                                                                           \
-            for (ptrdiff_t c = 0; c < C; c++)                                                   \
-                orow[c] = ((xr[c] - mh) - ml) * rs + b[c];                                      \
+            NORM_ROW_STORE(T, S, stream, orow, C, c, ((xr[c] - mh) - ml) * rs + b[c])           \
         } else {                                                                                \
-            NORM_SIMD                                                                           \
-            for (ptrdiff_t c = 0; c < C; c++)                                                   \
-                orow[c] = ((xr[c] - mh) - ml) * rs;                                             \
+            NORM_ROW_STORE(T, S, stream, orow, C, c, ((xr[c] - mh) - ml) * rs)                  \
         }                                                                                       \
     }                                                                                           \
+    if (stream) norm_stream_fence();                                                            \
 }                                                                                               \
 /* Layer norm backward on rows [r0, r1); pw/pb (C,) collect this chunk's dgamma/dbeta in      \
    float64, from blocks of NORM_BLOCK rows summed in T into bw/bb (C,). Row sums in float64. */ \
@@ -144,7 +197,7 @@ static inline void ln_bwd_rows_##S(const T *restrict dy, const T *restrict x,   
                                    const T *restrict w, const T *restrict save_mean,           \
                                    const T *restrict save_rstd, T *restrict dx,                \
                                    double *restrict pw, double *restrict pb,                   \
-                                   T *restrict bw, T *restrict bb, int has_w,                  \
+                                   T *restrict bw, T *restrict bb, int has_w, int stream,      \
                                    ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C) {                  \
     const double inv_c = 1.0 / (double)C;                                                       \
     for (ptrdiff_t c = 0; c < C; c++) { pw[c] = 0.0; pb[c] = 0.0; }                             \
@@ -176,17 +229,14 @@ static inline void ln_bwd_rows_##S(const T *restrict dy, const T *restrict x,   
                 NORM_SIMD                                                                       \
                 for (ptrdiff_t c = 0; c < C; c++) {                                             \
                     T xh = (xr[c] - mean) * rstd;                                               \
-                    T g = gr[c];                                                                \
-                    dr[c] = rstd * (g * w[c] - mg - xh * mgx);                                  \
-                    bw[c] += g * xh;                                                            \
-                    bb[c] += g;                                                                 \
+                    bw[c] += gr[c] * xh;                                                        \
+                    bb[c] += gr[c];                                                             \
                 }                                                                               \
+                NORM_ROW_STORE(T, S, stream, dr, C, c,                                          \
+                               rstd * (gr[c] * w[c] - mg - (xr[c] - mean) * rstd * mgx))        \
             } else {                                                                            \
-                NORM_SIMD                                                                       \
-                for (ptrdiff_t c = 0; c < C; c++) {                                             \
-                    T xh = (xr[c] - mean) * rstd;                                               \
-                    dr[c] = rstd * (gr[c] - mg - xh * mgx);                                     \
-                }                                                                               \
+                NORM_ROW_STORE(T, S, stream, dr, C, c,                                          \
+                               rstd * (gr[c] - mg - (xr[c] - mean) * rstd * mgx))               \
             }                                                                                   \
         }                                                                                       \
         if (has_w) {                                                                            \
@@ -194,6 +244,7 @@ static inline void ln_bwd_rows_##S(const T *restrict dy, const T *restrict x,   
             for (ptrdiff_t c = 0; c < C; c++) { pw[c] += (double)bw[c]; pb[c] += (double)bb[c]; } \
         }                                                                                       \
     }                                                                                           \
+    if (stream) norm_stream_fence();                                                            \
 }
 
 NORM_DEFINE(float, f)
