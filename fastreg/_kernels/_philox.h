@@ -171,6 +171,46 @@ static inline uint64_t fr_philox_mask8_avx512(const fr_philox_avx512_keys *k, ui
 #undef FR_BIT
     return (uint64_t)_mm_cvtsi128_si64(_mm512_cvtepi64_epi8(bits));
 }
+
+/* Mask bytes m .. m+15 as two uint64 (out[0]: bytes m..m+7, out[1]: m+8..m+15): the same
+ * computation as fr_philox_mask8_avx512 on four independent vector groups, which keeps more
+ * multiplies in flight (~10% faster than two mask8 calls). Group g = 2h + s holds blocks
+ * 2(m + 8h + q) + s in lane q. */
+static inline void fr_philox_mask16_avx512(const fr_philox_avx512_keys *k, uint64_t offset,
+                                           int64_t m, uint64_t out[2])
+{
+    const __m512i m0 = _mm512_set1_epi64(FR_PHILOX_M0), m1 = _mm512_set1_epi64(FR_PHILOX_M1);
+    const __m512i lane2 = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
+    __m512i c[4][4];
+    for (int g = 0; g < 4; ++g) {
+        uint64_t base = offset + 2 * (uint64_t)m + 16 * (uint64_t)(g >> 1) + (uint64_t)(g & 1);
+        __m512i ctr = _mm512_add_epi64(_mm512_set1_epi64((long long)base), lane2);
+        c[g][0] = ctr;
+        c[g][1] = _mm512_srli_epi64(ctr, 32);
+        c[g][2] = _mm512_setzero_si512();
+        c[g][3] = c[g][2];
+    }
+    for (int r = 0; r < 10; ++r) {
+        for (int g = 0; g < 4; ++g) {
+            __m512i p0 = _mm512_mul_epu32(c[g][0], m0), p1 = _mm512_mul_epu32(c[g][2], m1);
+            c[g][0] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1, 32), c[g][1], k->ka[r], 0x96);
+            c[g][2] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0, 32), c[g][3], k->kb[r], 0x96);
+            c[g][1] = p1;
+            c[g][3] = p0;
+        }
+    }
+    for (int h = 0; h < 2; ++h) {
+        __m512i bits = _mm512_setzero_si512();
+        for (int w = 0; w < 4; ++w) {
+            bits = _mm512_mask_or_epi32(bits, _mm512_mask_cmple_epu32_mask(0x5555, c[2 * h][w],
+                                        k->thr), bits, _mm512_set1_epi32(1 << w));
+            bits = _mm512_mask_or_epi32(bits, _mm512_mask_cmple_epu32_mask(0x5555,
+                                        c[2 * h + 1][w], k->thr), bits,
+                                        _mm512_set1_epi32(1 << (w + 4)));
+        }
+        out[h] = (uint64_t)_mm_cvtsi128_si64(_mm512_cvtepi64_epi8(bits));
+    }
+}
 #endif
 
 /* Keep bits of bytes [b0, b1), tail bits cleared. */
@@ -188,6 +228,11 @@ static inline void fr_dropout_mask_chunk(uint8_t *mask, int64_t b0, int64_t b1, 
 #ifdef FR_PHILOX_AVX512
     fr_philox_avx512_keys keys;
     fr_philox_avx512_setup(&keys, k0, k1, thr_m1);
+    for (; m + 16 <= b1; m += 16) {
+        uint64_t two[2];
+        fr_philox_mask16_avx512(&keys, offset, m, two);
+        memcpy(mask + m, two, 16);
+    }
     for (; m + 8 <= b1; m += 8) {
         uint64_t bytes = fr_philox_mask8_avx512(&keys, offset, m);
         memcpy(mask + m, &bytes, 8);
@@ -219,6 +264,17 @@ static inline void fr_dropout_forward_chunk_##SUFFIX(const T *x, T *out, uint8_t
         fr_philox_avx512_setup(&keys, k0, k1, (uint32_t)(threshold - 1));                     \
         int64_t full = n >> 3;                 /* bytes whose 8 elements all exist */         \
         int64_t bv = b1 < full ? b1 : full;                                                   \
+        for (; m + 16 <= bv; m += 16) {                                                       \
+            uint64_t two[2];                                                                  \
+            fr_philox_mask16_avx512(&keys, offset, m, two);                                   \
+            memcpy(mask + m, two, 16);                                                        \
+            for (int h = 0; h < 2; ++h) {                                                     \
+                uint64_t bytes = two[h];                                                      \
+                const T *xs = x + 8 * (m + 8 * h);                                            \
+                T *os = out + 8 * (m + 8 * h);                                                \
+                VEC_BODY                                                                      \
+            }                                                                                 \
+        }                                                                                     \
         for (; m + 8 <= bv; m += 8) {                                                         \
             uint64_t bytes = fr_philox_mask8_avx512(&keys, offset, m);                        \
             memcpy(mask + m, &bytes, 8);                                                      \
