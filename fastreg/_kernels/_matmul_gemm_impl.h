@@ -4,8 +4,13 @@
 
 #define FR_NR (2 * FR_W)
 #define FN(name) FR_CAT(name, FR_SUFFIX)
-/* Below this many flops the OpenMP fork/join (a few us) costs more than it saves. */
-#define FR_PAR_MIN_FLOPS 1.0e6
+/* Below this much work one thread does it all. A fork/join costs a few us on a quiet machine,
+ * but when another process holds the second core the join waits for an OS time slice (ms), so
+ * small products (batch-1 inference, the 10-wide output layer) stay on the calling thread.
+ * ~8 MFLOP is ~60 us of single-core work; a GEMV is memory-bound, worth a second core only
+ * once the weights (k * n >= 2M elements) no longer sit in one core's L2. */
+#define FR_PAR_MIN_FLOPS 8.0e6
+#define FR_PAR_MIN_FLOPS_GEMV 4.0e6
 /* Up to this many output rows the product is a few GEMVs: no packing, no tile padding. */
 #define FR_SMALL_M 4
 
@@ -191,7 +196,7 @@ static int FN(fr_gemm_small)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, 
     const int chunk = 256;
     const int nchunks = (n + chunk - 1) / chunk;
     const double flops = 2.0 * m * (double)n * k;
-    const int nt = flops >= FR_PAR_MIN_FLOPS / 2 ? FR_MIN(nthreads, nchunks) : 1;
+    const int nt = flops >= FR_PAR_MIN_FLOPS_GEMV * m ? FR_MIN(nthreads, nchunks) : 1;
     (void)nt;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int ch = 0; ch < nchunks; ch++) {
@@ -349,4 +354,5 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
 #undef FR_NR
 #undef FN
 #undef FR_PAR_MIN_FLOPS
+#undef FR_PAR_MIN_FLOPS_GEMV
 #undef FR_SMALL_M

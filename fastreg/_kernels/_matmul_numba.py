@@ -25,10 +25,14 @@ barrier inside the call. A tile walks the depth in KC blocks: it packs its B blo
 L1) and runs the 4 x 4 kernel across the B block. The epilogue (bias + activation) is applied
 to the 16 values as they are stored after the last depth block; dbias is summed from the packed
 A sliver (in the tiles of column block 0, where each row is packed once per depth block).
+
+Few rows of C (batch-1 inference) or a short depth (weight gradients of a small batch) go to
+``_gemm_rows`` instead: GEMV dot products or axpy over B's rows, no packing, no 4 x 4 padding.
 """
 from __future__ import annotations
 
 import threading
+import types
 
 import numba
 import numpy as np
@@ -38,7 +42,7 @@ from ._codes import ACT_IDENTITY, ACT_LEAKY_RELU, ACT_RELU, ACT_SIGMOID, ACT_TAN
 from ._matmul_blas import epilogue
 
 #: Reassociation and contraction let LLVM vectorize the k-loop reductions; no "nnan"/"ninf":
-#: sigmoid relies on exp overflowing to inf, and NaN inputs must propagate.
+#: sigmoid relies on exp(-v) overflowing to inf for very negative v.
 _FM = {"reassoc", "contract", "nsz", "arcp"}
 #: Register block (rows x columns of C per micro-kernel call).
 MR = 4
@@ -51,8 +55,11 @@ KPAD = 16
 L2_BLOCK_BYTES = 512 * 1024
 #: Rows of C per task (at most).
 MC = 128
-#: Below this many flops, one thread: a parallel launch costs more than it saves.
-PAR_MIN_FLOPS = 1.0e6
+#: Below this much work, one thread (same thresholds and reasons as _matmul_gemm_impl.h: a
+#: parallel launch is cheap on a quiet machine, but waits for an OS time slice when another
+#: process holds the second core). GEMV: per row of C, i.e. weights >= 2M elements.
+PAR_MIN_FLOPS = 8.0e6
+PAR_MIN_FLOPS_GEMV = 4.0e6
 #: Up to this many rows of C the product is a few GEMVs: no packing, no 4-row padding.
 SMALL_M = 3
 #: Up to this depth (and B rows contiguous) C is built by axpy over B's rows instead.
@@ -253,6 +260,19 @@ def _gemm_blocked(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, accumulate, bias, h
                                   zero)
 
 
+def _serial(dispatcher, name: str):
+    """The same kernel compiled without parallel=True (prange runs as range): a one-thread call
+    must not go through numba's thread pool at all, it would wake (and wait for) the workers.
+    A renamed copy of the Python function, so its on-disk cache entry is its own."""
+    f = dispatcher.py_func
+    g = types.FunctionType(f.__code__, f.__globals__, name, f.__defaults__, f.__closure__)
+    g.__qualname__ = name
+    return njit(cache=True, fastmath=_FM)(g)
+
+
+_gemm_rows_serial = _serial(_gemm_rows, "_gemm_rows_serial")
+_gemm_blocked_serial = _serial(_gemm_blocked, "_gemm_blocked_serial")
+
 _EMPTY = {np.dtype(np.float32): np.zeros(0, np.float32),
           np.dtype(np.float64): np.zeros(0, np.float64)}
 _scratch = threading.local()
@@ -284,14 +304,16 @@ def _gemm(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, accumulate, bias, act, slop
         epilogue(C.reshape(m, ldc), bias if has_bias else None, act, slope)
         return
     flops = 2.0 * m * n * k
-    nt = numba.get_num_threads() if flops >= PAR_MIN_FLOPS else 1
     slope = dt.type(slope)
     if (m <= SMALL_M and (rsb == 1 or csb == 1)) or (k <= SHORT_K and csb == 1):
-        ntasks = m * ((n + 255) // 256)
-        _gemm_rows(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, bool(accumulate), bias, has_bias,
-                   act, slope, rowsum, has_rowsum, max(1, min(nt, ntasks)),
-                   _get_scratch(dt, m * k), zero)
+        few_rows = m <= SMALL_M
+        big = flops >= (PAR_MIN_FLOPS_GEMV * m if few_rows else PAR_MIN_FLOPS)
+        nt = min(numba.get_num_threads(), m * ((n + 255) // 256)) if big else 1
+        fn = _gemm_rows if nt > 1 else _gemm_rows_serial
+        fn(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, bool(accumulate), bias, has_bias, act,
+           slope, rowsum, has_rowsum, nt, _get_scratch(dt, m * k), zero)
         return
+    nt = numba.get_num_threads() if flops >= PAR_MIN_FLOPS else 1
     kblocks = (k + KC - 1) // KC
     kcb = (k + kblocks - 1) // kblocks
     kcp = (kcb + KPAD - 1) // KPAD * KPAD
@@ -300,8 +322,9 @@ def _gemm(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, accumulate, bias, act, slop
     nt = min(nt, ((m + mcb - 1) // mcb) * ((n + ncb - 1) // ncb))
     per_thread = ncb * kcp + MR * kcp
     buf = _get_scratch(dt, nt * per_thread)[:nt * per_thread].reshape(nt, per_thread)
-    _gemm_blocked(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, bool(accumulate), bias, has_bias,
-                  act, slope, rowsum, has_rowsum, nt, buf, kcb, kcp, mcb, ncb, zero)
+    fn = _gemm_blocked if nt > 1 else _gemm_blocked_serial
+    fn(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, bool(accumulate), bias, has_bias, act, slope,
+       rowsum, has_rowsum, nt, buf, kcb, kcp, mcb, ncb, zero)
 
 
 def _tiles(m: int, n: int, mc: int, nc: int, want: int) -> tuple[int, int]:
