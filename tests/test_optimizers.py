@@ -346,3 +346,13 @@ def test_lr_scheduler_is_exposed_lazily():
             fr.optim.lr_scheduler  # noqa: B018
     else:
         assert fr.optim.lr_scheduler.__name__ == "fastreg.optim.lr_scheduler"
+
+
+def test_importing_and_constructing_does_not_import_numba():
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np, fastreg as fr\n"
+            "from fastreg.nn.parameter import Parameter\n"
+            "fr.optim.Adam([Parameter(np.zeros(3))])\n"
+            "assert 'numba' not in sys.modules, 'numba imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
