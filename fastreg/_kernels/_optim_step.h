@@ -30,7 +30,8 @@ enum { FR_OPT_MAXIMIZE = 1, FR_OPT_MOMENTUM = 2, FR_OPT_NESTEROV = 4, FR_OPT_FIR
 /* hp layout: common entries, then per-algorithm entries A..F.
  *   SGD      A = momentum, B = 1 - dampening
  *   ADAM     A = 1 - beta1, B = beta2, C = 1 - beta2, D = eps, E = lr / (1 - beta1^t),
- *            F = 1 / sqrt(1 - beta2^t), G = 1 - lr * weight_decay (decoupled decay)
+ *            F = 1 / sqrt(1 - beta2^t), G = 1 - lr * weight_decay (decoupled decay);
+ *            optim.py passes WD = 0 for AdamW and G = 1 for Adam, so either form is exact
  *   RMSPROP  A = alpha, B = 1 - alpha, C = eps, D = momentum
  *   ADAGRAD  A = lr / (1 + (t - 1) lr_decay), B = eps
  *   ADADELTA A = rho, B = 1 - rho, C = eps                                                    */

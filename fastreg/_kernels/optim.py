@@ -50,7 +50,7 @@ def _flag(name: str, value) -> bool:
 
 
 def _check_buffers(param, grad, **buffers):
-    """Check param/grad and the state buffers a call needs; return (dtype, n, buffers list).
+    """Check param/grad and the state buffers a call needs; return (dtype, [b0, b1, b2]).
 
     ``buffers`` maps name -> (array or None, required). Buffers not required are ignored (and
     replaced by an empty array the kernel never touches).
