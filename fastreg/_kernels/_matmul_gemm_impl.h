@@ -229,17 +229,45 @@ static int FN(fr_gemm_small)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, 
                 }
             }
         } else {
-            /* B rows contiguous in j -> axpy form, the C chunk stays in L1. */
+            /* B rows contiguous in j -> axpy form. 4 vectors of C are held in registers over
+             * the whole depth (an axpy into memory would be bound by the store -> reload of C
+             * on every row of B); the columns left over go through L1. */
             for (int i = 0; i < m; i++) {
                 const FR_T *x = Arows + (ptrdiff_t)i * k;
                 FR_T *restrict crow = C + i * ldc;
-                if (!accumulate)
-                    for (int j = j0; j < j1; j++) crow[j] = 0;
-                for (int p = 0; p < k; p++) {
-                    const FR_T xp = x[p];
-                    const FR_T *restrict brow = B + p * rsb;
+                int j = j0;
+#ifndef FR_SCALAR_KERNEL
+                for (; j + 4 * FR_W <= j1; j += 4 * FR_W) {
+                    FR_V a0 = FR_VZERO(), a1 = FR_VZERO(), a2 = FR_VZERO(), a3 = FR_VZERO();
+                    if (accumulate) {
+                        a0 = FR_VLOAD(crow + j);
+                        a1 = FR_VLOAD(crow + j + FR_W);
+                        a2 = FR_VLOAD(crow + j + 2 * FR_W);
+                        a3 = FR_VLOAD(crow + j + 3 * FR_W);
+                    }
+                    for (int p = 0; p < k; p++) {
+                        const FR_V xp = FR_VSET1(x[p]);
+                        const FR_T *brow = B + p * rsb + j;
+                        a0 = FR_VFMA(xp, FR_VLOAD(brow), a0);
+                        a1 = FR_VFMA(xp, FR_VLOAD(brow + FR_W), a1);
+                        a2 = FR_VFMA(xp, FR_VLOAD(brow + 2 * FR_W), a2);
+                        a3 = FR_VFMA(xp, FR_VLOAD(brow + 3 * FR_W), a3);
+                    }
+                    FR_VSTORE(crow + j, a0);
+                    FR_VSTORE(crow + j + FR_W, a1);
+                    FR_VSTORE(crow + j + 2 * FR_W, a2);
+                    FR_VSTORE(crow + j + 3 * FR_W, a3);
+                }
+#endif
+                if (j < j1) {
+                    if (!accumulate)
+                        for (int jj = j; jj < j1; jj++) crow[jj] = 0;
+                    for (int p = 0; p < k; p++) {
+                        const FR_T xp = x[p];
+                        const FR_T *restrict brow = B + p * rsb;
 #pragma omp simd
-                    for (int j = j0; j < j1; j++) crow[j] += xp * brow[j];
+                        for (int jj = j; jj < j1; jj++) crow[jj] += xp * brow[jj];
+                    }
                 }
             }
         }
