@@ -1,0 +1,102 @@
+"""asv: inference of a BatchNorm + ReLU + Dropout MLP in eval mode, and model-file I/O.
+
+``Predict`` times the compiled predictor (``fastreg.inference.compile``: BatchNorm folded,
+Dropout dropped, bias + ReLU fused, Cython kernels) against the plain eval-mode module on the
+numba and cython backends, by dtype, size ("mlp" = 784-512-256-10, "large" =
+1024-2048-2048-10) and batch (1 = latency, 1024 = throughput). ``ModelFile`` times save and
+load of the mlp; ``ColdStart`` times fresh interpreters (import; import + load + first predict).
+"""
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+import fastreg as fr
+from fastreg import inference, nn
+from fastreg import io as frio
+
+SIZES = {"mlp": (784, 512, 256, 10), "large": (1024, 2048, 2048, 10)}
+_DIR = os.path.join(tempfile.gettempdir(), "fastreg_asv_inference")
+
+
+def _model(dims, dtype, seed=0):
+    fr.manual_seed(seed)
+    d0, d1, d2, d3 = dims
+    model = nn.Sequential(
+        nn.Linear(d0, d1, dtype=dtype), nn.BatchNorm1d(d1, dtype=dtype), nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.Linear(d1, d2, dtype=dtype), nn.BatchNorm1d(d2, dtype=dtype), nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.Linear(d2, d3, dtype=dtype))
+    g = np.random.default_rng(seed)
+    for m in model:
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean[...] = g.standard_normal(m.num_features) * 0.1
+            m.running_var[...] = g.uniform(0.5, 2.0, m.num_features)
+    return model.eval()
+
+
+class Predict:
+    params = (["compiled", "module-numba", "module-cython"], ["float32", "float64"],
+              ["mlp", "large"], [1, 1024])
+    param_names = ("engine", "dtype", "size", "batch")
+    timeout = 120
+
+    def setup(self, engine, dtype, size, batch):
+        dims = SIZES[size]
+        self.model = _model(dims, np.dtype(dtype))
+        self.x = np.random.default_rng(1).standard_normal((batch, dims[0])).astype(dtype)
+        if engine == "compiled":
+            self.fn = inference.compile(self.model)
+        else:
+            fr.set_backend(engine.split("-")[1])
+            self.fn = self.model
+        self.fn(self.x)                      # compile / warm the buffers
+
+    def teardown(self, engine, dtype, size, batch):
+        fr.set_backend("auto")
+
+    def time_predict(self, *args):
+        self.fn(self.x)
+
+
+class ModelFile:
+    timeout = 60
+
+    def setup(self):
+        os.makedirs(_DIR, exist_ok=True)
+        self.model = _model(SIZES["mlp"], np.float32)
+        self.path = os.path.join(_DIR, "mlp.fr")
+        frio.save(self.model, self.path)
+
+    def time_save(self):
+        frio.save(self.model, self.path)
+
+    def time_load(self):
+        frio.load(self.path)
+
+    def time_compile(self):
+        inference.compile(self.model)
+
+
+def _ensure_file() -> str:
+    os.makedirs(_DIR, exist_ok=True)
+    path = os.path.join(_DIR, "cold.fr")
+    if not os.path.exists(path):
+        frio.save(_model(SIZES["mlp"], np.float32), path)
+    return path
+
+
+class ColdStart:
+    """Fresh interpreters (asv ``timeraw``: the code runs in a new process each time)."""
+    timeout = 120
+
+    def timeraw_import(self):
+        return "import fastreg"
+
+    def timeraw_import_load_predict(self):
+        return (f"import numpy as np, fastreg.io\n"
+                f"m = fastreg.io.load({_ensure_file()!r})\n"
+                f"m.predict(np.zeros((1, 784), np.float32))\n"
+                f"import sys\nassert 'numba' not in sys.modules, {sys.executable!r}\n")
