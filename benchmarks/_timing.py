@@ -1,12 +1,13 @@
 """Timing helpers shared by the comparison script (not by asv, which times on its own).
 
 fastreg and its peer are timed in the same process, interleaved round by round, so a noisy
-neighbour slows both; the ratio of the two medians is what we report.
+neighbour slows both. Each round times a loop long enough to be above timer noise; we report the
+best round of each (as timeit advises: on a shared machine, slower rounds measure the neighbours)
+and the ratio of the two.
 """
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
 from typing import Callable
 
@@ -38,7 +39,7 @@ def _per_call(fn: Callable[[], object], min_time: float) -> float:
 
 
 def compare(case: Case, rounds: int = 7, min_time: float = 0.05) -> dict:
-    """Time ``case`` interleaved; return medians and speed-up (peer / fastreg)."""
+    """Time ``case`` interleaved; return best-round times and speed-up (peer / fastreg)."""
     case.fastreg()
     if case.peer is not None:
         case.peer()
@@ -47,8 +48,8 @@ def compare(case: Case, rounds: int = 7, min_time: float = 0.05) -> dict:
         ours.append(_per_call(case.fastreg, min_time))
         if case.peer is not None:
             theirs.append(_per_call(case.peer, min_time))
-    t_ours = statistics.median(ours)
-    t_peer = statistics.median(theirs) if theirs else None
+    t_ours = min(ours)
+    t_peer = min(theirs) if theirs else None
     return {
         "group": case.group, "name": case.name, "peer": case.peer_name,
         "fastreg_s": t_ours, "peer_s": t_peer,

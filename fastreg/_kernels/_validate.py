@@ -5,6 +5,8 @@ first, and every message names the argument and the offending value.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._config import FLOAT_DTYPES
@@ -56,7 +58,7 @@ def check_scalar(name: str, value, *, low=None, high=None, low_open=False, high_
     if integer and not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     v = float(value)
-    if not np.isfinite(v):
+    if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {value!r}")
     lo_bad = low is not None and (v <= low if low_open else v < low)
     hi_bad = high is not None and (v >= high if high_open else v > high)
