@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import sys
 
 __all__ = ["CSVError", "main", "read_csv"]
@@ -162,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     except CSVError as exc:
         print(f"fastreg {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:           # e.g. `fastreg predict m.fr d.csv | head`
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        except OSError:
+            pass
+        return 0
     except (ValueError, TypeError, OSError) as exc:
         if type(exc).__name__ == "ModelFileError" or isinstance(exc, OSError):
             print(f"fastreg {args.command}: error: {exc}", file=sys.stderr)

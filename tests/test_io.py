@@ -486,3 +486,27 @@ def test_from_torch_state_dict_matches_torch_outputs():
         ref = tm(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(model(x), ref, rtol=1e-10, atol=1e-12)
     assert int(model[1].num_batches_tracked) == 1
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 2**40) | st.floats(allow_nan=False)
+    | st.sampled_from(["Linear", "Sequential", "ReLU", "BatchNorm1d", "float32", "0", "../x"]),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["type", "args", "children", "fuse", "in_features",
+                                       "out_features", "bias", "dtype", "p", "mode"]),
+                      children, max_size=5),
+    max_leaves=25)
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(arch=_json, tensors=_json)
+def test_fuzz_header_trees_only_raise_model_file_error(tmp_path, arch, tensors):
+    path = tmp_path / "h.fr"
+    _craft(path, {"format": "fastreg-model", "format_version": 1, "architecture": arch,
+                  "tensors": tensors}, {})
+    try:
+        m = frio.load(path)
+    except ModelFileError:
+        return
+    assert m.state_dict() == {}          # only parameter-free trees can load from no tensors
