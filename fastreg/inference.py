@@ -121,6 +121,8 @@ class Predictor:
         K, when the model's first stage fixes it.
     out_features : int or None
         M of the last stage that fixes it.
+    backend : str
+        "cython", unless the Cython extensions are not built (then "numba").
     stages : list of str
         What runs, e.g. ``["linear+relu 784->512", ...]`` (for inspection and tests).
     """
@@ -135,8 +137,14 @@ class Predictor:
         if dt not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dt}")
         self.dtype = dt
-        self._linear = _dispatch.kernel("matmul", "linear_forward", _BACKEND)
-        self._act = _dispatch.kernel("elementwise", "activation_forward", _BACKEND)
+        try:
+            self._linear = _dispatch.kernel("matmul", "linear_forward", _BACKEND)
+            self._act = _dispatch.kernel("elementwise", "activation_forward", _BACKEND)
+            self.backend = _BACKEND
+        except ImportError:     # Cython extensions not built: numba (the other full backend)
+            self.backend = "numba"
+            self._linear = _dispatch.kernel("matmul", "linear_forward", self.backend)
+            self._act = _dispatch.kernel("elementwise", "activation_forward", self.backend)
         self._ops = []
         self.stages = []
         feat = None
@@ -154,7 +162,7 @@ class Predictor:
                 # one validated call now; per-call calls below skip the checks
                 _matmul.linear_forward(np.zeros((1, W.shape[1]), dt), W, b,
                                        np.empty((1, W.shape[0]), dt), activation=op[3],
-                                       slope=op[4], backend=_BACKEND)
+                                       slope=op[4], backend=self.backend)
                 self._ops.append(("linear", W, b, int(op[3]), float(op[4])))
                 name = {v: k for k, v in _codes.ACTIVATIONS.items()}[op[3]]
                 self.stages.append(f"linear{'' if name == 'identity' else '+' + name} "
@@ -199,6 +207,7 @@ class Predictor:
         """Stage closures ``h -> out`` with their output buffers allocated for ``n`` rows."""
         from ._kernels import norm as _norm
         dt = self.dtype
+        backend = self.backend
         stages = []
         feat = self.in_features
         for op in self._ops:
@@ -230,7 +239,7 @@ class Predictor:
 
                 def f(h, g=g, b=b, out=out, mean=mean, rstd=rstd, eps=eps):
                     _norm.layernorm_forward(h, g, b, out, mean, rstd, eps=eps,
-                                            backend=_BACKEND)
+                                            backend=backend)
                     return out
             elif kind == "flatten":
                 def f(h):
