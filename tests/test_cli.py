@@ -218,6 +218,13 @@ def test_python_dash_m_fastreg(tmp_path, class_csv):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "prediction,p_ham,p_spam" and len(lines) == 241
+    script = ("import sys; from fastreg.cli import main; "
+              f"rc = main(['predict', {str(model_path)!r}, {str(path)!r}, '--out', "
+              f"{str(tmp_path / 'p.csv')!r}]); "
+              "print(rc, 'numba' in sys.modules)")
+    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=120, check=False)
+    assert quiet.stdout.split() == ["0", "False"], quiet.stderr     # predict never loads numba
     helped = subprocess.run([sys.executable, "-m", "fastreg", "--help"], capture_output=True,
                             text=True, timeout=60, check=False)
     assert helped.returncode == 0
