@@ -14,11 +14,13 @@ from ._random import Generator, initial_seed, manual_seed
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("nn", "optim", "data", "train", "inference")
+_SUBMODULES = ("nn", "optim", "data", "train", "inference", "io")
+#: Names re-exported from fastreg.io, imported on first access.
+_IO_NAMES = ("save", "load", "ModelFileError", "from_torch_state_dict")
 
 __all__ = ["set_backend", "get_backend", "set_num_threads", "get_num_threads",
            "set_default_dtype", "get_default_dtype", "manual_seed", "initial_seed", "Generator",
-           *_SUBMODULES]
+           *_SUBMODULES, *_IO_NAMES]
 
 
 def __getattr__(name):
@@ -26,4 +28,8 @@ def __getattr__(name):
         mod = importlib.import_module(f"fastreg.{name}")
         globals()[name] = mod
         return mod
+    if name in _IO_NAMES:
+        value = getattr(importlib.import_module("fastreg.io"), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'fastreg' has no attribute {name!r}")

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 from .callbacks import Callback, EarlyStopping
+from .checkpoint import Checkpoint, resume
 from .fit import Trainer, accuracy_count, evaluate, fit
 from .history import History
 
 __all__ = [
            "Callback",
+           "Checkpoint",
            "EarlyStopping",
            "History",
            "Trainer",
            "accuracy_count",
            "evaluate",
            "fit",
+           "resume",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -172,7 +173,8 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
         batch_size: int = 256, scheduler=None, callbacks: Iterable = (),
         metrics: Sequence = ("accuracy",), progress: bool = True, shuffle: bool = True,
         seed: int | None = None, scheduler_interval: str | None = None,
-        drop_last: bool | None = None) -> History:
+        drop_last: bool | None = None, checkpoint: str | os.PathLike | None = None,
+        resume: bool = False) -> History:
     """Train ``model`` with mini-batch gradient descent and return its :class:`History`.
 
     Each epoch visits every training sample once in a fresh random order (``DataLoader``,
@@ -213,6 +215,12 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
         True: ``floor(N / batch_size)`` full batches per epoch. False: keep the short last
         batch. None (default): keep it unless it holds a single sample, which BatchNorm1d
         cannot train on (no batch variance; torch raises there too).
+    checkpoint : path, optional
+        Save model, optimizer, scheduler, random state, loader, callbacks and history there
+        (atomically) at the end of every epoch (:class:`fastreg.train.Checkpoint`).
+    resume : bool
+        With ``checkpoint``: if the file exists, continue from the epoch after the one it holds.
+        The resumed run is bitwise identical to one that never stopped.
 
     Returns
     -------
@@ -241,6 +249,9 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
     interval = _scheduler_interval(scheduler, scheduler_interval)
     mets = _resolve_metrics(metrics, loss_fn)
     callbacks = list(callbacks or ())
+    if checkpoint is not None:
+        from .checkpoint import Checkpoint
+        callbacks.append(Checkpoint(checkpoint))     # last: saves the others' epoch state
     penalty = getattr(optimizer, "penalty", None)
     input_grad_kw = _backward_takes_input_grad(model)
 
@@ -248,13 +259,19 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
     trainer = Trainer(model, loss_fn, optimizer, scheduler, history)
     loader = DataLoader(X, y, batch_size=batch_size, shuffle=shuffle,
                         drop_last=bool(drop_last), seed=seed)
+    trainer.loader = loader
+    trainer.callbacks = callbacks
     skip_single = drop_last is None and len(loader) > 1
     bar = _progress_bar(epochs) if progress else None
     t_start = time.perf_counter()
     for cb in callbacks:
         cb.on_train_begin(trainer)
+    start = 1
+    if resume and checkpoint is not None and os.path.exists(checkpoint):
+        from .checkpoint import resume_trainer
+        start = resume_trainer(checkpoint, trainer) + 1
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(start, epochs + 1):
             trainer.epoch = epoch
             t_epoch = time.perf_counter()
             lr = _current_lr(optimizer)
