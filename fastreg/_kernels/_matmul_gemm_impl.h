@@ -44,6 +44,8 @@ FR_NOVEC static void FN(fr_pack_a)(int mr, int kc, const FR_T *A, ptrdiff_t rsa,
             const FR_T *row = A + i * rsa;
             for (int k = k0; k < kc; k++) Ap[k * FR_MR + i] = row[k];
         }
+    } else if (rsa == 1) {  /* A = dy.T in the weight gradient: rows of dy, copied */
+        for (int k = 0; k < kc; k++) memcpy(Ap + k * FR_MR, A + k * csa, mr * sizeof(FR_T));
     } else {
         for (int k = 0; k < kc; k++) {
             const FR_T *col = A + k * csa;
@@ -57,11 +59,8 @@ FR_NOVEC static void FN(fr_pack_a)(int mr, int kc, const FR_T *A, ptrdiff_t rsa,
 /* Bp[k * NR + j] = B[k, j] for the kc x nr panel at B (columns beyond nr are zero). */
 FR_NOVEC static void FN(fr_pack_b)(int nr, int kc, const FR_T *B, ptrdiff_t rsb, ptrdiff_t csb,
                                    FR_T *restrict Bp) {
-    if (csb == 1) {
-        for (int k = 0; k < kc; k++) {
-            const FR_T *row = B + k * rsb;
-            for (int j = 0; j < nr; j++) Bp[k * FR_NR + j] = row[j];
-        }
+    if (csb == 1) {  /* plain row copies: memcpy is vectorized even though this function isn't */
+        for (int k = 0; k < kc; k++) memcpy(Bp + k * FR_NR, B + k * rsb, nr * sizeof(FR_T));
     } else {  /* B = W.T in the forward pass: a transpose, W's rows are read contiguously */
         int j0 = 0;
 #ifdef FR_HAVE_TRANSPOSE

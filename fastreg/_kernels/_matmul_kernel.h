@@ -153,7 +153,7 @@ static inline void fr_transpose_f64(const double *src, ptrdiff_t lds, double *ds
 #endif
 #define FR_KC 256
 #define FR_NC 512
-#define FR_MC 128
+#define FR_MC 256
 #include "_matmul_gemm_impl.h"
 #undef FR_T
 #undef FR_SUFFIX
@@ -219,7 +219,7 @@ static inline void fr_transpose_f64(const double *src, ptrdiff_t lds, double *ds
 #endif
 #define FR_KC 256
 #define FR_NC 256
-#define FR_MC 128
+#define FR_MC 256
 #include "_matmul_gemm_impl.h"
 #undef FR_T
 #undef FR_SUFFIX
