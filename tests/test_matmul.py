@@ -107,6 +107,21 @@ def test_sigmoid_saturates_without_overflow_noise(mm_backend):
     np.testing.assert_array_equal(out, [[1.0], [0.0]])
 
 
+@pytest.mark.parametrize("activation", ["identity", "relu", "leaky_relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("shape", [(1, 3, 5), (9, 40, 70)])
+def test_fused_activation_propagates_nan_like_torch(activation, shape, dtype, mm_backend, rng):
+    # relu(NaN) is NaN in torch; a max(x, 0) epilogue with the operands the wrong way round
+    # turns it into 0 and hides a diverged model from fit's NaN check.
+    N, K, M = shape
+    x, w, b = rand(rng, (N, K), dtype), rand(rng, (M, K), dtype), rand(rng, (M,), dtype)
+    x[N // 2, 1] = np.nan
+    out = np.empty((N, M), dtype)
+    mm.linear_forward(x, w, b, out, activation, backend=mm_backend)
+    assert np.isnan(out[N // 2]).all()
+    others = np.delete(out, N // 2, axis=0)
+    assert not np.isnan(others).any()
+
+
 @pytest.mark.parametrize("N,K,M", [(5, 0, 3), (0, 4, 3), (4, 3, 0)])
 def test_linear_forward_empty_dimensions(N, K, M, mm_backend):
     x, w = np.ones((N, K)), np.ones((M, K))

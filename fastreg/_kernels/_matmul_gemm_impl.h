@@ -16,7 +16,7 @@
 
 static inline FR_T FN(fr_act)(FR_T v, int act, FR_T slope) {
     switch (act) {
-    case FR_ACT_RELU: return v > 0 ? v : (FR_T)0;
+    case FR_ACT_RELU: return v < 0 ? (FR_T)0 : v;  /* keeps NaN, as torch.relu */
     case FR_ACT_LEAKY_RELU: return v < 0 ? v * slope : v;
     case FR_ACT_SIGMOID: return (FR_T)1 / ((FR_T)1 + FR_EXP(-v));
     case FR_ACT_TANH: return FR_TANH(v);
@@ -120,7 +120,7 @@ static inline void FN(fr_ukernel)(int kc, const FR_T *restrict a, const FR_T *re
     if (epilogue && act == FR_ACT_RELU) {
         FR_V z = FR_VZERO();
 #pragma GCC unroll 16
-        for (int i = 0; i < FR_MR; i++) { c0[i] = FR_VMAX(c0[i], z); c1[i] = FR_VMAX(c1[i], z); }
+        for (int i = 0; i < FR_MR; i++) { c0[i] = FR_VMAX(z, c0[i]); c1[i] = FR_VMAX(z, c1[i]);  /* max(0, NaN) = NaN, as torch.relu */ }
     } else if (epilogue && act == FR_ACT_LEAKY_RELU) {
         FR_V s = FR_VSET1(slope);
 #pragma GCC unroll 16

@@ -69,7 +69,7 @@ SHORT_K = 64
 @njit(cache=True, fastmath=_FM)
 def _act(v, act, slope):
     if act == ACT_RELU:
-        return v if v > 0 else slope - slope  # a typed zero (slope is finite)
+        return slope - slope if v < 0 else v  # a typed zero (slope is finite); keeps NaN
     if act == ACT_LEAKY_RELU:
         return v * slope if v < 0 else v
     if act == ACT_SIGMOID:
