@@ -27,7 +27,7 @@ def _compiler_accepts(flags: list[str], source: str) -> bool:
             f.write(source)
         try:
             res = subprocess.run([cc, *flags, src, "-o", os.path.join(tmp, "probe")],
-                                 capture_output=True, timeout=60)
+                                 check=False, capture_output=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired):
             return False
         return res.returncode == 0

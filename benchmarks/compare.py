@@ -1,101 +1,13 @@
-"""Print fastreg : peer speed-ups measured in one run.
+"""Print fastreg : peer speed-ups measured in one run; the same as ``fastreg bench``.
 
     python benchmarks/compare.py [--quick] [--only GROUP[,GROUP]] [--threads N] [--markdown]
 
-Each ``benchmarks/compare_<group>.py`` module defines ``cases(quick: bool) -> list[Case]``.
-The table reports speed-up = peer time / fastreg time (> 1 means fastreg is faster) and
-fastreg time / floor (1.0 would be at the FLOP or bandwidth floor). Absolute times are printed
-for context only: these machines are shared and noisy, ratios are what we compare.
+The cases live in ``fastreg/_bench/compare_<group>.py`` so the installed ``fastreg bench``
+command has them too.
 """
-from __future__ import annotations
-
-import argparse
-import importlib
-import os
-import pkgutil
-import platform
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-
-from benchmarks._timing import compare  # noqa: E402
-
-
-def machine_line() -> str:
-    import numpy as np
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import fastreg
-    return (f"{cpu}, {fastreg.get_num_threads()} threads, Python {platform.python_version()}, "
-            f"numpy {np.__version__}")
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer rounds, smaller cases")
-    ap.add_argument("--only", default="", help="comma-separated groups to run")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    args = ap.parse_args(argv)
-
-    import fastreg
-    if args.threads:
-        fastreg.set_num_threads(args.threads)
-    try:
-        import torch
-        torch.set_num_threads(fastreg.get_num_threads())
-    except ImportError:
-        pass
-
-    groups = [m.name[len("compare_"):] for m in pkgutil.iter_modules([HERE])
-              if m.name.startswith("compare_")]
-    if args.only:
-        wanted = set(args.only.split(","))
-        groups = [g for g in groups if g in wanted]
-    print(f"# {machine_line()}")
-    rows = []
-    for g in sorted(groups):
-        mod = importlib.import_module(f"benchmarks.compare_{g}")
-        for case in mod.cases(args.quick):
-            r = compare(case, rounds=3 if args.quick else 7, min_time=0.02 if args.quick else 0.05)
-            rows.append(r)
-            _print_row(r, args.markdown, header=len(rows) == 1)
-            sys.stdout.flush()
-    return 0
-
-
-def _fmt_t(t):
-    if t is None:
-        return "-"
-    return f"{t * 1e3:.3f} ms" if t >= 1e-4 else f"{t * 1e6:.1f} us"
-
-
-def _print_row(r, markdown, header):
-    speed = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
-    floor = "-" if r["floor_ratio"] is None else f"{r['floor_ratio']:.2f}"
-    goal = "-" if r["goal"] is None else f"{r['goal']:g}x"
-    cols = [r["group"], r["name"], r["peer"], _fmt_t(r["fastreg_s"]), _fmt_t(r["peer_s"]),
-            speed, goal, floor]
-    if markdown:
-        if header:
-            print("| op | case | peer | fastreg | peer | speed-up | goal | fastreg/floor |")
-            print("|---|---|---|---|---|---|---|---|")
-        print("| " + " | ".join(cols) + " |")
-    else:
-        if header:
-            print(f"{'op':<11} {'case':<44} {'peer':<16} {'fastreg':>10} {'peer':>10} "
-                  f"{'speed-up':>8} {'goal':>6} {'/floor':>6}")
-        print(f"{cols[0]:<11} {cols[1]:<44} {cols[2]:<16} {cols[3]:>10} {cols[4]:>10} "
-              f"{cols[5]:>8} {cols[6]:>6} {cols[7]:>6}")
-
+from fastreg._bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

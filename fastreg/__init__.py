@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import importlib
 
-from ._config import (get_backend, get_default_dtype, get_num_threads, set_backend,
-                      set_default_dtype, set_num_threads)
+from ._config import (
+    get_backend,
+    get_default_dtype,
+    get_num_threads,
+    set_backend,
+    set_default_dtype,
+    set_num_threads,
+)
 from ._random import Generator, initial_seed, manual_seed
 
 __version__ = "0.1.0"
@@ -18,9 +24,27 @@ _SUBMODULES = ("nn", "optim", "data", "train", "inference", "io")
 #: Names re-exported from fastreg.io, imported on first access.
 _IO_NAMES = ("save", "load", "ModelFileError", "from_torch_state_dict")
 
-__all__ = ["set_backend", "get_backend", "set_num_threads", "get_num_threads",
-           "set_default_dtype", "get_default_dtype", "manual_seed", "initial_seed", "Generator",
-           *_SUBMODULES, *_IO_NAMES]
+__all__ = [
+    "Generator",
+    "ModelFileError",
+    "data",
+    "from_torch_state_dict",
+    "get_backend",
+    "get_default_dtype",
+    "get_num_threads",
+    "inference",
+    "initial_seed",
+    "io",
+    "load",
+    "manual_seed",
+    "nn",
+    "optim",
+    "save",
+    "set_backend",
+    "set_default_dtype",
+    "set_num_threads",
+    "train",
+]
 
 
 def __getattr__(name):

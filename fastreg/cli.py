@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import math
 import os
 import sys
@@ -193,7 +194,7 @@ def _demo(args) -> int:
 
 def _bench(argv: list[str]) -> int:
     try:
-        from . import _bench as bench
+        bench = importlib.import_module("fastreg._bench")
     except ImportError as exc:
         print(f"fastreg bench: the benchmark driver (fastreg._bench) is not available: {exc}",
               file=sys.stderr)

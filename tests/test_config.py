@@ -40,9 +40,8 @@ def test_set_num_threads_rejects_bad_values(n):
 
 
 def test_set_num_threads_reaches_numba_openmp_and_blas():
-    from threadpoolctl import threadpool_info
-
     import numba
+    from threadpoolctl import threadpool_info
 
     from fastreg._kernels import _numba_runtime, _runtime_cy  # noqa: F401  (loads both runtimes)
     fastreg.set_num_threads(1)

@@ -25,7 +25,7 @@ import tempfile
 
 import numpy as np
 
-from benchmarks._timing import Case
+from fastreg._bench._timing import Case
 
 PEAK_FLOPS = 255e9
 DIMS = (784, 512, 256, 10)

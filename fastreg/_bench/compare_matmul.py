@@ -1,6 +1,6 @@
 """fastreg matmul kernels vs NumPy/OpenBLAS, timed interleaved in one run.
 
-    python benchmarks/compare.py --only matmul [--quick]
+    fastreg bench --only matmul [--quick]
 
 Shapes: the 784-512-256-10 MLP layers at batch 1, 64, 256, 1024, and one large 2048^3 product;
 the three products of a linear layer (forward x @ W.T, backward dx = dy @ W, dW = dy.T @ x with
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks._timing import Case
+from fastreg._bench._timing import Case
 from fastreg._kernels import matmul as mm
 from fastreg._kernels._codes import ACT_RELU
 

@@ -1,6 +1,6 @@
 """fastreg fused optimizer updates vs torch.optim, timed interleaved in one run.
 
-    python benchmarks/compare.py --only optim [--quick]
+    fastreg bench --only optim [--quick]
 
 Kernel level: one Adam and one SGD(momentum=0.9, weight_decay=1e-4) step over one flat float32
 buffer of 10M parameters, each fastreg backend against torch's ``fused=True`` (the goal: >= 1.0x)
@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 import fastreg as fr
-from benchmarks._timing import Case
+from fastreg._bench._timing import Case
 from fastreg._kernels import optim as K
 from fastreg.nn.parameter import Parameter
 

@@ -1,6 +1,6 @@
 """fastreg dropout kernels vs torch, timed interleaved in one run.
 
-    python benchmarks/compare.py --only dropout [--quick]
+    fastreg bench --only dropout [--quick]
 
 Cases: forward (mask + scaled output in one pass) and backward, for each backend, float32 and
 float64, at an MLP activation size (256x512) and a large one (4096x1024), against
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks._timing import Case
+from fastreg._bench._timing import Case
 from fastreg._kernels import dropout as D
 
 BANDWIDTH = 74e9

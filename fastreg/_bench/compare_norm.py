@@ -1,6 +1,6 @@
 """fastreg batch norm / layer norm kernels vs torch.nn.BatchNorm1d / LayerNorm, interleaved.
 
-    python benchmarks/compare.py --only norm [--quick]
+    fastreg bench --only norm [--quick]
 
 Each case is one training step of the layer as a user runs it: forward (train mode, running
 statistics updated) + backward with parameter gradients. fastreg writes into preallocated
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from benchmarks._timing import Case
+from fastreg._bench._timing import Case
 from fastreg._kernels import norm
 
 BACKENDS = ("cython", "numba")

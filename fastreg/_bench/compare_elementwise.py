@@ -1,6 +1,6 @@
 """fastreg activations and fused softmax-cross-entropy vs torch, timed interleaved in one run.
 
-    python benchmarks/compare.py --only elementwise [--quick]
+    fastreg bench --only elementwise [--quick]
 
 Cases: activation forward and backward (from the output) at an MLP size (256x512) and a large one
 (4096x1024), float32, each backend, vs torch's functional activations and their autograd-free
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks._timing import Case
+from fastreg._bench._timing import Case
 from fastreg._kernels import elementwise as E
 
 BANDWIDTH = 74e9

@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from benchmarks._timing import Case
+from fastreg._bench._timing import Case
 
 PEAK_FLOPS = 255e9
 SIZES = (784, 512, 256, 10)
