@@ -25,7 +25,7 @@ class Generator:
     def __init__(self, seed: int | None = None):
         self.manual_seed(DEFAULT_SEED if seed is None else seed)
 
-    def manual_seed(self, seed: int) -> "Generator":
+    def manual_seed(self, seed: int) -> Generator:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed must be an integer, got {seed!r}")
         self.seed = int(seed) & _MASK64

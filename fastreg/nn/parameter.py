@@ -18,7 +18,7 @@ class Parameter:
       default (Linear weights), False for biases and normalization parameters.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "regularize")
+    __slots__ = ("data", "grad", "regularize", "requires_grad")
 
     def __init__(self, data: np.ndarray, requires_grad: bool = True, regularize: bool = False):
         if not isinstance(data, np.ndarray):
