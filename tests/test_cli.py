@@ -191,10 +191,6 @@ def test_predict_errors(tmp_path, class_csv, capsys):
 # ---------------------------------------------------------------------------------------------
 
 def test_bench_calls_the_comparison_driver(monkeypatch, capsys):
-    try:
-        from fastreg import _bench  # noqa: F401
-    except ImportError:
-        pytest.skip("fastreg._bench (the in-package comparison driver) is not there yet")
     import fastreg._bench as bench
     seen = []
     monkeypatch.setattr(bench, "main", lambda argv: seen.append(argv) or 0)

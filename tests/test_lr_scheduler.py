@@ -400,11 +400,8 @@ def test_state_dict_keys_match_torch():
 
 def test_drives_fastreg_optimizers_when_available():
     torch = pytest.importorskip("torch")
-    try:
-        from fastreg.nn import Parameter
-        from fastreg.optim import SGD, Adam
-    except ImportError:
-        pytest.skip("fastreg.optim optimizers not available yet")
+    from fastreg.nn import Parameter
+    from fastreg.optim import SGD, Adam
     for cls, tcls, key in ((SGD, torch.optim.SGD, "momentum"), (Adam, torch.optim.Adam, "betas")):
         kw = {"momentum": 0.9} if key == "momentum" else {}
         fopt = cls([Parameter(np.zeros(3))], lr=0.1, **kw)

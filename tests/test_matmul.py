@@ -300,8 +300,8 @@ def test_linear_forward_rejects_read_only_and_overlapping_out(mm_backend):
     ({"slope": float("nan")}, ValueError, "slope must be finite"),
     ({"slope": "0.1"}, TypeError, "slope must be a real number"),
     ({"activation": "gelu"}, ValueError, "activation must be one of"),
-    ({"activation": 7}, ValueError, "activation must be one of the codes"),
-    ({"activation": 1.0}, TypeError, "activation must be a str or an int"),
+    ({"activation": 7}, ValueError, "activation code must be one of"),
+    ({"activation": 1.0}, TypeError, "activation must be a name or an integer code"),
     ({"backend": "torch"}, ValueError, "backend must be one of"),
 ])
 def test_linear_forward_rejects_bad_options(kw, exc, match):

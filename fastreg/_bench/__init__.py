@@ -16,6 +16,7 @@ import importlib
 import os
 import pkgutil
 import platform
+import subprocess
 import sys
 
 from ._timing import compare
@@ -35,11 +36,26 @@ def machine_line() -> str:
     except OSError:
         pass
     import fastreg
+    spin = ", ".join(f"{k}={os.environ.get(k, 'default')}"
+                     for k in ("GOMP_SPINCOUNT", *SPIN_ENV))
     return (f"{cpu}, {fastreg.get_num_threads()} threads, Python {platform.python_version()}, "
-            f"numpy {np.__version__}")
+            f"numpy {np.__version__}; {spin}")
+
+
+#: Idle thread pools must stop spinning promptly on both sides, or whichever library ran last
+#: steals a core from the other: OpenBLAS's idle workers spin 2**28 cycles (~0.1 s) by default,
+#: which made fastreg's kernels that run right after a numpy matmul 2-4x slower. 2**16 cycles
+#: (~25 us) matches the GOMP_SPINCOUNT fastreg sets for its own (and torch's) OpenMP pool.
+#: OpenBLAS reads it when numpy loads, so the driver re-runs itself with it set.
+SPIN_ENV = {"OPENBLAS_THREAD_TIMEOUT": "16"}
 
 
 def main(argv=None) -> int:
+    missing = {k: v for k, v in SPIN_ENV.items() if k not in os.environ}
+    if missing and os.environ.get("FASTREG_BENCH_REEXEC") != "1":
+        env = {**os.environ, **missing, "FASTREG_BENCH_REEXEC": "1"}
+        args = sys.argv[1:] if argv is None else list(argv)
+        return subprocess.call([sys.executable, "-m", "fastreg._bench", *args], env=env)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds, smaller cases")
     ap.add_argument("--only", default="", help="comma-separated groups to run")

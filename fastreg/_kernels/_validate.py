@@ -71,6 +71,15 @@ def check_scalar(name: str, value, *, low=None, high=None, low_open=False, high_
     return int(value) if integer else v
 
 
+def check_int(name: str, value, low: int) -> int:
+    """An integer (not bool) >= ``low``, as a Python int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    return int(value)
+
+
 def no_overlap(**arrays) -> None:
     """Raise if two named output/input arrays share memory where the kernel forbids it."""
     items = [(k, v) for k, v in arrays.items() if v is not None]

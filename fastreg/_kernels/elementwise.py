@@ -22,25 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _dispatch
-from ._codes import ACT_LEAKY_RELU, ACTIVATIONS
+from ._codes import ACT_LEAKY_RELU, activation_code
 from ._validate import check_array, check_scalar, float_dtype
-
-_CODES = frozenset(ACTIVATIONS.values())
-
-
-def _activation_code(activation) -> int:
-    if isinstance(activation, str):
-        code = ACTIVATIONS.get(activation.lower())
-        if code is None:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, "
-                             f"got {activation!r}")
-        return code
-    if isinstance(activation, (int, np.integer)) and not isinstance(activation, bool):
-        if int(activation) not in _CODES:
-            raise ValueError(f"activation code must be one of {sorted(_CODES)}, "
-                             f"got {activation!r}")
-        return int(activation)
-    raise TypeError(f"activation must be a name or an integer code, got {activation!r}")
 
 
 def _same_or_disjoint(a_name: str, a, b_name: str, b) -> None:
@@ -76,7 +59,7 @@ def activation_forward(x: np.ndarray, out: np.ndarray, activation, slope: float 
     check_array("x", x)
     check_array("out", out, dtype=dt, shape=x.shape, writeable=True)
     _same_or_disjoint("out", out, "x", x)
-    code = _activation_code(activation)
+    code = activation_code(activation)
     slope = check_scalar("slope", slope)
     if x.size == 0:
         return out
@@ -115,7 +98,7 @@ def activation_backward(dy: np.ndarray, y: np.ndarray, dx: np.ndarray, activatio
     check_array("dx", dx, dtype=dt, shape=dy.shape, writeable=True)
     _same_or_disjoint("dx", dx, "dy", dy)
     _same_or_disjoint("dx", dx, "y", y)
-    code = _activation_code(activation)
+    code = activation_code(activation)
     slope = check_scalar("slope", slope)
     if code == ACT_LEAKY_RELU and slope <= 0:
         raise ValueError(f"slope must be > 0 to differentiate leaky_relu from its output, "

@@ -24,31 +24,13 @@ import math
 import numpy as np
 
 from . import _dispatch
-from ._codes import ACT_IDENTITY, ACTIVATIONS
+from ._codes import ACT_IDENTITY, activation_code
 from ._validate import check_array, check_scalar, float_dtype
 
 __all__ = ["linear_backward_input", "linear_backward_weight", "linear_forward"]
 
 #: The kernels index with C ints.
 _MAX_DIM = 2**31 - 1
-_ACT_CODES = frozenset(ACTIVATIONS.values())
-
-
-def _activation_code(activation) -> int:
-    if isinstance(activation, str):
-        code = ACTIVATIONS.get(activation.lower())
-        if code is None:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, "
-                             f"got {activation!r}")
-        return code
-    if isinstance(activation, (int, np.integer)) and not isinstance(activation, bool):
-        if int(activation) in _ACT_CODES:
-            return int(activation)
-        raise ValueError(f"activation must be one of the codes {sorted(_ACT_CODES)} or a name "
-                         f"in {sorted(ACTIVATIONS)}, got {activation!r}")
-    raise TypeError(f"activation must be a str or an int code, got {activation!r}")
-
-
 def _check_dims(*dims: int) -> None:
     if max(dims) > _MAX_DIM:
         raise ValueError(f"array dimensions must be at most {_MAX_DIM}, got {dims}")
@@ -116,7 +98,7 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, o
     if out.shape != (N, M):
         raise ValueError(f"out must have shape (N, M) = ({N}, {M}) for x {x.shape} and weight "
                          f"{weight.shape}, got out {out.shape}")
-    act = _activation_code(activation)
+    act = activation_code(activation)
     slope = _check_slope(slope)
     _check_dims(N, K, M)
     _check_outputs_apart({"out": out}, {"x": x, "weight": weight, "bias": bias})

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from .._kernels._validate import check_int as _check_int
 from .._random import Generator, default_generator
 
 __all__ = ["DataLoader"]
@@ -35,14 +36,6 @@ def _numpy_rng(rng, name: str = "rng") -> np.random.Generator:
         return np.random.default_rng(int(rng))
     raise TypeError(f"{name} must be None, an int seed, a numpy.random.Generator or a "
                     f"fastreg.Generator, got {type(rng).__name__}")
-
-
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value!r}")
-    return int(value)
 
 
 class DataLoader:

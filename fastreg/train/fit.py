@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from .._config import FLOAT_DTYPES
+from .._kernels._validate import check_int as _check_int
 from .history import History
 
 #: Schedulers stepped after every optimizer step by default (their period is in steps).
@@ -95,14 +96,6 @@ def _check_pair(name: str, pair, dtype) -> tuple[np.ndarray, np.ndarray]:
                                                     or X.dtype.kind in "iub"):
         X = X.astype(dtype)
     return X, y
-
-
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value!r}")
-    return int(value)
 
 
 def _scheduler_interval(scheduler, override) -> str | None:

@@ -1,0 +1,5 @@
+import sys
+
+from fastreg._bench import main
+
+sys.exit(main())
