@@ -506,3 +506,78 @@ def test_random_shapes_and_dtypes_never_crash(n, c, c2, dt, dt2, op, affine, be,
     except (TypeError, ValueError):
         return
     close(out, expect, out.dtype, f32=1e-3, f64=1e-8)
+
+
+# --------------------------------------------------------------------------------------------
+# row chunking: sizes around the serial threshold and the chunk count, and schedule independence
+# --------------------------------------------------------------------------------------------
+
+_S = norm._SERIAL_BELOW
+
+
+@pytest.mark.parametrize("shape", [(_S // 33, 33), (_S // 33 + 1, 33), (3, 8000), (9, 2049),
+                                   (4 * _S // 1024 + 1, 1024)])
+def test_chunk_boundary_shapes_match_reference(backend, dtype, rng, shape):
+    N, C = shape
+    x, dy = rand(rng, shape, dtype, loc=3.0), rand(rng, shape, dtype)
+    w, b = rand(rng, C, dtype), rand(rng, C, dtype)
+    out, dx = np.empty(shape, dtype), np.empty(shape, dtype)
+    sm, sr, dw, db = (np.zeros(C, dtype) for _ in range(4))
+    norm.batchnorm_forward_train(x, w, b, None, None, out, sm, sr, backend=backend)
+    y, mu, _, rstd = bn_train_ref(x, w, b, 1e-5)
+    close(out, y, dtype)
+    close(sm, mu, dtype)
+    close(sr, rstd, dtype)
+    norm.batchnorm_backward(dy, x, w, sm, sr, dx, dw, db, accumulate=False, backend=backend)
+    rdx, rdw, rdb = bn_backward_ref(dy, x, w, sm, sr)
+    close(dx, rdx, dtype, f32=2e-4)
+    close(dw, rdw, dtype, f32=2e-4)
+    close(db, rdb, dtype, f32=2e-4)
+    lm, lr = np.empty(N, dtype), np.empty(N, dtype)
+    norm.layernorm_forward(x, w, b, out, lm, lr, backend=backend)
+    close(out, ln_forward_ref(x, w, b, 1e-5)[0], dtype)
+    norm.layernorm_backward(dy, x, w, lm, lr, dx, dw, db, accumulate=False, backend=backend)
+    rdx, rdw, rdb = ln_backward_ref(dy, x, w, lm, lr)
+    close(dx, rdx, dtype, f32=2e-4)
+    close(dw, rdw, dtype, f32=2e-4)
+    close(db, rdb, dtype, f32=2e-4)
+
+
+def test_chunk_count_bounds():
+    assert norm._n_chunks(10, 10) == 1
+    assert 1 <= norm._n_chunks(3, 100000) <= 3
+    assert norm._n_chunks(4096, 1024) <= 4096
+
+
+def test_results_do_not_depend_on_the_schedule(backend, rng):
+    # chunks are handed out dynamically; per-chunk partials summed in chunk order make every
+    # call bitwise identical
+    N, C = 2053, 517
+    x, dy = rand(rng, (N, C), np.float32, loc=1e3), rand(rng, (N, C), np.float32)
+    w, b = rand(rng, C, np.float32), rand(rng, C, np.float32)
+    runs = []
+    for _ in range(4):
+        out, dx = np.empty((N, C), np.float32), np.empty((N, C), np.float32)
+        sm, sr, dw, db = (np.zeros(C, np.float32) for _ in range(4))
+        lm, lr = np.empty(N, np.float32), np.empty(N, np.float32)
+        lw, lb = np.zeros(C, np.float32), np.zeros(C, np.float32)
+        norm.batchnorm_forward_train(x, w, b, None, None, out, sm, sr, backend=backend)
+        norm.batchnorm_backward(dy, x, w, sm, sr, dx, dw, db, backend=backend)
+        lout, ldx = np.empty_like(out), np.empty_like(dx)
+        norm.layernorm_forward(x, w, b, lout, lm, lr, backend=backend)
+        norm.layernorm_backward(dy, x, w, lm, lr, ldx, lw, lb, backend=backend)
+        runs.append((out, dx, sm, sr, dw, db, lout, ldx, lm, lr, lw, lb))
+    for other in runs[1:]:
+        for a, b_ in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b_)
+
+
+@pytest.mark.parametrize("shape", [(2053, 1031), (64, 31), (5, 4111)])
+def test_layernorm_backward_without_weight_matches_reference(backend, dtype, rng, shape):
+    # the vector row loops with a tail (C % 16 != 0), streamed (first shape, float32) or not
+    x, dy = rand(rng, shape, dtype, loc=-3.0), rand(rng, shape, dtype)
+    _, mu, rstd = ln_forward_ref(x, None, None, 1e-5)
+    sm, sr = mu.astype(dtype), rstd.astype(dtype)
+    dx = np.full(shape, np.nan, dtype)
+    norm.layernorm_backward(dy, x, None, sm, sr, dx, None, None, backend=backend)
+    close(dx, ln_backward_ref(dy, x, None, sm, sr)[0], dtype, f32=2e-4)

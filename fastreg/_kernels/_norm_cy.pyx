@@ -2,8 +2,13 @@
 #
 # Same names and positional signatures as _norm_numba.py (see its docstring for the buffers:
 # `partial` (P, 2, C) float64 per-chunk column sums, `block` (P, 2, C) in x's dtype for sums
-# over blocks of 16 rows, `coef` (4, C) per-feature coefficients in x's dtype). Row chunk p covers rows [p*N//P, (p+1)*N//P) and runs on OpenMP thread p; the
-# inner loops over a chunk live in _norm_loops.h. Arguments were validated by
+# over blocks of 16 rows, `coef` (4, C) per-feature coefficients in x's dtype). Row chunk p
+# covers rows [p*N//P, (p+1)*N//P); there are a few chunks per thread (see norm._n_chunks),
+# handed out dynamically, so a thread whose core is shared with another process does fewer of
+# them. Each chunk has its own partial sums, added in chunk order: results do not depend on
+# which thread ran what. A second pass over the chunks goes last chunk first (and each chunk
+# last row first), starting on the rows the first pass left in the shared L3. The inner loops
+# over a chunk live in _norm_loops.h. Arguments were validated by
 # fastreg/_kernels/norm.py: nothing below checks shapes (boundscheck is off).
 from cython cimport floating
 from cython.parallel cimport prange
@@ -52,23 +57,33 @@ cdef extern from "_norm_loops.h" nogil:
                        int stream, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
 
 
+cdef Py_ssize_t _LN_CHUNKS_PER_THREAD = 4
+
+
 cdef inline int _stream(Py_ssize_t n_elements, Py_ssize_t itemsize) noexcept nogil:
     # write the output with streaming stores? (see NORM_STREAM_BYTES in _norm_loops.h)
     return n_elements * itemsize >= NORM_STREAM_BYTES
 
 
+cdef inline int _threads(Py_ssize_t P) noexcept nogil:
+    # OpenMP threads for P chunks: no more than the pool, no more than the chunks
+    cdef Py_ssize_t t = omp_get_max_threads()
+    return <int>(P if P < t else t)
+
+
 cdef inline void _affine_rows(const floating[:, ::1] x, floating[:, ::1] out,
                               floating[:, ::1] coef, Py_ssize_t P, int reverse) noexcept nogil:
     # out = ((x - coef[0]) - coef[1]) * coef[2] + coef[3], one chunk per thread
-    cdef Py_ssize_t p, N = x.shape[0], C = x.shape[1]
+    cdef Py_ssize_t p, q, N = x.shape[0], C = x.shape[1]
     cdef int stream = _stream(N * C, sizeof(floating))
-    for p in prange(P, schedule="static", chunksize=1, num_threads=P):
+    for p in prange(P, schedule="dynamic", chunksize=1, num_threads=_threads(P)):
+        q = P - 1 - p if reverse else p
         if floating is float:
             bn_affine_f(&x[0, 0], &out[0, 0], &coef[0, 0], &coef[1, 0], &coef[2, 0],
-                        &coef[3, 0], reverse, stream, p * N // P, (p + 1) * N // P, C)
+                        &coef[3, 0], reverse, stream, q * N // P, (q + 1) * N // P, C)
         else:
             bn_affine_d(&x[0, 0], &out[0, 0], &coef[0, 0], &coef[1, 0], &coef[2, 0],
-                        &coef[3, 0], reverse, stream, p * N // P, (p + 1) * N // P, C)
+                        &coef[3, 0], reverse, stream, q * N // P, (q + 1) * N // P, C)
 
 
 def batchnorm_forward_train(const floating[:, ::1] x, const floating[::1] weight,
@@ -82,7 +97,7 @@ def batchnorm_forward_train(const floating[:, ::1] x, const floating[::1] weight
     cdef floating mh
     with nogil:
         # pass 1: per-chunk sums of d = x - x[0] and d^2 (float64)
-        for p in prange(P, schedule="static", chunksize=1, num_threads=P):
+        for p in prange(P, schedule="dynamic", chunksize=1, num_threads=_threads(P)):
             if floating is float:
                 bn_sums_f(&x[0, 0], &x[0, 0], &partial[p, 0, 0], &partial[p, 1, 0],
                           p * N // P, (p + 1) * N // P, C)
@@ -138,14 +153,14 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
                        const floating[::1] weight, const floating[::1] save_mean,
                        const floating[::1] save_rstd, floating[:, ::1] dx,
                        floating[::1] dweight, floating[::1] dbias, double[:, :, ::1] partial,
-                       floating[:, :, ::1] block, floating[:, ::1] coef, bint has_weight, bint need_dweight, bint need_dbias,
-                       bint accumulate):
-    cdef Py_ssize_t p, c, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
+                       floating[:, :, ::1] block, floating[:, ::1] coef, bint has_weight,
+                       bint need_dweight, bint need_dbias, bint accumulate):
+    cdef Py_ssize_t p, q, c, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
     cdef double db, dg, rstd, a, inv_n = 1.0 / N if N > 0 else 0.0
     cdef int stream = _stream(N * C, sizeof(floating))
     with nogil:
         # pass 1: per-chunk sums of dy and dy * (x - mean)
-        for p in prange(P, schedule="static", chunksize=1, num_threads=P):
+        for p in prange(P, schedule="dynamic", chunksize=1, num_threads=_threads(P)):
             if floating is float:
                 bn_grad_sums_f(&dy[0, 0], &x[0, 0], &save_mean[0], &partial[p, 0, 0],
                                &partial[p, 1, 0], &block[p, 0, 0], &block[p, 1, 0],
@@ -172,26 +187,28 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
             coef[1, c] = <floating>a
             coef[2, c] = <floating>(-a * rstd * dg * inv_n)
             coef[3, c] = <floating>(-a * db * inv_n)
-        # pass 2: dx, each chunk backwards
-        for p in prange(P, schedule="static", chunksize=1, num_threads=P):
+        # pass 2: dx, last chunk first, each chunk backwards
+        for p in prange(P, schedule="dynamic", chunksize=1, num_threads=_threads(P)):
+            q = P - 1 - p
             if floating is float:
                 bn_dx_rev_f(&dy[0, 0], &x[0, 0], &dx[0, 0], &coef[0, 0], &coef[1, 0],
-                            &coef[2, 0], &coef[3, 0], stream, p * N // P, (p + 1) * N // P, C)
+                            &coef[2, 0], &coef[3, 0], stream, q * N // P, (q + 1) * N // P, C)
             else:
                 bn_dx_rev_d(&dy[0, 0], &x[0, 0], &dx[0, 0], &coef[0, 0], &coef[1, 0],
-                            &coef[2, 0], &coef[3, 0], stream, p * N // P, (p + 1) * N // P, C)
+                            &coef[2, 0], &coef[3, 0], stream, q * N // P, (q + 1) * N // P, C)
 
 
 def layernorm_forward(const floating[:, ::1] x, const floating[::1] weight,
                       const floating[::1] bias, floating[:, ::1] out, floating[::1] save_mean,
                       floating[::1] save_rstd, bint has_weight, bint has_bias, double eps):
     cdef Py_ssize_t p, N = x.shape[0], C = x.shape[1]
-    cdef Py_ssize_t P = min(N, <Py_ssize_t>omp_get_max_threads())
+    # rows are independent: chunks of rows handed out dynamically (no effect on the results)
+    cdef Py_ssize_t P = min(N, _LN_CHUNKS_PER_THREAD * <Py_ssize_t>omp_get_max_threads())
     cdef int stream = _stream(N * C, sizeof(floating))
     if P == 0:
         return
     with nogil:
-        for p in prange(P, schedule="static", chunksize=1, num_threads=P):
+        for p in prange(P, schedule="dynamic", chunksize=1, num_threads=_threads(P)):
             if floating is float:
                 ln_fwd_rows_f(&x[0, 0], &weight[0], &bias[0], &out[0, 0], &save_mean[0],
                               &save_rstd[0], has_weight, has_bias, eps, stream,
@@ -212,7 +229,7 @@ def layernorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
     cdef double tw, tb
     cdef int stream = _stream(N * C, sizeof(floating))
     with nogil:
-        for p in prange(P, schedule="static", chunksize=1, num_threads=P):
+        for p in prange(P, schedule="dynamic", chunksize=1, num_threads=_threads(P)):
             if floating is float:
                 ln_bwd_rows_f(&dy[0, 0], &x[0, 0], &weight[0], &save_mean[0], &save_rstd[0],
                               &dx[0, 0], &partial[p, 0, 0], &partial[p, 1, 0],

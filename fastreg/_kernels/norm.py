@@ -20,7 +20,7 @@ where E[x^2] - E[x]^2 in float32 fails), stored in x's dtype. Elementwise maths 
 with the float64 mean entering as a hi + lo pair. Backward column sums (d gamma, d beta) add
 blocks of 16 rows in x's dtype into float64 totals; layer-norm row sums are float64.
 
-Parallelism: rows are split into one chunk per thread (_n_chunks); column sums are per-chunk
+Parallelism: rows are split into a few chunks per thread (_n_chunks); column sums are per-chunk
 partials in a float64 (P, 2, C) scratch, added afterwards (measured faster than giving each
 thread a block of columns: equal at 4096 x 1024, 2x faster at C = 64). Outputs must not share
 memory with inputs or each other.
@@ -53,11 +53,22 @@ def _or_empty(a, dtype):
     return _EMPTY[dtype] if a is None else a
 
 
+#: Row chunks per thread for parallel calls. The Cython backend hands chunks out dynamically, so
+#: on a machine where another process holds part of a core the other threads take more of them
+#: (with one chunk per thread, every pass waited for the slowest thread). Each chunk keeps its
+#: own column partials, added in chunk order, so results do not depend on the schedule.
+_CHUNKS_PER_THREAD = 4
+
+
 def _n_chunks(n: int, c: int) -> int:
-    """Row chunks (one per thread) for a call on an (n, c) array; at least 1."""
+    """Row chunks for a call on an (n, c) array: 1 below _SERIAL_BELOW elements, else a few per
+    thread with at least _SERIAL_BELOW / 4 elements each; at least 1, at most n."""
     if n * c < _SERIAL_BELOW:
         return 1
-    return max(1, min(_config.get_num_threads(), n))
+    threads = _config.get_num_threads()
+    if threads == 1:
+        return 1
+    return max(1, min(threads * _CHUNKS_PER_THREAD, n, 4 * n * c // _SERIAL_BELOW))
 
 
 def _check_x(name, x):
