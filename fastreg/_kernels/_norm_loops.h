@@ -88,7 +88,20 @@ static inline void bn_sums_##S(const T *restrict x, const T *restrict shift,    
                                double *restrict s1, double *restrict s2,                       \
                                ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C) {                      \
     for (ptrdiff_t c = 0; c < C; c++) { s1[c] = 0.0; s2[c] = 0.0; }                             \
-    for (ptrdiff_t n = r0; n < r1; n++) {                                                       \
+    ptrdiff_t n = r0;                                                                           \
+    /* four rows per visit of s1/s2: a quarter of the float64 accumulator loads and stores */  \
+    for (; n + 4 <= r1; n += 4) {                                                               \
+        const T *restrict x0 = x + n * C, *restrict x1 = x0 + C;                               \
+        const T *restrict x2 = x1 + C, *restrict x3 = x2 + C;                                  \
+        NORM_SIMD                                                                               \
+        for (ptrdiff_t c = 0; c < C; c++) {                                                     \
+            const double d0 = (double)(x0[c] - shift[c]), d1 = (double)(x1[c] - shift[c]);     \
+            const double d2 = (double)(x2[c] - shift[c]), d3 = (double)(x3[c] - shift[c]);     \
+            s1[c] += (d0 + d1) + (d2 + d3);                                                     \
+            s2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);                                 \
+        }                                                                                       \
+    }                                                                                           \
+    for (; n < r1; n++) {                                                                       \
         const T *restrict xr = x + n * C;                                                       \
         NORM_SIMD                                                                               \
         for (ptrdiff_t c = 0; c < C; c++) {                                                     \
@@ -126,7 +139,17 @@ static inline void bn_grad_sums_##S(const T *restrict dy, const T *restrict x,  
     for (ptrdiff_t n0 = r0; n0 < r1; n0 += NORM_BLOCK) {                                        \
         const ptrdiff_t n1 = n0 + NORM_BLOCK < r1 ? n0 + NORM_BLOCK : r1;                       \
         for (ptrdiff_t c = 0; c < C; c++) { bb[c] = 0; bw[c] = 0; }                             \
-        for (ptrdiff_t n = n0; n < n1; n++) {                                                   \
+        ptrdiff_t n = n0;                                                                       \
+        for (; n + 2 <= n1; n += 2) {   /* two rows per visit of bb/bw */                      \
+            const T *restrict x0 = x + n * C, *restrict x1 = x0 + C;                           \
+            const T *restrict g0 = dy + n * C, *restrict g1 = g0 + C;                          \
+            NORM_SIMD                                                                           \
+            for (ptrdiff_t c = 0; c < C; c++) {                                                 \
+                bb[c] += g0[c] + g1[c];                                                         \
+                bw[c] += g0[c] * (x0[c] - mean[c]) + g1[c] * (x1[c] - mean[c]);                 \
+            }                                                                                   \
+        }                                                                                       \
+        for (; n < n1; n++) {                                                                   \
             const T *restrict xr = x + n * C;                                                   \
             const T *restrict gr = dy + n * C;                                                  \
             NORM_SIMD                                                                           \
