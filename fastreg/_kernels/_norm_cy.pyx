@@ -8,10 +8,13 @@
 # them. Each chunk has its own partial sums, added in chunk order: results do not depend on
 # which thread ran what. A second pass over the chunks goes last chunk first (and each chunk
 # last row first), starting on the rows the first pass left in the shared L3. The inner loops
-# over a chunk live in _norm_loops.h. Arguments were validated by
-# fastreg/_kernels/norm.py: nothing below checks shapes (boundscheck is off).
+# over a chunk live in _norm_loops.h. Batch-norm train/backward run in one parallel region
+# (sums, barrier, each thread combines them into its own coefficients, second pass), so their
+# `coef` argument is unused here. Arguments were validated by fastreg/_kernels/norm.py:
+# nothing below checks shapes (boundscheck is off).
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
+from libc.stdlib cimport free, malloc
 from libc.math cimport sqrt
 
 cdef extern from "_omp_compat.h":
@@ -19,6 +22,7 @@ cdef extern from "_omp_compat.h":
 
 cdef extern from "_norm_loops.h" nogil:
     int NORM_STREAM_BYTES
+    void norm_barrier()
     void bn_sums_f(const float *x, const float *shift, double *s1, double *s2,
                    Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
     void bn_sums_d(const double *x, const double *shift, double *s1, double *s2,
@@ -86,49 +90,84 @@ cdef inline void _affine_rows(const floating[:, ::1] x, floating[:, ::1] out,
                         &coef[3, 0], reverse, stream, q * N // P, (q + 1) * N // P, C)
 
 
-def batchnorm_forward_train(const floating[:, ::1] x, const floating[::1] weight,
-                            const floating[::1] bias, floating[::1] running_mean,
-                            floating[::1] running_var, floating[:, ::1] out,
-                            floating[::1] save_mean, floating[::1] save_rstd,
-                            double[:, :, ::1] partial, floating[:, ::1] coef, bint has_weight,
-                            bint has_bias, bint has_running, double momentum, double eps):
+cdef inline void _bn_train_coef(const floating[:, ::1] x, const floating[::1] weight,
+                                const floating[::1] bias, floating[::1] running_mean,
+                                floating[::1] running_var, floating[::1] save_mean,
+                                floating[::1] save_rstd, double[:, :, ::1] partial,
+                                floating *coef, bint write_stats, bint has_weight,
+                                bint has_bias, bint has_running, double momentum,
+                                double eps) noexcept nogil:
+    # combine the chunk sums in chunk order into coef (4, C) = (mean hi, mean lo, gamma * rstd,
+    # beta); with write_stats also save_mean/save_rstd and the running statistics
     cdef Py_ssize_t p, c, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
     cdef double t1, t2, m, var, mean, rstd, inv_n = 1.0 / N
     cdef floating mh
-    with nogil:
-        # pass 1: per-chunk sums of d = x - x[0] and d^2 (float64)
-        for p in prange(P, schedule="dynamic", chunksize=1, num_threads=_threads(P)):
-            if floating is float:
-                bn_sums_f(&x[0, 0], &x[0, 0], &partial[p, 0, 0], &partial[p, 1, 0],
-                          p * N // P, (p + 1) * N // P, C)
-            else:
-                bn_sums_d(&x[0, 0], &x[0, 0], &partial[p, 0, 0], &partial[p, 1, 0],
-                          p * N // P, (p + 1) * N // P, C)
-        # combine chunks; coef = (mean, gamma * rstd, beta)
-        for c in range(C):
-            t1 = 0.0
-            t2 = 0.0
-            for p in range(P):
-                t1 = t1 + partial[p, 0, c]
-                t2 = t2 + partial[p, 1, c]
-            m = t1 * inv_n
-            var = t2 * inv_n - m * m
-            if var < 0.0:
-                var = 0.0
-            mean = x[0, c] + m
-            rstd = 1.0 / sqrt(var + eps)
+    for c in range(C):
+        t1 = 0.0
+        t2 = 0.0
+        for p in range(P):
+            t1 = t1 + partial[p, 0, c]
+            t2 = t2 + partial[p, 1, c]
+        m = t1 * inv_n
+        var = t2 * inv_n - m * m
+        if var < 0.0:
+            var = 0.0
+        mean = x[0, c] + m
+        rstd = 1.0 / sqrt(var + eps)
+        if write_stats:
             save_mean[c] = <floating>mean
             save_rstd[c] = <floating>rstd
             if has_running:
                 running_mean[c] = <floating>((1.0 - momentum) * running_mean[c] + momentum * mean)
                 running_var[c] = <floating>((1.0 - momentum) * running_var[c]
                                             + momentum * var * N / (N - 1.0))
-            mh = <floating>mean
-            coef[0, c] = mh
-            coef[1, c] = <floating>(mean - mh)
-            coef[2, c] = <floating>(rstd * weight[c] if has_weight else rstd)
-            coef[3, c] = bias[c] if has_bias else 0.0
-        _affine_rows(x, out, coef, P, 1)
+        mh = <floating>mean
+        coef[c] = mh
+        coef[C + c] = <floating>(mean - mh)
+        coef[2 * C + c] = <floating>(rstd * weight[c] if has_weight else rstd)
+        coef[3 * C + c] = bias[c] if has_bias else 0.0
+
+
+def batchnorm_forward_train(const floating[:, ::1] x, const floating[::1] weight,
+                            const floating[::1] bias, floating[::1] running_mean,
+                            floating[::1] running_var, floating[:, ::1] out,
+                            floating[::1] save_mean, floating[::1] save_rstd,
+                            double[:, :, ::1] partial, floating[:, ::1] coef, bint has_weight,
+                            bint has_bias, bint has_running, double momentum, double eps):
+    # One parallel region: chunk sums, (barrier), every thread combines them into its own copy
+    # of the coefficients (O(P C), cheap) instead of waiting on a second barrier for one thread
+    # to do it, then the affine pass. Thread 0 (and only it) writes the statistics. Fewer
+    # synchronisations matter most when another process holds part of a core.
+    cdef Py_ssize_t p, q, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
+    cdef int T = _threads(P), stream = _stream(N * C, sizeof(floating))
+    cdef floating *tc = <floating *>malloc(T * 4 * C * sizeof(floating))
+    cdef floating *lc
+    if tc == NULL:
+        raise MemoryError()
+    with nogil, parallel(num_threads=T):
+        lc = tc + threadid() * 4 * C
+        # pass 1: per-chunk sums of d = x - x[0] and d^2 (float64)
+        for p in prange(P, schedule="dynamic", chunksize=1):
+            if floating is float:
+                bn_sums_f(&x[0, 0], &x[0, 0], &partial[p, 0, 0], &partial[p, 1, 0],
+                          p * N // P, (p + 1) * N // P, C)
+            else:
+                bn_sums_d(&x[0, 0], &x[0, 0], &partial[p, 0, 0], &partial[p, 1, 0],
+                          p * N // P, (p + 1) * N // P, C)
+        norm_barrier()
+        _bn_train_coef(x, weight, bias, running_mean, running_var, save_mean, save_rstd,
+                       partial, lc, threadid() == 0, has_weight, has_bias, has_running,
+                       momentum, eps)
+        # pass 2: last chunk first, each chunk backwards (rows pass 1 left in cache)
+        for p in prange(P, schedule="dynamic", chunksize=1):
+            q = P - 1 - p
+            if floating is float:
+                bn_affine_f(&x[0, 0], &out[0, 0], lc, lc + C, lc + 2 * C, lc + 3 * C, 1,
+                            stream, q * N // P, (q + 1) * N // P, C)
+            else:
+                bn_affine_d(&x[0, 0], &out[0, 0], lc, lc + C, lc + 2 * C, lc + 3 * C, 1,
+                            stream, q * N // P, (q + 1) * N // P, C)
+    free(tc)
 
 
 def batchnorm_forward_eval(const floating[:, ::1] x, const floating[::1] weight,
@@ -149,18 +188,55 @@ def batchnorm_forward_eval(const floating[:, ::1] x, const floating[::1] weight,
             _affine_rows(x, out, coef, P, 0)
 
 
+cdef inline void _bn_grad_coef(const floating[::1] weight, const floating[::1] save_mean,
+                               const floating[::1] save_rstd, floating[::1] dweight,
+                               floating[::1] dbias, double[:, :, ::1] partial, floating *coef,
+                               Py_ssize_t N, bint write_grads, bint has_weight,
+                               bint need_dweight, bint need_dbias,
+                               bint accumulate) noexcept nogil:
+    # dbeta, dgamma from the chunk sums (in chunk order); coef (4, C) = (mean, a, b, d) with
+    # dx = a*dy + b*(x - mean) + d, a = gamma*rstd, b = -a*rstd*dgamma/N, d = -a*dbeta/N.
+    # With write_grads also dweight/dbias.
+    cdef Py_ssize_t p, c, C = partial.shape[2], P = partial.shape[0]
+    cdef double db, dg, rstd, a, inv_n = 1.0 / N if N > 0 else 0.0
+    for c in range(C):
+        db = 0.0
+        dg = 0.0
+        for p in range(P):
+            db = db + partial[p, 0, c]
+            dg = dg + partial[p, 1, c]
+        rstd = save_rstd[c]
+        dg = dg * rstd
+        if write_grads:
+            if need_dweight:
+                dweight[c] = <floating>(dweight[c] + dg if accumulate else dg)
+            if need_dbias:
+                dbias[c] = <floating>(dbias[c] + db if accumulate else db)
+        a = rstd * weight[c] if has_weight else rstd
+        coef[c] = save_mean[c]
+        coef[C + c] = <floating>a
+        coef[2 * C + c] = <floating>(-a * rstd * dg * inv_n)
+        coef[3 * C + c] = <floating>(-a * db * inv_n)
+
+
 def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
                        const floating[::1] weight, const floating[::1] save_mean,
                        const floating[::1] save_rstd, floating[:, ::1] dx,
                        floating[::1] dweight, floating[::1] dbias, double[:, :, ::1] partial,
                        floating[:, :, ::1] block, floating[:, ::1] coef, bint has_weight,
                        bint need_dweight, bint need_dbias, bint accumulate):
-    cdef Py_ssize_t p, q, c, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
-    cdef double db, dg, rstd, a, inv_n = 1.0 / N if N > 0 else 0.0
-    cdef int stream = _stream(N * C, sizeof(floating))
-    with nogil:
+    # One parallel region, as batchnorm_forward_train: chunk sums, barrier, per-thread
+    # coefficients (thread 0 writes dweight/dbias), dx.
+    cdef Py_ssize_t p, q, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
+    cdef int T = _threads(P), stream = _stream(N * C, sizeof(floating))
+    cdef floating *tc = <floating *>malloc(T * 4 * C * sizeof(floating))
+    cdef floating *lc
+    if tc == NULL:
+        raise MemoryError()
+    with nogil, parallel(num_threads=T):
+        lc = tc + threadid() * 4 * C
         # pass 1: per-chunk sums of dy and dy * (x - mean)
-        for p in prange(P, schedule="dynamic", chunksize=1, num_threads=_threads(P)):
+        for p in prange(P, schedule="dynamic", chunksize=1):
             if floating is float:
                 bn_grad_sums_f(&dy[0, 0], &x[0, 0], &save_mean[0], &partial[p, 0, 0],
                                &partial[p, 1, 0], &block[p, 0, 0], &block[p, 1, 0],
@@ -169,33 +245,19 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
                 bn_grad_sums_d(&dy[0, 0], &x[0, 0], &save_mean[0], &partial[p, 0, 0],
                                &partial[p, 1, 0], &block[p, 0, 0], &block[p, 1, 0],
                                p * N // P, (p + 1) * N // P, C)
-        # dbeta, dgamma; dx = a*dy - a*rstd*dgamma/N * (x - mean) - a*dbeta/N, a = gamma*rstd
-        for c in range(C):
-            db = 0.0
-            dg = 0.0
-            for p in range(P):
-                db = db + partial[p, 0, c]
-                dg = dg + partial[p, 1, c]
-            rstd = save_rstd[c]
-            dg = dg * rstd
-            if need_dweight:
-                dweight[c] = <floating>(dweight[c] + dg if accumulate else dg)
-            if need_dbias:
-                dbias[c] = <floating>(dbias[c] + db if accumulate else db)
-            a = rstd * weight[c] if has_weight else rstd
-            coef[0, c] = save_mean[c]
-            coef[1, c] = <floating>a
-            coef[2, c] = <floating>(-a * rstd * dg * inv_n)
-            coef[3, c] = <floating>(-a * db * inv_n)
+        norm_barrier()
+        _bn_grad_coef(weight, save_mean, save_rstd, dweight, dbias, partial, lc, N,
+                      threadid() == 0, has_weight, need_dweight, need_dbias, accumulate)
         # pass 2: dx, last chunk first, each chunk backwards
-        for p in prange(P, schedule="dynamic", chunksize=1, num_threads=_threads(P)):
+        for p in prange(P, schedule="dynamic", chunksize=1):
             q = P - 1 - p
             if floating is float:
-                bn_dx_rev_f(&dy[0, 0], &x[0, 0], &dx[0, 0], &coef[0, 0], &coef[1, 0],
-                            &coef[2, 0], &coef[3, 0], stream, q * N // P, (q + 1) * N // P, C)
+                bn_dx_rev_f(&dy[0, 0], &x[0, 0], &dx[0, 0], lc, lc + C, lc + 2 * C, lc + 3 * C,
+                            stream, q * N // P, (q + 1) * N // P, C)
             else:
-                bn_dx_rev_d(&dy[0, 0], &x[0, 0], &dx[0, 0], &coef[0, 0], &coef[1, 0],
-                            &coef[2, 0], &coef[3, 0], stream, q * N // P, (q + 1) * N // P, C)
+                bn_dx_rev_d(&dy[0, 0], &x[0, 0], &dx[0, 0], lc, lc + C, lc + 2 * C, lc + 3 * C,
+                            stream, q * N // P, (q + 1) * N // P, C)
+    free(tc)
 
 
 def layernorm_forward(const floating[:, ::1] x, const floating[::1] weight,

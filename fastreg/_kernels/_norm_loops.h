@@ -57,6 +57,14 @@ static inline void norm_stream_fence(void) {
 #endif
 }
 
+/* Barrier of the enclosing OpenMP team (an orphaned directive). Cython's prange inside a
+   `parallel()` block is an `omp for nowait`: work after it that reads its results needs this. */
+static inline void norm_barrier(void) {
+#ifdef _OPENMP
+    _Pragma("omp barrier")
+#endif
+}
+
 /* dst[0:C] = EXPR(j) for j = column, through an L1 tile and streaming stores when STREAM. */
 #define NORM_ROW_STORE(T, S, STREAM, dst, C, j, EXPR)                                           \
     if (STREAM) {                                                                               \
