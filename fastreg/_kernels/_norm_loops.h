@@ -83,6 +83,27 @@ static inline void norm_barrier(void) {
         for (ptrdiff_t j = 0; j < (C); j++) (dst)[j] = (EXPR);                                  \
     }
 
+/* Two rows at once, dst0[j] = EXPR0, dst1[j] = EXPR1: per-column coefficients are loaded once
+   for both rows (the batch-norm elementwise passes were load-port bound on them). */
+#define NORM_ROW2_STORE(T, S, STREAM, dst0, dst1, C, j, EXPR0, EXPR1)                           \
+    if (STREAM) {                                                                               \
+        T tile0_[NORM_TILE], tile1_[NORM_TILE];                                                 \
+        for (ptrdiff_t c0_ = 0; c0_ < (C); c0_ += NORM_TILE) {                                  \
+            const ptrdiff_t len_ = (C) - c0_ < NORM_TILE ? (C) - c0_ : NORM_TILE;               \
+            NORM_SIMD                                                                           \
+            for (ptrdiff_t t_ = 0; t_ < len_; t_++) {                                           \
+                const ptrdiff_t j = c0_ + t_;                                                   \
+                tile0_[t_] = (EXPR0);                                                           \
+                tile1_[t_] = (EXPR1);                                                           \
+            }                                                                                   \
+            norm_stream_##S((dst0) + c0_, tile0_, len_);                                        \
+            norm_stream_##S((dst1) + c0_, tile1_, len_);                                        \
+        }                                                                                       \
+    } else {                                                                                    \
+        NORM_SIMD                                                                               \
+        for (ptrdiff_t j = 0; j < (C); j++) { (dst0)[j] = (EXPR0); (dst1)[j] = (EXPR1); }       \
+    }
+
 /* Rows per block of the T-precision partial sums in the backward kernels (see bn_grad_sums) */
 #define NORM_BLOCK 16
 #define NORM_PRAGMA(x) _Pragma(#x)
@@ -127,8 +148,17 @@ static inline void bn_affine_##S(const T *restrict x, T *restrict out,          
                                  const T *restrict mh, const T *restrict ml,                   \
                                  const T *restrict sc, const T *restrict sh, int reverse,      \
                                  int stream, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C) {        \
-    for (ptrdiff_t i = 0; i < r1 - r0; i++) {                                                   \
-        const ptrdiff_t n = reverse ? r1 - 1 - i : r0 + i;                                      \
+    ptrdiff_t i = 0;                                                                            \
+    for (; i + 2 <= r1 - r0; i += 2) {   /* rows n and n + 1 */                                \
+        const ptrdiff_t n = reverse ? r1 - 2 - i : r0 + i;                                      \
+        const T *restrict x0 = x + n * C, *restrict x1 = x0 + C;                               \
+        T *restrict o0 = out + n * C, *restrict o1 = o0 + C;                                   \
+        NORM_ROW2_STORE(T, S, stream, o0, o1, C, c,                                             \
+                        ((x0[c] - mh[c]) - ml[c]) * sc[c] + sh[c],                              \
+                        ((x1[c] - mh[c]) - ml[c]) * sc[c] + sh[c])                              \
+    }                                                                                           \
+    if (i < r1 - r0) {                                                                          \
+        const ptrdiff_t n = reverse ? r0 : r1 - 1;                                              \
         const T *restrict xr = x + n * C;                                                       \
         T *restrict orow = out + n * C;                                                         \
         NORM_ROW_STORE(T, S, stream, orow, C, c, ((xr[c] - mh[c]) - ml[c]) * sc[c] + sh[c])     \
@@ -175,10 +205,19 @@ static inline void bn_dx_rev_##S(const T *restrict dy, const T *restrict x, T *r
                                  const T *restrict mu, const T *restrict ca,                   \
                                  const T *restrict cb, const T *restrict cd, int stream,       \
                                  ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C) {                    \
-    for (ptrdiff_t n = r1 - 1; n >= r0; n--) {                                                  \
-        const T *restrict xr = x + n * C;                                                       \
-        const T *restrict gr = dy + n * C;                                                      \
-        T *restrict dr = dx + n * C;                                                            \
+    ptrdiff_t n = r1 - 2;                                                                       \
+    for (; n >= r0; n -= 2) {   /* rows n and n + 1 */                                         \
+        const T *restrict x0 = x + n * C, *restrict x1 = x0 + C;                               \
+        const T *restrict g0 = dy + n * C, *restrict g1 = g0 + C;                              \
+        T *restrict d0 = dx + n * C, *restrict d1 = d0 + C;                                    \
+        NORM_ROW2_STORE(T, S, stream, d0, d1, C, c,                                             \
+                        ca[c] * g0[c] + cb[c] * (x0[c] - mu[c]) + cd[c],                        \
+                        ca[c] * g1[c] + cb[c] * (x1[c] - mu[c]) + cd[c])                        \
+    }                                                                                           \
+    if (n == r0 - 1) {   /* odd row count: row r0 is left */                                   \
+        const T *restrict xr = x + r0 * C;                                                      \
+        const T *restrict gr = dy + r0 * C;                                                     \
+        T *restrict dr = dx + r0 * C;                                                           \
         NORM_ROW_STORE(T, S, stream, dr, C, c, ca[c] * gr[c] + cb[c] * (xr[c] - mu[c]) + cd[c]) \
     }                                                                                           \
     if (stream) norm_stream_fence();                                                            \
