@@ -10,8 +10,9 @@ import sys
 
 import numpy as np
 
-#: Backends a user can name. "auto" picks per op (see fastreg._kernels._dispatch.AUTO).
-BACKENDS = ("auto", "numba", "cython")
+#: Backends a user can name. "auto" picks per op (see fastreg._kernels._dispatch.AUTO); "cuda"
+#: runs models on the GPU (fastreg/_kernels/_cuda_runtime.py; needs a GPU or the simulator).
+BACKENDS = ("auto", "numba", "cython", "cuda")
 #: Floating dtypes every kernel supports.
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -48,11 +49,22 @@ _state = {
 
 
 def set_backend(name: str) -> None:
-    """Select the kernel backend: "numba", "cython" or "auto" (the default, per-op fastest).
+    """Select the kernel backend: "numba", "cython", "auto" (the default, per-op fastest) or
+    "cuda".
+
+    The CPU backends choose which implementation runs on host arrays. "cuda" makes models run on
+    the GPU: a model called with the "cuda" backend set is moved to the device first (as
+    ``model.to("cuda")``), and its outputs are device arrays. Kernels given CUDA device arrays
+    always run on the GPU, whatever the setting. Without a usable GPU, "cuda" raises a
+    RuntimeError that says so (and how to run numba's CUDA simulator instead).
 
     The environment variable ``FASTREG_BACKEND`` sets the initial value.
     """
-    _state["backend"] = _check_backend(name)
+    name = _check_backend(name)
+    if name == "cuda":
+        from ._kernels import _cuda_runtime
+        _cuda_runtime.require()
+    _state["backend"] = name
 
 
 def get_backend() -> str:

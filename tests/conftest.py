@@ -1,6 +1,15 @@
-"""Shared fixtures: every kernel test runs on every CPU backend and both float dtypes."""
-import numpy as np
-import pytest
+"""Shared fixtures: every kernel test runs on every CPU backend and both float dtypes.
+
+The CUDA tests (tests/cuda/) run in numba's CUDA simulator unless FASTREG_TEST_REAL_CUDA=1 is
+set (on a machine with a GPU): the variable must be set before numba is first imported.
+"""
+import os
+
+if os.environ.get("FASTREG_TEST_REAL_CUDA", "0") in ("", "0"):
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 CPU_BACKENDS = ("numba", "cython")
 DTYPES = (np.float32, np.float64)

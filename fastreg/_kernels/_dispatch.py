@@ -18,6 +18,7 @@ _MODULE_PATTERN = {
     "numba": "fastreg._kernels._{op}_numba",
     "cython": "fastreg._kernels._{op}_cy",
     "blas": "fastreg._kernels._{op}_blas",
+    "cuda": "fastreg._kernels._{op}_cuda",
 }
 
 #: What "auto" picks per op family on the machine this was measured on (see README, "Backends").
@@ -32,9 +33,24 @@ AUTO = {
 _cache: dict[tuple[str, str, str], object] = {}
 
 
-def resolve(op: str, backend: str | None = None) -> str:
-    """Concrete backend name for ``op`` given an explicit choice or the global setting."""
+def resolve(op: str, backend: str | None = None, device: bool = False) -> str:
+    """Concrete backend name for ``op`` given an explicit choice or the global setting.
+
+    ``device``: the call's arrays are CUDA device arrays, which only the "cuda" backend takes
+    (kernels run where the data is). Host arrays never go to "cuda": under the global "cuda"
+    setting they use the CPU's "auto" choice.
+    """
+    if device:
+        if backend is not None and backend not in ("cuda", "auto"):
+            raise ValueError(f"backend {backend!r} runs on the CPU but the arrays are CUDA "
+                             f"device arrays; use backend='cuda' (or None)")
+        return "cuda"
     name = _config.get_backend() if backend is None else backend
+    if name == "cuda":
+        if backend is not None:
+            raise ValueError("backend='cuda' needs CUDA device arrays (fastreg.cuda.to_device), "
+                             "got host numpy arrays")
+        name = "auto"
     if name == "auto":
         return AUTO[op]
     if name not in _MODULE_PATTERN:
@@ -62,12 +78,19 @@ def _load(op: str, backend: str):
     return mod
 
 
-def kernel(op: str, name: str, backend: str | None = None):
-    """Return the implementation of kernel ``name`` of family ``op`` for the chosen backend."""
-    be = resolve(op, backend)
+def _load_cuda(op: str):
+    from . import _cuda_runtime
+    _cuda_runtime.require()
+    return importlib.import_module(_MODULE_PATTERN["cuda"].format(op=op))
+
+
+def kernel(op: str, name: str, backend: str | None = None, device: bool = False):
+    """Return the implementation of kernel ``name`` of family ``op`` for the chosen backend
+    (``device=True``: the arrays are CUDA device arrays, see :func:`resolve`)."""
+    be = resolve(op, backend, device)
     key = (op, name, be)
     fn = _cache.get(key)
     if fn is None:
-        fn = getattr(_load(op, be), name)
+        fn = getattr(_load_cuda(op) if be == "cuda" else _load(op, be), name)
         _cache[key] = fn
     return fn

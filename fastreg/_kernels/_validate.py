@@ -10,11 +10,20 @@ import math
 import numpy as np
 
 from .._config import FLOAT_DTYPES
+from ._cuda_runtime import is_device_array
+
+
+def _is_array(a) -> bool:
+    """A host ndarray or a CUDA device array (the kernels run where the data is)."""
+    return isinstance(a, np.ndarray) or is_device_array(a)
 
 
 def float_dtype(name: str, a) -> np.dtype:
-    """The dtype of ``a`` if it is a float32/float64 ndarray, else a TypeError naming ``name``."""
-    if not isinstance(a, np.ndarray):
+    """The dtype of ``a`` if it is a float32/float64 array, else a TypeError naming ``name``.
+
+    ``a`` may be a numpy.ndarray or a CUDA device array (see fastreg/_kernels/_cuda_runtime.py).
+    """
+    if not _is_array(a):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
@@ -27,13 +36,16 @@ def check_array(name: str, a, *, dtype=None, shape=None, ndim=None, writeable=Fa
 
     dtype: required dtype (TypeError otherwise). shape: required shape, a tuple whose entries may be
     None for "any". ndim: required number of dimensions. writeable: the kernel writes into it.
-    Every array must be C-contiguous: the kernels index flat memory.
+    Every array must be C-contiguous: the kernels index flat memory. CUDA device arrays are
+    accepted as well (``on_device`` then tells the caller to dispatch to the CUDA backend).
     """
     if a is None:
         if allow_none:
             return None
         raise TypeError(f"{name} must be a numpy.ndarray, got None")
     if not isinstance(a, np.ndarray):
+        if is_device_array(a):
+            return _check_device_array(name, a, dtype, shape, ndim)
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if dtype is not None and a.dtype != np.dtype(dtype):
         raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
@@ -48,6 +60,57 @@ def check_array(name: str, a, *, dtype=None, shape=None, ndim=None, writeable=Fa
     if writeable and not a.flags.writeable:
         raise ValueError(f"{name} is read-only; the kernel writes its result into it")
     return a
+
+
+def _check_device_array(name, a, dtype, shape, ndim):
+    if dtype is not None and a.dtype != np.dtype(dtype):
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {a.shape}")
+    if shape is not None and (
+            a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape))):
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name} must have shape {want}, got {a.shape}")
+    if a.size and not a.is_c_contiguous():
+        raise ValueError(f"{name} must be C-contiguous (copy it into a contiguous device array)")
+    return a
+
+
+def on_device(**arrays) -> bool:
+    """True if the named arrays are CUDA device arrays, False if host ndarrays (None ignored).
+
+    A mix is an error: fastreg never copies between host and device behind the caller's back.
+    """
+    host = [k for k, v in arrays.items() if v is not None and not is_device_array(v)]
+    dev = [k for k, v in arrays.items() if v is not None and is_device_array(v)]
+    if host and dev:
+        raise ValueError(f"{dev[0]} is a CUDA device array but {host[0]} is a host "
+                         f"numpy.ndarray; all arrays of one call must be in the same place "
+                         f"(use fastreg.cuda.to_device(a) or a.copy_to_host())")
+    return bool(dev)
+
+
+def may_share_memory(a, b) -> bool:
+    """``numpy.may_share_memory`` for host arrays, an address-range test for device arrays."""
+    if a is None or b is None:
+        return False
+    da, db = is_device_array(a), is_device_array(b)
+    if da != db:
+        return False
+    if da:
+        from ._cuda_runtime import may_share_memory as dev_share
+        return dev_share(a, b)
+    return np.may_share_memory(a, b)
+
+
+def same_memory(a, b) -> bool:
+    """Do ``a`` and ``b`` start at the same address (in-place use of one buffer)?"""
+    if is_device_array(a) and is_device_array(b):
+        from ._cuda_runtime import device_pointer_range
+        return device_pointer_range(a)[0] == device_pointer_range(b)[0]
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return a.ctypes.data == b.ctypes.data
+    return False
 
 
 def check_scalar(name: str, value, *, low=None, high=None, low_open=False, high_open=False,
@@ -85,5 +148,5 @@ def no_overlap(**arrays) -> None:
     items = [(k, v) for k, v in arrays.items() if v is not None]
     for i in range(len(items)):
         for j in range(i + 1, len(items)):
-            if np.may_share_memory(items[i][1], items[j][1]):
+            if may_share_memory(items[i][1], items[j][1]):
                 raise ValueError(f"{items[i][0]} and {items[j][0]} must not share memory")
