@@ -1,7 +1,7 @@
 """Dropout with a counter-based RNG: bit masks from Philox4x32-10, applied in one pass.
 
-RNG specification (fixed: the Numba and Cython kernels, the NumPy reference below and a later CUDA
-port all follow it, so a mask depends only on ``(seed, offset, i)``, never on the backend, the
+RNG specification (fixed: the Numba, Cython and CUDA kernels and the NumPy reference below all
+follow it, so a mask depends only on ``(seed, offset, i)``, never on the backend, the
 thread count or the dtype):
 
 * Generator: Philox4x32-10 (Salmon, Moraes, Dror & Shaw, "Parallel random numbers: as easy as
@@ -41,8 +41,16 @@ from functools import lru_cache
 
 import numpy as np
 
-from . import _dispatch
-from ._validate import check_array, check_scalar, float_dtype, no_overlap
+from . import _cuda_runtime, _dispatch
+from ._validate import (
+    check_array,
+    check_scalar,
+    float_dtype,
+    may_share_memory,
+    no_overlap,
+    on_device,
+    same_memory,
+)
 
 _MASK32 = 0xFFFFFFFF
 _MASK64 = (1 << 64) - 1
@@ -166,7 +174,9 @@ def dropout_forward(x: np.ndarray, out: np.ndarray, mask: np.ndarray, p: float, 
         Factor for kept elements (``1 / (1 - p)`` for inverted dropout).
     seed, offset : int in [0, 2**64)
         Philox key and first counter block (reserve ``philox_blocks(x.size)`` blocks).
-    backend : {"numba", "cython", "auto"}, optional
+    backend : {"numba", "cython", "auto", "cuda"}, optional
+        CUDA device arrays (all arrays of the call, never a mix) run on "cuda"; for them only
+        None, "auto" or "cuda" are valid.
 
     Returns
     -------
@@ -179,14 +189,15 @@ def dropout_forward(x: np.ndarray, out: np.ndarray, mask: np.ndarray, p: float, 
     no_overlap(mask=mask, x=x)
     no_overlap(mask=mask, out=out)
     # in place is fine (element i is read before it is written); partial overlap is not
-    if out is not x and np.may_share_memory(out, x) and out.ctypes.data != x.ctypes.data:
+    if out is not x and may_share_memory(out, x) and not same_memory(out, x):
         raise ValueError("out must be x itself or not overlap x")
+    dev = on_device(x=x, out=out, mask=mask)
     scale = check_scalar("scale", scale)
     k0, k1, off, thr = _rng_args(p, seed, offset)
     n = x.size
     if n == 0:
         return out
-    fn = _dispatch.kernel("dropout", "dropout_forward", backend)
+    fn = _dispatch.kernel("dropout", "dropout_forward", backend, device=dev)
     fn(x.reshape(-1), out.reshape(-1), mask, np.int64(n), k0, k1, off, thr, dt.type(scale))
     return out
 
@@ -202,7 +213,8 @@ def dropout_backward(dy: np.ndarray, mask: np.ndarray, dx: np.ndarray, scale: fl
     dx : ndarray, same shape and dtype as ``dy``, writeable; may be ``dy`` (in place)
     scale : float
         The forward pass's scale.
-    backend : {"numba", "cython", "auto"}, optional
+    backend : {"numba", "cython", "auto", "cuda"}, optional
+        As in :func:`dropout_forward` (device arrays run on "cuda").
 
     Returns
     -------
@@ -213,13 +225,14 @@ def dropout_backward(dy: np.ndarray, mask: np.ndarray, dx: np.ndarray, scale: fl
     _check_mask(mask, dy.size, writeable=False)
     check_array("dx", dx, dtype=dt, shape=dy.shape, writeable=True)
     no_overlap(mask=mask, dx=dx)
-    if dx is not dy and np.may_share_memory(dx, dy) and dx.ctypes.data != dy.ctypes.data:
+    if dx is not dy and may_share_memory(dx, dy) and not same_memory(dx, dy):
         raise ValueError("dx must be dy itself or not overlap dy")
+    dev = on_device(dy=dy, mask=mask, dx=dx)
     scale = check_scalar("scale", scale)
     n = dy.size
     if n == 0:
         return dx
-    fn = _dispatch.kernel("dropout", "dropout_backward", backend)
+    fn = _dispatch.kernel("dropout", "dropout_backward", backend, device=dev)
     fn(dy.reshape(-1), mask, dx.reshape(-1), np.int64(n), dt.type(scale))
     return dx
 
@@ -234,7 +247,8 @@ def dropout_mask(mask: np.ndarray, n: int, p: float, seed: int, offset: int,
     n : int >= 0
         Number of elements.
     p, seed, offset : as in :func:`dropout_forward`
-    backend : {"numba", "cython", "auto"}, optional
+    backend : {"numba", "cython", "auto", "cuda"}, optional
+        As in :func:`dropout_forward` (device arrays run on "cuda").
 
     Returns
     -------
@@ -246,18 +260,28 @@ def dropout_mask(mask: np.ndarray, n: int, p: float, seed: int, offset: int,
         raise ValueError(f"n must be >= 0, got {n!r}")
     n = int(n)
     _check_mask(mask, n, writeable=True)
+    dev = on_device(mask=mask)
     k0, k1, off, thr = _rng_args(p, seed, offset)
     if n == 0:
         return mask
-    fn = _dispatch.kernel("dropout", "dropout_mask", backend)
+    fn = _dispatch.kernel("dropout", "dropout_mask", backend, device=dev)
     fn(mask, np.int64(n), k0, k1, off, thr)
     return mask
 
 
-def philox4x32_kernel(counters: np.ndarray, key, backend: str | None = None) -> np.ndarray:
-    """Philox4x32-10 computed by a compiled backend (for known-answer tests of the kernels)."""
-    ctr = np.ascontiguousarray(counters, dtype=np.uint32).reshape(-1, 4)
-    out = np.empty_like(ctr)
-    fn = _dispatch.kernel("dropout", "philox4x32_10_blocks", backend)
+def philox4x32_kernel(counters, key, backend: str | None = None):
+    """Philox4x32-10 computed by a compiled backend (for known-answer tests of the kernels).
+
+    ``counters``: array_like of uint32 blocks ``(B, 4)``, or a C-contiguous uint32 CUDA device
+    array of shape ``(B, 4)``; the result (uint32, ``(B, 4)``) is then a new device array.
+    """
+    dev = on_device(counters=counters)
+    if dev:
+        ctr = check_array("counters", counters, dtype=np.uint32, shape=(None, 4))
+        out = _cuda_runtime.empty(ctr.shape, np.uint32)
+    else:
+        ctr = np.ascontiguousarray(counters, dtype=np.uint32).reshape(-1, 4)
+        out = np.empty_like(ctr)
+    fn = _dispatch.kernel("dropout", "philox4x32_10_blocks", backend, device=dev)
     fn(ctr, out, np.uint32(int(key[0]) & _MASK32), np.uint32(int(key[1]) & _MASK32))
     return out
