@@ -15,7 +15,9 @@ Shapes (llm.c style; all arrays C-contiguous and of one dtype, float32 or float6
 Every function validates its arguments here, then calls the backend chosen by ``backend``
 (``"numba"``, ``"cython"``, ``"blas"``, ``"auto"``, or None for the global setting) through
 :func:`fastreg._kernels._dispatch.kernel`. The own kernels are cache-blocked packed GEMMs,
-parallel over output blocks; ``"blas"`` is NumPy's matmul plus a NumPy epilogue.
+parallel over output blocks; ``"blas"`` is NumPy's matmul plus a NumPy epilogue. When the
+arrays are CUDA device arrays (all of them: a host / device mix is a ValueError) the call runs
+the CUDA backend, ``_matmul_cuda`` (shared-memory tiled GEMMs), whatever the backend setting.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import numpy as np
 
 from . import _dispatch
 from ._codes import ACT_IDENTITY, activation_code
-from ._validate import check_array, check_scalar, float_dtype
+from ._validate import check_array, check_scalar, float_dtype, may_share_memory, on_device
 
 __all__ = ["linear_backward_input", "linear_backward_weight", "linear_forward"]
 
@@ -41,8 +43,17 @@ def _check_outputs_apart(outputs: dict, inputs: dict) -> None:
     outs = [(k, v) for k, v in outputs.items() if v is not None]
     for i, (on, o) in enumerate(outs):
         for other, a in (*inputs.items(), *outs[i + 1:]):
-            if a is not None and np.may_share_memory(o, a):
+            if a is not None and may_share_memory(o, a):
                 raise ValueError(f"{on} must not share memory with {other}")
+
+
+def _on_device(**arrays) -> bool:
+    """:func:`on_device`, with the all-host-ndarray case first: it is the batch-1 inference
+    path, where a microsecond is a tenth of the call."""
+    for a in arrays.values():
+        if a is not None and type(a) is not np.ndarray:
+            return on_device(**arrays)
+    return False
 
 
 def _check_slope(slope) -> float:
@@ -76,7 +87,9 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, o
         "leaky_relu", "sigmoid", "tanh").
     slope : float
         Negative-side slope of the leaky ReLU (finite).
-    backend : {"numba", "cython", "blas", "auto"} or None
+    backend : {"numba", "cython", "blas", "auto", "cuda"} or None
+        Ignored for CUDA device arrays, which always run the CUDA kernels (a CPU backend named
+        explicitly is then a ValueError).
 
     Returns
     -------
@@ -101,8 +114,9 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, o
     act = activation_code(activation)
     slope = _check_slope(slope)
     _check_dims(N, K, M)
+    dev = _on_device(x=x, weight=weight, bias=bias, out=out)
     _check_outputs_apart({"out": out}, {"x": x, "weight": weight, "bias": bias})
-    fn = _dispatch.kernel("matmul", "linear_forward", backend)
+    fn = _dispatch.kernel("matmul", "linear_forward", backend, device=dev)
     fn(x, weight, bias, out, act, slope)
     return out
 
@@ -119,7 +133,9 @@ def linear_backward_input(dy: np.ndarray, weight: np.ndarray, dx: np.ndarray,
     weight : ndarray, shape (M, K)
     dx : ndarray, shape (N, K)
         Written in place; must not overlap the inputs.
-    backend : {"numba", "cython", "blas", "auto"} or None
+    backend : {"numba", "cython", "blas", "auto", "cuda"} or None
+        Ignored for CUDA device arrays, which always run the CUDA kernels (a CPU backend named
+        explicitly is then a ValueError).
 
     Returns
     -------
@@ -138,8 +154,9 @@ def linear_backward_input(dy: np.ndarray, weight: np.ndarray, dx: np.ndarray,
         raise ValueError(f"dx must have shape (N, K) = ({N}, {K}) for dy {dy.shape} and weight "
                          f"{weight.shape}, got dx {dx.shape}")
     _check_dims(N, K, M)
+    dev = _on_device(dy=dy, weight=weight, dx=dx)
     _check_outputs_apart({"dx": dx}, {"dy": dy, "weight": weight})
-    fn = _dispatch.kernel("matmul", "linear_backward_input", backend)
+    fn = _dispatch.kernel("matmul", "linear_backward_input", backend, device=dev)
     fn(dy, weight, dx)
     return dx
 
@@ -162,7 +179,9 @@ def linear_backward_weight(dy: np.ndarray, x: np.ndarray, dweight: np.ndarray,
     accumulate : bool
         True adds to ``dweight`` / ``dbias`` (gradient accumulation, as ``Parameter.grad``);
         False overwrites them.
-    backend : {"numba", "cython", "blas", "auto"} or None
+    backend : {"numba", "cython", "blas", "auto", "cuda"} or None
+        Ignored for CUDA device arrays, which always run the CUDA kernels (a CPU backend named
+        explicitly is then a ValueError).
     """
     dt = float_dtype("dy", dy)
     check_array("dy", dy, ndim=2)
@@ -183,6 +202,7 @@ def linear_backward_weight(dy: np.ndarray, x: np.ndarray, dweight: np.ndarray,
     if not isinstance(accumulate, (bool, np.bool_)):
         raise TypeError(f"accumulate must be a bool, got {accumulate!r}")
     _check_dims(N, K, M)
+    dev = _on_device(dy=dy, x=x, dweight=dweight, dbias=dbias)
     _check_outputs_apart({"dweight": dweight, "dbias": dbias}, {"dy": dy, "x": x})
-    fn = _dispatch.kernel("matmul", "linear_backward_weight", backend)
+    fn = _dispatch.kernel("matmul", "linear_backward_weight", backend, device=dev)
     fn(dy, x, dweight, dbias, bool(accumulate))
