@@ -11,6 +11,8 @@ batchnorm_forward_train(x, weight, bias, running_mean, running_var, out, save_me
 batchnorm_forward_eval(x, weight, bias, running_mean, running_var, out, eps=1e-5, backend=None)
 batchnorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, accumulate=True,
                    backend=None)
+batchnorm_backward_eval(dy, x, weight, running_mean, running_var, dx, dweight, dbias, eps,
+                        accumulate=True, backend=None)
 layernorm_forward(x, weight, bias, out, save_mean, save_rstd, eps=1e-5, backend=None)
 layernorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, accumulate=True,
                    backend=None)
@@ -24,6 +26,10 @@ Parallelism: rows are split into a few chunks per thread (_n_chunks); column sum
 partials in a float64 (P, 2, C) scratch, added afterwards (measured faster than giving each
 thread a block of columns: equal at 4096 x 1024, 2x faster at C = 64). Outputs must not share
 memory with inputs or each other.
+
+CUDA: when the arrays are CUDA device arrays (all of them; a host/device mix is a ValueError),
+each function runs the kernel of the same name in _norm_cuda.py, which takes the validated
+arguments of the public function (no CPU scratch) and keeps the same numerics.
 """
 from __future__ import annotations
 
@@ -31,10 +37,11 @@ import numpy as np
 
 from .. import _config
 from . import _dispatch
-from ._validate import check_array, check_scalar, float_dtype, no_overlap
+from ._validate import check_array, check_scalar, float_dtype, no_overlap, on_device
 
 __all__ = [
     "batchnorm_backward",
+    "batchnorm_backward_eval",
     "batchnorm_forward_eval",
     "batchnorm_forward_train",
     "layernorm_backward",
@@ -112,12 +119,15 @@ def batchnorm_forward_train(x, weight, bias, running_mean, running_var, out, sav
         Receive mu and r, for :func:`batchnorm_backward`.
     momentum : float in [0, 1]
     eps : float >= 0
-    backend : {"numba", "cython", "auto"} or None (the global setting)
+    backend : {"numba", "cython", "auto", "cuda"} or None (the global setting)
+        Device arrays always run the CUDA kernel (None, "auto" or "cuda").
 
     Returns
     -------
     out
     """
+    dev = on_device(x=x, weight=weight, bias=bias, running_mean=running_mean,
+                    running_var=running_var, out=out, save_mean=save_mean, save_rstd=save_rstd)
     dtype = _check_x("x", x)
     N, C = x.shape
     if N < 2:
@@ -139,6 +149,10 @@ def batchnorm_forward_train(x, weight, bias, running_mean, running_var, out, sav
     eps = check_scalar("eps", eps, low=0.0)
     no_overlap(x=x, weight=weight, bias=bias, running_mean=running_mean,
                running_var=running_var, out=out, save_mean=save_mean, save_rstd=save_rstd)
+    if dev:
+        _dispatch.kernel("norm", "batchnorm_forward_train", backend, device=True)(
+            x, weight, bias, running_mean, running_var, out, save_mean, save_rstd, momentum, eps)
+        return out
     P = _n_chunks(N, C)
     partial = np.empty((P, 2, C))
     coef = np.empty((4, C), dtype)
@@ -163,12 +177,14 @@ def batchnorm_forward_eval(x, weight, bias, running_mean, running_var, out, eps=
         m and v (read only here).
     out : ndarray (N, C)
     eps : float >= 0
-    backend : {"numba", "cython", "auto"} or None
+    backend : {"numba", "cython", "auto", "cuda"} or None
 
     Returns
     -------
     out
     """
+    dev = on_device(x=x, weight=weight, bias=bias, running_mean=running_mean,
+                    running_var=running_var, out=out)
     dtype = _check_x("x", x)
     N, C = x.shape
     weight = check_array("weight", weight, dtype=dtype, shape=(C,), allow_none=True)
@@ -179,6 +195,10 @@ def batchnorm_forward_eval(x, weight, bias, running_mean, running_var, out, eps=
     eps = check_scalar("eps", eps, low=0.0)
     no_overlap(x=x, out=out, weight=weight, bias=bias, running_mean=running_mean,
                running_var=running_var)
+    if dev:
+        _dispatch.kernel("norm", "batchnorm_forward_eval", backend, device=True)(
+            x, weight, bias, running_mean, running_var, out, eps)
+        return out
     coef = np.empty((4, C), dtype)
     fn = _dispatch.kernel("norm", "batchnorm_forward_eval", backend)
     P = _n_chunks(N, C) if N > 0 else 0
@@ -188,14 +208,19 @@ def batchnorm_forward_eval(x, weight, bias, running_mean, running_var, out, eps=
 
 
 def _check_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, accumulate,
-                    stats_len):
+                    stats_len, stats_names=("save_mean", "save_rstd")):
+    """Validate a backward call; returns (dtype, accumulate, on_device). ``save_mean`` and
+    ``save_rstd`` are the statistics, named ``stats_names`` in messages."""
+    m_name, r_name = stats_names
+    dev = on_device(dy=dy, x=x, weight=weight, **{m_name: save_mean, r_name: save_rstd}, dx=dx,
+                    dweight=dweight, dbias=dbias)
     dtype = _check_x("x", x)
     N, C = x.shape
     check_array("dy", dy, dtype=dtype, shape=(N, C))
     weight = check_array("weight", weight, dtype=dtype, shape=(C,), allow_none=True)
     n_stats = C if stats_len == "C" else N
-    check_array("save_mean", save_mean, dtype=dtype, shape=(n_stats,))
-    check_array("save_rstd", save_rstd, dtype=dtype, shape=(n_stats,))
+    check_array(m_name, save_mean, dtype=dtype, shape=(n_stats,))
+    check_array(r_name, save_rstd, dtype=dtype, shape=(n_stats,))
     check_array("dx", dx, dtype=dtype, shape=(N, C), writeable=True)
     if weight is None and (dweight is not None or dbias is not None):
         raise ValueError("dweight and dbias must be None when weight is None (affine=False), got "
@@ -204,9 +229,9 @@ def _check_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, acc
                           allow_none=True)
     dbias = check_array("dbias", dbias, dtype=dtype, shape=(C,), writeable=True, allow_none=True)
     accumulate = _check_bool("accumulate", accumulate)
-    no_overlap(dy=dy, x=x, weight=weight, save_mean=save_mean, save_rstd=save_rstd, dx=dx,
+    no_overlap(dy=dy, x=x, weight=weight, **{m_name: save_mean, r_name: save_rstd}, dx=dx,
                dweight=dweight, dbias=dbias)
-    return dtype, accumulate
+    return dtype, accumulate, dev
 
 
 def batchnorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, accumulate=True,
@@ -232,14 +257,18 @@ def batchnorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, 
     dweight, dbias : ndarray (C,) or None
         Receive d gamma and d beta: added to (``accumulate=True``) or overwritten; None skips.
     accumulate : bool
-    backend : {"numba", "cython", "auto"} or None
+    backend : {"numba", "cython", "auto", "cuda"} or None
 
     Returns
     -------
     dx
     """
-    dtype, accumulate = _check_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias,
-                                        accumulate, "C")
+    dtype, accumulate, dev = _check_backward(dy, x, weight, save_mean, save_rstd, dx, dweight,
+                                             dbias, accumulate, "C")
+    if dev:
+        _dispatch.kernel("norm", "batchnorm_backward", backend, device=True)(
+            dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, accumulate)
+        return dx
     N, C = x.shape
     P = _n_chunks(N, C)
     partial = np.empty((P, 2, C))
@@ -249,6 +278,68 @@ def batchnorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, 
     fn(dy, x, _or_empty(weight, dtype), save_mean, save_rstd, dx, _or_empty(dweight, dtype),
        _or_empty(dbias, dtype), partial, block, coef, weight is not None, dweight is not None,
        dbias is not None, accumulate)
+    return dx
+
+
+def batchnorm_backward_eval(dy, x, weight, running_mean, running_var, dx, dweight, dbias, eps,
+                            accumulate=True, backend=None) -> np.ndarray:
+    r"""Batch-norm backward in evaluation mode, where the statistics are constants.
+
+    With :math:`r_c = (v_c + \epsilon)^{-1/2}` from the running variance:
+
+    .. math::
+        dx_{nc} = dy_{nc}\,\gamma_c r_c, \quad
+        \partial\gamma_c = \sum_n dy_{nc}\,(x_{nc} - m_c)\, r_c, \quad
+        \partial\beta_c = \sum_n dy_{nc}
+
+    On host arrays this is NumPy, bit for bit what ``fastreg.nn.BatchNorm1d.backward`` computed
+    in eval mode: r in float64; :math:`\gamma r` rounded to x's dtype before the product with dy;
+    the d gamma terms and sum in float64, rounded once; d beta is NumPy's column sum of dy (in
+    x's dtype). On device arrays the CUDA kernel sums both in float64.
+
+    Parameters
+    ----------
+    dy, x : ndarray (N, C), float32 or float64 (any N >= 0)
+    weight : ndarray (C,) or None (gamma = 1; then dweight and dbias must be None)
+    running_mean, running_var : ndarray (C,)
+        m and v, as used by :func:`batchnorm_forward_eval`.
+    dx : ndarray (N, C)
+        Overwritten with the input gradient.
+    dweight, dbias : ndarray (C,) or None
+        Receive d gamma and d beta: added to (``accumulate=True``) or overwritten; None skips.
+    eps : float >= 0
+        The forward pass's eps.
+    accumulate : bool
+    backend : {"numba", "cython", "auto", "cuda"} or None
+        Only checked for host arrays (the host code is NumPy for every CPU backend).
+
+    Returns
+    -------
+    dx
+    """
+    dtype, accumulate, dev = _check_backward(dy, x, weight, running_mean, running_var, dx,
+                                             dweight, dbias, accumulate, "C",
+                                             ("running_mean", "running_var"))
+    eps = check_scalar("eps", eps, low=0.0)
+    if dev:
+        _dispatch.kernel("norm", "batchnorm_backward_eval", backend, device=True)(
+            dy, x, weight, running_mean, running_var, dx, dweight, dbias, eps, accumulate)
+        return dx
+    _dispatch.resolve("norm", backend)
+    r = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+    if dweight is not None:
+        dg = (dy * ((x - running_mean) * r)).sum(axis=0).astype(dtype)
+        if accumulate:
+            dweight += dg
+        else:
+            dweight[...] = dg
+    if dbias is not None:
+        if accumulate:
+            dbias += dy.sum(axis=0)
+        else:
+            dbias[...] = dy.sum(axis=0)
+    scale = r if weight is None else weight * r
+    np.multiply(dy, scale.astype(dtype), out=dx)
     return dx
 
 
@@ -270,12 +361,14 @@ def layernorm_forward(x, weight, bias, out, save_mean, save_rstd, eps=1e-5,
     save_mean, save_rstd : ndarray (N,)
         Receive mu and r, for :func:`layernorm_backward`.
     eps : float >= 0
-    backend : {"numba", "cython", "auto"} or None
+    backend : {"numba", "cython", "auto", "cuda"} or None
 
     Returns
     -------
     out
     """
+    dev = on_device(x=x, weight=weight, bias=bias, out=out, save_mean=save_mean,
+                    save_rstd=save_rstd)
     dtype = _check_x("x", x)
     N, C = x.shape
     weight = check_array("weight", weight, dtype=dtype, shape=(C,), allow_none=True)
@@ -285,6 +378,10 @@ def layernorm_forward(x, weight, bias, out, save_mean, save_rstd, eps=1e-5,
     check_array("save_rstd", save_rstd, dtype=dtype, shape=(N,), writeable=True)
     eps = check_scalar("eps", eps, low=0.0)
     no_overlap(x=x, weight=weight, bias=bias, out=out, save_mean=save_mean, save_rstd=save_rstd)
+    if dev:
+        _dispatch.kernel("norm", "layernorm_forward", backend, device=True)(
+            x, weight, bias, out, save_mean, save_rstd, eps)
+        return out
     fn = _dispatch.kernel("norm", "layernorm_forward", backend)
     fn(x, _or_empty(weight, dtype), _or_empty(bias, dtype), out, save_mean, save_rstd,
        weight is not None, bias is not None, eps)
@@ -314,14 +411,18 @@ def layernorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, 
     dweight, dbias : ndarray (C,) or None
         Added to (``accumulate=True``) or overwritten; None skips.
     accumulate : bool
-    backend : {"numba", "cython", "auto"} or None
+    backend : {"numba", "cython", "auto", "cuda"} or None
 
     Returns
     -------
     dx
     """
-    dtype, accumulate = _check_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias,
-                                        accumulate, "N")
+    dtype, accumulate, dev = _check_backward(dy, x, weight, save_mean, save_rstd, dx, dweight,
+                                             dbias, accumulate, "N")
+    if dev:
+        _dispatch.kernel("norm", "layernorm_backward", backend, device=True)(
+            dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, accumulate)
+        return dx
     N, C = x.shape
     P = _n_chunks(N, C)
     partial = np.empty((P, 2, C))
