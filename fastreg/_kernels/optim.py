@@ -3,7 +3,8 @@
 Every function updates ``param`` and its state buffers in place, in one sweep over memory, exactly
 as ``torch.optim`` documents the algorithm (single-tensor order of operations). All arrays are flat
 (1-D), C-contiguous, of one float dtype and one length ``n``; optional state buffers are ``None``
-when the option that needs them is off. Arithmetic happens in the parameter dtype.
+when the option that needs them is off. Arithmetic happens in the parameter dtype. The arrays may
+be CUDA device arrays (all of them): the update then runs on the GPU (_optim_cuda.py).
 
 Common to all five: the gradient of the fastreg penalties is added first, because the penalty is
 part of the loss,
@@ -27,8 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _dispatch
-from ._validate import check_array, check_scalar, float_dtype, no_overlap
+from . import _cuda_runtime, _dispatch
+from ._validate import check_array, check_scalar, float_dtype, no_overlap, on_device
 
 # Algorithm codes and flag bits: mirror fastreg/_kernels/_optim_step.h (a test checks they agree).
 SGD, ADAM, RMSPROP, ADAGRAD, ADADELTA = 0, 1, 2, 3, 4
@@ -39,6 +40,18 @@ HP_LEN = 11
 
 _EMPTY = {np.dtype(np.float32): np.empty(0, np.float32),
           np.dtype(np.float64): np.empty(0, np.float64)}
+#: Length-0 CUDA device arrays standing in for unused buffers on the device (made on first use).
+_EMPTY_DEVICE: dict = {}
+
+
+def _empty(dt: np.dtype, dev: bool):
+    """The length-0 placeholder for an unused buffer, where the call's arrays live."""
+    if not dev:
+        return _EMPTY[dt]
+    e = _EMPTY_DEVICE.get(dt)
+    if e is None:
+        e = _EMPTY_DEVICE[dt] = _cuda_runtime.empty(0, dt)
+    return e
 
 __all__ = ["adadelta_step", "adagrad_step", "adam_step", "rmsprop_step", "sgd_step"]
 
@@ -53,7 +66,8 @@ def _check_buffers(param, grad, **buffers):
     """Check param/grad and the state buffers a call needs; return (dtype, [b0, b1, b2]).
 
     ``buffers`` maps name -> (array or None, required). Buffers not required are ignored (and
-    replaced by an empty array the kernel never touches).
+    replaced by an empty array the kernel never touches). The arrays may all be host ndarrays
+    or all CUDA device arrays (the placeholders then are device arrays too).
     """
     dt = float_dtype("param", param)
     check_array("param", param, ndim=1, writeable=True)
@@ -62,14 +76,16 @@ def _check_buffers(param, grad, **buffers):
     out, named = [], {"param": param, "grad": grad}
     for name, (arr, required) in buffers.items():
         if not required:
-            out.append(_EMPTY[dt])
+            out.append(None)
             continue
         check_array(name, arr, dtype=dt, shape=(n,), writeable=True)
         out.append(arr)
         named[name] = arr
     no_overlap(**named)
+    empty = _empty(dt, on_device(**named))
+    out = [empty if b is None else b for b in out]
     while len(out) < 3:
-        out.append(_EMPTY[dt])
+        out.append(empty)
     return dt, out
 
 
@@ -88,7 +104,8 @@ def _hp(dt, lr, wd, l1, l2, *rest) -> np.ndarray:
 def _run(kind, flags, param, grad, bufs, hp, backend):
     if param.shape[0] == 0:
         return
-    fn = _dispatch.kernel("optim", "fused_step", backend)
+    dev = _cuda_runtime.is_device_array(param)     # _check_buffers made sure all agree
+    fn = _dispatch.kernel("optim", "fused_step", backend, device=dev)
     fn(kind, flags, param, grad, bufs[0], bufs[1], bufs[2], hp)
 
 
@@ -119,8 +136,9 @@ def sgd_step(param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray | 
         True on the optimizer's first step: the buffer is set to g (torch's ``buf = g.clone()``).
     l1, l2 : float
         Penalty coefficients of l1·Σ|θ| + l2·Σθ² (their gradient joins g first).
-    backend : {"numba", "cython", "auto"} or None
-        None uses ``fastreg.get_backend()``.
+    backend : {"numba", "cython", "auto", "cuda"} or None
+        None uses ``fastreg.get_backend()``. CUDA device arrays (all arrays of the call, never a
+        mix) run on "cuda"; for them only None, "auto" or "cuda" are valid.
     """
     lr, wd, l1, l2 = _common(lr, weight_decay, l1, l2)
     mu = check_scalar("momentum", momentum, low=0.0)
