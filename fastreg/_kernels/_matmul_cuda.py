@@ -69,7 +69,7 @@ _state: dict = {}
 def _act(v, act, slope, zero, one):
     """The CPU epilogue's activation (_matmul_numba._act) in v's dtype; NaN passes through."""
     if act == ACT_RELU:
-        return zero if v < zero else v
+        return zero if v < zero else v  # noqa: FURB136 - max(v, 0) is fmax: relu(NaN) = 0
     if act == ACT_LEAKY_RELU:
         return v * slope if v < zero else v
     if act == ACT_SIGMOID:
@@ -99,8 +99,9 @@ def _make_gemm(dtype: np.dtype, a_kcontig: bool, b_kcontig: bool, tile: tuple):
     B_LOADS = BN * BK // NT
     # a k-contiguous operand is transposed on its way into shared memory: a row stride of
     # 32 / BK (mod 32) words puts the BK x (32 / BK) elements of one warp's store in 32 banks
-    APAD = 32 // BK if a_kcontig else 0
-    BPAD = 32 // BK if b_kcontig else 0
+    # (shared-array shapes must be compile-time constants: the row lengths are computed here)
+    AS_W = BM + (32 // BK if a_kcontig else 0)
+    BS_W = BN + (32 // BK if b_kcontig else 0)
     typ = np.dtype(dtype).type
     ZERO, ONE = typ(0), typ(1)
     nb_dtype = from_dtype(np.dtype(dtype))
@@ -108,8 +109,8 @@ def _make_gemm(dtype: np.dtype, a_kcontig: bool, b_kcontig: bool, tile: tuple):
     @cuda.jit(cache=True)
     def gemm(m, n, k, A, lda, B, ldb, C, ldc, accumulate, bias, has_bias, act, slope,
              rowsum, has_rowsum):
-        As = cuda.shared.array((BK, BM + APAD), nb_dtype)
-        Bs = cuda.shared.array((BK, BN + BPAD), nb_dtype)
+        As = cuda.shared.array((BK, AS_W), nb_dtype)
+        Bs = cuda.shared.array((BK, BS_W), nb_dtype)
         acc = cuda.local.array((TM, TN), nb_dtype)
         a_reg = cuda.local.array(TM, nb_dtype)
         b_reg = cuda.local.array(TN, nb_dtype)

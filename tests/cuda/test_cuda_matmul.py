@@ -211,25 +211,27 @@ def test_backward_input_empty_depth_gives_zeros(dev):
 
 # ---------------------------------------------------------------- the large tile
 def test_large_tile_all_layouts(dev, rng):
-    """TILE_LARGE (picked on a GPU for big float32 outputs) on the three products: 2 tiles of
-    128 along the output, a depth of 3 slabs of 8, and dbias over 130 rows."""
+    """TILE_LARGE (picked on a GPU for big float32 outputs) on the three products, each with
+    130 output rows or columns (2 tiles of 128) and 2 or 3 depth slabs of 8."""
     N, K, M, dt, tile = 9, 20, 130, np.float32, mc.TILE_LARGE
+    identity = ACTIVATIONS["identity"]
     x, w, b = rand(rng, (N, K), dt), rand(rng, (M, K), dt), rand(rng, M, dt)
-    out = dev(np.empty((N, M), dt))
+    out = dev(np.empty((N, M), dt))  # (9, 130) = x (9, 20) @ w.T
     mc._gemm(N, M, K, dev(x), K, True, dev(w), K, True, out, False, dev(b), ACTIVATIONS["tanh"],
              0.0, None, tile=tile)
     want, scale = ref_forward(x, w, b, "tanh")
     assert_close(host(out), want, scale, dt)
-    dy = rand(rng, (N, M), dt)
-    dx = dev(np.empty((N, K), dt))
-    mc._gemm(N, K, M, dev(dy), M, True, dev(w), K, False, dx, False, None,
-             ACTIVATIONS["identity"], 0.0, None, tile=tile)
-    dy64, w64 = dy.astype(np.float64), w.astype(np.float64)
+    dy, w2 = rand(rng, (N, K), dt), rand(rng, (K, M), dt)
+    dx = dev(np.empty((N, M), dt))  # (9, 130) = dy (9, 20) @ w2 (20, 130)
+    mc._gemm(N, M, K, dev(dy), K, True, dev(w2), M, False, dx, False, None, identity, 0.0, None,
+             tile=tile)
+    dy64, w64 = dy.astype(np.float64), w2.astype(np.float64)
     assert_close(host(dx), dy64 @ w64, np.abs(dy64) @ np.abs(w64), dt)
+    dy = rand(rng, (N, M), dt)
     dw0, db0 = rand(rng, (M, K), dt), rand(rng, M, dt)
-    dw, db = dev(dw0), dev(db0)
-    mc._gemm(M, K, N, dev(dy), M, False, dev(x), K, False, dw, True, None,
-             ACTIVATIONS["identity"], 0.0, db, tile=tile)
+    dw, db = dev(dw0), dev(db0)  # (130, 20) += dy.T (130, 9) @ x (9, 20), dbias over 130 rows
+    mc._gemm(M, K, N, dev(dy), M, False, dev(x), K, False, dw, True, None, identity, 0.0, db,
+             tile=tile)
     want_w, scale_w, want_b, scale_b = _weight_grads(dy, x, dw0, db0, True)
     assert_close(host(dw), want_w, scale_w, dt)
     assert_close(host(db), want_b, scale_b, dt)
