@@ -8,6 +8,8 @@ the Module layer uses to keep a training step on the GPU; they have no CPU kerne
 
 Kernel design (all memory-bound, so the goal is full-width coalesced traffic and no host trips):
 
+- float(v) marks every widening of a float32 value to float64 (free on the GPU, where numba would
+  widen anyway; needed in the simulator, where NumPy would keep float32 for ``0.0 + v``).
 - Elementwise kernels (activations, fill, scale, add, subtract, xent backward, BCE backward) are
   grid-stride loops: thread i touches elements i, i + G, i + 2G, ... (G = all threads in the grid),
   so each warp reads 32 consecutive elements per step (coalesced), and the grid is sized to keep
@@ -157,25 +159,59 @@ def _block_argmax_sum(shv, shi, shs, v, i, s):
     return bi, acc
 
 
+@cuda.jit(device=True)
+def _block_sum3(sh0, sh1, sh2, a, b, c):
+    """Three block sums for the price of one (same scheme and barriers as _block_sum)."""
+    t, nt = cuda.threadIdx.x, cuda.blockDim.x
+    sh0[t] = a
+    sh1[t] = b
+    sh2[t] = c
+    cuda.syncthreads()
+    if t < 32:
+        x0, x1, x2 = sh0[t], sh1[t], sh2[t]
+        for k in range(t + 32, nt, 32):
+            x0 += sh0[k]
+            x1 += sh1[k]
+            x2 += sh2[k]
+        sh0[t] = x0
+        sh1[t] = x1
+        sh2[t] = x2
+    cuda.syncthreads()
+    x0 = x1 = x2 = 0.0
+    for k in range(min(32, nt)):
+        x0 += sh0[k]
+        x1 += sh1[k]
+        x2 += sh2[k]
+    cuda.syncthreads()
+    return x0, x1, x2
+
+
 @cuda.jit(cache=True)
 def _finalize_k(part, nblocks, nslots, res):
-    """res[k] = sum over blocks of part[b, k] (k < min(nslots, 3)); with 4 slots res[3] is the
-    bad-target value of the first block that saw one. One block, fixed order: deterministic."""
-    sh = cuda.shared.array(_SMEM, float64)
+    """res[0:3] = sums over blocks of part[b, 0:3] (slots past nslots are not read); with 4
+    slots res[3] is the bad-target value of the first block that saw one. One block, fixed
+    order: deterministic."""
+    sh0 = cuda.shared.array(_SMEM, float64)
+    sh1 = cuda.shared.array(_SMEM, float64)
+    sh2 = cuda.shared.array(_SMEM, float64)
     t = cuda.threadIdx.x
-    for k in range(min(nslots, 3)):
-        acc = 0.0
-        for b in range(t, nblocks, cuda.blockDim.x):
-            acc += part[b, k]
-        acc = _block_sum(sh, acc)
-        if t == 0:
-            res[k] = acc
-    if nslots == 4 and t == 0:
+    a = b = c = 0.0
+    for k in range(t, nblocks, cuda.blockDim.x):
+        a += part[k, 0]
+        if nslots > 1:
+            b += part[k, 1]
+            c += part[k, 2]
+    a, b, c = _block_sum3(sh0, sh1, sh2, a, b, c)
+    if t == 0:
+        res[0] = a
+        res[1] = b
+        res[2] = c
         res[3] = 0.0
-        for b in range(nblocks):
-            if part[b, 2] > 0:
-                res[3] = part[b, 3]
-                break
+        if nslots == 4:
+            for k in range(nblocks):
+                if part[k, 2] > 0:
+                    res[3] = part[k, 3]
+                    break
 
 
 def _finish(nblocks: int, nslots: int):
@@ -202,7 +238,10 @@ def _act_fwd_k(x, out, code, slope, one):
             out[i] = v if v > 0 else v * slope
     elif code == ACT_SIGMOID:
         for i in range(start, n, step):
-            out[i] = one / (one + math.exp(-x[i]))  # exp overflow -> inf -> 0: no NaN
+            v = x[i]
+            e = math.exp(-abs(v))                   # never overflows; NaN stays NaN
+            s = one / (one + e)
+            out[i] = s if v >= 0 else e * s         # sigmoid(-|v|) = e / (1 + e)
     elif code == ACT_TANH:
         for i in range(start, n, step):
             out[i] = math.tanh(x[i])
@@ -276,12 +315,12 @@ def _xent_fwd_k(logits, target, probs, eps, part):
             if z > v:
                 v = z
                 idx = j
-            lsum += z
+            lsum += float(z)
         y = target[r]
         ok = y >= 0 and y < c
         ly = 0.0
         if t == 0 and ok:
-            ly = logits[r, y]              # read before probs (possibly = logits) is written
+            ly = float(logits[r, y])              # read before probs (possibly = logits) is written
         idx, lsum = _block_argmax_sum(shv, shi, shs, v, idx, lsum)
         m = logits[r, idx]                 # the max in the logits' dtype: exp below runs in it
         cuda.syncthreads()                 # every thread has m before the row is overwritten
@@ -290,15 +329,15 @@ def _xent_fwd_k(logits, target, probs, eps, part):
         for j in range(t, c, nt):
             e = math.exp(logits[r, j] - m)
             probs[r, j] = e
-            s += e
+            s += float(e)
         s = _block_sum(shv, s)
         inv = 1.0 / s
         # pass 3: normalize (each thread rescales the entries it wrote)
         for j in range(t, c, nt):
-            probs[r, j] = probs[r, j] * inv
+            probs[r, j] = float(probs[r, j]) * inv
         if t == 0:
             if ok:
-                lse = m + math.log(s)
+                lse = float(m) + math.log(s)
                 loss += (1.0 - eps) * (lse - ly) + eps * (lse - lsum / c)
             else:
                 nbad += 1.0
@@ -382,19 +421,19 @@ def _wxent_fwd_k(logits, target, w, probs, eps, part):
         ok = y >= 0 and y < c
         zy = 0.0
         if t == 0 and ok:
-            zy = logits[r, y]
+            zy = float(logits[r, y])
         idx, _ = _block_argmax_sum(shv, shi, shs, v, idx, 0.0)
-        m = 0.0 + logits[r, idx]
+        m = float(logits[r, idx])
         s = 0.0
         for j in range(t, c, nt):
-            s += math.exp(logits[r, j] - m)
+            s += math.exp(float(logits[r, j]) - m)
         s = _block_sum(shv, s)             # its barriers order every read of the row before
         logs = math.log(s)                 # pass 3's writes (probs may be logits)
         acc = 0.0
         for j in range(t, c, nt):
-            lp = (logits[r, j] - m) - logs
+            lp = (float(logits[r, j]) - m) - logs
             probs[r, j] = math.exp(lp)
-            acc += w[j] * lp
+            acc += float(w[j]) * lp
         acc = _block_sum(shv, acc)
         if t == 0:
             if ok:
@@ -421,7 +460,7 @@ def _wxent_bwd_k(probs, target, w, dlogits, eps, scale):
     n, c = probs.shape
     wsum = 0.0
     for j in range(t, c, nt):
-        wsum += w[j]
+        wsum += float(w[j])
     wsum = _block_sum(sh, wsum)
     ec = eps / c
     for r in range(cuda.blockIdx.x, n, cuda.gridDim.x):
@@ -430,10 +469,10 @@ def _wxent_bwd_k(probs, target, w, dlogits, eps, scale):
         coef = (1.0 - eps) * wy + ec * wsum
         hit = (1.0 - eps) * wy
         for j in range(t, c, nt):
-            g = probs[r, j] * coef
+            g = float(probs[r, j]) * coef
             if j == y:
                 g -= hit
-            g -= ec * w[j]
+            g -= ec * float(w[j])
             dlogits[r, j] = g * scale
 
 
@@ -516,7 +555,7 @@ def _sumsq_k(a, part):
     sh = cuda.shared.array(_SMEM, float64)
     acc = 0.0
     for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
-        v = 0.0 + a[i]
+        v = float(a[i])
         acc += v * v
     acc = _block_sum(sh, acc)
     if cuda.threadIdx.x == 0:
@@ -528,7 +567,7 @@ def _sumabs_k(a, part):
     sh = cuda.shared.array(_SMEM, float64)
     acc = 0.0
     for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
-        acc += abs(a[i])
+        acc += abs(float(a[i]))
     acc = _block_sum(sh, acc)
     if cuda.threadIdx.x == 0:
         part[cuda.blockIdx.x, 0] = acc
@@ -541,7 +580,7 @@ def _mse_k(x, t, diff, part):
     for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
         d = x[i] - t[i]
         diff[i] = d
-        d64 = 0.0 + diff[i]                # the stored (dtype-rounded) difference, squared in f64
+        d64 = float(diff[i])               # the stored (dtype-rounded) difference, squared in f64
         acc += d64 * d64
     acc = _block_sum(sh, acc)
     if cuda.threadIdx.x == 0:
@@ -584,13 +623,13 @@ def _bce_fwd_k(x, t, pw, has_pw, last, w, has_w, part):
     sh = cuda.shared.array(_SMEM, float64)
     acc = 0.0
     for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
-        xv = 0.0 + x[i]
-        tv = 0.0 + t[i]
-        p = pw[i % last] if has_pw else 1.0
+        xv = float(x[i])
+        tv = float(t[i])
+        p = float(pw[i % last]) if has_pw else 1.0
         sp_neg, sp_pos = _softplus_pair(xv)
         per = p * tv * sp_neg + (1.0 - tv) * sp_pos
         if has_w:
-            per *= w[i]
+            per *= float(w[i])
         acc += per
     acc = _block_sum(sh, acc)
     if cuda.threadIdx.x == 0:
@@ -601,13 +640,13 @@ def _bce_fwd_k(x, t, pw, has_pw, last, w, has_w, part):
 def _bce_bwd_k(x, t, pw, has_pw, last, w, has_w, grad, scale):
     """grad = scale * w ((p t + 1 - t) sigmoid(x) - p t), sigmoid = (1 + tanh(x/2)) / 2."""
     for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
-        xv = 0.0 + x[i]
-        tv = 0.0 + t[i]
-        p = pw[i % last] if has_pw else 1.0
+        xv = float(x[i])
+        tv = float(t[i])
+        p = float(pw[i % last]) if has_pw else 1.0
         sig = 0.5 * (1.0 + math.tanh(0.5 * xv))
         g = (p * tv + 1.0 - tv) * sig - p * tv
         if has_w:
-            g *= w[i]
+            g *= float(w[i])
         grad[i] = scale * g
 
 
@@ -648,7 +687,7 @@ def _colsum_k(a, rows_per_chunk, part, out, accumulate):
     acc = 0.0
     if j < ncols:
         for i in range(r0 + ty, r1, cuda.blockDim.y):
-            acc += a[i, j]
+            acc += float(a[i, j])
     sh[ty, tx] = acc
     cuda.syncthreads()
     if ty == 0 and j < ncols:
@@ -656,7 +695,7 @@ def _colsum_k(a, rows_per_chunk, part, out, accumulate):
         for k in range(cuda.blockDim.y):
             s += sh[k, tx]
         if cuda.gridDim.y == 1:
-            out[j] = out[j] + s if accumulate else s
+            out[j] = float(out[j]) + s if accumulate else s
         else:
             part[cuda.blockIdx.y * ncols + j] = s
 
@@ -668,7 +707,7 @@ def _colsum_final_k(part, chunks, out, accumulate):
         s = 0.0
         for k in range(chunks):
             s += part[k * ncols + j]
-        out[j] = out[j] + s if accumulate else s
+        out[j] = float(out[j]) + s if accumulate else s
 
 
 def column_sum(a, out, accumulate):

@@ -35,8 +35,14 @@ import numpy as np
 
 from . import _dispatch
 from ._codes import ACT_LEAKY_RELU, activation_code
-from ._validate import (check_array, check_scalar, float_dtype, may_share_memory, on_device,
-                        same_memory)
+from ._validate import (
+    check_array,
+    check_scalar,
+    float_dtype,
+    may_share_memory,
+    on_device,
+    same_memory,
+)
 
 
 def _same_or_disjoint(a_name: str, a, b_name: str, b) -> None:
