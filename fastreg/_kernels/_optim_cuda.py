@@ -125,7 +125,8 @@ def _adam_kernel(p, gr, m_buf, v_buf, vmax_buf, wd, l1, l2x2, one_m_b1, b2, one_
             v = b2 * v_buf[i] + one_m_b2 * (g * g)
             m_buf[i] = m
             v_buf[i] = v
-            vm = max(v, vmax_buf[i])
+            vm = vmax_buf[i]
+            vm = vm if vm > v else v  # noqa: FURB136 (max(v, vm): the builtin fails in CUDA typing)
             vmax_buf[i] = vm
             p[i] = w * decay - step_size * (m / (math.sqrt(vm) * inv_bc2_sqrt + eps))
 
