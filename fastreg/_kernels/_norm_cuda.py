@@ -7,6 +7,9 @@ None for an absent optional vector; Python floats for eps/momentum and bools for
 Numerics follow _norm_numba.py: statistics and parameter-gradient sums are float64 (forward sums
 of x - x[0, c] resp. x - x[n, 0], a one-sample shift that keeps E[d^2] - E[d]^2 well conditioned),
 elementwise maths is in the data dtype T with the float64 mean entering as a hi + lo pair.
+Products of a T element with a float64 value cast the element explicitly (np.float64(w[c]) * r):
+on the GPU numba promotes anyway, but the simulator runs NumPy scalars, where float32 * Python
+float stays float32.
 
 Kernel design (every block is 32 x 8 = 256 threads: threadIdx.x = one of 32 consecutive
 columns, so each warp reads 32 consecutive elements of one row -> coalesced 128 B / 256 B)
@@ -240,13 +243,14 @@ def _bn_train_stats(x, weight, bias, running_mean, running_var, save_mean, save_
             save_mean[c] = mean
             save_rstd[c] = rstd
             if has_running:
-                running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean
-                running_var[c] = ((1.0 - momentum) * running_var[c]
+                running_mean[c] = ((1.0 - momentum) * np.float64(running_mean[c])
+                                   + momentum * mean)
+                running_var[c] = ((1.0 - momentum) * np.float64(running_var[c])
                                   + momentum * var * N / (N - 1.0))
             mh = T(mean)
             coef[c] = mh
             coef[C + c] = mean - mh
-            coef[2 * C + c] = rstd * weight[c] if has_weight else rstd
+            coef[2 * C + c] = rstd * np.float64(weight[c]) if has_weight else rstd
             coef[3 * C + c] = bias[c] if has_bias else T(0.0)
 
 
@@ -273,7 +277,7 @@ def _bn_eval(x, weight, bias, running_mean, running_var, out, has_weight, has_bi
     if c < C:
         rstd = 1.0 / math.sqrt(np.float64(running_var[c]) + eps)
         m = running_mean[c]
-        sc = T(rstd * weight[c]) if has_weight else T(rstd)
+        sc = T(rstd * np.float64(weight[c])) if has_weight else T(rstd)
         sh = bias[c] if has_bias else T(0.0)
         for n in range(cuda.blockIdx.y * TY + cuda.threadIdx.y, N, cuda.gridDim.y * TY):
             out[n, c] = (x[n, c] - m) * sc + sh
@@ -349,7 +353,7 @@ def _bn_eval_backward(dy, x, weight, running_mean, running_var, dx, dweight, dbi
     if c < C:
         r = 1.0 / math.sqrt(np.float64(running_var[c]) + eps)
         m = running_mean[c]
-        scale = T(weight[c] * r) if has_weight else T(r)
+        scale = T(np.float64(weight[c]) * r) if has_weight else T(r)
         if reduce:
             for n in range((g * N) // R + cuda.threadIdx.y, ((g + 1) * N) // R, TY):
                 gy = dy[n, c]
