@@ -236,7 +236,8 @@ def _bn_train_stats(x, weight, bias, running_mean, running_var, save_mean, save_
             inv_n = 1.0 / N
             m = t1 * inv_n
             var = t2 * inv_n - m * m
-            if var < 0.0:       # (not max(): the CUDA target's max() fails to compile)
+            # not max(): numba 0.68's CUDA target fails to compile max() of two floats
+            if var < 0.0:  # noqa: PLR1730
                 var = 0.0
             mean = np.float64(x[0, c]) + m
             rstd = 1.0 / math.sqrt(var + eps)
@@ -403,7 +404,7 @@ def _ln_forward(x, weight, bias, out, save_mean, save_rstd, has_weight, has_bias
         if n < N:
             m = t1 * inv_c
             var = t2 * inv_c - m * m
-            if var < 0.0:
+            if var < 0.0:  # noqa: PLR1730 (see _bn_train_stats)
                 var = 0.0
             mean = np.float64(x[n, 0]) + m
             mh = T(mean)
