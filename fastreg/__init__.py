@@ -20,13 +20,14 @@ from ._random import Generator, initial_seed, manual_seed
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("nn", "optim", "data", "train", "inference", "io")
+_SUBMODULES = ("nn", "optim", "data", "train", "inference", "io", "cuda")
 #: Names re-exported from fastreg.io, imported on first access.
 _IO_NAMES = ("save", "load", "ModelFileError", "from_torch_state_dict")
 
 __all__ = [
     "Generator",
     "ModelFileError",
+    "cuda",
     "data",
     "from_torch_state_dict",
     "get_backend",

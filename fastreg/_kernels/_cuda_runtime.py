@@ -74,7 +74,9 @@ def require() -> None:
             try:
                 len(mod.gpus)  # touches the driver; its error says why
             except Exception as exc:  # noqa: BLE001
-                why = f" ({type(exc).__name__}: {str(exc).strip().splitlines()[0]})"
+                detail = " ".join(str(exc).split())
+                detail = detail if len(detail) <= 160 else detail[:157] + "..."
+                why = f" ({type(exc).__name__}: {detail})"
     except ImportError as exc:
         why = f" ({exc})"
     raise RuntimeError(NO_DEVICE_MESSAGE.format(why=why))
@@ -158,3 +160,34 @@ def synchronize() -> None:
     """Wait for every launched kernel to finish (for timing)."""
     if not simulator():
         cuda().synchronize()
+
+
+def copy_into(dst, src) -> None:
+    """Copy ``src`` into ``dst`` (same shape), wherever each lives: host<->device, device<->device.
+
+    Host sources are cast to ``dst``'s dtype first; device sources must already match it.
+    """
+    if is_device_array(dst):
+        if is_device_array(src):
+            if src.dtype != dst.dtype:
+                raise TypeError(f"cannot copy a {src.dtype} device array into a {dst.dtype} one")
+            dst.copy_to_device(src)
+        else:
+            dst.copy_to_device(np.ascontiguousarray(np.asarray(src), dtype=dst.dtype))
+    elif is_device_array(src):
+        if src.dtype == dst.dtype and dst.flags.c_contiguous:
+            src.copy_to_host(dst)
+        else:
+            dst[...] = src.copy_to_host()
+    else:
+        dst[...] = np.asarray(src).astype(dst.dtype, copy=False)
+
+
+def empty_like_place(like, shape, dtype):
+    """An uninitialized array of ``shape``/``dtype`` where ``like`` lives (host or device)."""
+    return empty(shape, dtype) if is_device_array(like) else np.empty(shape, dtype=dtype)
+
+
+def zeros_like_place(like, shape, dtype):
+    """A zero-filled array of ``shape``/``dtype`` where ``like`` lives (host or device)."""
+    return zeros(shape, dtype) if is_device_array(like) else np.zeros(shape, dtype=dtype)

@@ -14,7 +14,8 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import _config, _random
-from .._kernels import _codes
+from .._kernels import _codes, _cuda_runtime
+from .._kernels._cuda_runtime import is_device_array
 from .._kernels import dropout as _dropout
 from .._kernels import elementwise as _elementwise
 from .._kernels import matmul as _matmul
@@ -51,19 +52,29 @@ def _resolve_dtype(dtype) -> np.dtype:
 
 
 def _check_input(layer: Module, x, dtype: np.dtype, min_ndim: int = 1) -> np.ndarray:
-    """x as a C-contiguous array of the layer's dtype, or a clear error naming the layer."""
-    if not isinstance(x, np.ndarray):
+    """x as a C-contiguous array of the layer's dtype, or a clear error naming the layer.
+
+    On a layer moved to the GPU a host batch is copied in (``Module._place_input``).
+    """
+    if not isinstance(x, np.ndarray) and not is_device_array(x):
         raise TypeError(f"{layer._describe()}: input must be a numpy.ndarray, "
                         f"got {type(x).__name__}")
+    x = layer._place_input(x)
     if x.dtype != dtype:
         raise TypeError(f"{layer._describe()}: input has dtype {x.dtype} but the layer's dtype "
                         f"is {dtype}; cast the input with x.astype(numpy.{dtype})")
     if x.ndim < min_ndim:
         raise ValueError(f"{layer._describe()}: input must have at least {min_ndim} "
                          f"dimension(s), got shape {x.shape}")
-    if not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)
-    return x
+    return _contiguous(layer, "input", x)
+
+
+def _contiguous(layer: Module, what: str, a):
+    if isinstance(a, np.ndarray):
+        return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+    if a.size and not a.is_c_contiguous():
+        raise ValueError(f"{layer._describe()}: {what} must be a C-contiguous device array")
+    return a
 
 
 def _input_float_dtype(x) -> np.dtype:
@@ -73,18 +84,22 @@ def _input_float_dtype(x) -> np.dtype:
 
 
 def _check_grad(layer: Module, dy, shape: tuple, dtype: np.dtype) -> np.ndarray:
-    if not isinstance(dy, np.ndarray):
+    """dy where the forward ran (a host gradient for a GPU layer is copied in)."""
+    if not isinstance(dy, np.ndarray) and not is_device_array(dy):
         raise TypeError(f"{layer._describe()}: grad_output must be a numpy.ndarray, "
                         f"got {type(dy).__name__}")
+    if layer._on_gpu and isinstance(dy, np.ndarray):
+        dy = _cuda_runtime.to_device(dy)
+    elif not layer._on_gpu and is_device_array(dy):
+        raise ValueError(f"{layer._describe()}: grad_output is a CUDA device array but the "
+                         "forward pass ran on the CPU")
     if dy.shape != shape:
         raise ValueError(f"{layer._describe()}: grad_output has shape {dy.shape}, the last "
                          f"forward output had shape {shape}")
     if dy.dtype != dtype:
         raise TypeError(f"{layer._describe()}: grad_output has dtype {dy.dtype}, "
                         f"expected {dtype}")
-    if not dy.flags.c_contiguous:
-        dy = np.ascontiguousarray(dy)
-    return dy
+    return _contiguous(layer, "grad_output", dy)
 
 
 def _init_module():
@@ -165,15 +180,16 @@ class Linear(Module):
         """``y = act(x W^T + b)``; ``activation`` is a ``_codes.ACT_*`` (Sequential's fusion)."""
         W = self.weight.data
         x = _check_input(self, x, W.dtype)
-        if x.shape[-1] != self.in_features:
+        shape = tuple(x.shape)      # (a plain tuple: device arrays' shapes may not be)
+        if shape[-1] != self.in_features:
             raise ValueError(f"{self._describe()}: input has shape {x.shape}, expected "
                              f"(N, {self.in_features}) (in_features={self.in_features})")
         x2 = x.reshape(-1, self.in_features)
         out = self._buffer("out", (x2.shape[0], self.out_features), W.dtype)
         b = None if self.bias is None else self.bias.data
         _matmul.linear_forward(x2, W, b, out, activation=activation, slope=slope)
-        self._cache = (x2, x.shape, out, activation, slope)
-        return out.reshape(*x.shape[:-1], self.out_features) if x.ndim != 2 else out
+        self._cache = (x2, shape, out, activation, slope)
+        return out.reshape(*shape[:-1], self.out_features) if x.ndim != 2 else out
 
     def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
         x2, in_shape, y, act, slope = self._require_cache()
@@ -189,7 +205,7 @@ class Linear(Module):
         if W.requires_grad:
             _matmul.linear_backward_weight(dy, x2, W.grad_buffer(), db, accumulate=True)
         elif db is not None:
-            db += dy.sum(axis=0)
+            _elementwise.column_sum(dy, db, accumulate=True)
         if not input_grad:
             return None
         dx = self._buffer("dx", x2.shape, y.dtype)
@@ -273,8 +289,8 @@ class BatchNorm1d(Module):
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
-            self.running_mean.fill(0)
-            self.running_var.fill(1)
+            _elementwise.fill(self.running_mean, 0.0)
+            _elementwise.fill(self.running_var, 1.0)
             self.num_batches_tracked.fill(0)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -320,13 +336,8 @@ class BatchNorm1d(Module):
         dx = self._buffer("dx", x.shape, dt)
         if mean is None:
             # eval-mode statistics are constants: y = gamma*(x - rm)*r + beta, r = 1/sqrt(rv+eps)
-            r = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
-            if dgamma is not None:
-                dgamma += ((dy * ((x - self.running_mean) * r)).sum(axis=0)).astype(dt)
-            if dbeta is not None:
-                dbeta += dy.sum(axis=0)
-            scale = r if gamma is None else gamma * r
-            np.multiply(dy, scale.astype(dt), out=dx)
+            _norm.batchnorm_backward_eval(dy, x, gamma, self.running_mean, self.running_var, dx,
+                                          dgamma, dbeta, eps=self.eps, accumulate=True)
         else:
             _norm.batchnorm_backward(dy, x, gamma, mean, rstd, dx, dgamma, dbeta,
                                      accumulate=True)
@@ -383,7 +394,7 @@ class LayerNorm(Module):
         dt = self._dtype
         C = self.normalized_shape[0]
         x = _check_input(self, x, dt)
-        if x.shape[-1] != C:
+        if tuple(x.shape)[-1] != C:
             raise ValueError(f"{self._describe()}: input has shape {x.shape}, expected "
                              f"(*, {C}) (normalized_shape={self.normalized_shape})")
         x2 = x.reshape(-1, C)
@@ -394,7 +405,7 @@ class LayerNorm(Module):
         mean = self._buffer("save_mean", (N,), dt)
         rstd = self._buffer("save_rstd", (N,), dt)
         _norm.layernorm_forward(x2, gamma, beta, out, mean, rstd, eps=self.eps)
-        self._cache = (x2, x.shape, mean, rstd)
+        self._cache = (x2, tuple(x.shape), mean, rstd)
         return out.reshape(x.shape)
 
     def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
@@ -454,7 +465,7 @@ class Dropout(Module):
             return x
         out = self._buffer("out", x.shape, x.dtype)
         if not self.training:                      # classic form at inference: scale by 1 - p
-            np.multiply(x, x.dtype.type(1.0 - p), out=out)
+            _elementwise.scale(x, out, 1.0 - p)
             self._cache = ("scale", x.shape, x.dtype)
             return out
         n = x.size
@@ -475,7 +486,7 @@ class Dropout(Module):
             return dy
         dx = self._buffer("dx", shape, dt)
         if kind == "scale":
-            np.multiply(dy, dt.type(1.0 - self.p), out=dx)
+            _elementwise.scale(dy, dx, 1.0 - self.p)
         else:
             _dropout.dropout_backward(dy, cache[3], dx, cache[4])
         return dx
@@ -565,7 +576,12 @@ class LeakyReLU(_Activation):
         if not input_grad:
             return None
         dx = self._buffer("dx", y.shape, y.dtype)
-        np.multiply(dy, np.where(x > 0, 1, self.negative_slope).astype(y.dtype), out=dx)
+        # dy * ([x > 0] + slope [x <= 0]): the output-based kernel evaluated on the input x (the
+        # public wrapper refuses slope <= 0 because it assumes y; shapes are checked above)
+        from .._kernels import _dispatch
+        fn = _dispatch.kernel("elementwise", "activation_backward", device=self._on_gpu)
+        fn(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), _codes.ACT_LEAKY_RELU,
+           self.negative_slope)
         return dx
 
 
@@ -596,21 +612,27 @@ class Flatten(Module):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        if not isinstance(x, np.ndarray):
+        if not isinstance(x, np.ndarray) and not is_device_array(x):
             raise TypeError(f"{self._describe()}: input must be a numpy.ndarray, "
                             f"got {type(x).__name__}")
+        x = _contiguous(self, "input", self._place_input(x))
         nd = max(x.ndim, 1)
         s = self.start_dim + nd if self.start_dim < 0 else self.start_dim
         e = self.end_dim + nd if self.end_dim < 0 else self.end_dim
         if not (0 <= s < nd and 0 <= e < nd) or s > e:
             raise ValueError(f"{self._describe()}: cannot flatten dims {self.start_dim}.."
                              f"{self.end_dim} of an input with shape {x.shape}")
-        self._cache = x.shape
-        return x.reshape(*x.shape[:s], -1, *x.shape[e + 1:])
+        self._cache = tuple(x.shape)
+        shape = tuple(x.shape)
+        return x.reshape(*shape[:s], -1, *shape[e + 1:])
 
     def backward(self, grad_output, *, input_grad: bool = True):
         shape = self._require_cache()
-        return np.reshape(grad_output, shape) if input_grad else None
+        if not input_grad:
+            return None
+        if is_device_array(grad_output):
+            return _contiguous(self, "grad_output", grad_output).reshape(shape)
+        return np.reshape(grad_output, shape)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,13 +3,20 @@
 Calling a loss returns a Python float and caches what its gradient needs; ``backward()`` returns
 dL/dinput of the last call (an array the loss owns and reuses: feed it to ``model.backward``
 right away). Shapes: N samples, C classes.
+
+On the GPU (input a CUDA device array) the loss runs in CUDA kernels; host targets are checked on
+the host and copied in (device targets are copied out once to be checked: an out-of-range class
+index must never reach a kernel), and the returned float is the one scalar copied back.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .. import _config
 from .._config import FLOAT_DTYPES
+from .._kernels import _cuda_runtime
 from .._kernels import elementwise as _elementwise
+from .._kernels._cuda_runtime import is_device_array
 from .module import Module
 
 __all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss", "MSELoss"]
@@ -24,9 +31,10 @@ def _check_reduction(reduction: str) -> str:
 
 
 def _check_logits(loss: Module, x, ndim=None) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
+    if not isinstance(x, np.ndarray) and not is_device_array(x):
         raise TypeError(f"{type(loss).__name__}: input must be a numpy.ndarray, "
                         f"got {type(x).__name__}")
+    x = loss._place_input(x)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{type(loss).__name__}: input must have dtype float32 or float64, "
                         f"got {x.dtype}")
@@ -35,7 +43,26 @@ def _check_logits(loss: Module, x, ndim=None) -> np.ndarray:
                          f"{x.shape}")
     if x.size == 0:
         raise ValueError(f"{type(loss).__name__}: input is empty (shape {x.shape})")
+    if is_device_array(x):
+        if not x.is_c_contiguous():
+            raise ValueError(f"{type(loss).__name__}: input must be a C-contiguous device array")
+        return x
     return np.ascontiguousarray(x)
+
+
+def _target_like(loss: Module, x, target, what: str = "target"):
+    """``target`` as an array of x's dtype where x lives (shape checked by the caller)."""
+    if is_device_array(x):
+        if is_device_array(target):
+            if target.dtype != x.dtype:
+                raise TypeError(f"{type(loss).__name__}: {what} is a {target.dtype} device "
+                                f"array, expected {x.dtype} like the input")
+            return target
+        return _cuda_runtime.to_device(np.asarray(target), dtype=x.dtype)
+    if is_device_array(target):
+        raise ValueError(f"{type(loss).__name__}: {what} is a CUDA device array but the input "
+                         "is a host array")
+    return np.asarray(target).astype(x.dtype, copy=False)
 
 
 class _Loss(Module):
@@ -48,7 +75,20 @@ class _Loss(Module):
         return "" if self.reduction == "mean" else f"reduction={self.reduction!r}"
 
     def __call__(self, input, target) -> float:
+        if _config.get_backend() == "cuda" and self._device != "cuda":
+            self.to("cuda")
         return self.forward(input, target)
+
+    def to(self, device: str) -> Module:
+        """Run on ``device``; the class / element weights stay host arrays (small settings; a
+        device copy is made once when a GPU input first needs it)."""
+        from .module import _check_device
+        dev = _check_device(device)
+        if dev == "cuda":
+            _cuda_runtime.require()
+        object.__setattr__(self, "_device", dev)
+        self._out_buffers.clear()
+        return self
 
 
 class CrossEntropyLoss(_Loss):
@@ -93,7 +133,7 @@ class CrossEntropyLoss(_Loss):
 
     def _check_target(self, logits: np.ndarray, target) -> np.ndarray:
         N, C = logits.shape
-        t = np.asarray(target)
+        t = np.asarray(_cuda_runtime.to_host(target))
         if t.dtype.kind not in "iub":
             raise TypeError(f"CrossEntropyLoss: target must hold integer class indices, got "
                             f"dtype {t.dtype} (probability targets are not supported)")
@@ -107,7 +147,18 @@ class CrossEntropyLoss(_Loss):
         if self.weight is not None and self.weight.shape != (C,):
             raise ValueError(f"CrossEntropyLoss: weight has shape {self.weight.shape}, expected "
                              f"({C},) for input {logits.shape}")
+        if is_device_array(logits):
+            ok = is_device_array(target) and target.dtype == np.int64 and target.shape == (N,)
+            return target if ok else _cuda_runtime.to_device(t)
         return t
+
+    def _device_weight(self):
+        """The class weights (float64) on the device, copied once per weight array."""
+        cached = self.__dict__.get("_weight_dev")
+        if cached is None or cached[0] is not self.weight:
+            cached = (self.weight, _cuda_runtime.to_device(self.weight))
+            object.__setattr__(self, "_weight_dev", cached)
+        return cached[1]
 
     def forward(self, input: np.ndarray, target) -> float:
         z = _check_logits(self, input, ndim=2)
@@ -122,6 +173,12 @@ class CrossEntropyLoss(_Loss):
                 loss *= N
             self._cache = (probs, t, None)
             return loss
+        if is_device_array(z):
+            total, denom = _elementwise.softmax_xent_weighted_forward(
+                z, t, self._device_weight(), probs, eps)
+            denom = denom if self.reduction == "mean" else 1.0
+            self._cache = (probs, t, denom)
+            return float(total / denom)
         # weighted: NumPy in float64 (torch's formula, including label smoothing)
         w = self.weight
         z64 = z.astype(np.float64)
@@ -147,6 +204,10 @@ class CrossEntropyLoss(_Loss):
             _elementwise.softmax_cross_entropy_backward(probs, t, grad, label_smoothing=eps,
                                                         grad_scale=scale)
             return grad
+        if is_device_array(probs):
+            _elementwise.softmax_xent_weighted_backward(probs, t, self._device_weight(), grad,
+                                                        eps, 1.0 / denom)
+            return grad
         # weighted: d/dz of (1-eps) w_y nll + eps/C sum_c w_c (-log p_c), over denom
         w = self.weight
         wy = w[t]
@@ -165,14 +226,19 @@ class MSELoss(_Loss):
 
     def forward(self, input: np.ndarray, target) -> float:
         x = _check_logits(self, input)
-        t = np.asarray(target)
-        if t.shape != x.shape:
-            raise ValueError(f"MSELoss: target shape {t.shape} does not match input shape "
+        shape = tuple(getattr(target, "shape", np.shape(target)))
+        if shape != x.shape:
+            raise ValueError(f"MSELoss: target shape {shape} does not match input shape "
                              f"{x.shape}")
+        t = _target_like(self, x, target)
         diff = self._buffer("diff", x.shape, x.dtype)
-        np.subtract(x, t.astype(x.dtype, copy=False), out=diff)
-        d = diff.ravel()
-        total = float(np.dot(d.astype(np.float64, copy=False), d.astype(np.float64, copy=False)))
+        if is_device_array(x):
+            total = _elementwise.mse_forward(x, t, diff)
+        else:
+            np.subtract(x, t, out=diff)
+            d = diff.ravel()
+            total = float(np.dot(d.astype(np.float64, copy=False),
+                                 d.astype(np.float64, copy=False)))
         n = x.size
         self._cache = diff
         return total / n if self.reduction == "mean" else total
@@ -181,7 +247,7 @@ class MSELoss(_Loss):
         diff = self._require_cache()
         grad = self._buffer("grad", diff.shape, diff.dtype)
         scale = 2.0 / diff.size if self.reduction == "mean" else 2.0
-        np.multiply(diff, diff.dtype.type(scale), out=grad)
+        _elementwise.scale(diff, grad, scale)
         return grad
 
 
@@ -203,12 +269,34 @@ class BCEWithLogitsLoss(_Loss):
         self.register_buffer("pos_weight", None if pos_weight is None
                              else np.asarray(pos_weight, dtype=np.float64))
 
+    def _device_weights(self, shape):
+        """(pos_weight, weight) on the device, broadcast to (C,) and the input's shape, copied
+        once per (weights, shape)."""
+        key = (self.pos_weight, self.weight, shape)
+        cached = self.__dict__.get("_weights_dev")
+        if cached is None or any(a is not b for a, b in zip(cached[0][:2], key[:2])) \
+                or cached[0][2] != shape:
+            pw = None if self.pos_weight is None else _cuda_runtime.to_device(
+                np.broadcast_to(self.pos_weight, shape[-1:]))
+            w = None if self.weight is None else _cuda_runtime.to_device(
+                np.broadcast_to(self.weight, shape))
+            cached = (key, (pw, w))
+            object.__setattr__(self, "_weights_dev", cached)
+        return cached[1]
+
     def forward(self, input: np.ndarray, target) -> float:
         x = _check_logits(self, input)
-        t = np.asarray(target)
-        if t.shape != x.shape:
-            raise ValueError(f"BCEWithLogitsLoss: target shape {t.shape} does not match input "
+        shape = tuple(getattr(target, "shape", np.shape(target)))
+        if shape != x.shape:
+            raise ValueError(f"BCEWithLogitsLoss: target shape {shape} does not match input "
                              f"shape {x.shape}")
+        if is_device_array(x):
+            t = _target_like(self, x, target)
+            pw, w = self._device_weights(x.shape)
+            total = _elementwise.bce_with_logits_forward(x, t, pw, w)
+            self._cache = ("device", x, t)
+            return total / x.size if self.reduction == "mean" else total
+        t = np.asarray(target)
         x64 = x.astype(np.float64)
         t64 = t.astype(np.float64)
         # log sigma(x) = -softplus(-x), log(1 - sigma(x)) = -softplus(x); softplus stable form
@@ -223,7 +311,15 @@ class BCEWithLogitsLoss(_Loss):
         return total / x.size if self.reduction == "mean" else total
 
     def backward(self, grad_output=None, *, input_grad: bool = True) -> np.ndarray:
-        x64, t64, dt = self._require_cache()
+        cache = self._require_cache()
+        if isinstance(cache[0], str):      # ("device", x, t)
+            _, x, t = cache
+            grad = self._buffer("grad", x.shape, x.dtype)
+            pw, w = self._device_weights(x.shape)
+            scale = 1.0 / x.size if self.reduction == "mean" else 1.0
+            _elementwise.bce_with_logits_backward(x, t, pw, w, grad, scale)
+            return grad
+        x64, t64, dt = cache
         sig = 0.5 * (1.0 + np.tanh(0.5 * x64))          # overflow-free sigmoid
         pw = 1.0 if self.pos_weight is None else self.pos_weight
         g = (pw * t64 + 1 - t64) * sig - pw * t64

@@ -27,7 +27,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from .. import _config
+from .._kernels import _cuda_runtime
+from .._kernels._cuda_runtime import is_device_array
 from .parameter import Parameter
+
+#: Device names ``Module.to`` accepts ("cuda:0" is "cuda": fastreg uses the current device).
+DEVICES = ("cpu", "cuda")
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
@@ -51,6 +57,10 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "_out_buffers", {})
+        # where this module's work runs: "cpu", "cuda", or None = wherever the input is
+        # (parameter-free layers never moved); _on_gpu: where the last forward's input was
+        object.__setattr__(self, "_device", None)
+        object.__setattr__(self, "_on_gpu", False)
 
     # -- registration -------------------------------------------------------------------------
     def __setattr__(self, name, value):
@@ -73,7 +83,8 @@ class Module:
                                 "(a fastreg.nn.Parameter or None is required)")
             params[name] = None
         elif name in buffers:
-            if value is not None and not isinstance(value, np.ndarray):
+            if value is not None and not isinstance(value, np.ndarray) \
+                    and not is_device_array(value):
                 raise TypeError(f"cannot assign {type(value).__name__} as buffer {name!r}")
             buffers[name] = value
         elif name in modules:
@@ -111,7 +122,8 @@ class Module:
 
         Persistent buffers appear in :meth:`state_dict`.
         """
-        if tensor is not None and not isinstance(tensor, np.ndarray):
+        if tensor is not None and not isinstance(tensor, np.ndarray) \
+                and not is_device_array(tensor):
             raise TypeError(f"buffer {name!r} must be a numpy.ndarray or None, "
                             f"got {type(tensor).__name__}")
         self.__dict__.pop(name, None)
@@ -207,11 +219,73 @@ class Module:
         The default differs from torch (``set_to_none=True``) on purpose: an optimizer may have
         pointed ``p.grad`` at a view of its flat gradient buffer, which must stay in place.
         """
+        from .._kernels import elementwise
         for p in self.parameters():
             if set_to_none:
                 p.grad = None
             elif p.grad is not None:
-                p.grad.fill(0)
+                elementwise.fill(p.grad, 0.0)
+
+    # -- device -------------------------------------------------------------------------------
+    def to(self, device: str) -> Module:
+        """Move parameters, gradients and floating buffers to ``device`` ("cpu" or "cuda").
+
+        In place, as torch: the Parameter objects stay the same (an optimizer built earlier
+        follows them on its next step), only their arrays move. On "cuda" every forward and
+        backward then runs on the GPU and returns device arrays; a host input batch is copied
+        in by the first layer. ``num_batches_tracked`` (an integer counter) stays on the host.
+        Raises RuntimeError when no CUDA device is found. Returns self.
+        """
+        dev = _check_device(device)
+        if dev == "cuda":
+            _cuda_runtime.require()
+        for m in self.modules():
+            for p in m._parameters.values():
+                if p is None:
+                    continue
+                p.data = _move(p.data, dev)
+                if p.grad is not None:
+                    p.grad = _move(p.grad, dev)
+            for name, b in m._buffers.items():
+                if b is not None and np.dtype(b.dtype).kind == "f":
+                    m._buffers[name] = _move(b, dev)
+            m._out_buffers.clear()
+            object.__setattr__(m, "_device", dev)
+            object.__setattr__(m, "_on_gpu", dev == "cuda")
+            for attr in ("_cache",):
+                if attr in m.__dict__:
+                    object.__setattr__(m, attr, None)
+        return self
+
+    def cuda(self) -> Module:
+        """``self.to("cuda")``."""
+        return self.to("cuda")
+
+    def cpu(self) -> Module:
+        """``self.to("cpu")``."""
+        return self.to("cpu")
+
+    @property
+    def device(self) -> str:
+        """"cuda" if the parameters live on the GPU, else "cpu" (parameter-free: where moved)."""
+        for p in self.parameters():
+            return "cuda" if p.is_cuda else "cpu"
+        return self._device or "cpu"
+
+    def _place_input(self, x):
+        """The input, on this module's device: a host batch is copied to a CUDA module (the
+        "input in" copy); a device array given to a host module is an error. Records where this
+        call's work runs (``_buffer`` allocates there)."""
+        on_gpu = is_device_array(x)
+        if self._device == "cuda" and not on_gpu and isinstance(x, np.ndarray):
+            x = _cuda_runtime.to_device(x)
+            on_gpu = True
+        elif self._device == "cpu" and on_gpu:
+            raise ValueError(f"{self._describe()}: the input is a CUDA device array but the "
+                             "module is on the CPU; call model.to('cuda') first (or pass "
+                             "fastreg.cuda.to_host(x))")
+        object.__setattr__(self, "_on_gpu", on_gpu)
+        return x
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self, destination=None, prefix: str = "") -> OrderedDict[str, np.ndarray]:
@@ -225,10 +299,10 @@ class Module:
             pre = f"{mprefix}." if mprefix else ""
             for name, p in m._parameters.items():
                 if p is not None:
-                    out[pre + name] = p.data.copy()
+                    out[pre + name] = _host_copy(p.data)
             for name, b in m._buffers.items():
                 if b is not None and name not in m._non_persistent:
-                    out[pre + name] = b.copy()
+                    out[pre + name] = _host_copy(b)
         return out
 
     def load_state_dict(self, state_dict, strict: bool = True):
@@ -263,7 +337,7 @@ class Module:
         for key, dst in targets.items():
             if key not in state_dict:
                 continue
-            src = np.asarray(state_dict[key])
+            src = np.asarray(_cuda_runtime.to_host(state_dict[key]))
             if src.shape != dst.shape:
                 errors.append(f"size mismatch for {key}: copying a param with shape {src.shape} "
                               f"from checkpoint, the shape in current model is {dst.shape}")
@@ -273,8 +347,7 @@ class Module:
             raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
                                + "\n\t".join(errors))
         for key, src in values.items():
-            dst = targets[key]
-            dst[...] = src.astype(dst.dtype, copy=False)
+            _cuda_runtime.copy_into(targets[key], src)
         return _IncompatibleKeys(missing, unexpected)
 
     # -- compute ------------------------------------------------------------------------------
@@ -286,34 +359,39 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         depth = getattr(_local, "depth", 0)
+        if depth == 0 and _config.get_backend() == "cuda" and self._device != "cuda":
+            self.to("cuda")    # set_backend("cuda"): models run on the GPU from their first call
         _local.depth = depth + 1
         try:
             out = self.forward(*args, **kwargs)
         finally:
             _local.depth = depth
-        if depth == 0 and isinstance(out, np.ndarray) and args \
-                and isinstance(args[0], np.ndarray) and not np.may_share_memory(out, args[0]):
-            out = out.copy()   # the caller keeps it; the module reuses its buffer next call
+        if depth == 0 and args and _is_owned_result(out, args[0]):
+            out = _copy(out)   # the caller keeps it; the module reuses its buffer next call
         return out
 
     def _buffer(self, key: str, shape: tuple, dtype) -> np.ndarray:
         """A module-owned output/scratch array of ``shape``, reused across calls.
 
-        Backed by one flat array per ``key`` that only grows, so a smaller batch (the last of
+        On the GPU when this call's input is (``_place_input``). Backed by one flat array per
+        ``key`` that only grows, so a smaller batch (the last of
         an epoch) or a return to the training batch after validation allocates nothing: the
         result is a C-contiguous view of the first ``prod(shape)`` elements.
         """
+        gpu = self._on_gpu
         entry = self._out_buffers.get(key)
-        if entry is not None and entry[1].shape == shape and entry[1].dtype == dtype:
+        if entry is not None and entry[1].shape == shape and entry[1].dtype == dtype \
+                and entry[2] == gpu:
             return entry[1]                       # steady state: same shape as last call
         n = 1
         for d in shape:
             n *= d
-        flat = None if entry is None else entry[0]
+        flat = None if entry is None or entry[2] != gpu else entry[0]
         if flat is None or flat.size < n or flat.dtype != dtype:
-            flat = np.empty(max(n, 1), dtype=dtype)
+            flat = _cuda_runtime.empty(max(n, 1), dtype) if gpu \
+                else np.empty(max(n, 1), dtype=dtype)
         view = flat[:n].reshape(shape)
-        self._out_buffers[key] = (flat, view)
+        self._out_buffers[key] = (flat, view, gpu)
         return view
 
     def _require_cache(self, attr: str = "_cache"):
@@ -349,3 +427,41 @@ class Module:
     def __dir__(self):
         return sorted(set(super().__dir__()) | set(self._parameters) | set(self._buffers)
                       | set(self._modules))
+
+
+def _check_device(device) -> str:
+    name = device if isinstance(device, str) else None
+    if name is not None and name.startswith("cuda:"):
+        name = "cuda"
+    if name not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    return name
+
+
+def _move(a, device: str):
+    """``a`` on ``device`` (the same object when already there)."""
+    if device == "cuda":
+        return a if is_device_array(a) else _cuda_runtime.to_device(a)
+    return _cuda_runtime.to_host(a)
+
+
+def _host_copy(a) -> np.ndarray:
+    return a.copy_to_host() if is_device_array(a) else a.copy()
+
+
+def _is_owned_result(out, x) -> bool:
+    """Is ``out`` an array distinct from the input ``x`` (so a module-owned buffer)?"""
+    from .._kernels._validate import may_share_memory
+    if isinstance(out, np.ndarray):
+        return not (isinstance(x, np.ndarray) and np.may_share_memory(out, x))
+    if is_device_array(out):
+        return not may_share_memory(out, x)
+    return False
+
+
+def _copy(a):
+    if isinstance(a, np.ndarray):
+        return a.copy()
+    out = _cuda_runtime.empty(a.shape, a.dtype)
+    out.copy_to_device(a)
+    return out

@@ -11,6 +11,10 @@ so that a step is one fused kernel call per group (fastreg/_kernels/optim.py), w
 of tensors. ``state_dict()`` slices the flat state back into per-parameter arrays keyed by
 parameter index with torch's state names, so a torch optimizer's state_dict (tensors converted with
 ``.numpy()``) loads, and ours loads into torch after ``torch.as_tensor``.
+
+On the GPU: when the parameters are CUDA device arrays (``model.to("cuda")``) the flat buffers are
+device arrays and the step is one CUDA kernel per group. A model moved after the optimizer was
+built is followed: the next step (or ``zero_grad``) moves the group's buffers and state across.
 """
 from __future__ import annotations
 
@@ -20,7 +24,27 @@ from typing import Any
 
 import numpy as np
 
+from .._kernels import _cuda_runtime
+from .._kernels import elementwise as _elementwise
+from .._kernels._cuda_runtime import copy_into, is_device_array
 from ..nn.parameter import Parameter
+
+
+def _alloc(n: int, dtype, gpu: bool, fill: float | None = None):
+    """A flat buffer of n elements on the host or the GPU, optionally filled."""
+    if gpu:
+        buf = _cuda_runtime.empty(n, dtype)
+        if fill is not None:
+            _elementwise.fill(buf, fill)
+        return buf
+    return np.empty(n, dtype=dtype) if fill is None else np.full(n, fill, dtype=dtype)
+
+
+def _to_place(a, gpu: bool):
+    """``a`` copied to the GPU (gpu=True) or the host, unless it is already there."""
+    if gpu:
+        return a if is_device_array(a) else _cuda_runtime.to_device(a)
+    return _cuda_runtime.to_host(a)
 
 
 class _Required:
@@ -40,6 +64,7 @@ class _FlatGroup:
         "data",
         "data_views",
         "dtype",
+        "gpu",
         "grad",
         "grad_views",
         "params",
@@ -60,36 +85,66 @@ class _FlatGroup:
         self.dtype = dtypes.pop() if dtypes else np.dtype(np.float32)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"parameters must have dtype float32 or float64, got {self.dtype}")
+        self.gpu = self._place()
         self.slices, n = [], 0
         for p in self.params:
             self.slices.append((n, n + p.data.size))
             n += p.data.size
-        self.data = np.empty(n, dtype=self.dtype)
-        self.grad = np.zeros(n, dtype=self.dtype)
+        self.state: dict[str, np.ndarray] = {}
+        self.step = 0
+        self._build(n, None)
+
+    def _place(self) -> bool:
+        """True if the group's parameters live on the GPU (all of them must agree)."""
+        places = {is_device_array(p.data) for p in self.params}
+        if len(places) > 1:
+            raise ValueError("the parameters of one param group are partly on the GPU and partly "
+                             "on the CPU; move the whole model with model.to(...)")
+        return places.pop() if places else False
+
+    def _build(self, n: int, old_grad) -> None:
+        """(Re)create the flat data/grad buffers where ``self.gpu`` says, copy every
+        parameter's current values in, and point the parameters at views of them.
+
+        ``old_grad``: the previous flat gradient (another place) for parameters whose ``grad``
+        is still a view of it."""
+        gpu = self.gpu
+        self.data = _alloc(n, self.dtype, gpu)
+        self.grad = _alloc(n, self.dtype, gpu, fill=0.0)
+        old_views = getattr(self, "grad_views", None) if old_grad is not None else None
         self.data_views, self.grad_views = [], []
-        for p, (lo, hi) in zip(self.params, self.slices):
-            self.data[lo:hi] = p.data.ravel()
-            if p.grad is not None:
-                self._copy_in(self.grad, lo, hi, p, p.grad, "grad")
+        for i, (p, (lo, hi)) in enumerate(zip(self.params, self.slices)):
             dv = self.data[lo:hi].reshape(p.data.shape)
             gv = self.grad[lo:hi].reshape(p.data.shape)
+            self._copy_in(dv, p, p.data, "data")
+            if old_views is not None and p.grad is old_views[i]:
+                copy_into(gv, old_grad[lo:hi].reshape(p.data.shape))
+            elif p.grad is not None:
+                self._copy_in(gv, p, p.grad, "grad")
             p.data, p.grad = dv, gv
             self.data_views.append(dv)
             self.grad_views.append(gv)
-        self.state: dict[str, np.ndarray] = {}
-        self.step = 0
+
+    def _migrate(self) -> None:
+        """Follow parameters moved by ``Module.to``: rebuild the buffers on their side and move
+        the optimizer state along."""
+        self.gpu = self._place()
+        self._build(self.data.shape[0], self.grad)
+        self.state = {k: _to_place(v, self.gpu) for k, v in self.state.items()}
 
     @property
     def n(self) -> int:
         return self.data.shape[0]
 
     @staticmethod
-    def _copy_in(flat, lo, hi, p, arr, what):
-        arr = np.asarray(arr)
-        if arr.size != hi - lo:
+    def _copy_in(view, p, arr, what):
+        """Copy ``arr`` (host or device, the parameter's size) into the flat-buffer view."""
+        if not is_device_array(arr):
+            arr = np.asarray(arr)
+        if arr.size != view.size:
             raise ValueError(f"{what} of {p!r} has shape {arr.shape}, expected the parameter's "
-                             f"shape {p.data.shape}")
-        flat[lo:hi] = arr.ravel()
+                             f"shape {view.shape}")
+        copy_into(view, arr.reshape(view.shape))
 
     def adopt(self, zero_grad: bool = False) -> None:
         """Take back arrays that user code re-bound (``p.data = ...``, ``p.grad = None``).
@@ -98,24 +153,25 @@ class _FlatGroup:
         cheap identity check per parameter; a re-bound array is copied into the flat buffer and
         the parameter re-pointed at its view.
         """
+        if any(is_device_array(p.data) != self.gpu for p in self.params):
+            self._migrate()                     # the model was moved to / from the GPU
         for i, p in enumerate(self.params):
-            lo, hi = self.slices[i]
             dv, gv = self.data_views[i], self.grad_views[i]
             if p.data is not dv:
-                self._copy_in(self.data, lo, hi, p, p.data, "data")
+                self._copy_in(dv, p, p.data, "data")
                 p.data = dv
             if p.grad is not gv:
                 if p.grad is None or zero_grad:
-                    self.grad[lo:hi] = 0
+                    _elementwise.fill(gv, 0.0)
                 else:
-                    self._copy_in(self.grad, lo, hi, p, p.grad, "grad")
+                    self._copy_in(gv, p, p.grad, "grad")
                 p.grad = gv
 
     def buffer(self, name: str, fill: float = 0.0) -> np.ndarray:
         """State buffer ``name``, created filled with ``fill`` the first time it is asked for."""
         buf = self.state.get(name)
         if buf is None:
-            buf = np.full(self.n, fill, dtype=self.dtype)
+            buf = _alloc(self.n, self.dtype, self.gpu, fill=fill)
             self.state[name] = buf
         return buf
 
@@ -230,7 +286,7 @@ class Optimizer:
         """
         for flat in self._flat:
             flat.adopt(zero_grad=True)
-            flat.grad.fill(0)
+            _elementwise.fill(flat.grad, 0.0)
 
     def step(self, closure: Callable[[], float] | None = None):
         """Perform one optimization step (one fused kernel call per param group).
@@ -265,9 +321,9 @@ class Optimizer:
             flat.adopt()
             w = flat.data
             if l1:
-                total += l1 * float(np.abs(w).sum(dtype=np.float64))
+                total += l1 * _elementwise.sum_abs(w)
             if l2:
-                total += l2 * float(np.dot(w, w))
+                total += l2 * _elementwise.sum_squares(w)
         return total
 
     # ----------------------------------------------------------------- state
@@ -286,7 +342,7 @@ class Optimizer:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """The optimizer state in torch's layout (arrays are copies).
+        """The optimizer state in torch's layout (arrays are host copies, also on the GPU).
 
         ``{"state": {index: {"step": float, <torch state names>: ndarray}}, "param_groups":
         [{<hyper-parameters>, "params": [indices]}]}``, indices numbering the parameters of all
@@ -303,7 +359,8 @@ class Optimizer:
             groups.append(packed)
         state = {}
         for p, st in self.state.items():
-            state[index[id(p)]] = {k: (v.copy() if isinstance(v, np.ndarray) else v)
+            state[index[id(p)]] = {k: (v.copy() if isinstance(v, np.ndarray)
+                                       else v.copy_to_host() if is_device_array(v) else v)
                                    for k, v in st.items()}
         return {"state": state, "param_groups": groups}
 
@@ -345,7 +402,7 @@ class Optimizer:
                     if name == "step":
                         steps.add(float(np.asarray(value)))
                         continue
-                    arr = np.asarray(value)
+                    arr = np.asarray(_cuda_runtime.to_host(value))
                     if arr.size != hi - lo:
                         raise ValueError(f"state {name!r} of parameter {ids[id(p)]} has shape "
                                          f"{arr.shape}, expected {p.data.shape}")
@@ -359,7 +416,8 @@ class Optimizer:
             step = int(steps.pop()) if steps else 0
             loaded.append((step, bufs))
         for gi, (flat, (step, bufs)) in enumerate(zip(self._flat, loaded)):
-            flat.step, flat.state = step, bufs
+            flat.adopt()
+            flat.step, flat.state = step, {k: _to_place(v, flat.gpu) for k, v in bufs.items()}
             new_groups[gi]["params"] = self.param_groups[gi]["params"]
         self.param_groups[:] = new_groups
 

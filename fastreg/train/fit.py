@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from .._config import FLOAT_DTYPES
+from .._kernels._cuda_runtime import to_host
 from .._kernels._validate import check_int as _check_int
 from .history import History
 
@@ -44,7 +45,9 @@ class Trainer:
 
 def accuracy_count(output: np.ndarray, target: np.ndarray) -> int:
     """Correct predictions in a batch: argmax over classes for (N, C) scores with integer
-    targets; ``output > 0`` vs ``target > 0.5`` for one logit per sample (binary)."""
+    targets; ``output > 0`` vs ``target > 0.5`` for one logit per sample (binary). GPU outputs
+    are copied to the host (the metric asks for the predictions)."""
+    output, target = to_host(output), to_host(target)
     if output.ndim == 2 and output.shape[1] > 1:
         return int(np.count_nonzero(output.argmax(axis=1) == np.asarray(target).reshape(-1)))
     return int(np.count_nonzero((output.reshape(-1) > 0) == (np.asarray(target).reshape(-1)
@@ -62,7 +65,7 @@ def _resolve_metrics(metrics, loss_fn) -> list[tuple[str, Callable]]:
             out.append(("accuracy", accuracy_count))
         elif callable(m):
             name = getattr(m, "__name__", type(m).__name__)
-            out.append((name, lambda o, t, f=m: float(f(o, t)) * len(o)))
+            out.append((name, lambda o, t, f=m: float(f(to_host(o), to_host(t))) * o.shape[0]))
         else:
             raise ValueError(f"metrics entries must be 'accuracy' or callables "
                              f"f(output, target) -> float (a batch mean), got {m!r}")
