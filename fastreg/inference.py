@@ -24,6 +24,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ._kernels import _codes
+from ._kernels._cuda_runtime import to_host
 
 __all__ = ["Predictor", "compile"]
 
@@ -43,6 +44,11 @@ def _leaves(model) -> list:
     return [model]
 
 
+def _f64(a) -> np.ndarray:
+    """A float64 host copy (parameters of a model on the GPU are copied out once, here)."""
+    return np.asarray(to_host(a), dtype=np.float64)
+
+
 def _ops(model) -> list[list]:
     """Float64 op list: ["linear", W, b, act, slope] / ["affine", s, t] / ["scale", c] /
     ["act", code, slope] / ["layernorm", module] / ["flatten"] / ["module", module]."""
@@ -52,15 +58,15 @@ def _ops(model) -> list[list]:
     for m in _leaves(model):
         t = type(m)
         if t is Linear:
-            W = m.weight.data.astype(np.float64)
-            b = (np.zeros(W.shape[0]) if m.bias is None else m.bias.data.astype(np.float64))
+            W = _f64(m.weight.data)
+            b = (np.zeros(W.shape[0]) if m.bias is None else _f64(m.bias.data))
             ops.append(["linear", W, b, _codes.ACT_IDENTITY, 0.01])
         elif t is BatchNorm1d and m.track_running_stats:
-            s = 1.0 / np.sqrt(m.running_var.astype(np.float64) + m.eps)
-            shift = -m.running_mean.astype(np.float64) * s
+            s = 1.0 / np.sqrt(_f64(m.running_var) + m.eps)
+            shift = -_f64(m.running_mean) * s
             if m.affine:
-                g = m.weight.data.astype(np.float64)
-                s, shift = s * g, shift * g + m.bias.data.astype(np.float64)
+                g = _f64(m.weight.data)
+                s, shift = s * g, shift * g + _f64(m.bias.data)
             ops.append(["affine", s, shift])
         elif t is Dropout:
             if m.mode == "classic" and m.p != 0.0:
@@ -188,8 +194,8 @@ class Predictor:
                 if self.in_features is None and feat is None:
                     self.in_features = C
                 feat = C
-                g = None if m.weight is None else np.ascontiguousarray(m.weight.data, dt)
-                b = None if m.bias is None else np.ascontiguousarray(m.bias.data, dt)
+                g = None if m.weight is None else np.ascontiguousarray(to_host(m.weight.data), dt)
+                b = None if m.bias is None else np.ascontiguousarray(to_host(m.bias.data), dt)
                 self._ops.append(("layernorm", g, b, float(m.eps)))
                 self.stages.append(f"layernorm {C}")
             elif kind == "flatten":

@@ -273,3 +273,13 @@ def test_gpu_check_script_smoke_in_simulator():
     assert r.returncode == 0, r.stdout + r.stderr
     assert "FAIL" not in r.stdout
     assert r.stdout.count("ok (") >= 14, r.stdout
+
+
+def test_inference_compile_of_a_gpu_model_gives_a_host_predictor():
+    dt = np.float32
+    x, y = _data(dt)
+    gpu = _mlp(dt).to("cuda")
+    _train(gpu, x, y, 1)
+    gpu.eval()
+    pred = fr.inference.compile(gpu)
+    np.testing.assert_allclose(pred(x), fr.cuda.to_host(gpu(x)), **_tol(dt))
