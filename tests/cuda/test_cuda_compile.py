@@ -1,0 +1,39 @@
+"""Compile every CUDA kernel to real PTX (libNVVM, no GPU, no simulator).
+
+The rest of tests/cuda/ runs the kernels in numba's CUDA simulator, which never compiles them
+for the GPU. benchmarks/cuda_compile_check.py records the argument types of every kernel launch
+(under the simulator) and compiles those signatures with libNVVM for sm_90, failing on any
+compile error and on float64 arithmetic in kernels meant to compute in float32. Skipped where
+no CUDA toolkit (libNVVM) is installed.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "benchmarks", "cuda_compile_check.py")
+
+
+def _toolkit():
+    spec = importlib.util.spec_from_file_location("_fastreg_cuda_compile_check", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)          # stdlib imports only: numba is not touched here
+    return mod._find_toolkit()
+
+
+pytestmark = pytest.mark.skipif(_toolkit() is None,
+                                reason="no CUDA toolkit with libNVVM (CUDA_HOME, /usr/local/cuda*)")
+
+
+def test_every_kernel_compiles_to_ptx():
+    # the script starts its own simulator process for recording; the compile process must not
+    # inherit NUMBA_ENABLE_CUDASIM (set for this test session by tests/conftest.py)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    p = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True, env=env,
+                       timeout=600, cwd=ROOT, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-8000:]
+    assert "cuda_compile_check: OK" in p.stdout, out[-8000:]
