@@ -123,7 +123,7 @@ def _block_sum(sh, v):
         sh[t] = acc
     cuda.syncthreads()
     total = 0.0
-    for k in range(min(32, nt)):
+    for k in range(32 if nt > 32 else nt):   # (builtin min does not type in numba's CUDA target)
         total += sh[k]
     cuda.syncthreads()
     return total
@@ -150,7 +150,7 @@ def _block_argmax_sum(shv, shi, shs, v, i, s):
         shs[t] = acc
     cuda.syncthreads()
     bv, bi, acc = shv[0], shi[0], shs[0]
-    for k in range(1, min(32, nt)):
+    for k in range(1, 32 if nt > 32 else nt):
         if shv[k] > bv:
             bv = shv[k]
             bi = shi[k]
@@ -178,7 +178,7 @@ def _block_sum3(sh0, sh1, sh2, a, b, c):
         sh2[t] = x2
     cuda.syncthreads()
     x0 = x1 = x2 = 0.0
-    for k in range(min(32, nt)):
+    for k in range(32 if nt > 32 else nt):   # (builtin min does not type in numba's CUDA target)
         x0 += sh0[k]
         x1 += sh1[k]
         x2 += sh2[k]
@@ -253,9 +253,10 @@ def _act_fwd_k(x, out, code, slope, one):
 @cuda.jit(cache=True)
 def _act_bwd_k(dy, y, dx, code, slope, one):
     start, step, n = cuda.grid(1), cuda.gridsize(1), dy.shape[0]
+    zero = one - one                    # 0 in the data dtype (a 0.0 literal would be float64)
     if code == ACT_RELU:
         for i in range(start, n, step):
-            dx[i] = dy[i] if y[i] > 0 else 0.0
+            dx[i] = dy[i] if y[i] > 0 else zero
     elif code == ACT_LEAKY_RELU:
         for i in range(start, n, step):
             dx[i] = dy[i] if y[i] > 0 else dy[i] * slope
@@ -683,7 +684,9 @@ def _colsum_k(a, rows_per_chunk, part, out, accumulate):
     nrows, ncols = a.shape
     j = cuda.blockIdx.x * 32 + tx
     r0 = cuda.blockIdx.y * rows_per_chunk
-    r1 = min(nrows, r0 + rows_per_chunk)
+    r1 = r0 + rows_per_chunk
+    if r1 > nrows:
+        r1 = nrows
     acc = 0.0
     if j < ncols:
         for i in range(r0 + ty, r1, cuda.blockDim.y):
