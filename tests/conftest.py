@@ -47,3 +47,21 @@ def _restore_fastreg_settings():
     fastreg.set_default_dtype(dt)
     if fastreg.get_num_threads() != threads:
         fastreg.set_num_threads(threads)
+
+
+# -- CUDA backend (tests/cuda; one conftest for the whole tree: test modules import names from
+# "conftest", so a second file of that name would shadow this one) ----------------------------
+
+@pytest.fixture
+def cuda():
+    """numba.cuda (the simulator unless FASTREG_TEST_REAL_CUDA=1); skips without either."""
+    from fastreg._kernels import _cuda_runtime
+    if not _cuda_runtime.available():
+        pytest.skip("no CUDA device and the simulator is off")
+    return _cuda_runtime.cuda()
+
+
+@pytest.fixture
+def dev(cuda):
+    """``dev(a)``: host array -> new C-contiguous device array."""
+    return lambda a: cuda.to_device(np.ascontiguousarray(a))

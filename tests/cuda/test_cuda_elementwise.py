@@ -1,6 +1,7 @@
 """CUDA elementwise kernels (numba's simulator without a GPU) against the NumPy float64 references
-of tests/test_elementwise.py (copied: tests/cuda has its own conftest) and against the CPU backend on the same inputs; the device utilities
-(fill, scale, add_, subtract, reductions, loss helpers) on host and device."""
+of tests/test_elementwise.py (copied, to keep the CUDA tests self-contained) and against the CPU
+backend on the same inputs; the device utilities (fill, scale, add_, subtract, reductions, loss
+helpers) on host and device."""
 import numpy as np
 import pytest
 
