@@ -364,7 +364,10 @@ def train_step_rows(batch, dims, torch, timing, rounds, min_time, rng):
         fr.manual_seed(0)
         layers = []
         for a, b in zip(dims[:-2], dims[1:-1]):
-            layers += [fr.nn.Linear(a, b), fr.nn.BatchNorm1d(b), fr.nn.ReLU(), fr.nn.Dropout(0.2)]
+            # no bias before BatchNorm: its gradient is zero up to rounding, which Adam would
+            # amplify into full-size steps that differ between CPU and GPU
+            layers += [fr.nn.Linear(a, b, bias=False), fr.nn.BatchNorm1d(b), fr.nn.ReLU(),
+                       fr.nn.Dropout(0.2)]
         layers.append(fr.nn.Linear(dims[-2], dims[-1]))
         return fr.nn.Sequential(*layers)
 
@@ -399,7 +402,8 @@ def train_step_rows(batch, dims, torch, timing, rounds, min_time, rng):
             nn = torch.nn
             mods = []
             for a, b in zip(dims[:-2], dims[1:-1]):
-                mods += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.ReLU(), nn.Dropout(0.2)]
+                mods += [nn.Linear(a, b, bias=False), nn.BatchNorm1d(b), nn.ReLU(),
+                         nn.Dropout(0.2)]
             mods.append(nn.Linear(dims[-2], dims[-1]))
             tm = nn.Sequential(*mods).cuda()
             topt = torch.optim.Adam(tm.parameters(), lr=1e-3, fused=True)
