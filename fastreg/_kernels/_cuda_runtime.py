@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import numpy as np
 
@@ -32,7 +33,7 @@ _state: dict = {}
 
 def simulator() -> bool:
     """True when numba's CUDA simulator is on (``NUMBA_ENABLE_CUDASIM=1``)."""
-    if "numba" in __import__("sys").modules:
+    if "numba" in sys.modules:
         from numba.core import config
         return bool(config.ENABLE_CUDASIM)
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")

@@ -58,7 +58,7 @@ def _target_like(loss: Module, x, target, what: str = "target"):
                 raise TypeError(f"{type(loss).__name__}: {what} is a {target.dtype} device "
                                 f"array, expected {x.dtype} like the input")
             return target
-        return _cuda_runtime.to_device(np.asarray(target), dtype=x.dtype)
+        return loss._to_device_buffer(what, np.asarray(target, dtype=x.dtype))
     if is_device_array(target):
         raise ValueError(f"{type(loss).__name__}: {what} is a CUDA device array but the input "
                          "is a host array")
@@ -149,7 +149,7 @@ class CrossEntropyLoss(_Loss):
                              f"({C},) for input {logits.shape}")
         if is_device_array(logits):
             ok = is_device_array(target) and target.dtype == np.int64 and target.shape == (N,)
-            return target if ok else _cuda_runtime.to_device(t)
+            return target if ok else self._to_device_buffer("target", t)
         return t
 
     def _device_weight(self):
@@ -272,15 +272,14 @@ class BCEWithLogitsLoss(_Loss):
     def _device_weights(self, shape):
         """(pos_weight, weight) on the device, broadcast to (C,) and the input's shape, copied
         once per (weights, shape)."""
-        key = (self.pos_weight, self.weight, shape)
         cached = self.__dict__.get("_weights_dev")
-        if cached is None or any(a is not b for a, b in zip(cached[0][:2], key[:2])) \
-                or cached[0][2] != shape:
+        if cached is None or cached[0][0] is not self.pos_weight \
+                or cached[0][1] is not self.weight or cached[0][2] != shape:
             pw = None if self.pos_weight is None else _cuda_runtime.to_device(
                 np.broadcast_to(self.pos_weight, shape[-1:]))
             w = None if self.weight is None else _cuda_runtime.to_device(
                 np.broadcast_to(self.weight, shape))
-            cached = (key, (pw, w))
+            cached = ((self.pos_weight, self.weight, shape), (pw, w))
             object.__setattr__(self, "_weights_dev", cached)
         return cached[1]
 

@@ -252,9 +252,8 @@ class Module:
             m._out_buffers.clear()
             object.__setattr__(m, "_device", dev)
             object.__setattr__(m, "_on_gpu", dev == "cuda")
-            for attr in ("_cache",):
-                if attr in m.__dict__:
-                    object.__setattr__(m, attr, None)
+            if "_cache" in m.__dict__:
+                object.__setattr__(m, "_cache", None)
         return self
 
     def cuda(self) -> Module:
@@ -278,7 +277,7 @@ class Module:
         call's work runs (``_buffer`` allocates there)."""
         on_gpu = is_device_array(x)
         if self._device == "cuda" and not on_gpu and isinstance(x, np.ndarray):
-            x = _cuda_runtime.to_device(x)
+            x = self._to_device_buffer("input", x)
             on_gpu = True
         elif self._device == "cpu" and on_gpu:
             raise ValueError(f"{self._describe()}: the input is a CUDA device array but the "
@@ -369,6 +368,14 @@ class Module:
         if depth == 0 and args and _is_owned_result(out, args[0]):
             out = _copy(out)   # the caller keeps it; the module reuses its buffer next call
         return out
+
+    def _to_device_buffer(self, key: str, a: np.ndarray):
+        """Host array ``a`` copied into a module-owned device buffer (reused across calls, so a
+        training step does not allocate device memory for its input batch or targets)."""
+        object.__setattr__(self, "_on_gpu", True)
+        buf = self._buffer(key, a.shape, a.dtype)
+        buf.copy_to_device(np.ascontiguousarray(a))
+        return buf
 
     def _buffer(self, key: str, shape: tuple, dtype) -> np.ndarray:
         """A module-owned output/scratch array of ``shape``, reused across calls.
