@@ -1,4 +1,4 @@
-"""Build the Cython kernels (fastreg/_kernels/_*_cy.pyx), with OpenMP where the compiler has it.
+"""Build the Cython kernels (fastreg/_kernels/<family>/cy.pyx), with OpenMP where the compiler has it.
 
 Environment knobs:
   FASTREG_PORTABLE=1   do not pass -march=native (build for any x86-64 / aarch64 machine)
@@ -50,12 +50,14 @@ print(f"fastreg build: openmp={use_openmp} march_native={use_native}", file=sys.
 
 extensions = []
 only = os.environ.get("FASTREG_ONLY", "")
-for pyx in sorted(glob.glob(os.path.join("fastreg", "_kernels", "_*_cy.pyx"))):
-    if only and only not in os.path.basename(pyx):
+for pyx in sorted(glob.glob(os.path.join("fastreg", "_kernels", "*", "cy.pyx"))):
+    family = os.path.basename(os.path.dirname(pyx))
+    if only and only not in family:
         continue
     name = pyx[:-4].replace(os.sep, ".")
+    # family headers are found next to the generated .c file; shared ones in common/
     extensions.append(Extension(
-        name, [pyx], include_dirs=[np.get_include(), os.path.join("fastreg", "_kernels")],
+        name, [pyx], include_dirs=[np.get_include(), os.path.join("fastreg", "_kernels", "common")],
         extra_compile_args=compile_args, extra_link_args=link_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ))

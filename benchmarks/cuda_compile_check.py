@@ -47,7 +47,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPS = ("matmul", "norm", "dropout", "elementwise", "optim")
-MODULES = tuple(f"fastreg._kernels._{op}_cuda" for op in OPS)
+MODULES = tuple(f"fastreg._kernels.{op}.cuda" for op in OPS)
 
 #: Kernels that accumulate in float64 by design, even for float32 data: their f64 instructions
 #: are reported, not failed. Every kernel not listed must stay in its data dtype.
@@ -90,7 +90,7 @@ def _matmul_variants(mod, key):
     return []
 
 
-FACTORIES = {("fastreg._kernels._matmul_cuda", "_kernels"): (_matmul_build, _matmul_variants)}
+FACTORIES = {("fastreg._kernels.matmul.cuda", "_kernels"): (_matmul_build, _matmul_variants)}
 
 #: f64 instructions: arithmetic, comparisons and conversions from/to float64.
 _F64_OPS = ("add", "sub", "mul", "fma", "mad", "div", "rcp", "sqrt", "rsqrt", "neg", "abs",
@@ -133,12 +133,12 @@ def _drive():
     present and absent). Returns a list of (what, error) for calls that raised."""
     import numpy as np
 
-    from fastreg._kernels import _cuda_runtime as rt
     from fastreg._kernels import dropout as kd
     from fastreg._kernels import elementwise as ke
     from fastreg._kernels import matmul as km
     from fastreg._kernels import norm as kn
     from fastreg._kernels import optim as ko
+    from fastreg._kernels.runtime import cuda as rt
 
     rng = np.random.default_rng(0)
     errors = []
@@ -329,7 +329,7 @@ def _record(path: str) -> int:
 # ---------------------------------------------------------------------------------------------
 
 def _label(d) -> str:
-    op = d[1].rsplit("._", 1)[-1].removesuffix("_cuda")
+    op = d[1].split(".")[-2]   # fastreg._kernels.<op>.cuda
     if d[0] == "factory":
         import numpy as np
         key = d[3]
@@ -483,7 +483,7 @@ def _compile_all(rec_path, ccs, ptxas, verbose) -> int:
                 continue
             pyfunc = build[0](mods[d[1]], d[3]).py_func
             kname = d[2]
-        op = d[1].rsplit("._", 1)[-1].removesuffix("_cuda")
+        op = d[1].split(".")[-2]   # fastreg._kernels.<op>.cuda
         f64_reason = F64_OK.get(op, {}).get(kname)
         for argtypes in sigs[d]:
             sig_s = ", ".join(str(t) for t in argtypes)

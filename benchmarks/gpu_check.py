@@ -29,12 +29,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fastreg as fr  # noqa: E402
-from fastreg._kernels import _cuda_runtime as rt  # noqa: E402
 from fastreg._kernels import dropout as kdrop  # noqa: E402
 from fastreg._kernels import elementwise as kelem  # noqa: E402
 from fastreg._kernels import matmul as kmm  # noqa: E402
 from fastreg._kernels import norm as knorm  # noqa: E402
 from fastreg._kernels import optim as kopt  # noqa: E402
+from fastreg._kernels.runtime import cuda as rt  # noqa: E402
 
 GOAL = 0.5
 GOAL_OPTIM = 1.0

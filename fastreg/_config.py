@@ -6,12 +6,13 @@ and nowhere else. Importing this module imports numpy only.
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 
+from ._kernels import runtime as _runtime
+
 #: Backends a user can name. "auto" picks per op (see fastreg._kernels._dispatch.AUTO); "cuda"
-#: runs models on the GPU (fastreg/_kernels/_cuda_runtime.py; needs a GPU or the simulator).
+#: runs models on the GPU (fastreg/_kernels/runtime/cuda.py; needs a GPU or the simulator).
 BACKENDS = ("auto", "numba", "cython", "cuda")
 #: Floating dtypes every kernel supports.
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -46,6 +47,7 @@ _state = {
     "threads_set_by_user": False,
     "default_dtype": np.dtype(np.float32),
 }
+_runtime.set_num_threads(_state["num_threads"])
 
 
 def set_backend(name: str) -> None:
@@ -62,8 +64,8 @@ def set_backend(name: str) -> None:
     """
     name = _check_backend(name)
     if name == "cuda":
-        from ._kernels import _cuda_runtime
-        _cuda_runtime.require()
+        from ._kernels.runtime import cuda as cuda_runtime
+        cuda_runtime.require()
     _state["backend"] = name
 
 
@@ -96,11 +98,7 @@ def apply_num_threads() -> None:
     ``set_num_threads`` never imports numba by itself.
     """
     n = _state["num_threads"]
-    if "numba" in sys.modules and "fastreg._kernels._numba_runtime" in sys.modules:
-        sys.modules["fastreg._kernels._numba_runtime"].set_num_threads(n)
-    rt = sys.modules.get("fastreg._kernels._runtime_cy")
-    if rt is not None:
-        rt.set_num_threads(n)
+    _runtime.set_num_threads(n)
     if _state["threads_set_by_user"]:
         try:
             from threadpoolctl import threadpool_limits

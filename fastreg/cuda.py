@@ -13,7 +13,7 @@ fastreg runs a model on an NVIDIA GPU when its parameters live there::
 
 Parameters, gradients, optimizer state and every activation stay on the device across layers
 and steps; the only copies are the input batch in, the loss scalar out, and what you ask for.
-The kernels are numba.cuda kernels (``fastreg/_kernels/_<op>_cuda.py``); install the CUDA target
+The kernels are numba.cuda kernels (``fastreg/_kernels/<op>/cuda.py``); install the CUDA target
 with ``pip install "fastreg[cuda]"``. Without a GPU, export ``NUMBA_ENABLE_CUDASIM=1`` to run
 them in numba's simulator (slow; meant for tests).
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._kernels import _cuda_runtime
+from ._kernels.runtime import cuda as _cuda_runtime
 
 __all__ = ["device_count", "is_available", "is_device_array", "synchronize", "to_device",
            "to_host"]

@@ -23,8 +23,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ._kernels import _codes
-from ._kernels._cuda_runtime import to_host
+from ._kernels.common import codes as _codes
+from ._kernels.runtime.cuda import to_host
 
 __all__ = ["Predictor", "compile"]
 

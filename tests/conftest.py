@@ -8,8 +8,8 @@ import os
 if os.environ.get("FASTREG_TEST_REAL_CUDA", "0") in ("", "0"):
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 CPU_BACKENDS = ("numba", "cython")
 DTYPES = (np.float32, np.float64)
@@ -55,7 +55,7 @@ def _restore_fastreg_settings():
 @pytest.fixture
 def cuda():
     """numba.cuda (the simulator unless FASTREG_TEST_REAL_CUDA=1); skips without either."""
-    from fastreg._kernels import _cuda_runtime
+    from fastreg._kernels.runtime import cuda as _cuda_runtime
     if not _cuda_runtime.available():
         pytest.skip("no CUDA device and the simulator is off")
     return _cuda_runtime.cuda()

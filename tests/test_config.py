@@ -43,7 +43,8 @@ def test_set_num_threads_reaches_numba_openmp_and_blas():
     import numba
     from threadpoolctl import threadpool_info
 
-    from fastreg._kernels import _numba_runtime, _runtime_cy  # noqa: F401  (loads both runtimes)
+    from fastreg._kernels.runtime import cy as _runtime_cy
+    from fastreg._kernels.runtime import numba as _numba_runtime  # noqa: F401  (loads both runtimes)
     fastreg.set_num_threads(1)
     assert fastreg.get_num_threads() == 1
     assert numba.get_num_threads() == 1

@@ -5,8 +5,9 @@ from conftest import AWKWARD_SIZES, tol
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastreg._kernels import _codes, _dispatch
+from fastreg._kernels import _dispatch
 from fastreg._kernels import elementwise as E
+from fastreg._kernels.common import codes as _codes
 
 ACTS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import fastreg
 from fastreg._kernels import matmul as mm
-from fastreg._kernels._codes import ACTIVATIONS
+from fastreg._kernels.common.codes import ACTIVATIONS
 
 MM_BACKENDS = ("numba", "cython", "blas")
 

@@ -1,4 +1,4 @@
-"""Fused optimizer kernels (fastreg/_kernels/optim.py) against a NumPy float64 reference.
+"""Fused optimizer kernels (fastreg/_kernels/optim/) against a NumPy float64 reference.
 
 The reference below is written independently from the kernels, straight from the algorithms as
 torch.optim documents them; it needs no torch. Every kernel runs on every backend and dtype, at
@@ -183,7 +183,7 @@ def test_one_and_two_threads_give_identical_bits(case, backend):
 
 
 def test_codes_mirror_the_c_header():
-    cy = pytest.importorskip("fastreg._kernels._optim_cy")
+    cy = pytest.importorskip("fastreg._kernels.optim.cy")
     for name, value in cy.CODES.items():
         assert getattr(K, name) == value, name
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from fastreg._bench._timing import Case
 from fastreg._kernels import matmul as mm
-from fastreg._kernels._codes import ACT_RELU
+from fastreg._kernels.common.codes import ACT_RELU
 
 PEAK_F32 = 255e9
 BANDWIDTH = 74e9

@@ -1,2 +1,11 @@
-"""Hot loops. The public functions here validate their arguments and dispatch to a backend
-(``_<op>_numba.py`` / ``_<op>_cy.pyx``) through :mod:`fastreg._kernels._dispatch`."""
+"""Hot loops, one package per op family: ``matmul``, ``norm``, ``dropout``, ``optim``,
+``elementwise``.
+
+Inside a family package: ``__init__.py`` holds the public (checked) functions, ``codes.py`` the
+constants the backends share, and one file per backend with the same signature per kernel:
+``numba.py``, ``cy.pyx`` (+ its C headers), ``cuda.py`` (numba.cuda, for device arrays) and, for
+matmul, ``blas.py``. Shared pieces live beside them: ``common/`` (activation codes, the C prelude,
+Philox) and ``runtime/`` (thread count, thread pools, CUDA runtime). The public functions dispatch
+through :mod:`fastreg._kernels._dispatch`. A backend imports only its family's ``codes.py``,
+``common/`` and ``runtime/``.
+"""

@@ -1,24 +1,25 @@
 """The one dispatch point between the public kernel functions and their backends.
 
-Each op family ``<op>`` has interchangeable implementations with one signature:
-``fastreg/_kernels/_<op>_numba.py`` (Numba) and ``fastreg/_kernels/_<op>_cy.pyx`` (Cython), plus,
-for matmul only, ``_matmul_blas.py`` (the BLAS that NumPy ships). Modules are imported on first use,
-so ``import fastreg`` never imports numba.
+Each op family is a package ``fastreg/_kernels/<op>/`` whose backends share one signature per
+kernel: ``numba.py`` (Numba), ``cy.pyx`` (Cython), ``cuda.py`` (numba.cuda, for device arrays)
+and, for matmul only, ``blas.py`` (the BLAS that NumPy ships). Backend modules are imported on
+first use, so ``import fastreg`` never imports numba.
 """
 from __future__ import annotations
 
 import importlib
 
 from .. import _config
+from . import runtime
 
 OPS = ("matmul", "norm", "dropout", "optim", "elementwise")
 
 #: Backend modules per backend name; "{op}" is replaced by the op family.
 _MODULE_PATTERN = {
-    "numba": "fastreg._kernels._{op}_numba",
-    "cython": "fastreg._kernels._{op}_cy",
-    "blas": "fastreg._kernels._{op}_blas",
-    "cuda": "fastreg._kernels._{op}_cuda",
+    "numba": "fastreg._kernels.{op}.numba",
+    "cython": "fastreg._kernels.{op}.cy",
+    "blas": "fastreg._kernels.{op}.blas",
+    "cuda": "fastreg._kernels.{op}.cuda",
 }
 
 #: What "auto" picks per op family on the machine this was measured on (see README, "Backends").
@@ -69,18 +70,13 @@ def _load(op: str, backend: str):
                 f"'pip install .' (needs a C compiler), or use fastreg.set_backend('numba')"
             ) from exc
         raise
-    if backend == "numba":
-        from . import _numba_runtime
-        _numba_runtime.set_num_threads(_config.get_num_threads())
-    elif backend == "cython":
-        from . import _runtime_cy
-        _runtime_cy.set_num_threads(_config.get_num_threads())
+    runtime.load_pool(backend)
     return mod
 
 
 def _load_cuda(op: str):
-    from . import _cuda_runtime
-    _cuda_runtime.require()
+    from .runtime import cuda as cuda_runtime
+    cuda_runtime.require()
     return importlib.import_module(_MODULE_PATTERN["cuda"].format(op=op))
 
 

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from .._config import FLOAT_DTYPES
-from ._cuda_runtime import is_device_array
+from .runtime.cuda import is_device_array
 
 
 def _is_array(a) -> bool:
@@ -21,7 +21,7 @@ def _is_array(a) -> bool:
 def float_dtype(name: str, a) -> np.dtype:
     """The dtype of ``a`` if it is a float32/float64 array, else a TypeError naming ``name``.
 
-    ``a`` may be a numpy.ndarray or a CUDA device array (see fastreg/_kernels/_cuda_runtime.py).
+    ``a`` may be a numpy.ndarray or a CUDA device array (see fastreg/_kernels/runtime/cuda.py).
     """
     if not _is_array(a):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
@@ -98,7 +98,7 @@ def may_share_memory(a, b) -> bool:
     if da != db:
         return False
     if da:
-        from ._cuda_runtime import may_share_memory as dev_share
+        from .runtime.cuda import may_share_memory as dev_share
         return dev_share(a, b)
     return np.may_share_memory(a, b)
 
@@ -106,7 +106,7 @@ def may_share_memory(a, b) -> bool:
 def same_memory(a, b) -> bool:
     """Do ``a`` and ``b`` start at the same address (in-place use of one buffer)?"""
     if is_device_array(a) and is_device_array(b):
-        from ._cuda_runtime import device_pointer_range
+        from .runtime.cuda import device_pointer_range
         return device_pointer_range(a)[0] == device_pointer_range(b)[0]
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
         return a.ctypes.data == b.ctypes.data

@@ -14,12 +14,13 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import _config, _random
-from .._kernels import _codes, _cuda_runtime
-from .._kernels._cuda_runtime import is_device_array
 from .._kernels import dropout as _dropout
 from .._kernels import elementwise as _elementwise
 from .._kernels import matmul as _matmul
 from .._kernels import norm as _norm
+from .._kernels.common import codes as _codes
+from .._kernels.runtime import cuda as _cuda_runtime
+from .._kernels.runtime.cuda import is_device_array
 from .module import Module
 from .parameter import Parameter
 

@@ -14,9 +14,9 @@ import numpy as np
 
 from .. import _config
 from .._config import FLOAT_DTYPES
-from .._kernels import _cuda_runtime
 from .._kernels import elementwise as _elementwise
-from .._kernels._cuda_runtime import is_device_array
+from .._kernels.runtime import cuda as _cuda_runtime
+from .._kernels.runtime.cuda import is_device_array
 from .module import Module
 
 __all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss", "MSELoss"]

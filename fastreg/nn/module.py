@@ -28,8 +28,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from .. import _config
-from .._kernels import _cuda_runtime
-from .._kernels._cuda_runtime import is_device_array
+from .._kernels.runtime import cuda as _cuda_runtime
+from .._kernels.runtime.cuda import is_device_array
 from .parameter import Parameter
 
 #: Device names ``Module.to`` accepts ("cuda:0" is "cuda": fastreg uses the current device).

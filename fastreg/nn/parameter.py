@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._kernels._cuda_runtime import is_device_array, to_host, zeros
+from .._kernels.runtime.cuda import is_device_array, to_host, zeros
 
 
 class Parameter:

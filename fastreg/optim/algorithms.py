@@ -1,7 +1,7 @@
 """SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta: torch.optim's algorithms over flat buffers.
 
 Each class only validates its hyper-parameters (torch's messages) and maps a param group onto one
-call of the fused kernel family in fastreg/_kernels/optim.py, which holds the maths. Every group
+call of the fused kernel family in fastreg/_kernels/optim/__init__.py, which holds the maths. Every group
 also takes fastreg's ``l1`` and ``l2`` penalty coefficients: the gradient of
 l1·Σ|w| + l2·Σw² is added to the loss gradient inside the same sweep (see ``Optimizer.penalty``
 for the matching loss term).

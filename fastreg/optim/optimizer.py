@@ -7,7 +7,7 @@ group's dtype, each of length n = total size of the group's trainable parameters
     grad   the gradients; every ``p.grad`` is re-pointed at its view (modules accumulate into it)
     state  one buffer per state name (``exp_avg``, ``momentum_buffer``, ...), created on first use
 
-so that a step is one fused kernel call per group (fastreg/_kernels/optim.py), whatever the number
+so that a step is one fused kernel call per group (fastreg/_kernels/optim/__init__.py), whatever the number
 of tensors. ``state_dict()`` slices the flat state back into per-parameter arrays keyed by
 parameter index with torch's state names, so a torch optimizer's state_dict (tensors converted with
 ``.numpy()``) loads, and ours loads into torch after ``torch.as_tensor``.
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from .._kernels import _cuda_runtime
 from .._kernels import elementwise as _elementwise
-from .._kernels._cuda_runtime import copy_into, is_device_array
+from .._kernels.runtime import cuda as _cuda_runtime
+from .._kernels.runtime.cuda import copy_into, is_device_array
 from ..nn.parameter import Parameter
 
 

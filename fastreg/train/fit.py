@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from .._config import FLOAT_DTYPES
-from .._kernels._cuda_runtime import to_host
 from .._kernels._validate import check_int as _check_int
+from .._kernels.runtime.cuda import to_host
 from .history import History
 
 #: Schedulers stepped after every optimizer step by default (their period is in steps).

@@ -8,8 +8,8 @@ counter carries into the second word or wraps modulo 2**64.
 import numpy as np
 import pytest
 
-from fastreg._kernels import _dropout_cuda
 from fastreg._kernels import dropout as D
+from fastreg._kernels.dropout import cuda as _dropout_cuda
 
 # Random123 known-answer vectors for Philox4x32-10 (kat_vectors: counter, key, output).
 KAT = [

@@ -5,8 +5,8 @@ helpers) on host and device."""
 import numpy as np
 import pytest
 
-from fastreg._kernels import _cuda_runtime
 from fastreg._kernels import elementwise as E
+from fastreg._kernels.runtime import cuda as _cuda_runtime
 
 SIZES = (1, 7, 33, 300)          # 300 > one block (and > the simulator's whole grid of threads)
 ACTS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")

@@ -8,10 +8,10 @@ of 16), so the shapes are small but still cross tile edges, several tiles and se
 import numpy as np
 import pytest
 
-from fastreg._kernels import _cuda_runtime
-from fastreg._kernels import _matmul_cuda as mc
 from fastreg._kernels import matmul as mm
-from fastreg._kernels._codes import ACTIVATIONS
+from fastreg._kernels.common.codes import ACTIVATIONS
+from fastreg._kernels.matmul import cuda as mc
+from fastreg._kernels.runtime import cuda as _cuda_runtime
 
 # (N, K, M). (33, 70, 17): a deep forward (5 slabs), 2 column tiles in both backward passes;
 # (70, 40, 90): 2 x 2 output tiles forward, 2 row tiles of dweight / dbias, up to 6 slabs.

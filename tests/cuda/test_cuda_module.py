@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastreg as fr
-from fastreg._kernels import _cuda_runtime
+from fastreg._kernels.runtime import cuda as _cuda_runtime
 
 pytestmark = pytest.mark.usefixtures("cuda")
 
@@ -167,11 +167,11 @@ def test_other_losses_on_cuda_equal_cpu(loss_name):
     elif loss_name == "bce":
         pw = rng.uniform(0.5, 2, 5)
         w = rng.uniform(0.5, 2, (7, 5))
-        make = lambda: fr.nn.BCEWithLogitsLoss(weight=w, pos_weight=pw)  # noqa: E731
+        make = lambda: fr.nn.BCEWithLogitsLoss(weight=w, pos_weight=pw)
         t = rng.uniform(0, 1, (7, 5))
     else:
         cw = rng.uniform(0.5, 2, 5)
-        make = lambda: fr.nn.CrossEntropyLoss(weight=cw, label_smoothing=0.2)  # noqa: E731
+        make = lambda: fr.nn.CrossEntropyLoss(weight=cw, label_smoothing=0.2)
         t = rng.integers(0, 5, 7)
     lc, lg = make(), make().to("cuda")
     vc = lc(x, t)

@@ -11,7 +11,8 @@ the formula fastreg.nn.BatchNorm1d.backward used) and on the device.
 import numpy as np
 import pytest
 
-from fastreg._kernels import _norm_cuda, norm
+from fastreg._kernels import norm
+from fastreg._kernels.norm import cuda as _norm_cuda
 
 DTYPES = (np.float32, np.float64)
 BN_SHAPES = [(2, 1), (7, 3), (33, 5), (130, 40)]

@@ -10,8 +10,8 @@ import itertools
 import numpy as np
 import pytest
 
-from fastreg._kernels import _cuda_runtime
 from fastreg._kernels import optim as K
+from fastreg._kernels.runtime import cuda as _cuda_runtime
 
 DTYPES = (np.float32, np.float64)
 STEPS = 3

@@ -1,0 +1,188 @@
+"""Dropout kernels, CUDA backend (numba.cuda). Same names and positional signatures as
+dropout/numba.py; every array is a (flat) device array checked by fastreg/_kernels/dropout/__init__.py.
+
+The RNG is the one specified in fastreg/_kernels/dropout/__init__.py (Philox4x32-10, counter
+``offset + b`` for block ``b``, element ``i`` <- word ``i % 4`` of block ``i // 4``, kept iff
+``word < threshold``, bit ``i & 7`` of mask byte ``i >> 3``), so masks equal the CPU masks bit for
+bit: a mask depends on ``(seed, offset, i)`` only, never on the launch geometry.
+
+Kernel design
+-------------
+* Work unit = one mask byte = 8 elements = two Philox blocks. One thread owns a whole byte, so no
+  two threads ever write the same byte (no atomics, no read-modify-write races), and consecutive
+  threads write consecutive bytes (coalesced).
+* ``dropout_forward`` works on tiles of ``THREADS * 8`` elements (256 threads -> 2048 elements,
+  256 mask bytes). Phase 1: thread t computes byte t of the tile, stores it to global memory and
+  to a 256-byte shared array. ``syncthreads``. Phase 2: thread t applies the mask to elements
+  t, t + 256, ..., t + 7*256 of the tile, reading its bit from shared memory, so every warp
+  reads/writes 32 consecutive floats per instruction (fully coalesced; the 8 threads that read
+  one shared byte get a broadcast, no bank conflicts). A second ``syncthreads`` keeps the shared
+  bytes alive until the whole block has used them. Tiles are walked grid-stride; the tile loop's
+  bounds depend on the block index only, so every thread of a block reaches both barriers.
+* ``dropout_backward`` needs no RNG: a grid-stride loop with one element per thread; the 8
+  threads sharing a mask byte hit the same cache line (L1 broadcast).
+* Philox's 32-bit words are held in uint64 with explicit ``& 0xffffffff``: every product
+  ``M * c`` has both factors < 2**32, so it is exact in 64 bits and its high half is ``hi32``
+  (the same arithmetic as the Numba backend; no mulhi intrinsic, which the simulator lacks). The
+  counter ``offset + b`` is formed from the host-split halves of ``offset`` with an explicit carry,
+  so nothing overflows even in the simulator's NumPy scalars, and it wraps modulo 2**64 as the
+  spec says. All integer operands are uint64 (numba types uint64 op int64 as float64).
+* Dropped elements are written as +0.0 by a select, not a multiply by 0, so dropped inf/nan give
+  0 exactly as on the CPU.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda, uint8
+
+from ..runtime import cuda as _cuda_runtime
+from .codes import _MASK32, PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
+
+#: Threads per block; one mask byte per thread, so a forward tile is THREADS * 8 elements.
+THREADS = 256
+TILE = THREADS * 8
+
+_M0 = np.uint64(PHILOX_M0)
+_M1 = np.uint64(PHILOX_M1)
+_W0 = np.uint64(PHILOX_W0)
+_W1 = np.uint64(PHILOX_W1)
+_LO = np.uint64(_MASK32)
+_S32 = np.uint64(32)
+_ZERO = np.uint64(0)
+_ONE = np.uint64(1)
+_TWO = np.uint64(2)
+_EIGHT = np.uint64(8)
+
+
+@cuda.jit(device=True, cache=True)
+def _philox10(c0, c1, c2, c3, k0, k1):
+    """Ten Philox4x32 rounds; all arguments and results are uint64 holding 32-bit words."""
+    for _ in range(10):
+        p0 = _M0 * c0                       # both factors < 2**32: exact 64-bit product
+        p1 = _M1 * c2
+        c0, c1, c2, c3 = ((p1 >> _S32) ^ c1 ^ k0, p1 & _LO,
+                          (p0 >> _S32) ^ c3 ^ k1, p0 & _LO)
+        k0 = (k0 + _W0) & _LO
+        k1 = (k1 + _W1) & _LO
+    return c0, c1, c2, c3
+
+
+@cuda.jit(device=True, cache=True)
+def _bit(word, threshold, shift):
+    """``1 << shift`` if the element with this word is kept, else 0 (uint64)."""
+    if word < threshold:
+        return _ONE << shift
+    return _ZERO
+
+
+@cuda.jit(device=True, cache=True)
+def _mask_byte(m, n, k0, k1, off_lo, off_hi, threshold):
+    """Keep bits of elements 8m .. 8m+7 (Philox blocks 2m, 2m+1); bits >= n cleared. uint64."""
+    b = _TWO * np.uint64(m)
+    s = off_lo + b                          # < 2**63: no overflow; carry goes into the high word
+    a0, a1, a2, a3 = _philox10(s & _LO, (off_hi + (s >> _S32)) & _LO, _ZERO, _ZERO, k0, k1)
+    s = s + _ONE
+    e0, e1, e2, e3 = _philox10(s & _LO, (off_hi + (s >> _S32)) & _LO, _ZERO, _ZERO, k0, k1)
+    byte = (_bit(a0, threshold, np.uint64(0)) | _bit(a1, threshold, np.uint64(1))
+            | _bit(a2, threshold, np.uint64(2)) | _bit(a3, threshold, np.uint64(3))
+            | _bit(e0, threshold, np.uint64(4)) | _bit(e1, threshold, np.uint64(5))
+            | _bit(e2, threshold, np.uint64(6)) | _bit(e3, threshold, np.uint64(7)))
+    valid = np.uint64(n) - _EIGHT * np.uint64(m)      # elements left from 8m on (>= 1)
+    if valid < _EIGHT:
+        byte &= (_ONE << valid) - _ONE                # the spec's zero tail bits
+    return byte
+
+
+@cuda.jit(cache=True)
+def _philox_blocks_kernel(ctr, out, k0, k1):
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for b in range(start, ctr.shape[0], stride):
+        c0, c1, c2, c3 = _philox10(np.uint64(ctr[b, 0]), np.uint64(ctr[b, 1]),
+                                   np.uint64(ctr[b, 2]), np.uint64(ctr[b, 3]), k0, k1)
+        out[b, 0] = np.uint32(c0)
+        out[b, 1] = np.uint32(c1)
+        out[b, 2] = np.uint32(c2)
+        out[b, 3] = np.uint32(c3)
+
+
+@cuda.jit(cache=True)
+def _mask_kernel(mask, n, k0, k1, off_lo, off_hi, threshold):
+    # one thread per mask byte, grid-stride; consecutive threads write consecutive bytes
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for m in range(start, mask.shape[0], stride):
+        mask[m] = np.uint8(_mask_byte(m, n, k0, k1, off_lo, off_hi, threshold))
+
+
+@cuda.jit(cache=True)
+def _forward_kernel(x, out, mask, n, k0, k1, off_lo, off_hi, threshold, scale):
+    bits = cuda.shared.array(THREADS, dtype=uint8)   # this tile's mask bytes
+    t = cuda.threadIdx.x
+    zero = scale - scale                              # +0.0 in the data dtype (scale is finite)
+    nbytes = mask.shape[0]
+    ntiles = (nbytes + THREADS - 1) // THREADS
+    for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):   # block-uniform bounds
+        # phase 1: one mask byte per thread, to global memory and to shared memory
+        m = tile * THREADS + t
+        if m < nbytes:
+            byte = np.uint8(_mask_byte(m, n, k0, k1, off_lo, off_hi, threshold))
+            mask[m] = byte
+            bits[t] = byte
+        cuda.syncthreads()
+        # phase 2: element e of the tile is handled by thread e % THREADS (coalesced x / out)
+        base = tile * TILE
+        for j in range(8):
+            e = j * THREADS + t
+            i = base + e
+            if i < n:
+                if (bits[e >> 3] >> (e & 7)) & 1:
+                    out[i] = x[i] * scale
+                else:
+                    out[i] = zero
+        cuda.syncthreads()                            # bits is rewritten by the next tile
+
+
+@cuda.jit(cache=True)
+def _backward_kernel(dy, mask, dx, n, scale):
+    zero = scale - scale
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, n, stride):
+        if (mask[i >> 3] >> (i & 7)) & 1:
+            dx[i] = dy[i] * scale
+        else:
+            dx[i] = zero
+
+
+def _split_offset(offset):
+    off = int(offset)
+    return np.uint64(off & 0xFFFFFFFF), np.uint64(off >> 32)
+
+
+def philox4x32_10_blocks(ctr, out, k0, k1):
+    """out[b] = Philox4x32-10(ctr[b], (k0, k1)) for each row b of the (B, 4) uint32 arrays."""
+    nb = ctr.shape[0]
+    if nb == 0:
+        return
+    blocks = _cuda_runtime.blocks_for(nb, THREADS)
+    _philox_blocks_kernel[blocks, THREADS](ctr, out, np.uint64(k0), np.uint64(k1))
+
+
+def dropout_mask(mask, n, k0, k1, offset, threshold):
+    """Write the keep bits of elements 0..n-1 into mask (ceil(n/8) bytes)."""
+    off_lo, off_hi = _split_offset(offset)
+    blocks = _cuda_runtime.blocks_for(mask.shape[0], THREADS)
+    _mask_kernel[blocks, THREADS](mask, np.int64(n), np.uint64(k0), np.uint64(k1), off_lo,
+                                  off_hi, np.uint64(threshold))
+
+
+def dropout_forward(x, out, mask, n, k0, k1, offset, threshold, scale):
+    """mask bits as dropout_mask; out = x * scale where kept, else 0 (out may be x)."""
+    off_lo, off_hi = _split_offset(offset)
+    blocks = _cuda_runtime.blocks_for(mask.shape[0], THREADS)   # one tile of bytes per block
+    _forward_kernel[blocks, THREADS](x, out, mask, np.int64(n), np.uint64(k0), np.uint64(k1),
+                                     off_lo, off_hi, np.uint64(threshold), scale)
+
+
+def dropout_backward(dy, mask, dx, n, scale):
+    """dx = dy * scale where the mask bit is set, else 0 (dx may be dy)."""
+    blocks = _cuda_runtime.blocks_for(int(n), THREADS)
+    _backward_kernel[blocks, THREADS](dy, mask, dx, np.int64(n), scale)

@@ -1,0 +1,208 @@
+"""Linear-layer products: forward with a fused bias + activation epilogue, and the two backward
+products, dbias fused into the weight-gradient pass.
+
+Shapes (llm.c style; all arrays C-contiguous and of one dtype, float32 or float64)::
+
+    x       (N, K)   layer input, N rows (batch), K input features
+    weight  (M, K)   M output features (torch.nn.Linear layout)
+    bias    (M,)     or None
+    out     (N, M)   act(x @ weight.T + bias), written in place
+    dy      (N, M)   gradient w.r.t. the pre-activation output
+    dx      (N, K)   gradient w.r.t. x, overwritten
+    dweight (M, K)   gradient w.r.t. weight, accumulated (or overwritten)
+    dbias   (M,)     gradient w.r.t. bias, accumulated (or overwritten), or None
+
+Every function validates its arguments here, then calls the backend chosen by ``backend``
+(``"numba"``, ``"cython"``, ``"blas"``, ``"auto"``, or None for the global setting) through
+:func:`fastreg._kernels._dispatch.kernel`. The own kernels are cache-blocked packed GEMMs,
+parallel over output blocks; ``"blas"`` is NumPy's matmul plus a NumPy epilogue. When the
+arrays are CUDA device arrays (all of them: a host / device mix is a ValueError) the call runs
+the CUDA backend, ``_matmul_cuda`` (shared-memory tiled GEMMs), whatever the backend setting.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import _dispatch
+from .._validate import check_array, check_scalar, float_dtype, may_share_memory, on_device
+from .codes import ACT_IDENTITY, activation_code
+
+__all__ = ["linear_backward_input", "linear_backward_weight", "linear_forward"]
+
+#: The kernels index with C ints.
+_MAX_DIM = 2**31 - 1
+def _check_dims(*dims: int) -> None:
+    if max(dims) > _MAX_DIM:
+        raise ValueError(f"array dimensions must be at most {_MAX_DIM}, got {dims}")
+
+
+def _check_outputs_apart(outputs: dict, inputs: dict) -> None:
+    """Outputs must not share memory with inputs nor with each other (inputs may alias)."""
+    outs = [(k, v) for k, v in outputs.items() if v is not None]
+    for i, (on, o) in enumerate(outs):
+        for other, a in (*inputs.items(), *outs[i + 1:]):
+            if a is not None and may_share_memory(o, a):
+                raise ValueError(f"{on} must not share memory with {other}")
+
+
+def _on_device(**arrays) -> bool:
+    """:func:`on_device`, with the all-host-ndarray case first: it is the batch-1 inference
+    path, where a microsecond is a tenth of the call."""
+    for a in arrays.values():
+        if a is not None and type(a) is not np.ndarray:
+            return on_device(**arrays)
+    return False
+
+
+def _check_slope(slope) -> float:
+    # the common case (a finite float) without check_scalar's generality: this sits on the
+    # batch-1 inference path, where microseconds of Python are the whole cost
+    if type(slope) is float and math.isfinite(slope):
+        return slope
+    return check_scalar("slope", slope)
+
+
+def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, out: np.ndarray,
+                   activation: int | str = ACT_IDENTITY, slope: float = 0.01,
+                   backend: str | None = None) -> np.ndarray:
+    r"""Fused linear layer: ``out = act(x @ weight.T + bias)``.
+
+    .. math:: \mathrm{out}_{nm} = f\Big(\sum_k x_{nk} W_{mk} + b_m\Big)
+
+    with :math:`f` the identity, ReLU :math:`\max(v, 0)`, leaky ReLU (:math:`v` if :math:`v \ge 0`
+    else :math:`\text{slope}\cdot v`), sigmoid :math:`1/(1+e^{-v})` or tanh, applied to each
+    output tile while it is still in registers / L1 (no second pass over ``out``).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, K)
+    weight : ndarray, shape (M, K)
+    bias : ndarray, shape (M,), or None
+    out : ndarray, shape (N, M)
+        Written in place; must not overlap the inputs.
+    activation : int or str
+        A code from :mod:`fastreg._kernels.common.codes` or its name ("identity", "relu",
+        "leaky_relu", "sigmoid", "tanh").
+    slope : float
+        Negative-side slope of the leaky ReLU (finite).
+    backend : {"numba", "cython", "blas", "auto", "cuda"} or None
+        Ignored for CUDA device arrays, which always run the CUDA kernels (a CPU backend named
+        explicitly is then a ValueError).
+
+    Returns
+    -------
+    out : ndarray
+    """
+    dt = float_dtype("x", x)
+    check_array("x", x, ndim=2)
+    check_array("weight", weight, dtype=dt, ndim=2)
+    N, K = x.shape
+    M = weight.shape[0]
+    if weight.shape[1] != K:
+        raise ValueError(f"x and weight shapes do not match: x {x.shape} needs weight (M, {K}), "
+                         f"got weight {weight.shape}")
+    check_array("bias", bias, dtype=dt, ndim=1, allow_none=True)
+    if bias is not None and bias.shape[0] != M:
+        raise ValueError(f"bias and weight shapes do not match: weight {weight.shape} needs "
+                         f"bias ({M},), got bias {bias.shape}")
+    check_array("out", out, dtype=dt, ndim=2, writeable=True)
+    if out.shape != (N, M):
+        raise ValueError(f"out must have shape (N, M) = ({N}, {M}) for x {x.shape} and weight "
+                         f"{weight.shape}, got out {out.shape}")
+    act = activation_code(activation)
+    slope = _check_slope(slope)
+    _check_dims(N, K, M)
+    dev = _on_device(x=x, weight=weight, bias=bias, out=out)
+    _check_outputs_apart({"out": out}, {"x": x, "weight": weight, "bias": bias})
+    fn = _dispatch.kernel("matmul", "linear_forward", backend, device=dev)
+    fn(x, weight, bias, out, act, slope)
+    return out
+
+
+def linear_backward_input(dy: np.ndarray, weight: np.ndarray, dx: np.ndarray,
+                          backend: str | None = None) -> np.ndarray:
+    r"""Gradient of a linear layer w.r.t. its input: ``dx = dy @ weight`` (overwrites ``dx``).
+
+    .. math:: \mathrm{dx}_{nk} = \sum_m \mathrm{dy}_{nm} W_{mk}
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, M)
+    weight : ndarray, shape (M, K)
+    dx : ndarray, shape (N, K)
+        Written in place; must not overlap the inputs.
+    backend : {"numba", "cython", "blas", "auto", "cuda"} or None
+        Ignored for CUDA device arrays, which always run the CUDA kernels (a CPU backend named
+        explicitly is then a ValueError).
+
+    Returns
+    -------
+    dx : ndarray
+    """
+    dt = float_dtype("dy", dy)
+    check_array("dy", dy, ndim=2)
+    check_array("weight", weight, dtype=dt, ndim=2)
+    N, M = dy.shape
+    K = weight.shape[1]
+    if weight.shape[0] != M:
+        raise ValueError(f"dy and weight shapes do not match: dy {dy.shape} needs weight "
+                         f"({M}, K), got weight {weight.shape}")
+    check_array("dx", dx, dtype=dt, ndim=2, writeable=True)
+    if dx.shape != (N, K):
+        raise ValueError(f"dx must have shape (N, K) = ({N}, {K}) for dy {dy.shape} and weight "
+                         f"{weight.shape}, got dx {dx.shape}")
+    _check_dims(N, K, M)
+    dev = _on_device(dy=dy, weight=weight, dx=dx)
+    _check_outputs_apart({"dx": dx}, {"dy": dy, "weight": weight})
+    fn = _dispatch.kernel("matmul", "linear_backward_input", backend, device=dev)
+    fn(dy, weight, dx)
+    return dx
+
+
+def linear_backward_weight(dy: np.ndarray, x: np.ndarray, dweight: np.ndarray,
+                           dbias: np.ndarray | None, accumulate: bool = True,
+                           backend: str | None = None) -> None:
+    r"""Gradients of a linear layer w.r.t. weight and bias, in one pass over ``dy``.
+
+    .. math::
+        \mathrm{dW}_{mk} \mathrel{(+)=} \sum_n \mathrm{dy}_{nm} x_{nk}, \qquad
+        \mathrm{db}_m \mathrel{(+)=} \sum_n \mathrm{dy}_{nm}
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, M)
+    x : ndarray, shape (N, K)
+    dweight : ndarray, shape (M, K)
+    dbias : ndarray, shape (M,), or None
+    accumulate : bool
+        True adds to ``dweight`` / ``dbias`` (gradient accumulation, as ``Parameter.grad``);
+        False overwrites them.
+    backend : {"numba", "cython", "blas", "auto", "cuda"} or None
+        Ignored for CUDA device arrays, which always run the CUDA kernels (a CPU backend named
+        explicitly is then a ValueError).
+    """
+    dt = float_dtype("dy", dy)
+    check_array("dy", dy, ndim=2)
+    check_array("x", x, dtype=dt, ndim=2)
+    N, M = dy.shape
+    K = x.shape[1]
+    if x.shape[0] != N:
+        raise ValueError(f"dy and x shapes do not match: dy {dy.shape} needs x ({N}, K), "
+                         f"got x {x.shape}")
+    check_array("dweight", dweight, dtype=dt, ndim=2, writeable=True)
+    if dweight.shape != (M, K):
+        raise ValueError(f"dweight must have shape (M, K) = ({M}, {K}) for dy {dy.shape} and "
+                         f"x {x.shape}, got dweight {dweight.shape}")
+    check_array("dbias", dbias, dtype=dt, ndim=1, writeable=True, allow_none=True)
+    if dbias is not None and dbias.shape[0] != M:
+        raise ValueError(f"dbias must have shape ({M},) for dy {dy.shape}, got dbias "
+                         f"{dbias.shape}")
+    if not isinstance(accumulate, (bool, np.bool_)):
+        raise TypeError(f"accumulate must be a bool, got {accumulate!r}")
+    _check_dims(N, K, M)
+    dev = _on_device(dy=dy, x=x, dweight=dweight, dbias=dbias)
+    _check_outputs_apart({"dweight": dweight, "dbias": dbias}, {"dy": dy, "x": x})
+    fn = _dispatch.kernel("matmul", "linear_backward_weight", backend, device=dev)
+    fn(dy, x, dweight, dbias, bool(accumulate))
