@@ -31,18 +31,23 @@ static inline FR_T FN(fr_act)(FR_T v, int act, FR_T slope) {
 FR_NOVEC static void FN(fr_pack_a)(int mr, int kc, const FR_T *A, ptrdiff_t rsa, ptrdiff_t csa,
                                    FR_T *restrict Ap) {
     if (csa == 1) {
-        int k0 = 0;
+        /* Register transposes cover rows [0, it) x depth [0, k0): only whole TB x TB blocks
+         * that lie inside the sliver. With MR = 6 (AVX2) a block starting at row 4 (double) or
+         * 0 (float) would read rows past the sliver and its rows of Ap would spill into the next
+         * depth's entries (ldd = MR < i0 + TB): that silently corrupted AVX2 float64 GEMMs. */
+        int k0 = 0, it = 0;
 #ifdef FR_HAVE_TRANSPOSE
-        if (mr == FR_MR) {
+        if (mr == FR_MR && FR_MR >= FR_TB) {
+            it = FR_MR / FR_TB * FR_TB;
             for (; k0 + FR_TB <= kc; k0 += FR_TB)
-                for (int i0 = 0; i0 < FR_MR; i0 += FR_TB)
+                for (int i0 = 0; i0 < it; i0 += FR_TB)
                     FR_CAT(fr_transpose, FR_SUFFIX)(A + i0 * rsa + k0, rsa,
                                                     Ap + k0 * FR_MR + i0, FR_MR);
         }
 #endif
         for (int i = 0; i < mr; i++) {
             const FR_T *row = A + i * rsa;
-            for (int k = k0; k < kc; k++) Ap[k * FR_MR + i] = row[k];
+            for (int k = (i < it ? k0 : 0); k < kc; k++) Ap[k * FR_MR + i] = row[k];
         }
     } else if (rsa == 1) {  /* A = dy.T in the weight gradient: rows of dy, copied */
         for (int k = 0; k < kc; k++) memcpy(Ap + k * FR_MR, A + k * csa, mr * sizeof(FR_T));
