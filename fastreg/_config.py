@@ -67,6 +67,8 @@ def set_backend(name: str) -> None:
         from ._kernels.runtime import cuda as cuda_runtime
         cuda_runtime.require()
     _state["backend"] = name
+    from ._kernels import _dispatch
+    _dispatch._default.clear()
 
 
 def get_backend() -> str:

@@ -8,6 +8,7 @@ first use, so ``import fastreg`` never imports numba.
 from __future__ import annotations
 
 import importlib
+import warnings
 
 from .. import _config
 from . import runtime
@@ -23,6 +24,7 @@ _MODULE_PATTERN = {
 }
 
 #: What "auto" picks per op family on the machine this was measured on (see README, "Backends").
+#: The Cython kernels everywhere; numba is the fallback when they are not built (``kernel``).
 AUTO = {
     "matmul": "cython",
     "norm": "cython",
@@ -80,13 +82,37 @@ def _load_cuda(op: str):
     return importlib.import_module(_MODULE_PATTERN["cuda"].format(op=op))
 
 
+#: (op, name, device) -> implementation under the global setting (the trusted entry points'
+#: case: one dict lookup per call); cleared by fastreg.set_backend.
+_default: dict[tuple[str, str, bool], object] = {}
+
+
 def kernel(op: str, name: str, backend: str | None = None, device: bool = False):
     """Return the implementation of kernel ``name`` of family ``op`` for the chosen backend
     (``device=True``: the arrays are CUDA device arrays, see :func:`resolve`)."""
+    if backend is None:
+        fn = _default.get((op, name, device))
+        if fn is None:
+            fn = _default[(op, name, device)] = kernel(op, name, "default", device)
+        return fn
+    if backend == "default":           # the global setting, resolved (and cached) above
+        backend = None
     be = resolve(op, backend, device)
     key = (op, name, be)
     fn = _cache.get(key)
     if fn is None:
-        fn = getattr(_load_cuda(op) if be == "cuda" else _load(op, be), name)
-        _cache[key] = fn
+        try:
+            mod = _load_cuda(op) if be == "cuda" else _load(op, be)
+        except ImportError:
+            requested = _config.get_backend() if backend is None else backend
+            if be != "cython" or requested not in ("auto", "cuda"):
+                raise
+            # "auto" without the compiled extensions (no C compiler at install): numba is the
+            # portable fallback, with the same kernels and results
+            warnings.warn(f"fastreg's Cython kernels for {op!r} are not built; 'auto' uses the "
+                          "numba backend instead (reinstall fastreg with a C compiler for the "
+                          "faster kernels)", RuntimeWarning, stacklevel=2)
+            AUTO[op] = "numba"
+            return kernel(op, name, backend, device)
+        fn = _cache[key] = getattr(mod, name)
     return fn

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .._kernels._validate import check_int as _check_int
+from .._checks import check_int as _check_int
 from .._random import Generator, default_generator
 
 __all__ = ["DataLoader"]

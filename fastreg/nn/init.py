@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 
+from .._checks import check_scalar
 from .._random import Generator, default_generator
 from .parameter import Parameter
 
@@ -55,12 +56,7 @@ def _rng(generator) -> np.random.Generator:
 
 
 def _real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return v
+    return check_scalar(name, value)
 
 
 def calculate_gain(nonlinearity: str, param: float | None = None) -> float:

@@ -18,9 +18,8 @@ from .._kernels import dropout as _dropout
 from .._kernels import elementwise as _elementwise
 from .._kernels import matmul as _matmul
 from .._kernels import norm as _norm
+from .._kernels import placement
 from .._kernels.common import codes as _codes
-from .._kernels.runtime import cuda as _cuda_runtime
-from .._kernels.runtime.cuda import is_device_array
 from .module import Module
 from .parameter import Parameter
 
@@ -53,13 +52,8 @@ def _resolve_dtype(dtype) -> np.dtype:
 
 
 def _check_input(layer: Module, x, dtype: np.dtype, min_ndim: int = 1) -> np.ndarray:
-    """x as a C-contiguous array of the layer's dtype, or a clear error naming the layer.
-
-    On a layer moved to the GPU a host batch is copied in (``Module._place_input``).
-    """
-    if not isinstance(x, np.ndarray) and not is_device_array(x):
-        raise TypeError(f"{layer._describe()}: input must be a numpy.ndarray, "
-                        f"got {type(x).__name__}")
+    """The module call's one input check: ``x`` as a C-contiguous array of the layer's dtype
+    where the layer runs (``Module._place_input``), or a clear error naming the layer."""
     x = layer._place_input(x)
     if x.dtype != dtype:
         raise TypeError(f"{layer._describe()}: input has dtype {x.dtype} but the layer's dtype "
@@ -71,11 +65,7 @@ def _check_input(layer: Module, x, dtype: np.dtype, min_ndim: int = 1) -> np.nda
 
 
 def _contiguous(layer: Module, what: str, a):
-    if isinstance(a, np.ndarray):
-        return a if a.flags.c_contiguous else np.ascontiguousarray(a)
-    if a.size and not a.is_c_contiguous():
-        raise ValueError(f"{layer._describe()}: {what} must be a C-contiguous device array")
-    return a
+    return layer._place.contiguous(a, f"{layer._describe()}: {what}")
 
 
 def _input_float_dtype(x) -> np.dtype:
@@ -85,15 +75,14 @@ def _input_float_dtype(x) -> np.dtype:
 
 
 def _check_grad(layer: Module, dy, shape: tuple, dtype: np.dtype) -> np.ndarray:
-    """dy where the forward ran (a host gradient for a GPU layer is copied in)."""
-    if not isinstance(dy, np.ndarray) and not is_device_array(dy):
-        raise TypeError(f"{layer._describe()}: grad_output must be a numpy.ndarray, "
-                        f"got {type(dy).__name__}")
-    if layer._on_gpu and isinstance(dy, np.ndarray):
-        dy = _cuda_runtime.to_device(dy)
-    elif not layer._on_gpu and is_device_array(dy):
-        raise ValueError(f"{layer._describe()}: grad_output is a CUDA device array but the "
-                         "forward pass ran on the CPU")
+    """dy where the forward ran (a host gradient for a GPU layer is copied in), of the forward
+    output's shape and dtype."""
+    place = layer._place
+    if not place.owns(dy):
+        if placement.of(dy) is None:
+            raise TypeError(f"{layer._describe()}: grad_output must be a numpy.ndarray, "
+                            f"got {type(dy).__name__}")
+        dy = place.accept(dy, f"{layer._describe()}: grad_output")
     if dy.shape != shape:
         raise ValueError(f"{layer._describe()}: grad_output has shape {dy.shape}, the last "
                          f"forward output had shape {shape}")
@@ -101,6 +90,22 @@ def _check_grad(layer: Module, dy, shape: tuple, dtype: np.dtype) -> np.ndarray:
         raise TypeError(f"{layer._describe()}: grad_output has dtype {dy.dtype}, "
                         f"expected {dtype}")
     return _contiguous(layer, "grad_output", dy)
+
+
+def _apart(layer: Module, out, x) -> None:
+    """The one overlap check a module-owned output needs: a custom forward may hand a layer
+    its own output buffer back as input (``fc(fc(x))``), which the kernels would read while
+    writing."""
+    if layer._place.may_share_memory(out, x):
+        raise ValueError(f"{layer._describe()}: the input is this layer's own output buffer "
+                         "from a previous call; copy it first (x.copy())")
+
+
+def _check_slope(slope) -> float:
+    if isinstance(slope, bool) or not isinstance(slope, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(slope):
+        raise ValueError(f"slope must be a finite number, got {slope!r}")
+    return float(slope)
 
 
 def _init_module():
@@ -187,8 +192,12 @@ class Linear(Module):
                              f"(N, {self.in_features}) (in_features={self.in_features})")
         x2 = x.reshape(-1, self.in_features)
         out = self._buffer("out", (x2.shape[0], self.out_features), W.dtype)
+        _apart(self, out, x2)
+        if type(activation) is not int or type(slope) is not float:   # Sequential passes codes
+            activation = _codes.activation_code(activation)
+            slope = _check_slope(slope)
         b = None if self.bias is None else self.bias.data
-        _matmul.linear_forward(x2, W, b, out, activation=activation, slope=slope)
+        _matmul.run_linear_forward(x2, W, b, out, activation, slope, self._place.is_device)
         self._cache = (x2, shape, out, activation, slope)
         return out.reshape(*shape[:-1], self.out_features) if x.ndim != 2 else out
 
@@ -196,21 +205,22 @@ class Linear(Module):
         x2, in_shape, y, act, slope = self._require_cache()
         dy = _check_grad(self, grad_output, (*in_shape[:-1], self.out_features), y.dtype)
         dy = dy.reshape(y.shape)
+        dev = self._place.is_device
         if act != _codes.ACT_IDENTITY:
             # fused activation: gradient w.r.t. the pre-activation, from the saved output
             dz = self._buffer("dz", y.shape, y.dtype)
-            _elementwise.activation_backward(dy, y, dz, act, slope=slope)
+            _elementwise.run_activation_backward(dy, y, dz, act, slope, dev)
             dy = dz
         W, b = self.weight, self.bias
         db = b.grad_buffer() if (b is not None and b.requires_grad) else None
         if W.requires_grad:
-            _matmul.linear_backward_weight(dy, x2, W.grad_buffer(), db, accumulate=True)
+            _matmul.run_linear_backward_weight(dy, x2, W.grad_buffer(), db, True, dev)
         elif db is not None:
-            _elementwise.column_sum(dy, db, accumulate=True)
+            self._place.column_sum(dy, db, True)
         if not input_grad:
             return None
         dx = self._buffer("dx", x2.shape, y.dtype)
-        _matmul.linear_backward_input(dy, W.data, dx)
+        _matmul.run_linear_backward_input(dy, W.data, dx, dev)
         return dx.reshape(in_shape)
 
 
@@ -290,8 +300,8 @@ class BatchNorm1d(Module):
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
-            _elementwise.fill(self.running_mean, 0.0)
-            _elementwise.fill(self.running_var, 1.0)
+            placement.of(self.running_mean).fill(self.running_mean, 0.0)
+            placement.of(self.running_var).fill(self.running_var, 1.0)
             self.num_batches_tracked.fill(0)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -308,9 +318,11 @@ class BatchNorm1d(Module):
         gamma = self.weight.data if self.affine else None     # None: gamma = 1, beta = 0
         beta = self.bias.data if self.affine else None
         out = self._buffer("out", x.shape, dt)
+        _apart(self, out, x)
+        dev = self._place.is_device
         if not use_batch_stats:                  # eval with running statistics
-            _norm.batchnorm_forward_eval(x, gamma, beta, self.running_mean, self.running_var,
-                                         out, eps=self.eps)
+            _norm.run_batchnorm_forward_eval(x, gamma, beta, self.running_mean,
+                                             self.running_var, out, self.eps, dev)
             self._cache = (x, None, None)
             return out
         mean = self._buffer("save_mean", (C,), dt)
@@ -321,8 +333,8 @@ class BatchNorm1d(Module):
             m = (1.0 / float(self.num_batches_tracked)) if self.momentum is None \
                 else self.momentum
         # running_mean/var are None without track_running_stats: batch statistics only
-        _norm.batchnorm_forward_train(x, gamma, beta, self.running_mean, self.running_var, out,
-                                      mean, rstd, momentum=m, eps=self.eps)
+        _norm.run_batchnorm_forward_train(x, gamma, beta, self.running_mean, self.running_var,
+                                          out, mean, rstd, m, self.eps, dev)
         self._cache = (x, mean, rstd)
         return out
 
@@ -335,13 +347,13 @@ class BatchNorm1d(Module):
             else None
         dbeta = self.bias.grad_buffer() if self.affine and self.bias.requires_grad else None
         dx = self._buffer("dx", x.shape, dt)
+        dev = self._place.is_device
         if mean is None:
             # eval-mode statistics are constants: y = gamma*(x - rm)*r + beta, r = 1/sqrt(rv+eps)
-            _norm.batchnorm_backward_eval(dy, x, gamma, self.running_mean, self.running_var, dx,
-                                          dgamma, dbeta, eps=self.eps, accumulate=True)
+            _norm.run_batchnorm_backward_eval(dy, x, gamma, self.running_mean, self.running_var,
+                                              dx, dgamma, dbeta, self.eps, True, dev)
         else:
-            _norm.batchnorm_backward(dy, x, gamma, mean, rstd, dx, dgamma, dbeta,
-                                     accumulate=True)
+            _norm.run_batchnorm_backward(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, True, dev)
         return dx if input_grad else None
 
 
@@ -403,9 +415,11 @@ class LayerNorm(Module):
         gamma = self.weight.data if self.elementwise_affine else None
         beta = self.bias.data if self.elementwise_affine else None
         out = self._buffer("out", x2.shape, dt)
+        _apart(self, out, x2)
         mean = self._buffer("save_mean", (N,), dt)
         rstd = self._buffer("save_rstd", (N,), dt)
-        _norm.layernorm_forward(x2, gamma, beta, out, mean, rstd, eps=self.eps)
+        _norm.run_layernorm_forward(x2, gamma, beta, out, mean, rstd, self.eps,
+                                    self._place.is_device)
         self._cache = (x2, tuple(x.shape), mean, rstd)
         return out.reshape(x.shape)
 
@@ -418,7 +432,8 @@ class LayerNorm(Module):
         dgamma = self.weight.grad_buffer() if affine and self.weight.requires_grad else None
         dbeta = self.bias.grad_buffer() if affine and self.bias.requires_grad else None
         dx = self._buffer("dx", x2.shape, dt)
-        _norm.layernorm_backward(dy, x2, gamma, mean, rstd, dx, dgamma, dbeta, accumulate=True)
+        _norm.run_layernorm_backward(dy, x2, gamma, mean, rstd, dx, dgamma, dbeta, True,
+                                     self._place.is_device)
         return dx.reshape(in_shape) if input_grad else None
 
 
@@ -465,15 +480,17 @@ class Dropout(Module):
             self._cache = ("identity", x.shape, x.dtype)
             return x
         out = self._buffer("out", x.shape, x.dtype)
+        _apart(self, out, x)
         if not self.training:                      # classic form at inference: scale by 1 - p
-            _elementwise.scale(x, out, 1.0 - p)
+            self._place.scale(x, out, 1.0 - p)
             self._cache = ("scale", x.shape, x.dtype)
             return out
         n = x.size
         mask = self._buffer("mask", (_dropout.mask_nbytes(n),), np.uint8)
         seed, offset = _random.default_generator.reserve_philox(_dropout.philox_blocks(n))
         scale = 1.0 / (1.0 - p) if self.mode == "inverted" else 1.0
-        _dropout.dropout_forward(x, out, mask, p, scale, seed, offset)
+        _dropout.run_dropout_forward(x, out, mask, p, scale, seed, offset,
+                                     self._place.is_device)
         self._cache = ("mask", x.shape, x.dtype, mask, scale)
         return out
 
@@ -487,9 +504,9 @@ class Dropout(Module):
             return dy
         dx = self._buffer("dx", shape, dt)
         if kind == "scale":
-            _elementwise.scale(dy, dx, 1.0 - self.p)
+            self._place.scale(dy, dx, 1.0 - self.p)
         else:
-            _dropout.dropout_backward(dy, cache[3], dx, cache[4])
+            _dropout.run_dropout_backward(dy, cache[3], dx, cache[4], self._place.is_device)
         return dx
 
 
@@ -517,7 +534,8 @@ class _Activation(Module):
         x = _check_input(self, x, _input_float_dtype(x))
         dt = x.dtype
         out = self._buffer("out", x.shape, dt)
-        _elementwise.activation_forward(x, out, self._code, slope=self.slope)
+        _apart(self, out, x)
+        _elementwise.run_activation_forward(x, out, self._code, self.slope, self._place.is_device)
         self._cache = (x, out)
         return out
 
@@ -527,7 +545,8 @@ class _Activation(Module):
         if not input_grad:
             return None
         dx = self._buffer("dx", y.shape, y.dtype)
-        _elementwise.activation_backward(dy, y, dx, self._code, slope=self.slope)
+        _elementwise.run_activation_backward(dy, y, dx, self._code, self.slope,
+                                             self._place.is_device)
         return dx
 
 
@@ -578,11 +597,9 @@ class LeakyReLU(_Activation):
             return None
         dx = self._buffer("dx", y.shape, y.dtype)
         # dy * ([x > 0] + slope [x <= 0]): the output-based kernel evaluated on the input x (the
-        # public wrapper refuses slope <= 0 because it assumes y; shapes are checked above)
-        from .._kernels import _dispatch
-        fn = _dispatch.kernel("elementwise", "activation_backward", device=self._on_gpu)
-        fn(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), _codes.ACT_LEAKY_RELU,
-           self.negative_slope)
+        # checked function refuses slope <= 0 because it assumes y; shapes are checked above)
+        _elementwise.run_activation_backward(dy, x, dx, _codes.ACT_LEAKY_RELU,
+                                             self.negative_slope, self._place.is_device)
         return dx
 
 
@@ -613,9 +630,6 @@ class Flatten(Module):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        if not isinstance(x, np.ndarray) and not is_device_array(x):
-            raise TypeError(f"{self._describe()}: input must be a numpy.ndarray, "
-                            f"got {type(x).__name__}")
         x = _contiguous(self, "input", self._place_input(x))
         nd = max(x.ndim, 1)
         s = self.start_dim + nd if self.start_dim < 0 else self.start_dim
@@ -631,9 +645,9 @@ class Flatten(Module):
         shape = self._require_cache()
         if not input_grad:
             return None
-        if is_device_array(grad_output):
-            return _contiguous(self, "grad_output", grad_output).reshape(shape)
-        return np.reshape(grad_output, shape)
+        if type(grad_output) is np.ndarray:
+            return np.reshape(grad_output, shape)
+        return _contiguous(self, "grad_output", grad_output).reshape(shape)
 
 
 # ---------------------------------------------------------------------------------------------

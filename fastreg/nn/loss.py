@@ -13,10 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _config
+from .._checks import check_scalar
 from .._config import FLOAT_DTYPES
 from .._kernels import elementwise as _elementwise
-from .._kernels.runtime import cuda as _cuda_runtime
-from .._kernels.runtime.cuda import is_device_array
+from .._kernels import placement
+from .._kernels.placement import HOST
 from .module import Module
 
 __all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss", "MSELoss"]
@@ -31,7 +32,7 @@ def _check_reduction(reduction: str) -> str:
 
 
 def _check_logits(loss: Module, x, ndim=None) -> np.ndarray:
-    if not isinstance(x, np.ndarray) and not is_device_array(x):
+    if placement.of(x) is None:
         raise TypeError(f"{type(loss).__name__}: input must be a numpy.ndarray, "
                         f"got {type(x).__name__}")
     x = loss._place_input(x)
@@ -43,26 +44,18 @@ def _check_logits(loss: Module, x, ndim=None) -> np.ndarray:
                          f"{x.shape}")
     if x.size == 0:
         raise ValueError(f"{type(loss).__name__}: input is empty (shape {x.shape})")
-    if is_device_array(x):
-        if not x.is_c_contiguous():
-            raise ValueError(f"{type(loss).__name__}: input must be a C-contiguous device array")
-        return x
-    return np.ascontiguousarray(x)
+    return loss._place.contiguous(x, f"{type(loss).__name__}: input")
 
 
 def _target_like(loss: Module, x, target, what: str = "target"):
     """``target`` as an array of x's dtype where x lives (shape checked by the caller)."""
-    if is_device_array(x):
-        if is_device_array(target):
-            if target.dtype != x.dtype:
-                raise TypeError(f"{type(loss).__name__}: {what} is a {target.dtype} device "
-                                f"array, expected {x.dtype} like the input")
-            return target
-        return loss._to_device_buffer(what, np.asarray(target, dtype=x.dtype))
-    if is_device_array(target):
-        raise ValueError(f"{type(loss).__name__}: {what} is a CUDA device array but the input "
-                         "is a host array")
-    return np.asarray(target).astype(x.dtype, copy=False)
+    if placement.of(target) in (HOST, None):           # None: a list, a scalar, ...
+        return loss._place_target(what, np.asarray(target).astype(x.dtype, copy=False))
+    target = loss._place.accept(target, f"{type(loss).__name__}: {what}")
+    if target.dtype != x.dtype:
+        raise TypeError(f"{type(loss).__name__}: {what} is a {target.dtype} device "
+                        f"array, expected {x.dtype} like the input")
+    return target
 
 
 class _Loss(Module):
@@ -84,8 +77,7 @@ class _Loss(Module):
         device copy is made once when a GPU input first needs it)."""
         from .module import _check_device
         dev = _check_device(device)
-        if dev == "cuda":
-            _cuda_runtime.require()
+        placement.for_device(dev)               # raises without a usable GPU
         object.__setattr__(self, "_device", dev)
         self._out_buffers.clear()
         return self
@@ -113,11 +105,8 @@ class CrossEntropyLoss(_Loss):
 
     def __init__(self, weight=None, reduction: str = "mean", label_smoothing: float = 0.0):
         super().__init__(reduction)
-        if isinstance(label_smoothing, bool) or \
-                not isinstance(label_smoothing, (int, float, np.integer, np.floating)) or \
-                not 0.0 <= float(label_smoothing) <= 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = check_scalar("label_smoothing", label_smoothing, low=0.0,
+                                            high=1.0)
         if weight is not None:
             weight = np.asarray(weight, dtype=np.float64)
             if weight.ndim != 1 or not np.all(np.isfinite(weight)) or np.any(weight < 0):
@@ -133,7 +122,7 @@ class CrossEntropyLoss(_Loss):
 
     def _check_target(self, logits: np.ndarray, target) -> np.ndarray:
         N, C = logits.shape
-        t = np.asarray(_cuda_runtime.to_host(target))
+        t = np.asarray(HOST.to_host(target))
         if t.dtype.kind not in "iub":
             raise TypeError(f"CrossEntropyLoss: target must hold integer class indices, got "
                             f"dtype {t.dtype} (probability targets are not supported)")
@@ -147,74 +136,53 @@ class CrossEntropyLoss(_Loss):
         if self.weight is not None and self.weight.shape != (C,):
             raise ValueError(f"CrossEntropyLoss: weight has shape {self.weight.shape}, expected "
                              f"({C},) for input {logits.shape}")
-        if is_device_array(logits):
-            ok = is_device_array(target) and target.dtype == np.int64 and target.shape == (N,)
-            return target if ok else self._to_device_buffer("target", t)
-        return t
+        if not self._place.owns(t) and self._place.owns(target) and \
+                target.dtype == np.int64 and target.shape == (N,):
+            return target        # a device target, checked through its host copy t
+        return self._place_target("target", t)
 
-    def _device_weight(self):
-        """The class weights (float64) on the device, copied once per weight array."""
-        cached = self.__dict__.get("_weight_dev")
-        if cached is None or cached[0] is not self.weight:
-            cached = (self.weight, _cuda_runtime.to_device(self.weight))
-            object.__setattr__(self, "_weight_dev", cached)
-        return cached[1]
+    def _placed_weight(self):
+        """The class weights (float64) where the input is, copied once per (array, place)."""
+        cached = self.__dict__.get("_weight_placed")
+        if cached is None or cached[0] is not self.weight or cached[1] is not self._place:
+            cached = (self.weight, self._place, self._place.put(self.weight))
+            object.__setattr__(self, "_weight_placed", cached)
+        return cached[2]
 
     def forward(self, input: np.ndarray, target) -> float:
         z = _check_logits(self, input, ndim=2)
         t = self._check_target(z, target)
-        N, C = z.shape
+        N = z.shape[0]
         probs = self._buffer("probs", z.shape, z.dtype)
         eps = self.label_smoothing
+        dev = self._place.is_device
         if self.weight is None:
-            loss = float(_elementwise.softmax_cross_entropy_forward(z, t, probs,
-                                                                    label_smoothing=eps))
+            loss = _elementwise.run_softmax_cross_entropy_forward(z, t, probs, eps, dev)
             if self.reduction == "sum":
                 loss *= N
             self._cache = (probs, t, None)
             return loss
-        if is_device_array(z):
-            total, denom = _elementwise.softmax_xent_weighted_forward(
-                z, t, self._device_weight(), probs, eps)
-            denom = denom if self.reduction == "mean" else 1.0
-            self._cache = (probs, t, denom)
-            return float(total / denom)
-        # weighted: NumPy in float64 (torch's formula, including label smoothing)
-        w = self.weight
-        z64 = z.astype(np.float64)
-        zmax = z64.max(axis=1, keepdims=True)
-        logp = z64 - zmax - np.log(np.exp(z64 - zmax).sum(axis=1, keepdims=True))
-        probs[...] = np.exp(logp)
-        wy = w[t]
-        nll = -logp[np.arange(N), t] * wy
-        smooth = -(logp * w).sum(axis=1)
-        per = (1 - eps) * nll + (eps / C) * smooth
-        denom = wy.sum() if self.reduction == "mean" else 1.0
+        # weighted (torch's formula, including label smoothing): float64 sums
+        total, denom = _elementwise.run_softmax_xent_weighted_forward(
+            z, t, self._placed_weight(), probs, eps, dev)
+        denom = denom if self.reduction == "mean" else 1.0
         self._cache = (probs, t, denom)
-        return float(per.sum() / denom)
+        return float(total / denom)
 
     def backward(self, grad_output=None, *, input_grad: bool = True) -> np.ndarray:
         """dL/dlogits of the last call, shape (N, C)."""
         probs, t, denom = self._require_cache()
-        N, C = probs.shape
+        N = probs.shape[0]
         grad = self._buffer("grad", probs.shape, probs.dtype)
         eps = self.label_smoothing
+        dev = self._place.is_device
         if denom is None:
             scale = 1.0 / N if self.reduction == "mean" else 1.0
-            _elementwise.softmax_cross_entropy_backward(probs, t, grad, label_smoothing=eps,
-                                                        grad_scale=scale)
-            return grad
-        if is_device_array(probs):
-            _elementwise.softmax_xent_weighted_backward(probs, t, self._device_weight(), grad,
-                                                        eps, 1.0 / denom)
+            _elementwise.run_softmax_cross_entropy_backward(probs, t, grad, eps, scale, dev)
             return grad
         # weighted: d/dz of (1-eps) w_y nll + eps/C sum_c w_c (-log p_c), over denom
-        w = self.weight
-        wy = w[t]
-        g = probs.astype(np.float64) * ((1 - eps) * wy + (eps / C) * w.sum())[:, None]
-        g[np.arange(N), t] -= (1 - eps) * wy
-        g -= (eps / C) * w[None, :]
-        grad[...] = g / denom
+        _elementwise.run_softmax_xent_weighted_backward(probs, t, self._placed_weight(), grad,
+                                                        eps, 1.0 / denom, dev)
         return grad
 
 
@@ -232,13 +200,7 @@ class MSELoss(_Loss):
                              f"{x.shape}")
         t = _target_like(self, x, target)
         diff = self._buffer("diff", x.shape, x.dtype)
-        if is_device_array(x):
-            total = _elementwise.mse_forward(x, t, diff)
-        else:
-            np.subtract(x, t, out=diff)
-            d = diff.ravel()
-            total = float(np.dot(d.astype(np.float64, copy=False),
-                                 d.astype(np.float64, copy=False)))
+        total = _elementwise.run_mse_forward(x, t, diff, self._place.is_device)
         n = x.size
         self._cache = diff
         return total / n if self.reduction == "mean" else total
@@ -247,7 +209,7 @@ class MSELoss(_Loss):
         diff = self._require_cache()
         grad = self._buffer("grad", diff.shape, diff.dtype)
         scale = 2.0 / diff.size if self.reduction == "mean" else 2.0
-        _elementwise.scale(diff, grad, scale)
+        self._place.scale(diff, grad, scale)
         return grad
 
 
@@ -269,18 +231,20 @@ class BCEWithLogitsLoss(_Loss):
         self.register_buffer("pos_weight", None if pos_weight is None
                              else np.asarray(pos_weight, dtype=np.float64))
 
-    def _device_weights(self, shape):
-        """(pos_weight, weight) on the device, broadcast to (C,) and the input's shape, copied
-        once per (weights, shape)."""
-        cached = self.__dict__.get("_weights_dev")
-        if cached is None or cached[0][0] is not self.pos_weight \
-                or cached[0][1] is not self.weight or cached[0][2] != shape:
-            pw = None if self.pos_weight is None else _cuda_runtime.to_device(
-                np.broadcast_to(self.pos_weight, shape[-1:]))
-            w = None if self.weight is None else _cuda_runtime.to_device(
-                np.broadcast_to(self.weight, shape))
-            cached = ((self.pos_weight, self.weight, shape), (pw, w))
-            object.__setattr__(self, "_weights_dev", cached)
+    def _placed_weights(self, shape):
+        """(pos_weight, weight) where the input is, broadcast to (C,) and the input's shape,
+        made once per (weights, shape, place)."""
+        key = (self.pos_weight, self.weight, shape, self._place)
+        cached = self.__dict__.get("_weights_placed")
+        if cached is None or any(a is not b for a, b in zip(cached[0][:2], key[:2])) \
+                or cached[0][2:] != key[2:]:
+            put = self._place.put
+            pw = None if self.pos_weight is None else put(
+                np.ascontiguousarray(np.broadcast_to(self.pos_weight, shape[-1:])))
+            w = None if self.weight is None else put(
+                np.ascontiguousarray(np.broadcast_to(self.weight, shape)))
+            cached = (key, (pw, w))
+            object.__setattr__(self, "_weights_placed", cached)
         return cached[1]
 
     def forward(self, input: np.ndarray, target) -> float:
@@ -289,43 +253,16 @@ class BCEWithLogitsLoss(_Loss):
         if shape != x.shape:
             raise ValueError(f"BCEWithLogitsLoss: target shape {shape} does not match input "
                              f"shape {x.shape}")
-        if is_device_array(x):
-            t = _target_like(self, x, target)
-            pw, w = self._device_weights(x.shape)
-            total = _elementwise.bce_with_logits_forward(x, t, pw, w)
-            self._cache = ("device", x, t)
-            return total / x.size if self.reduction == "mean" else total
-        t = np.asarray(target)
-        x64 = x.astype(np.float64)
-        t64 = t.astype(np.float64)
-        # log sigma(x) = -softplus(-x), log(1 - sigma(x)) = -softplus(x); softplus stable form
-        sp_neg = np.logaddexp(0.0, -x64)
-        sp_pos = np.logaddexp(0.0, x64)
-        pw = 1.0 if self.pos_weight is None else self.pos_weight
-        per = pw * t64 * sp_neg + (1 - t64) * sp_pos
-        if self.weight is not None:
-            per = per * self.weight
-        self._cache = (x64, t64, x.dtype)
-        total = float(per.sum())
+        t = _target_like(self, x, target)
+        pw, w = self._placed_weights(x.shape)
+        total = _elementwise.run_bce_with_logits_forward(x, t, pw, w, self._place.is_device)
+        self._cache = (x, t)
         return total / x.size if self.reduction == "mean" else total
 
     def backward(self, grad_output=None, *, input_grad: bool = True) -> np.ndarray:
-        cache = self._require_cache()
-        if isinstance(cache[0], str):      # ("device", x, t)
-            _, x, t = cache
-            grad = self._buffer("grad", x.shape, x.dtype)
-            pw, w = self._device_weights(x.shape)
-            scale = 1.0 / x.size if self.reduction == "mean" else 1.0
-            _elementwise.bce_with_logits_backward(x, t, pw, w, grad, scale)
-            return grad
-        x64, t64, dt = cache
-        sig = 0.5 * (1.0 + np.tanh(0.5 * x64))          # overflow-free sigmoid
-        pw = 1.0 if self.pos_weight is None else self.pos_weight
-        g = (pw * t64 + 1 - t64) * sig - pw * t64
-        if self.weight is not None:
-            g = g * self.weight
-        if self.reduction == "mean":
-            g /= x64.size
-        grad = self._buffer("grad", x64.shape, dt)
-        grad[...] = g
+        x, t = self._require_cache()
+        grad = self._buffer("grad", x.shape, x.dtype)
+        pw, w = self._placed_weights(x.shape)
+        scale = 1.0 / x.size if self.reduction == "mean" else 1.0
+        _elementwise.run_bce_with_logits_backward(x, t, pw, w, grad, scale, self._place.is_device)
         return grad

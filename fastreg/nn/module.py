@@ -28,8 +28,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from .. import _config
-from .._kernels.runtime import cuda as _cuda_runtime
-from .._kernels.runtime.cuda import is_device_array
+from .._checks import check_flag
+from .._kernels import placement
+from .._kernels.placement import HOST
 from .parameter import Parameter
 
 #: Device names ``Module.to`` accepts ("cuda:0" is "cuda": fastreg uses the current device).
@@ -58,13 +59,18 @@ class Module:
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "_out_buffers", {})
         # where this module's work runs: "cpu", "cuda", or None = wherever the input is
-        # (parameter-free layers never moved); _on_gpu: where the last forward's input was
+        # (parameter-free layers never moved); _place: the placement (fastreg._kernels.placement)
+        # of the last forward's input, where its buffers are allocated
         object.__setattr__(self, "_device", None)
-        object.__setattr__(self, "_on_gpu", False)
+        object.__setattr__(self, "_place", HOST)
 
     # -- registration -------------------------------------------------------------------------
     def __setattr__(self, name, value):
-        if "_parameters" not in self.__dict__:
+        d = self.__dict__
+        if name in d and not isinstance(value, (Parameter, Module)):
+            d[name] = value        # re-binding a plain attribute (a layer's cache): the hot case
+            return
+        if "_parameters" not in d:
             raise AttributeError("call Module.__init__() before assigning attributes")
         params, buffers, modules = self._parameters, self._buffers, self._modules
         if isinstance(value, Parameter):
@@ -83,8 +89,7 @@ class Module:
                                 "(a fastreg.nn.Parameter or None is required)")
             params[name] = None
         elif name in buffers:
-            if value is not None and not isinstance(value, np.ndarray) \
-                    and not is_device_array(value):
+            if value is not None and placement.of(value) is None:
                 raise TypeError(f"cannot assign {type(value).__name__} as buffer {name!r}")
             buffers[name] = value
         elif name in modules:
@@ -122,8 +127,7 @@ class Module:
 
         Persistent buffers appear in :meth:`state_dict`.
         """
-        if tensor is not None and not isinstance(tensor, np.ndarray) \
-                and not is_device_array(tensor):
+        if tensor is not None and placement.of(tensor) is None:
             raise TypeError(f"buffer {name!r} must be a numpy.ndarray or None, "
                             f"got {type(tensor).__name__}")
         self.__dict__.pop(name, None)
@@ -203,8 +207,7 @@ class Module:
     # -- modes and gradients ------------------------------------------------------------------
     def train(self, mode: bool = True) -> Module:
         """Training mode (batch statistics, dropout on); returns self."""
-        if not isinstance(mode, bool):
-            raise TypeError(f"mode must be a bool, got {mode!r}")
+        mode = check_flag("mode", mode)
         for m in self.modules():
             object.__setattr__(m, "training", mode)
         return self
@@ -219,12 +222,11 @@ class Module:
         The default differs from torch (``set_to_none=True``) on purpose: an optimizer may have
         pointed ``p.grad`` at a view of its flat gradient buffer, which must stay in place.
         """
-        from .._kernels import elementwise
         for p in self.parameters():
             if set_to_none:
                 p.grad = None
             elif p.grad is not None:
-                elementwise.fill(p.grad, 0.0)
+                placement.of(p.grad).fill(p.grad, 0.0)
 
     # -- device -------------------------------------------------------------------------------
     def to(self, device: str) -> Module:
@@ -237,21 +239,20 @@ class Module:
         Raises RuntimeError when no CUDA device is found. Returns self.
         """
         dev = _check_device(device)
-        if dev == "cuda":
-            _cuda_runtime.require()
+        place = placement.for_device(dev)       # raises without a usable GPU
         for m in self.modules():
             for p in m._parameters.values():
                 if p is None:
                     continue
-                p.data = _move(p.data, dev)
+                p.data = place.put(p.data)
                 if p.grad is not None:
-                    p.grad = _move(p.grad, dev)
+                    p.grad = place.put(p.grad)
             for name, b in m._buffers.items():
                 if b is not None and np.dtype(b.dtype).kind == "f":
-                    m._buffers[name] = _move(b, dev)
+                    m._buffers[name] = place.put(b)
             m._out_buffers.clear()
             object.__setattr__(m, "_device", dev)
-            object.__setattr__(m, "_on_gpu", dev == "cuda")
+            object.__setattr__(m, "_place", place)
             if "_cache" in m.__dict__:
                 object.__setattr__(m, "_cache", None)
         return self
@@ -271,19 +272,26 @@ class Module:
             return "cuda" if p.is_cuda else "cpu"
         return self._device or "cpu"
 
-    def _place_input(self, x):
-        """The input, on this module's device: a host batch is copied to a CUDA module (the
-        "input in" copy); a device array given to a host module is an error. Records where this
-        call's work runs (``_buffer`` allocates there)."""
-        on_gpu = is_device_array(x)
-        if self._device == "cuda" and not on_gpu and isinstance(x, np.ndarray):
-            x = self._to_device_buffer("input", x)
-            on_gpu = True
-        elif self._device == "cpu" and on_gpu:
-            raise ValueError(f"{self._describe()}: the input is a CUDA device array but the "
+    def _place_input(self, x, what: str = "input"):
+        """The module call's one placement decision: ``x`` where this module runs, and that
+        place recorded as ``self._place`` (``_buffer`` allocates there). A host batch is copied
+        into a CUDA module (the "input in" copy); a device array given to a host module, or a
+        non-array, is an error naming the module."""
+        if type(x) is np.ndarray and self._device != "cuda":
+            self.__dict__["_place"] = HOST          # the common case, without a lookup
+            return x
+        place = placement.of(x)
+        if place is None:
+            raise TypeError(f"{self._describe()}: {what} must be a numpy.ndarray, "
+                            f"got {type(x).__name__}")
+        if self._device == "cuda" and place is HOST:
+            x = self._to_device_buffer(what, x)
+            place = placement.cuda()
+        elif self._device == "cpu" and place is not HOST:
+            raise ValueError(f"{self._describe()}: the {what} is a CUDA device array but the "
                              "module is on the CPU; call model.to('cuda') first (or pass "
                              "fastreg.cuda.to_host(x))")
-        object.__setattr__(self, "_on_gpu", on_gpu)
+        self.__dict__["_place"] = place
         return x
 
     # -- state --------------------------------------------------------------------------------
@@ -336,7 +344,7 @@ class Module:
         for key, dst in targets.items():
             if key not in state_dict:
                 continue
-            src = np.asarray(_cuda_runtime.to_host(state_dict[key]))
+            src = np.asarray(HOST.to_host(state_dict[key]))
             if src.shape != dst.shape:
                 errors.append(f"size mismatch for {key}: copying a param with shape {src.shape} "
                               f"from checkpoint, the shape in current model is {dst.shape}")
@@ -346,7 +354,7 @@ class Module:
             raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
                                + "\n\t".join(errors))
         for key, src in values.items():
-            _cuda_runtime.copy_into(targets[key], src)
+            placement.of(targets[key]).copy_into(targets[key], src)
         return _IncompatibleKeys(missing, unexpected)
 
     # -- compute ------------------------------------------------------------------------------
@@ -369,10 +377,15 @@ class Module:
             out = _copy(out)   # the caller keeps it; the module reuses its buffer next call
         return out
 
+    def _place_target(self, key: str, a: np.ndarray):
+        """A checked host array (a loss's target) where this call runs: itself on the host, a
+        module-owned device copy on the GPU."""
+        return a if self._place is HOST else self._to_device_buffer(key, a)
+
     def _to_device_buffer(self, key: str, a: np.ndarray):
         """Host array ``a`` copied into a module-owned device buffer (reused across calls, so a
         training step does not allocate device memory for its input batch or targets)."""
-        object.__setattr__(self, "_on_gpu", True)
+        self.__dict__["_place"] = placement.cuda()
         buf = self._buffer(key, a.shape, a.dtype)
         buf.copy_to_device(np.ascontiguousarray(a))
         return buf
@@ -380,25 +393,24 @@ class Module:
     def _buffer(self, key: str, shape: tuple, dtype) -> np.ndarray:
         """A module-owned output/scratch array of ``shape``, reused across calls.
 
-        On the GPU when this call's input is (``_place_input``). Backed by one flat array per
-        ``key`` that only grows, so a smaller batch (the last of
+        Where this call's input is (``self._place``, set by ``_place_input``). Backed by one flat
+        array per ``key`` that only grows, so a smaller batch (the last of
         an epoch) or a return to the training batch after validation allocates nothing: the
         result is a C-contiguous view of the first ``prod(shape)`` elements.
         """
-        gpu = self._on_gpu
+        place = self._place
         entry = self._out_buffers.get(key)
         if entry is not None and entry[1].shape == shape and entry[1].dtype == dtype \
-                and entry[2] == gpu:
+                and entry[2] is place:
             return entry[1]                       # steady state: same shape as last call
         n = 1
         for d in shape:
             n *= d
-        flat = None if entry is None or entry[2] != gpu else entry[0]
+        flat = None if entry is None or entry[2] is not place else entry[0]
         if flat is None or flat.size < n or flat.dtype != dtype:
-            flat = _cuda_runtime.empty(max(n, 1), dtype) if gpu \
-                else np.empty(max(n, 1), dtype=dtype)
+            flat = place.empty(max(n, 1), dtype)
         view = flat[:n].reshape(shape)
-        self._out_buffers[key] = (flat, view, gpu)
+        self._out_buffers[key] = (flat, view, place)
         return view
 
     def _require_cache(self, attr: str = "_cache"):
@@ -445,30 +457,17 @@ def _check_device(device) -> str:
     return name
 
 
-def _move(a, device: str):
-    """``a`` on ``device`` (the same object when already there)."""
-    if device == "cuda":
-        return a if is_device_array(a) else _cuda_runtime.to_device(a)
-    return _cuda_runtime.to_host(a)
-
-
 def _host_copy(a) -> np.ndarray:
-    return a.copy_to_host() if is_device_array(a) else a.copy()
+    return HOST.copy(a)
 
 
 def _is_owned_result(out, x) -> bool:
     """Is ``out`` an array distinct from the input ``x`` (so a module-owned buffer)?"""
-    from .._kernels._validate import may_share_memory
-    if isinstance(out, np.ndarray):
-        return not (isinstance(x, np.ndarray) and np.may_share_memory(out, x))
-    if is_device_array(out):
-        return not may_share_memory(out, x)
-    return False
+    place = placement.of(out)
+    if place is None:
+        return False
+    return not (placement.of(x) is place and place.may_share_memory(out, x))
 
 
 def _copy(a):
-    if isinstance(a, np.ndarray):
-        return a.copy()
-    out = _cuda_runtime.empty(a.shape, a.dtype)
-    out.copy_to_device(a)
-    return out
+    return placement.of(a).copy(a)

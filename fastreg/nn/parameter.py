@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._kernels.runtime.cuda import is_device_array, to_host, zeros
+from .._kernels import placement
+from .._kernels.placement import HOST
 
 
 class Parameter:
@@ -21,20 +22,34 @@ class Parameter:
       default (Linear weights), False for biases and normalization parameters.
     """
 
-    __slots__ = ("data", "grad", "regularize", "requires_grad")
+    __slots__ = ("_data", "_grad", "regularize", "requires_grad")
 
     def __init__(self, data: np.ndarray, requires_grad: bool = True, regularize: bool = False):
-        if is_device_array(data):
-            if not data.is_c_contiguous():
-                raise ValueError("data must be a C-contiguous device array")
-            self.data = data
-        elif not isinstance(data, np.ndarray):
+        place = placement.of(data)
+        if place is None:
             raise TypeError(f"data must be a numpy.ndarray, got {type(data).__name__}")
-        else:
-            self.data = np.ascontiguousarray(data)
-        self.grad: np.ndarray | None = None
+        self._data = place.contiguous(data, "data")
+        self._grad: np.ndarray | None = None
         self.requires_grad = bool(requires_grad)
         self.regularize = bool(regularize)
+
+    # Layers hand ``data`` and ``grad`` to kernels that trust their shapes, so re-binding them
+    # is checked here, once: same shape and dtype, C-contiguous, a host or device array.
+    @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @data.setter
+    def data(self, value) -> None:
+        self._data = _checked(value, self._data, "data")
+
+    @property
+    def grad(self) -> np.ndarray | None:
+        return self._grad
+
+    @grad.setter
+    def grad(self, value) -> None:
+        self._grad = None if value is None else _checked(value, self._data, "grad")
 
     @property
     def shape(self) -> tuple:
@@ -50,20 +65,34 @@ class Parameter:
 
     def grad_buffer(self) -> np.ndarray:
         """``grad``, allocated as zeros on first use, for a backward pass to accumulate into."""
-        if self.grad is None:
-            d = self.data
-            self.grad = zeros(d.shape, d.dtype) if is_device_array(d) else np.zeros_like(d)
-        return self.grad
+        if self._grad is None:
+            d = self._data
+            self._grad = placement.of(d).zeros(d.shape, d.dtype)
+        return self._grad
 
     @property
     def is_cuda(self) -> bool:
         """True if ``data`` lives on the GPU."""
-        return is_device_array(self.data)
+        return placement.of(self.data) is not HOST
 
     def numpy(self) -> np.ndarray:
         """``data`` as a numpy array (a host copy when it lives on the GPU)."""
-        return to_host(self.data)
+        return HOST.to_host(self.data)
 
     def __repr__(self) -> str:
         where = ", device='cuda'" if self.is_cuda else ""
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}{where})"
+
+
+def _checked(value, like, what: str):
+    """``value`` if it may stand for an array shaped like ``like`` (else a clear error)."""
+    place = placement.of(value)
+    if place is None:
+        raise TypeError(f"Parameter.{what} must be a numpy.ndarray, got {type(value).__name__}")
+    if tuple(value.shape) != tuple(like.shape) or value.dtype != like.dtype:
+        raise ValueError(f"Parameter.{what} must have shape {tuple(like.shape)} and dtype "
+                         f"{like.dtype} (the parameter's), got shape {tuple(value.shape)} and "
+                         f"dtype {value.dtype}; copy values in place with p.data[...] = value")
+    if not place.is_contiguous(value):
+        raise ValueError(f"Parameter.{what} must be C-contiguous")
+    return value

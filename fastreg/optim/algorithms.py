@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import check_scalar
 from .._kernels import optim as _k
 from .optimizer import Optimizer, _FlatGroup
 
@@ -19,15 +20,15 @@ __all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "RMSprop"]
 
 
 def _real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    return float(value)
+    """A finite real: hyper-parameters are checked here, when a param group is built, and
+    trusted by every step (fastreg._kernels.optim's run_* entry points)."""
+    return check_scalar(name, value)
 
 
 def _check_nonneg(group: dict[str, Any], key: str, label: str) -> None:
     v = _real(key, group[key])
     if not 0.0 <= v:
-        raise ValueError(f"Invalid {label}: {group[key]}")
+        raise ValueError(f"Invalid {label}: {group[key]}")   # torch's message
 
 
 class SGD(Optimizer):
@@ -68,10 +69,11 @@ class SGD(Optimizer):
         if mom != 0:
             first = "momentum_buffer" not in flat.state   # torch: buf = g.clone() on first use
             buf = flat.buffer("momentum_buffer")
-        _k.sgd_step(flat.data, flat.grad, buf, lr=g["lr"], momentum=mom,
-                    dampening=g["dampening"], weight_decay=g["weight_decay"],
-                    nesterov=bool(g["nesterov"]), maximize=bool(g["maximize"]), first_step=first,
-                    l1=g["l1"], l2=g["l2"])
+        _k.run_sgd_step(flat.data, flat.grad, buf, lr=g["lr"], momentum=mom,
+                        dampening=g["dampening"], weight_decay=g["weight_decay"],
+                        nesterov=bool(g["nesterov"]), maximize=bool(g["maximize"]),
+                        first_step=first, l1=g["l1"], l2=g["l2"],
+                        device=flat.place.is_device)
 
 
 class Adam(Optimizer):
@@ -114,12 +116,14 @@ class Adam(Optimizer):
     def _update(self, g, flat: _FlatGroup):
         beta1, beta2 = g["betas"]
         amsgrad = bool(g["amsgrad"])
-        _k.adam_step(flat.data, flat.grad, flat.buffer("exp_avg"), flat.buffer("exp_avg_sq"),
-                     flat.buffer("max_exp_avg_sq") if amsgrad else None, step=flat.step,
-                     lr=g["lr"], beta1=beta1, beta2=beta2, eps=g["eps"],
-                     weight_decay=g["weight_decay"],
-                     decoupled_weight_decay=bool(g.get("decoupled_weight_decay", False)),
-                     amsgrad=amsgrad, maximize=bool(g["maximize"]), l1=g["l1"], l2=g["l2"])
+        _k.run_adam_step(flat.data, flat.grad, flat.buffer("exp_avg"),
+                         flat.buffer("exp_avg_sq"),
+                         flat.buffer("max_exp_avg_sq") if amsgrad else None, step=flat.step,
+                         lr=g["lr"], beta1=beta1, beta2=beta2, eps=g["eps"],
+                         weight_decay=g["weight_decay"],
+                         decoupled_weight_decay=bool(g.get("decoupled_weight_decay", False)),
+                         amsgrad=amsgrad, maximize=bool(g["maximize"]), l1=g["l1"], l2=g["l2"],
+                         device=flat.place.is_device)
 
 
 class AdamW(Adam):
@@ -171,12 +175,13 @@ class RMSprop(Optimizer):
 
     def _update(self, g, flat: _FlatGroup):
         centered, mom = bool(g["centered"]), g["momentum"]
-        _k.rmsprop_step(flat.data, flat.grad, flat.buffer("square_avg"),
-                        flat.buffer("grad_avg") if centered else None,
-                        flat.buffer("momentum_buffer") if mom > 0 else None,
-                        lr=g["lr"], alpha=g["alpha"], eps=g["eps"],
-                        weight_decay=g["weight_decay"], momentum=mom, centered=centered,
-                        maximize=bool(g["maximize"]), l1=g["l1"], l2=g["l2"])
+        _k.run_rmsprop_step(flat.data, flat.grad, flat.buffer("square_avg"),
+                            flat.buffer("grad_avg") if centered else None,
+                            flat.buffer("momentum_buffer") if mom > 0 else None,
+                            lr=g["lr"], alpha=g["alpha"], eps=g["eps"],
+                            weight_decay=g["weight_decay"], momentum=mom, centered=centered,
+                            maximize=bool(g["maximize"]), l1=g["l1"], l2=g["l2"],
+                            device=flat.place.is_device)
 
 
 class Adagrad(Optimizer):
@@ -220,11 +225,12 @@ class Adagrad(Optimizer):
         return super()._initial_buffer(group, flat, name)
 
     def _update(self, g, flat: _FlatGroup):
-        _k.adagrad_step(flat.data, flat.grad,
-                        flat.buffer("sum", float(g["initial_accumulator_value"])),
-                        step=flat.step, lr=g["lr"], lr_decay=g["lr_decay"],
-                        weight_decay=g["weight_decay"], eps=g["eps"],
-                        maximize=bool(g["maximize"]), l1=g["l1"], l2=g["l2"])
+        _k.run_adagrad_step(flat.data, flat.grad,
+                            flat.buffer("sum", float(g["initial_accumulator_value"])),
+                            step=flat.step, lr=g["lr"], lr_decay=g["lr_decay"],
+                            weight_decay=g["weight_decay"], eps=g["eps"],
+                            maximize=bool(g["maximize"]), l1=g["l1"], l2=g["l2"],
+                            device=flat.place.is_device)
 
 
 class Adadelta(Optimizer):
@@ -256,7 +262,7 @@ class Adadelta(Optimizer):
         _check_nonneg(g, "weight_decay", "weight_decay value")
 
     def _update(self, g, flat: _FlatGroup):
-        _k.adadelta_step(flat.data, flat.grad, flat.buffer("square_avg"),
-                         flat.buffer("acc_delta"), lr=g["lr"], rho=g["rho"], eps=g["eps"],
-                         weight_decay=g["weight_decay"], maximize=bool(g["maximize"]),
-                         l1=g["l1"], l2=g["l2"])
+        _k.run_adadelta_step(flat.data, flat.grad, flat.buffer("square_avg"),
+                             flat.buffer("acc_delta"), lr=g["lr"], rho=g["rho"], eps=g["eps"],
+                             weight_decay=g["weight_decay"], maximize=bool(g["maximize"]),
+                             l1=g["l1"], l2=g["l2"], device=flat.place.is_device)

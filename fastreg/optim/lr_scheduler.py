@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import check_int, check_scalar
+
 __all__ = [
     "ConstantLR",
     "CosineAnnealingLR",
@@ -70,26 +72,14 @@ def _check_optimizer(optimizer) -> None:
 
 
 def _check_real(name: str, value, *, low=None, high=None, low_open=False, high_open=False):
-    if isinstance(value, bool) or not isinstance(value, _REAL):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    v = float(value)
-    if math.isnan(v):
-        raise ValueError(f"{name} must not be NaN, got {value!r}")
-    if low is not None and (v <= low if low_open else v < low) or \
-            high is not None and (v >= high if high_open else v > high):
-        lb, rb = "(" if low_open else "[", ")" if high_open else "]"
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
-        raise ValueError(f"{name} must be in {lb}{lo}, {hi}{rb}, got {value!r}")
+    """A real in the interval (inf allowed, NaN not); the value itself is returned."""
+    check_scalar(name, value, low=low, high=high, low_open=low_open, high_open=high_open,
+                 finite=False)
     return value
 
 
 def _check_int(name: str, value, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, _INT):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
+    return check_int(name, value, low)
 
 
 def _format_param(name: str, optimizer, param) -> list:

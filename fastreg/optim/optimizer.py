@@ -24,27 +24,18 @@ from typing import Any
 
 import numpy as np
 
-from .._kernels import elementwise as _elementwise
-from .._kernels.runtime import cuda as _cuda_runtime
-from .._kernels.runtime.cuda import copy_into, is_device_array
+from .._checks import check_scalar
+from .._kernels import placement
+from .._kernels.placement import HOST
 from ..nn.parameter import Parameter
 
 
-def _alloc(n: int, dtype, gpu: bool, fill: float | None = None):
-    """A flat buffer of n elements on the host or the GPU, optionally filled."""
-    if gpu:
-        buf = _cuda_runtime.empty(n, dtype)
-        if fill is not None:
-            _elementwise.fill(buf, fill)
-        return buf
-    return np.empty(n, dtype=dtype) if fill is None else np.full(n, fill, dtype=dtype)
-
-
-def _to_place(a, gpu: bool):
-    """``a`` copied to the GPU (gpu=True) or the host, unless it is already there."""
-    if gpu:
-        return a if is_device_array(a) else _cuda_runtime.to_device(a)
-    return _cuda_runtime.to_host(a)
+def _alloc(n: int, dtype, place, fill: float | None = None):
+    """A flat buffer of n elements where ``place`` says, optionally filled."""
+    buf = place.empty(n, dtype)
+    if fill is not None:
+        place.fill(buf, fill)
+    return buf
 
 
 class _Required:
@@ -64,10 +55,10 @@ class _FlatGroup:
         "data",
         "data_views",
         "dtype",
-        "gpu",
         "grad",
         "grad_views",
         "params",
+        "place",
         "slices",
         "state",
         "step",
@@ -85,7 +76,7 @@ class _FlatGroup:
         self.dtype = dtypes.pop() if dtypes else np.dtype(np.float32)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"parameters must have dtype float32 or float64, got {self.dtype}")
-        self.gpu = self._place()
+        self.place = self._placement()
         self.slices, n = [], 0
         for p in self.params:
             self.slices.append((n, n + p.data.size))
@@ -94,23 +85,23 @@ class _FlatGroup:
         self.step = 0
         self._build(n, None)
 
-    def _place(self) -> bool:
-        """True if the group's parameters live on the GPU (all of them must agree)."""
-        places = {is_device_array(p.data) for p in self.params}
+    def _placement(self):
+        """Where the group's parameters live (all of them must agree)."""
+        places = {placement.of(p.data) for p in self.params}
         if len(places) > 1:
             raise ValueError("the parameters of one param group are partly on the GPU and partly "
                              "on the CPU; move the whole model with model.to(...)")
-        return places.pop() if places else False
+        return places.pop() if places else HOST
 
     def _build(self, n: int, old_grad) -> None:
-        """(Re)create the flat data/grad buffers where ``self.gpu`` says, copy every
+        """(Re)create the flat data/grad buffers where ``self.place`` says, copy every
         parameter's current values in, and point the parameters at views of them.
 
         ``old_grad``: the previous flat gradient (another place) for parameters whose ``grad``
         is still a view of it."""
-        gpu = self.gpu
-        self.data = _alloc(n, self.dtype, gpu)
-        self.grad = _alloc(n, self.dtype, gpu, fill=0.0)
+        place = self.place
+        self.data = _alloc(n, self.dtype, place)
+        self.grad = _alloc(n, self.dtype, place, fill=0.0)
         old_views = getattr(self, "grad_views", None) if old_grad is not None else None
         self.data_views, self.grad_views = [], []
         for i, (p, (lo, hi)) in enumerate(zip(self.params, self.slices)):
@@ -118,7 +109,7 @@ class _FlatGroup:
             gv = self.grad[lo:hi].reshape(p.data.shape)
             self._copy_in(dv, p, p.data, "data")
             if old_views is not None and p.grad is old_views[i]:
-                copy_into(gv, old_grad[lo:hi].reshape(p.data.shape))
+                place.copy_into(gv, old_grad[lo:hi].reshape(p.data.shape))
             elif p.grad is not None:
                 self._copy_in(gv, p, p.grad, "grad")
             p.data, p.grad = dv, gv
@@ -128,23 +119,22 @@ class _FlatGroup:
     def _migrate(self) -> None:
         """Follow parameters moved by ``Module.to``: rebuild the buffers on their side and move
         the optimizer state along."""
-        self.gpu = self._place()
+        self.place = self._placement()
         self._build(self.data.shape[0], self.grad)
-        self.state = {k: _to_place(v, self.gpu) for k, v in self.state.items()}
+        self.state = {k: self.place.put(v) for k, v in self.state.items()}
 
     @property
     def n(self) -> int:
         return self.data.shape[0]
 
-    @staticmethod
-    def _copy_in(view, p, arr, what):
+    def _copy_in(self, view, p, arr, what):
         """Copy ``arr`` (host or device, the parameter's size) into the flat-buffer view."""
-        if not is_device_array(arr):
+        if placement.of(arr) is None:
             arr = np.asarray(arr)
         if arr.size != view.size:
             raise ValueError(f"{what} of {p!r} has shape {arr.shape}, expected the parameter's "
                              f"shape {view.shape}")
-        copy_into(view, arr.reshape(view.shape))
+        self.place.copy_into(view, arr.reshape(view.shape))
 
     def adopt(self, zero_grad: bool = False) -> None:
         """Take back arrays that user code re-bound (``p.data = ...``, ``p.grad = None``).
@@ -153,16 +143,20 @@ class _FlatGroup:
         cheap identity check per parameter; a re-bound array is copied into the flat buffer and
         the parameter re-pointed at its view.
         """
-        if any(is_device_array(p.data) != self.gpu for p in self.params):
+        dvs, gvs = self.data_views, self.grad_views
+        if all(p._data is dvs[i] and p._grad is gvs[i] for i, p in enumerate(self.params)):
+            return                              # the steady state: nothing was re-bound
+        if any(placement.of(p.data) is not self.place for p in self.params):
             self._migrate()                     # the model was moved to / from the GPU
+            dvs, gvs = self.data_views, self.grad_views
         for i, p in enumerate(self.params):
-            dv, gv = self.data_views[i], self.grad_views[i]
+            dv, gv = dvs[i], gvs[i]
             if p.data is not dv:
                 self._copy_in(dv, p, p.data, "data")
                 p.data = dv
             if p.grad is not gv:
                 if p.grad is None or zero_grad:
-                    _elementwise.fill(gv, 0.0)
+                    self.place.fill(gv, 0.0)
                 else:
                     self._copy_in(gv, p, p.grad, "grad")
                 p.grad = gv
@@ -171,7 +165,7 @@ class _FlatGroup:
         """State buffer ``name``, created filled with ``fill`` the first time it is asked for."""
         buf = self.state.get(name)
         if buf is None:
-            buf = _alloc(self.n, self.dtype, self.gpu, fill=fill)
+            buf = _alloc(self.n, self.dtype, self.place, fill=fill)
             self.state[name] = buf
         return buf
 
@@ -259,10 +253,8 @@ class Optimizer:
             group.setdefault(name, default)
         self._check_group(group)
         for key in ("l1", "l2"):
-            v = group[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
-                    or not np.isfinite(v) or v < 0:
-                raise ValueError(f"Invalid {key} value: {v}")
+            if check_scalar(key, group[key]) < 0:          # a finite real, then torch's message
+                raise ValueError(f"Invalid {key} value: {group[key]}")
         ids = [id(p) for p in group["params"]]
         if len(ids) != len(set(ids)):
             raise ValueError("optimizer contains a parameter group with duplicate parameters")
@@ -286,7 +278,7 @@ class Optimizer:
         """
         for flat in self._flat:
             flat.adopt(zero_grad=True)
-            _elementwise.fill(flat.grad, 0.0)
+            flat.place.fill(flat.grad, 0.0)
 
     def step(self, closure: Callable[[], float] | None = None):
         """Perform one optimization step (one fused kernel call per param group).
@@ -321,9 +313,9 @@ class Optimizer:
             flat.adopt()
             w = flat.data
             if l1:
-                total += l1 * _elementwise.sum_abs(w)
+                total += l1 * flat.place.sum_abs(w)
             if l2:
-                total += l2 * _elementwise.sum_squares(w)
+                total += l2 * flat.place.sum_squares(w)
         return total
 
     # ----------------------------------------------------------------- state
@@ -359,8 +351,7 @@ class Optimizer:
             groups.append(packed)
         state = {}
         for p, st in self.state.items():
-            state[index[id(p)]] = {k: (v.copy() if isinstance(v, np.ndarray)
-                                       else v.copy_to_host() if is_device_array(v) else v)
+            state[index[id(p)]] = {k: (v if placement.of(v) is None else HOST.copy(v))
                                    for k, v in st.items()}
         return {"state": state, "param_groups": groups}
 
@@ -402,7 +393,7 @@ class Optimizer:
                     if name == "step":
                         steps.add(float(np.asarray(value)))
                         continue
-                    arr = np.asarray(_cuda_runtime.to_host(value))
+                    arr = np.asarray(HOST.to_host(value))
                     if arr.size != hi - lo:
                         raise ValueError(f"state {name!r} of parameter {ids[id(p)]} has shape "
                                          f"{arr.shape}, expected {p.data.shape}")
@@ -417,7 +408,7 @@ class Optimizer:
             loaded.append((step, bufs))
         for gi, (flat, (step, bufs)) in enumerate(zip(self._flat, loaded)):
             flat.adopt()
-            flat.step, flat.state = step, {k: _to_place(v, flat.gpu) for k, v in bufs.items()}
+            flat.step, flat.state = step, {k: flat.place.put(v) for k, v in bufs.items()}
             new_groups[gi]["params"] = self.param_groups[gi]["params"]
         self.param_groups[:] = new_groups
 
@@ -462,9 +453,7 @@ def param_groups(params_or_model, weight_decay: float = 0.0, l1: float = 0.0,
     >>> opt = fr.optim.SGD(fr.optim.param_groups(model, l2=1e-4), lr=0.1)  # doctest: +SKIP
     """
     for name, v in (("weight_decay", weight_decay), ("l1", l1), ("l2", l2)):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
-                or not np.isfinite(v) or v < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        check_scalar(name, v, low=0.0)
     src = params_or_model
     if not isinstance(src, Parameter) and callable(getattr(src, "parameters", None)):
         src = src.parameters()

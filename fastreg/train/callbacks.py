@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import check_int, check_scalar
+
 __all__ = ["Callback", "EarlyStopping"]
 
 
@@ -87,15 +89,8 @@ class EarlyStopping(Callback):
                  mode: str = "min", restore_best_weights: bool = True) -> None:
         if not isinstance(monitor, str) or not monitor:
             raise TypeError(f"monitor must be a non-empty string, got {monitor!r}")
-        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)):
-            raise TypeError(f"patience must be an integer, got {patience!r}")
-        if patience < 0:
-            raise ValueError(f"patience must be >= 0, got {patience!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float, np.integer,
-                                                                      np.floating)):
-            raise TypeError(f"min_delta must be a real number, got {min_delta!r}")
-        if not (min_delta >= 0 and math.isfinite(min_delta)):
-            raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
+        patience = check_int("patience", patience, 0)
+        min_delta = check_scalar("min_delta", min_delta, low=0.0)
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.monitor = monitor

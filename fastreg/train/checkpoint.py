@@ -15,10 +15,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-import numpy as np
-
 from .. import _random
 from .. import io as _io
+from .._checks import check_int
 from .callbacks import Callback
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "load_checkpoint", "resume", "resume_trainer",
@@ -182,8 +181,7 @@ class Checkpoint(Callback):
     """
 
     def __init__(self, path: str | os.PathLike, every: int = 1) -> None:
-        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
-            raise ValueError(f"every must be a positive integer, got {every!r}")
+        check_int("every", every, 1)
         self.path = os.fspath(path)
         self.every = int(every)
         self.last_saved_epoch: int | None = None

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from .._checks import check_int as _check_int
 from .._config import FLOAT_DTYPES
-from .._kernels._validate import check_int as _check_int
 from .._kernels.runtime.cuda import to_host
 from .history import History
 

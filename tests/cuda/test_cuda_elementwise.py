@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastreg._kernels import elementwise as E
-from fastreg._kernels.runtime import cuda as _cuda_runtime
+from fastreg._kernels import placement
 
 SIZES = (1, 7, 33, 300)          # 300 > one block (and > the simulator's whole grid of threads)
 ACTS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
@@ -296,7 +296,7 @@ def test_fill_any_shape_and_integer_dtype_and_runtime_zeros(dev):
     i = dev(np.zeros(40, np.int64))
     E.fill(i, 7)
     np.testing.assert_array_equal(host(i), 7)
-    z = _cuda_runtime.zeros((33, 3), np.float64)
+    z = placement.cuda().zeros((33, 3), np.float64)
     assert z.shape == (33, 3)
     np.testing.assert_array_equal(host(z), 0.0)
 

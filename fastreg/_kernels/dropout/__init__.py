@@ -41,8 +41,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .. import _dispatch
-from .._validate import (
+from ..._checks import (
     check_array,
     check_scalar,
     float_dtype,
@@ -51,6 +50,7 @@ from .._validate import (
     on_device,
     same_memory,
 )
+from .. import _dispatch
 from ..runtime import cuda as _cuda_runtime
 from .codes import _MASK32, _MASK64, PHILOX_M0, PHILOX_M1, PHILOX_ROUNDS, PHILOX_W0, PHILOX_W1
 
@@ -143,11 +143,9 @@ def _check_mask(mask, n: int, writeable: bool):
     return mask
 
 
-def _rng_args(p, seed, offset):
-    """(k0, k1, offset, threshold) as the fixed integer types both backends take."""
-    p = _check_p(p)
-    seed = _check_u64("seed", seed)
-    offset = _check_u64("offset", offset)
+def _rng_args(p: float, seed: int, offset: int):
+    """(k0, k1, offset, threshold) as the fixed integer types every backend takes (arguments
+    already checked)."""
     return (np.uint32(seed & _MASK32), np.uint32(seed >> 32), np.uint64(offset),
             np.uint64(keep_threshold(p)))
 
@@ -190,13 +188,10 @@ def dropout_forward(x: np.ndarray, out: np.ndarray, mask: np.ndarray, p: float, 
         raise ValueError("out must be x itself or not overlap x")
     dev = on_device(x=x, out=out, mask=mask)
     scale = check_scalar("scale", scale)
-    k0, k1, off, thr = _rng_args(p, seed, offset)
-    n = x.size
-    if n == 0:
-        return out
-    fn = _dispatch.kernel("dropout", "dropout_forward", backend, device=dev)
-    fn(x.reshape(-1), out.reshape(-1), mask, np.int64(n), k0, k1, off, thr, dt.type(scale))
-    return out
+    p = _check_p(p)
+    seed = _check_u64("seed", seed)
+    offset = _check_u64("offset", offset)
+    return run_dropout_forward(x, out, mask, p, scale, seed, offset, dev, backend)
 
 
 def dropout_backward(dy: np.ndarray, mask: np.ndarray, dx: np.ndarray, scale: float,
@@ -226,12 +221,7 @@ def dropout_backward(dy: np.ndarray, mask: np.ndarray, dx: np.ndarray, scale: fl
         raise ValueError("dx must be dy itself or not overlap dy")
     dev = on_device(dy=dy, mask=mask, dx=dx)
     scale = check_scalar("scale", scale)
-    n = dy.size
-    if n == 0:
-        return dx
-    fn = _dispatch.kernel("dropout", "dropout_backward", backend, device=dev)
-    fn(dy.reshape(-1), mask, dx.reshape(-1), np.int64(n), dt.type(scale))
-    return dx
+    return run_dropout_backward(dy, mask, dx, scale, dev, backend)
 
 
 def dropout_mask(mask: np.ndarray, n: int, p: float, seed: int, offset: int,
@@ -258,7 +248,8 @@ def dropout_mask(mask: np.ndarray, n: int, p: float, seed: int, offset: int,
     n = int(n)
     _check_mask(mask, n, writeable=True)
     dev = on_device(mask=mask)
-    k0, k1, off, thr = _rng_args(p, seed, offset)
+    k0, k1, off, thr = _rng_args(_check_p(p), _check_u64("seed", seed),
+                                 _check_u64("offset", offset))
     if n == 0:
         return mask
     fn = _dispatch.kernel("dropout", "dropout_mask", backend, device=dev)
@@ -282,3 +273,32 @@ def philox4x32_kernel(counters, key, backend: str | None = None):
     fn = _dispatch.kernel("dropout", "philox4x32_10_blocks", backend, device=dev)
     fn(ctr, out, np.uint32(int(key[0]) & _MASK32), np.uint32(int(key[1]) & _MASK32))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Trusted entry points: for callers that have checked the arrays and scalars themselves (the
+# Dropout module). Same meaning and argument order as the checked functions, with the placement
+# as ``device`` (True: CUDA device arrays) and no checks.
+# ---------------------------------------------------------------------------------------------
+
+def run_dropout_forward(x, out, mask, p: float, scale: float, seed: int, offset: int,
+                        device: bool = False, backend: str | None = None):
+    """Trusted :func:`dropout_forward`."""
+    n = x.size
+    if n == 0:
+        return out
+    k0, k1, off, thr = _rng_args(p, seed, offset)
+    fn = _dispatch.kernel("dropout", "dropout_forward", backend, device)
+    fn(x.reshape(-1), out.reshape(-1), mask, np.int64(n), k0, k1, off, thr, x.dtype.type(scale))
+    return out
+
+
+def run_dropout_backward(dy, mask, dx, scale: float, device: bool = False,
+                         backend: str | None = None):
+    """Trusted :func:`dropout_backward`."""
+    n = dy.size
+    if n == 0:
+        return dx
+    fn = _dispatch.kernel("dropout", "dropout_backward", backend, device)
+    fn(dy.reshape(-1), mask, dx.reshape(-1), np.int64(n), dy.dtype.type(scale))
+    return dx

@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _dispatch
-from .._validate import (
+from ..._checks import (
     check_array,
     check_scalar,
     float_dtype,
@@ -42,6 +41,7 @@ from .._validate import (
     on_device,
     same_memory,
 )
+from .. import _dispatch, placement
 from .codes import ACT_LEAKY_RELU, activation_code
 
 
@@ -82,11 +82,7 @@ def activation_forward(x: np.ndarray, out: np.ndarray, activation, slope: float 
     _same_or_disjoint("out", out, "x", x)
     code = activation_code(activation)
     slope = check_scalar("slope", slope)
-    if x.size == 0:
-        return out
-    fn = _dispatch.kernel("elementwise", "activation_forward", backend, device=dev)
-    fn(x.reshape(-1), out.reshape(-1), code, slope)
-    return out
+    return run_activation_forward(x, out, code, slope, dev, backend)
 
 
 def activation_backward(dy: np.ndarray, y: np.ndarray, dx: np.ndarray, activation,
@@ -126,11 +122,7 @@ def activation_backward(dy: np.ndarray, y: np.ndarray, dx: np.ndarray, activatio
     if code == ACT_LEAKY_RELU and slope <= 0:
         raise ValueError(f"slope must be > 0 to differentiate leaky_relu from its output, "
                          f"got {slope!r}")
-    if dy.size == 0:
-        return dx
-    fn = _dispatch.kernel("elementwise", "activation_backward", backend, device=dev)
-    fn(dy.reshape(-1), y.reshape(-1), dx.reshape(-1), code, slope)
-    return dx
+    return run_activation_backward(dy, y, dx, code, slope, dev, backend)
 
 
 def _check_target(target, n: int, c: int):
@@ -190,8 +182,7 @@ def softmax_cross_entropy_forward(logits: np.ndarray, target: np.ndarray, probs:
     dev = on_device(logits=logits, target=target, probs=probs)
     _same_or_disjoint("probs", probs, "logits", logits)
     eps = check_scalar("label_smoothing", label_smoothing, low=0.0, high=1.0)
-    fn = _dispatch.kernel("elementwise", "softmax_xent_forward", backend, device=dev)
-    return float(fn(logits, target, probs, eps)) / n
+    return run_softmax_cross_entropy_forward(logits, target, probs, eps, dev, backend)
 
 
 def softmax_cross_entropy_backward(probs: np.ndarray, target: np.ndarray, dlogits: np.ndarray,
@@ -226,8 +217,45 @@ def softmax_cross_entropy_backward(probs: np.ndarray, target: np.ndarray, dlogit
     _same_or_disjoint("dlogits", dlogits, "probs", probs)
     eps = check_scalar("label_smoothing", label_smoothing, low=0.0, high=1.0)
     g = 1.0 / n if grad_scale is None else check_scalar("grad_scale", grad_scale)
-    fn = _dispatch.kernel("elementwise", "softmax_xent_backward", backend, device=dev)
-    fn(probs, target, dlogits, eps, g)
+    return run_softmax_cross_entropy_backward(probs, target, dlogits, eps, g, dev, backend)
+
+
+# --- trusted entry points ------------------------------------------------------------------------
+# For callers that have checked the arrays and scalars themselves (activation layers, losses,
+# Sequential's fused Linear): same meaning and argument order as the checked functions above,
+# activations as codes, the placement as ``device`` (True: CUDA device arrays), no checks.
+
+def run_activation_forward(x, out, code: int, slope: float, device: bool = False,
+                           backend: str | None = None):
+    """Trusted :func:`activation_forward`."""
+    if x.size:
+        _dispatch.kernel("elementwise", "activation_forward", backend, device)(
+            x.reshape(-1), out.reshape(-1), code, slope)
+    return out
+
+
+def run_activation_backward(dy, y, dx, code: int, slope: float, device: bool = False,
+                            backend: str | None = None):
+    """Trusted :func:`activation_backward`."""
+    if dy.size:
+        _dispatch.kernel("elementwise", "activation_backward", backend, device)(
+            dy.reshape(-1), y.reshape(-1), dx.reshape(-1), code, slope)
+    return dx
+
+
+def run_softmax_cross_entropy_forward(logits, target, probs, label_smoothing: float,
+                                      device: bool = False, backend: str | None = None) -> float:
+    """Trusted :func:`softmax_cross_entropy_forward` (target values already in range)."""
+    fn = _dispatch.kernel("elementwise", "softmax_xent_forward", backend, device)
+    return float(fn(logits, target, probs, label_smoothing)) / logits.shape[0]
+
+
+def run_softmax_cross_entropy_backward(probs, target, dlogits, label_smoothing: float,
+                                       grad_scale: float, device: bool = False,
+                                       backend: str | None = None):
+    """Trusted :func:`softmax_cross_entropy_backward`."""
+    _dispatch.kernel("elementwise", "softmax_xent_backward", backend, device)(
+        probs, target, dlogits, label_smoothing, grad_scale)
     return dlogits
 
 
@@ -235,6 +263,11 @@ def softmax_cross_entropy_backward(probs: np.ndarray, target: np.ndarray, dlogit
 
 def _cuda(name: str):
     return _dispatch.kernel("elementwise", name, device=True)
+
+
+def _place(device: bool):
+    """The placement (fastreg._kernels.placement) that runs a checked utility call."""
+    return placement.cuda() if device else placement.HOST
 
 
 def _check_value(name: str, value) -> float:
@@ -260,11 +293,7 @@ def fill(a, value):
     if a.dtype.kind not in "biuf":
         raise TypeError(f"a must have a numeric dtype, got {a.dtype}")
     _check_value("value", value)
-    if on_device(a=a):
-        _cuda("fill")(a, value)
-    else:
-        a.fill(value)
-    return a
+    return _place(on_device(a=a)).fill(a, value)
 
 
 def scale(x, out, alpha: float):
@@ -286,11 +315,7 @@ def scale(x, out, alpha: float):
     dev = on_device(x=x, out=out)
     _same_or_disjoint("out", out, "x", x)
     alpha = check_scalar("alpha", alpha)
-    if dev:
-        _cuda("scale")(x, out, alpha)
-    else:
-        np.multiply(x, dt.type(alpha), out=out)
-    return out
+    return _place(dev).scale(x, out, alpha)
 
 
 def add_(out, a, alpha: float = 1.0):
@@ -312,11 +337,7 @@ def add_(out, a, alpha: float = 1.0):
     dev = on_device(out=out, a=a)
     _same_or_disjoint("a", a, "out", out)
     alpha = check_scalar("alpha", alpha)
-    if dev:
-        _cuda("add_")(out, a, alpha)
-    else:
-        out += dt.type(alpha) * a
-    return out
+    return _place(dev).add_(out, a, alpha)
 
 
 def subtract(a, b, out):
@@ -338,11 +359,7 @@ def subtract(a, b, out):
     dev = on_device(a=a, b=b, out=out)
     _same_or_disjoint("out", out, "a", a)
     _same_or_disjoint("out", out, "b", b)
-    if dev:
-        _cuda("subtract")(a, b, out)
-    else:
-        np.subtract(a, b, out=out)
-    return out
+    return _place(dev).subtract(a, b, out)
 
 
 def sum_squares(a) -> float:
@@ -354,10 +371,7 @@ def sum_squares(a) -> float:
     """
     float_dtype("a", a)
     check_array("a", a)
-    if on_device(a=a):
-        return _cuda("sum_squares")(a)
-    d = a.reshape(-1).astype(np.float64, copy=False)
-    return float(np.dot(d, d))
+    return _place(on_device(a=a)).sum_squares(a)
 
 
 def sum_abs(a) -> float:
@@ -369,9 +383,7 @@ def sum_abs(a) -> float:
     """
     float_dtype("a", a)
     check_array("a", a)
-    if on_device(a=a):
-        return _cuda("sum_abs")(a)
-    return float(np.abs(a).sum(dtype=np.float64))
+    return _place(on_device(a=a)).sum_abs(a)
 
 
 def column_sum(a, out, accumulate: bool = False):
@@ -395,14 +407,7 @@ def column_sum(a, out, accumulate: bool = False):
     dev = on_device(a=a, out=out)
     if may_share_memory(a, out):
         raise ValueError("out must not overlap a")
-    if dev:
-        _cuda("column_sum")(a, out, bool(accumulate))
-    else:
-        s = a.sum(axis=0, dtype=np.float64)
-        if accumulate:
-            s += out
-        out[...] = s
-    return out
+    return _place(dev).column_sum(a, out, bool(accumulate))
 
 
 def mse_forward(x, t, diff) -> float:
@@ -424,11 +429,7 @@ def mse_forward(x, t, diff) -> float:
     dev = on_device(x=x, t=t, diff=diff)
     _same_or_disjoint("diff", diff, "x", x)
     _same_or_disjoint("diff", diff, "t", t)
-    if dev:
-        return _cuda("mse_forward")(x, t, diff)
-    np.subtract(x, t, out=diff)
-    d = diff.reshape(-1).astype(np.float64, copy=False)
-    return float(np.dot(d, d))
+    return run_mse_forward(x, t, diff, dev)
 
 
 def _check_bce(x, t, pos_weight, weight):
@@ -476,13 +477,8 @@ def bce_with_logits_forward(x, t, pos_weight=None, weight=None) -> float:
     float
     """
     _check_bce(x, t, pos_weight, weight)
-    if on_device(x=x, t=t, pos_weight=pos_weight, weight=weight):
-        return _cuda("bce_with_logits_forward")(x, t, pos_weight, weight)
-    x64, t64, pw = _bce_host(x, t, pos_weight)
-    per = pw * t64 * np.logaddexp(0.0, -x64) + (1 - t64) * np.logaddexp(0.0, x64)
-    if weight is not None:
-        per = per * weight
-    return float(per.sum())
+    dev = on_device(x=x, t=t, pos_weight=pos_weight, weight=weight)
+    return run_bce_with_logits_forward(x, t, pos_weight, weight, dev)
 
 
 def bce_with_logits_backward(x, t, pos_weight, weight, grad, scale: float):
@@ -508,16 +504,7 @@ def bce_with_logits_backward(x, t, pos_weight, weight, grad, scale: float):
     _same_or_disjoint("grad", grad, "x", x)
     _same_or_disjoint("grad", grad, "t", t)
     scale = check_scalar("scale", scale)
-    if dev:
-        _cuda("bce_with_logits_backward")(x, t, pos_weight, weight, grad, scale)
-        return grad
-    x64, t64, pw = _bce_host(x, t, pos_weight)
-    sig = 0.5 * (1.0 + np.tanh(0.5 * x64))          # overflow-free sigmoid
-    g = (pw * t64 + 1 - t64) * sig - pw * t64
-    if weight is not None:
-        g = g * weight
-    grad[...] = scale * g
-    return grad
+    return run_bce_with_logits_backward(x, t, pos_weight, weight, grad, scale, dev)
 
 
 def _check_weighted(logits_name, logits, target, class_weight, out_name, out, eps):
@@ -560,18 +547,7 @@ def softmax_xent_weighted_forward(logits, target, class_weight, probs, eps: floa
         ``total`` and ``denom``.
     """
     dev, eps = _check_weighted("logits", logits, target, class_weight, "probs", probs, eps)
-    if dev:
-        return _cuda("softmax_xent_weighted_forward")(logits, target, class_weight, probs, eps)
-    n, c = logits.shape
-    z64 = logits.astype(np.float64)
-    zmax = z64.max(axis=1, keepdims=True)
-    logp = z64 - zmax - np.log(np.exp(z64 - zmax).sum(axis=1, keepdims=True))
-    probs[...] = np.exp(logp)
-    wy = class_weight[target]
-    nll = -logp[np.arange(n), target] * wy
-    smooth = -(logp * class_weight).sum(axis=1)
-    per = (1 - eps) * nll + (eps / c) * smooth
-    return float(per.sum()), float(wy.sum())
+    return run_softmax_xent_weighted_forward(logits, target, class_weight, probs, eps, dev)
 
 
 def softmax_xent_weighted_backward(probs, target, class_weight, dlogits, eps: float,
@@ -598,7 +574,69 @@ def softmax_xent_weighted_backward(probs, target, class_weight, dlogits, eps: fl
     """
     dev, eps = _check_weighted("probs", probs, target, class_weight, "dlogits", dlogits, eps)
     scale = check_scalar("scale", scale)
-    if dev:
+    return run_softmax_xent_weighted_backward(probs, target, class_weight, dlogits, eps, scale,
+                                              dev)
+
+
+# The loss helpers have no compiled CPU kernel: on the host they are NumPy (float64 sums), on the
+# device the CUDA kernels of elementwise/cuda.py. ``device`` picks, nothing else is checked.
+
+def run_mse_forward(x, t, diff, device: bool = False) -> float:
+    """Trusted :func:`mse_forward`."""
+    if device:
+        return _cuda("mse_forward")(x, t, diff)
+    np.subtract(x, t, out=diff)
+    d = diff.reshape(-1).astype(np.float64, copy=False)
+    return float(np.dot(d, d))
+
+
+def run_bce_with_logits_forward(x, t, pos_weight, weight, device: bool = False) -> float:
+    """Trusted :func:`bce_with_logits_forward`."""
+    if device:
+        return _cuda("bce_with_logits_forward")(x, t, pos_weight, weight)
+    x64, t64, pw = _bce_host(x, t, pos_weight)
+    per = pw * t64 * np.logaddexp(0.0, -x64) + (1 - t64) * np.logaddexp(0.0, x64)
+    if weight is not None:
+        per = per * weight
+    return float(per.sum())
+
+
+def run_bce_with_logits_backward(x, t, pos_weight, weight, grad, scale: float,
+                                 device: bool = False):
+    """Trusted :func:`bce_with_logits_backward`."""
+    if device:
+        _cuda("bce_with_logits_backward")(x, t, pos_weight, weight, grad, scale)
+        return grad
+    x64, t64, pw = _bce_host(x, t, pos_weight)
+    sig = 0.5 * (1.0 + np.tanh(0.5 * x64))          # overflow-free sigmoid
+    g = (pw * t64 + 1 - t64) * sig - pw * t64
+    if weight is not None:
+        g = g * weight
+    grad[...] = scale * g
+    return grad
+
+
+def run_softmax_xent_weighted_forward(logits, target, class_weight, probs, eps: float,
+                                      device: bool = False) -> tuple[float, float]:
+    """Trusted :func:`softmax_xent_weighted_forward` (target values already in range)."""
+    if device:
+        return _cuda("softmax_xent_weighted_forward")(logits, target, class_weight, probs, eps)
+    n, c = logits.shape
+    z64 = logits.astype(np.float64)
+    zmax = z64.max(axis=1, keepdims=True)
+    logp = z64 - zmax - np.log(np.exp(z64 - zmax).sum(axis=1, keepdims=True))
+    probs[...] = np.exp(logp)
+    wy = class_weight[target]
+    nll = -logp[np.arange(n), target] * wy
+    smooth = -(logp * class_weight).sum(axis=1)
+    per = (1 - eps) * nll + (eps / c) * smooth
+    return float(per.sum()), float(wy.sum())
+
+
+def run_softmax_xent_weighted_backward(probs, target, class_weight, dlogits, eps: float,
+                                       scale: float, device: bool = False):
+    """Trusted :func:`softmax_xent_weighted_backward`."""
+    if device:
         _cuda("softmax_xent_weighted_backward")(probs, target, class_weight, dlogits, eps, scale)
         return dlogits
     n, c = probs.shape

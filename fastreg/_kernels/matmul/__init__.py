@@ -25,8 +25,8 @@ import math
 
 import numpy as np
 
+from ..._checks import check_array, check_scalar, float_dtype, may_share_memory, on_device
 from .. import _dispatch
-from .._validate import check_array, check_scalar, float_dtype, may_share_memory, on_device
 from .codes import ACT_IDENTITY, activation_code
 
 __all__ = ["linear_backward_input", "linear_backward_weight", "linear_forward"]
@@ -116,9 +116,7 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, o
     _check_dims(N, K, M)
     dev = _on_device(x=x, weight=weight, bias=bias, out=out)
     _check_outputs_apart({"out": out}, {"x": x, "weight": weight, "bias": bias})
-    fn = _dispatch.kernel("matmul", "linear_forward", backend, device=dev)
-    fn(x, weight, bias, out, act, slope)
-    return out
+    return run_linear_forward(x, weight, bias, out, act, slope, dev, backend)
 
 
 def linear_backward_input(dy: np.ndarray, weight: np.ndarray, dx: np.ndarray,
@@ -156,9 +154,7 @@ def linear_backward_input(dy: np.ndarray, weight: np.ndarray, dx: np.ndarray,
     _check_dims(N, K, M)
     dev = _on_device(dy=dy, weight=weight, dx=dx)
     _check_outputs_apart({"dx": dx}, {"dy": dy, "weight": weight})
-    fn = _dispatch.kernel("matmul", "linear_backward_input", backend, device=dev)
-    fn(dy, weight, dx)
-    return dx
+    return run_linear_backward_input(dy, weight, dx, dev, backend)
 
 
 def linear_backward_weight(dy: np.ndarray, x: np.ndarray, dweight: np.ndarray,
@@ -204,5 +200,32 @@ def linear_backward_weight(dy: np.ndarray, x: np.ndarray, dweight: np.ndarray,
     _check_dims(N, K, M)
     dev = _on_device(dy=dy, x=x, dweight=dweight, dbias=dbias)
     _check_outputs_apart({"dweight": dweight, "dbias": dbias}, {"dy": dy, "x": x})
-    fn = _dispatch.kernel("matmul", "linear_backward_weight", backend, device=dev)
-    fn(dy, x, dweight, dbias, bool(accumulate))
+    run_linear_backward_weight(dy, x, dweight, dbias, bool(accumulate), dev, backend)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trusted entry points: for callers that have checked the arrays themselves (nn layers,
+# inference plans). Same meaning as the functions above, with the activation as a code, the
+# placement as ``device`` (True: CUDA device arrays) and no argument checks at all: passing
+# anything the checked function would reject is undefined behaviour.
+# ---------------------------------------------------------------------------------------------
+
+def run_linear_forward(x, weight, bias, out, act: int, slope: float, device: bool = False,
+                       backend: str | None = None):
+    """Trusted :func:`linear_forward`."""
+    _dispatch.kernel("matmul", "linear_forward", backend, device)(x, weight, bias, out, act,
+                                                                   slope)
+    return out
+
+
+def run_linear_backward_input(dy, weight, dx, device: bool = False, backend: str | None = None):
+    """Trusted :func:`linear_backward_input`."""
+    _dispatch.kernel("matmul", "linear_backward_input", backend, device)(dy, weight, dx)
+    return dx
+
+
+def run_linear_backward_weight(dy, x, dweight, dbias, accumulate: bool, device: bool = False,
+                               backend: str | None = None) -> None:
+    """Trusted :func:`linear_backward_weight`."""
+    _dispatch.kernel("matmul", "linear_backward_weight", backend, device)(dy, x, dweight, dbias,
+                                                                          accumulate)

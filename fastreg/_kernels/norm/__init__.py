@@ -36,8 +36,8 @@ from __future__ import annotations
 import numpy as np
 
 from ... import _config
+from ..._checks import check_array, check_scalar, float_dtype, no_overlap, on_device
 from .. import _dispatch, runtime
-from .._validate import check_array, check_scalar, float_dtype, no_overlap, on_device
 from .codes import CHUNKS_PER_THREAD, SERIAL_BELOW
 
 __all__ = [
@@ -144,18 +144,8 @@ def batchnorm_forward_train(x, weight, bias, running_mean, running_var, out, sav
     eps = check_scalar("eps", eps, low=0.0)
     no_overlap(x=x, weight=weight, bias=bias, running_mean=running_mean,
                running_var=running_var, out=out, save_mean=save_mean, save_rstd=save_rstd)
-    if dev:
-        _dispatch.kernel("norm", "batchnorm_forward_train", backend, device=True)(
-            x, weight, bias, running_mean, running_var, out, save_mean, save_rstd, momentum, eps)
-        return out
-    P = _n_chunks(N, C)
-    partial = np.empty((P, 2, C))
-    coef = np.empty((4, C), dtype)
-    fn = _dispatch.kernel("norm", "batchnorm_forward_train", backend)
-    fn(x, _or_empty(weight, dtype), _or_empty(bias, dtype), _or_empty(running_mean, dtype),
-       _or_empty(running_var, dtype), out, save_mean, save_rstd, partial, coef,
-       weight is not None, bias is not None, running_mean is not None, momentum, eps)
-    return out
+    return run_batchnorm_forward_train(x, weight, bias, running_mean, running_var, out, save_mean,
+                                       save_rstd, momentum, eps, dev, backend)
 
 
 def batchnorm_forward_eval(x, weight, bias, running_mean, running_var, out, eps=1e-5,
@@ -190,16 +180,8 @@ def batchnorm_forward_eval(x, weight, bias, running_mean, running_var, out, eps=
     eps = check_scalar("eps", eps, low=0.0)
     no_overlap(x=x, out=out, weight=weight, bias=bias, running_mean=running_mean,
                running_var=running_var)
-    if dev:
-        _dispatch.kernel("norm", "batchnorm_forward_eval", backend, device=True)(
-            x, weight, bias, running_mean, running_var, out, eps)
-        return out
-    coef = np.empty((4, C), dtype)
-    fn = _dispatch.kernel("norm", "batchnorm_forward_eval", backend)
-    P = _n_chunks(N, C) if N > 0 else 0
-    fn(x, _or_empty(weight, dtype), _or_empty(bias, dtype), running_mean, running_var, out, coef,
-       P, weight is not None, bias is not None, eps)
-    return out
+    return run_batchnorm_forward_eval(x, weight, bias, running_mean, running_var, out, eps, dev,
+                                      backend)
 
 
 def _check_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, accumulate,
@@ -258,22 +240,10 @@ def batchnorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, 
     -------
     dx
     """
-    dtype, accumulate, dev = _check_backward(dy, x, weight, save_mean, save_rstd, dx, dweight,
+    _, accumulate, dev = _check_backward(dy, x, weight, save_mean, save_rstd, dx, dweight,
                                              dbias, accumulate, "C")
-    if dev:
-        _dispatch.kernel("norm", "batchnorm_backward", backend, device=True)(
-            dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, accumulate)
-        return dx
-    N, C = x.shape
-    P = _n_chunks(N, C)
-    partial = np.empty((P, 2, C))
-    block = np.empty((P, 2, C), dtype)
-    coef = np.empty((4, C), dtype)
-    fn = _dispatch.kernel("norm", "batchnorm_backward", backend)
-    fn(dy, x, _or_empty(weight, dtype), save_mean, save_rstd, dx, _or_empty(dweight, dtype),
-       _or_empty(dbias, dtype), partial, block, coef, weight is not None, dweight is not None,
-       dbias is not None, accumulate)
-    return dx
+    return run_batchnorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias,
+                                  accumulate, dev, backend)
 
 
 def batchnorm_backward_eval(dy, x, weight, running_mean, running_var, dx, dweight, dbias, eps,
@@ -312,30 +282,12 @@ def batchnorm_backward_eval(dy, x, weight, running_mean, running_var, dx, dweigh
     -------
     dx
     """
-    dtype, accumulate, dev = _check_backward(dy, x, weight, running_mean, running_var, dx,
+    _, accumulate, dev = _check_backward(dy, x, weight, running_mean, running_var, dx,
                                              dweight, dbias, accumulate, "C",
                                              ("running_mean", "running_var"))
     eps = check_scalar("eps", eps, low=0.0)
-    if dev:
-        _dispatch.kernel("norm", "batchnorm_backward_eval", backend, device=True)(
-            dy, x, weight, running_mean, running_var, dx, dweight, dbias, eps, accumulate)
-        return dx
-    _dispatch.resolve("norm", backend)
-    r = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
-    if dweight is not None:
-        dg = (dy * ((x - running_mean) * r)).sum(axis=0).astype(dtype)
-        if accumulate:
-            dweight += dg
-        else:
-            dweight[...] = dg
-    if dbias is not None:
-        if accumulate:
-            dbias += dy.sum(axis=0)
-        else:
-            dbias[...] = dy.sum(axis=0)
-    scale = r if weight is None else weight * r
-    np.multiply(dy, scale.astype(dtype), out=dx)
-    return dx
+    return run_batchnorm_backward_eval(dy, x, weight, running_mean, running_var, dx, dweight,
+                                       dbias, eps, accumulate, dev, backend)
 
 
 def layernorm_forward(x, weight, bias, out, save_mean, save_rstd, eps=1e-5,
@@ -373,14 +325,7 @@ def layernorm_forward(x, weight, bias, out, save_mean, save_rstd, eps=1e-5,
     check_array("save_rstd", save_rstd, dtype=dtype, shape=(N,), writeable=True)
     eps = check_scalar("eps", eps, low=0.0)
     no_overlap(x=x, weight=weight, bias=bias, out=out, save_mean=save_mean, save_rstd=save_rstd)
-    if dev:
-        _dispatch.kernel("norm", "layernorm_forward", backend, device=True)(
-            x, weight, bias, out, save_mean, save_rstd, eps)
-        return out
-    fn = _dispatch.kernel("norm", "layernorm_forward", backend)
-    fn(x, _or_empty(weight, dtype), _or_empty(bias, dtype), out, save_mean, save_rstd,
-       weight is not None, bias is not None, eps)
-    return out
+    return run_layernorm_forward(x, weight, bias, out, save_mean, save_rstd, eps, dev, backend)
 
 
 def layernorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, accumulate=True,
@@ -412,13 +357,126 @@ def layernorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, 
     -------
     dx
     """
-    dtype, accumulate, dev = _check_backward(dy, x, weight, save_mean, save_rstd, dx, dweight,
+    _, accumulate, dev = _check_backward(dy, x, weight, save_mean, save_rstd, dx, dweight,
                                              dbias, accumulate, "N")
-    if dev:
+    return run_layernorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias,
+                                  accumulate, dev, backend)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trusted entry points: for callers that have checked the arrays themselves (nn layers,
+# inference plans). Same meaning and argument order as the checked functions above, with the
+# placement as ``device`` (True: CUDA device arrays) and no checks: passing anything the checked
+# function would reject is undefined behaviour.
+# ---------------------------------------------------------------------------------------------
+
+def run_batchnorm_forward_train(x, weight, bias, running_mean, running_var, out, save_mean,
+                                save_rstd, momentum: float, eps: float, device: bool = False,
+                                backend: str | None = None):
+    """Trusted :func:`batchnorm_forward_train`."""
+    if device:
+        _dispatch.kernel("norm", "batchnorm_forward_train", backend, device=True)(
+            x, weight, bias, running_mean, running_var, out, save_mean, save_rstd, momentum, eps)
+        return out
+    N, C = x.shape
+    dtype = x.dtype
+    P = _n_chunks(N, C)
+    partial = np.empty((P, 2, C))
+    coef = np.empty((4, C), dtype)
+    fn = _dispatch.kernel("norm", "batchnorm_forward_train", backend)
+    fn(x, _or_empty(weight, dtype), _or_empty(bias, dtype), _or_empty(running_mean, dtype),
+       _or_empty(running_var, dtype), out, save_mean, save_rstd, partial, coef,
+       weight is not None, bias is not None, running_mean is not None, momentum, eps)
+    return out
+
+
+def run_batchnorm_forward_eval(x, weight, bias, running_mean, running_var, out, eps: float,
+                               device: bool = False, backend: str | None = None):
+    """Trusted :func:`batchnorm_forward_eval`."""
+    if device:
+        _dispatch.kernel("norm", "batchnorm_forward_eval", backend, device=True)(
+            x, weight, bias, running_mean, running_var, out, eps)
+        return out
+    N, C = x.shape
+    dtype = x.dtype
+    coef = np.empty((4, C), dtype)
+    fn = _dispatch.kernel("norm", "batchnorm_forward_eval", backend)
+    P = _n_chunks(N, C) if N > 0 else 0
+    fn(x, _or_empty(weight, dtype), _or_empty(bias, dtype), running_mean, running_var, out, coef,
+       P, weight is not None, bias is not None, eps)
+    return out
+
+
+def run_batchnorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias,
+                           accumulate: bool, device: bool = False, backend: str | None = None):
+    """Trusted :func:`batchnorm_backward`."""
+    if device:
+        _dispatch.kernel("norm", "batchnorm_backward", backend, device=True)(
+            dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, accumulate)
+        return dx
+    N, C = x.shape
+    dtype = x.dtype
+    P = _n_chunks(N, C)
+    partial = np.empty((P, 2, C))
+    block = np.empty((P, 2, C), dtype)
+    coef = np.empty((4, C), dtype)
+    fn = _dispatch.kernel("norm", "batchnorm_backward", backend)
+    fn(dy, x, _or_empty(weight, dtype), save_mean, save_rstd, dx, _or_empty(dweight, dtype),
+       _or_empty(dbias, dtype), partial, block, coef, weight is not None, dweight is not None,
+       dbias is not None, accumulate)
+    return dx
+
+
+def run_batchnorm_backward_eval(dy, x, weight, running_mean, running_var, dx, dweight, dbias,
+                                eps: float, accumulate: bool, device: bool = False,
+                                backend: str | None = None):
+    """Trusted :func:`batchnorm_backward_eval`."""
+    if device:
+        _dispatch.kernel("norm", "batchnorm_backward_eval", backend, device=True)(
+            dy, x, weight, running_mean, running_var, dx, dweight, dbias, eps, accumulate)
+        return dx
+    _dispatch.resolve("norm", backend)
+    dtype = x.dtype
+    r = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+    if dweight is not None:
+        dg = (dy * ((x - running_mean) * r)).sum(axis=0).astype(dtype)
+        if accumulate:
+            dweight += dg
+        else:
+            dweight[...] = dg
+    if dbias is not None:
+        if accumulate:
+            dbias += dy.sum(axis=0)
+        else:
+            dbias[...] = dy.sum(axis=0)
+    scale = r if weight is None else weight * r
+    np.multiply(dy, scale.astype(dtype), out=dx)
+    return dx
+
+
+def run_layernorm_forward(x, weight, bias, out, save_mean, save_rstd, eps: float,
+                          device: bool = False, backend: str | None = None):
+    """Trusted :func:`layernorm_forward`."""
+    if device:
+        _dispatch.kernel("norm", "layernorm_forward", backend, device=True)(
+            x, weight, bias, out, save_mean, save_rstd, eps)
+        return out
+    dtype = x.dtype
+    fn = _dispatch.kernel("norm", "layernorm_forward", backend)
+    fn(x, _or_empty(weight, dtype), _or_empty(bias, dtype), out, save_mean, save_rstd,
+       weight is not None, bias is not None, eps)
+    return out
+
+
+def run_layernorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias,
+                           accumulate: bool, device: bool = False, backend: str | None = None):
+    """Trusted :func:`layernorm_backward`."""
+    if device:
         _dispatch.kernel("norm", "layernorm_backward", backend, device=True)(
             dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, accumulate)
         return dx
     N, C = x.shape
+    dtype = x.dtype
     P = _n_chunks(N, C)
     partial = np.empty((P, 2, C))
     block = np.empty((P, 2, C), dtype)

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..._checks import check_array, check_scalar, float_dtype, no_overlap, on_device
 from .. import _dispatch
-from .._validate import check_array, check_scalar, float_dtype, no_overlap, on_device
 from ..runtime import cuda as _cuda_runtime
 from .codes import (  # noqa: F401  (re-exported: the public codes)
     ADADELTA,
@@ -83,11 +83,12 @@ def _flag(name: str, value) -> bool:
 
 
 def _check_buffers(param, grad, **buffers):
-    """Check param/grad and the state buffers a call needs; return (dtype, [b0, b1, b2]).
+    """Check param/grad and the state buffers a call needs; return True for CUDA device arrays.
 
-    ``buffers`` maps name -> (array or None, required). Buffers not required are ignored (and
-    replaced by an empty array the kernel never touches). The arrays may all be host ndarrays
-    or all CUDA device arrays (the placeholders then are device arrays too).
+    ``buffers`` maps name -> (array or None, required). Buffers not required are ignored (the
+    trusted entry point replaces them by an empty array the kernel never touches). The arrays
+    may all be host ndarrays or all CUDA device arrays (the placeholders then are device arrays
+    too).
     """
     dt = float_dtype("param", param)
     check_array("param", param, ndim=1, writeable=True)
@@ -102,11 +103,16 @@ def _check_buffers(param, grad, **buffers):
         out.append(arr)
         named[name] = arr
     no_overlap(**named)
-    empty = _empty(dt, on_device(**named))
-    out = [empty if b is None else b for b in out]
+    return on_device(**named)
+
+
+def _bufs(dt: np.dtype, device: bool, *buffers) -> list:
+    """The three state-buffer slots of a kernel call: unused ones are length-0 placeholders."""
+    empty = _empty(dt, device)
+    out = [empty if b is None else b for b in buffers]
     while len(out) < 3:
         out.append(empty)
-    return dt, out
+    return out
 
 
 def _common(lr, weight_decay, l1, l2):
@@ -121,11 +127,10 @@ def _hp(dt, lr, wd, l1, l2, *rest) -> np.ndarray:
     return hp
 
 
-def _run(kind, flags, param, grad, bufs, hp, backend):
+def _run(kind, flags, param, grad, bufs, hp, device, backend):
     if param.shape[0] == 0:
         return
-    dev = _cuda_runtime.is_device_array(param)     # _check_buffers made sure all agree
-    fn = _dispatch.kernel("optim", "fused_step", backend, device=dev)
+    fn = _dispatch.kernel("optim", "fused_step", backend, device)
     fn(kind, flags, param, grad, bufs[0], bufs[1], bufs[2], hp)
 
 
@@ -167,10 +172,10 @@ def sgd_step(param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray | 
     first_step = _flag("first_step", first_step)
     if nesterov and (mu <= 0 or damp != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-    dt, bufs = _check_buffers(param, grad, momentum_buffer=(momentum_buffer, mu != 0))
-    flags = ((MAXIMIZE if maximize else 0) | (MOMENTUM if mu != 0 else 0)
-             | (NESTEROV if nesterov else 0) | (FIRST_STEP if first_step else 0))
-    _run(SGD, flags, param, grad, bufs, _hp(dt, lr, wd, l1, l2, mu, 1.0 - damp), backend)
+    dev = _check_buffers(param, grad, momentum_buffer=(momentum_buffer, mu != 0))
+    run_sgd_step(param, grad, momentum_buffer, lr=lr, momentum=mu, dampening=damp,
+                 weight_decay=wd, nesterov=nesterov, maximize=maximize, first_step=first_step,
+                 l1=l1, l2=l2, device=dev, backend=backend)
 
 
 def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray,
@@ -217,17 +222,11 @@ def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_
     eps = check_scalar("eps", eps, low=0.0)
     decoupled = _flag("decoupled_weight_decay", decoupled_weight_decay)
     amsgrad, maximize = _flag("amsgrad", amsgrad), _flag("maximize", maximize)
-    dt, bufs = _check_buffers(param, grad, exp_avg=(exp_avg, True),
-                              exp_avg_sq=(exp_avg_sq, True),
-                              max_exp_avg_sq=(max_exp_avg_sq, amsgrad))
-    flags = ((MAXIMIZE if maximize else 0) | (AMSGRAD if amsgrad else 0)
-             | (DECOUPLED if decoupled else 0))
-    step_size = lr / (1.0 - b1 ** t)
-    inv_bc2_sqrt = 1.0 / (1.0 - b2 ** t) ** 0.5
-    # Both backends use g + wd·θ and θ·decay unconditionally: (wd, 1) for Adam, (0, 1-γλ) AdamW.
-    wd_g, decay = (0.0, 1.0 - lr * wd) if decoupled else (wd, 1.0)
-    hp = _hp(dt, lr, wd_g, l1, l2, 1.0 - b1, b2, 1.0 - b2, eps, step_size, inv_bc2_sqrt, decay)
-    _run(ADAM, flags, param, grad, bufs, hp, backend)
+    dev = _check_buffers(param, grad, exp_avg=(exp_avg, True), exp_avg_sq=(exp_avg_sq, True),
+                         max_exp_avg_sq=(max_exp_avg_sq, amsgrad))
+    run_adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=t, lr=lr, beta1=b1,
+                  beta2=b2, eps=eps, weight_decay=wd, decoupled_weight_decay=decoupled,
+                  amsgrad=amsgrad, maximize=maximize, l1=l1, l2=l2, device=dev, backend=backend)
 
 
 def rmsprop_step(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray,
@@ -268,13 +267,11 @@ def rmsprop_step(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray,
     eps = check_scalar("eps", eps, low=0.0)
     mu = check_scalar("momentum", momentum, low=0.0)
     centered, maximize = _flag("centered", centered), _flag("maximize", maximize)
-    dt, bufs = _check_buffers(param, grad, square_avg=(square_avg, True),
-                              grad_avg=(grad_avg, centered),
-                              momentum_buffer=(momentum_buffer, mu > 0))
-    flags = ((MAXIMIZE if maximize else 0) | (CENTERED if centered else 0)
-             | (MOMENTUM if mu > 0 else 0))
-    hp = _hp(dt, lr, wd, l1, l2, alpha, 1.0 - alpha, eps, mu)
-    _run(RMSPROP, flags, param, grad, bufs, hp, backend)
+    dev = _check_buffers(param, grad, square_avg=(square_avg, True),
+                         grad_avg=(grad_avg, centered), momentum_buffer=(momentum_buffer, mu > 0))
+    run_rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, lr=lr, alpha=alpha,
+                     eps=eps, weight_decay=wd, momentum=mu, centered=centered, maximize=maximize,
+                     l1=l1, l2=l2, device=dev, backend=backend)
 
 
 def adagrad_step(param: np.ndarray, grad: np.ndarray, state_sum: np.ndarray, *, step: int,
@@ -307,10 +304,9 @@ def adagrad_step(param: np.ndarray, grad: np.ndarray, state_sum: np.ndarray, *, 
     lr_decay = check_scalar("lr_decay", lr_decay, low=0.0)
     eps = check_scalar("eps", eps, low=0.0)
     maximize = _flag("maximize", maximize)
-    dt, bufs = _check_buffers(param, grad, state_sum=(state_sum, True))
-    clr = lr / (1.0 + (t - 1) * lr_decay)
-    hp = _hp(dt, lr, wd, l1, l2, clr, eps)
-    _run(ADAGRAD, MAXIMIZE if maximize else 0, param, grad, bufs, hp, backend)
+    dev = _check_buffers(param, grad, state_sum=(state_sum, True))
+    run_adagrad_step(param, grad, state_sum, step=t, lr=lr, lr_decay=lr_decay, weight_decay=wd,
+                     eps=eps, maximize=maximize, l1=l1, l2=l2, device=dev, backend=backend)
 
 
 def adadelta_step(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray,
@@ -341,7 +337,77 @@ def adadelta_step(param: np.ndarray, grad: np.ndarray, square_avg: np.ndarray,
     rho = check_scalar("rho", rho, low=0.0, high=1.0)
     eps = check_scalar("eps", eps, low=0.0)
     maximize = _flag("maximize", maximize)
-    dt, bufs = _check_buffers(param, grad, square_avg=(square_avg, True),
-                              acc_delta=(acc_delta, True))
-    hp = _hp(dt, lr, wd, l1, l2, rho, 1.0 - rho, eps)
-    _run(ADADELTA, MAXIMIZE if maximize else 0, param, grad, bufs, hp, backend)
+    dev = _check_buffers(param, grad, square_avg=(square_avg, True), acc_delta=(acc_delta, True))
+    run_adadelta_step(param, grad, square_avg, acc_delta, lr=lr, rho=rho, eps=eps,
+                      weight_decay=wd, maximize=maximize, l1=l1, l2=l2, device=dev,
+                      backend=backend)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trusted entry points: for callers that checked the arrays when they built them and the
+# hyper-parameters when a param group was built (fastreg.optim). Same keywords as the checked
+# functions plus ``device`` (True: CUDA device arrays); they only compute the flag bits and the
+# coefficient vector ``hp`` and launch the kernel. A buffer the options do not use may be None.
+# ---------------------------------------------------------------------------------------------
+
+def run_sgd_step(param, grad, momentum_buffer, *, lr, momentum, dampening, weight_decay,
+                 nesterov, maximize, first_step, l1, l2, device=False, backend=None) -> None:
+    """Trusted :func:`sgd_step`."""
+    mu = momentum
+    flags = ((MAXIMIZE if maximize else 0) | (MOMENTUM if mu != 0 else 0)
+             | (NESTEROV if nesterov else 0) | (FIRST_STEP if first_step else 0))
+    dt = param.dtype
+    bufs = _bufs(dt, device, momentum_buffer if mu != 0 else None)
+    _run(SGD, flags, param, grad, bufs, _hp(dt, lr, weight_decay, l1, l2, mu, 1.0 - dampening),
+         device, backend)
+
+
+def run_adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1, beta2,
+                  eps, weight_decay, decoupled_weight_decay, amsgrad, maximize, l1, l2,
+                  device=False, backend=None) -> None:
+    """Trusted :func:`adam_step`."""
+    flags = ((MAXIMIZE if maximize else 0) | (AMSGRAD if amsgrad else 0)
+             | (DECOUPLED if decoupled_weight_decay else 0))
+    step_size = lr / (1.0 - beta1 ** step)
+    inv_bc2_sqrt = 1.0 / (1.0 - beta2 ** step) ** 0.5
+    # Both backends use g + wd·θ and θ·decay unconditionally: (wd, 1) for Adam, (0, 1-γλ) AdamW.
+    wd_g, decay = (0.0, 1.0 - lr * weight_decay) if decoupled_weight_decay \
+        else (weight_decay, 1.0)
+    dt = param.dtype
+    hp = _hp(dt, lr, wd_g, l1, l2, 1.0 - beta1, beta2, 1.0 - beta2, eps, step_size,
+             inv_bc2_sqrt, decay)
+    bufs = _bufs(dt, device, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None)
+    _run(ADAM, flags, param, grad, bufs, hp, device, backend)
+
+
+def run_rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, *, lr, alpha, eps,
+                     weight_decay, momentum, centered, maximize, l1, l2, device=False,
+                     backend=None) -> None:
+    """Trusted :func:`rmsprop_step`."""
+    mu = momentum
+    flags = ((MAXIMIZE if maximize else 0) | (CENTERED if centered else 0)
+             | (MOMENTUM if mu > 0 else 0))
+    dt = param.dtype
+    hp = _hp(dt, lr, weight_decay, l1, l2, alpha, 1.0 - alpha, eps, mu)
+    bufs = _bufs(dt, device, square_avg, grad_avg if centered else None,
+                 momentum_buffer if mu > 0 else None)
+    _run(RMSPROP, flags, param, grad, bufs, hp, device, backend)
+
+
+def run_adagrad_step(param, grad, state_sum, *, step, lr, lr_decay, weight_decay, eps, maximize,
+                     l1, l2, device=False, backend=None) -> None:
+    """Trusted :func:`adagrad_step`."""
+    clr = lr / (1.0 + (step - 1) * lr_decay)
+    dt = param.dtype
+    hp = _hp(dt, lr, weight_decay, l1, l2, clr, eps)
+    _run(ADAGRAD, MAXIMIZE if maximize else 0, param, grad, _bufs(dt, device, state_sum), hp,
+         device, backend)
+
+
+def run_adadelta_step(param, grad, square_avg, acc_delta, *, lr, rho, eps, weight_decay,
+                      maximize, l1, l2, device=False, backend=None) -> None:
+    """Trusted :func:`adadelta_step`."""
+    dt = param.dtype
+    hp = _hp(dt, lr, weight_decay, l1, l2, rho, 1.0 - rho, eps)
+    _run(ADADELTA, MAXIMIZE if maximize else 0, param, grad,
+         _bufs(dt, device, square_avg, acc_delta), hp, device, backend)

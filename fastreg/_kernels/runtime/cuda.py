@@ -149,14 +149,6 @@ def empty(shape, dtype):
     return cuda().device_array(shape, dtype=np.dtype(dtype))
 
 
-def zeros(shape, dtype):
-    """Zero-filled device array (a memset on the GPU, no host copy)."""
-    from ..elementwise import cuda as _elementwise_cuda
-    out = empty(shape, dtype)
-    _elementwise_cuda.fill(out.reshape(-1) if out.ndim != 1 else out, 0.0)
-    return out
-
-
 def synchronize() -> None:
     """Wait for every launched kernel to finish (for timing)."""
     if not simulator():
@@ -182,13 +174,3 @@ def copy_into(dst, src) -> None:
             dst[...] = src.copy_to_host()
     else:
         dst[...] = np.asarray(src).astype(dst.dtype, copy=False)
-
-
-def empty_like_place(like, shape, dtype):
-    """An uninitialized array of ``shape``/``dtype`` where ``like`` lives (host or device)."""
-    return empty(shape, dtype) if is_device_array(like) else np.empty(shape, dtype=dtype)
-
-
-def zeros_like_place(like, shape, dtype):
-    """A zero-filled array of ``shape``/``dtype`` where ``like`` lives (host or device)."""
-    return zeros(shape, dtype) if is_device_array(like) else np.zeros(shape, dtype=dtype)

@@ -1,7 +1,24 @@
-"""Argument checks for the public kernel entry points.
+"""Argument checks, written once: every error names the argument and the offending value.
 
-Kernels below this layer run with bounds checking off; everything a user passes is checked here
-first, and every message names the argument and the offending value.
+Everything a user passes is checked here, once, at the public edge (kernel functions, layer and
+optimizer constructors, the data and training helpers); code below the edge trusts it.
+
+Scalars (each returns the normalized value):
+
+====================================  ======================================================
+``check_scalar(name, v, low=, ...)``  a finite real (not a bool) in an interval
+``check_int(name, v, low)``           an integer (not a bool) ``>= low``
+``check_flag(name, v)``               a bool (or numpy bool)
+``check_one_of(name, v, choices)``    one of a fixed set of values
+====================================  ======================================================
+
+The same rules as declarative specs, for tables of parameters (scikit-learn's
+``_parameter_constraints`` is the model): ``Interval``, ``Int``, ``Flag``, ``OneOf``; a spec is
+called as ``spec(name, value)`` and :func:`check_all` applies a table to a dict of values.
+
+Arrays: ``float_dtype``, ``check_array`` (dtype, shape, ndim, contiguity, writeable; host
+ndarrays and CUDA device arrays), ``on_device`` (all arrays of a call in one place),
+``may_share_memory`` / ``same_memory`` / ``no_overlap``.
 """
 from __future__ import annotations
 
@@ -9,8 +26,8 @@ import math
 
 import numpy as np
 
-from .._config import FLOAT_DTYPES
-from .runtime.cuda import is_device_array
+from ._config import FLOAT_DTYPES
+from ._kernels.runtime.cuda import is_device_array
 
 
 def _is_array(a) -> bool:
@@ -98,7 +115,7 @@ def may_share_memory(a, b) -> bool:
     if da != db:
         return False
     if da:
-        from .runtime.cuda import may_share_memory as dev_share
+        from ._kernels.runtime.cuda import may_share_memory as dev_share
         return dev_share(a, b)
     return np.may_share_memory(a, b)
 
@@ -106,7 +123,7 @@ def may_share_memory(a, b) -> bool:
 def same_memory(a, b) -> bool:
     """Do ``a`` and ``b`` start at the same address (in-place use of one buffer)?"""
     if is_device_array(a) and is_device_array(b):
-        from .runtime.cuda import device_pointer_range
+        from ._kernels.runtime.cuda import device_pointer_range
         return device_pointer_range(a)[0] == device_pointer_range(b)[0]
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
         return a.ctypes.data == b.ctypes.data
@@ -114,15 +131,17 @@ def same_memory(a, b) -> bool:
 
 
 def check_scalar(name: str, value, *, low=None, high=None, low_open=False, high_open=False,
-                 integer=False) -> float:
-    """Check a real scalar lies in [low, high] (open ends on request) and is finite."""
+                 integer=False, finite=True) -> float:
+    """Check a real scalar (not a bool) lies in [low, high] (open ends on request) and is finite
+    (``finite=False``: +-inf allowed, NaN never)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     if integer and not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+    if math.isnan(v) if not finite else not math.isfinite(v):
+        raise ValueError(f"{name} must be {'finite' if finite else 'a number (not NaN)'}, "
+                         f"got {value!r}")
     lo_bad = low is not None and (v <= low if low_open else v < low)
     hi_bad = high is not None and (v >= high if high_open else v > high)
     if lo_bad or hi_bad:
@@ -150,3 +169,83 @@ def no_overlap(**arrays) -> None:
         for j in range(i + 1, len(items)):
             if may_share_memory(items[i][1], items[j][1]):
                 raise ValueError(f"{items[i][0]} and {items[j][0]} must not share memory")
+
+
+def check_flag(name: str, value) -> bool:
+    """A bool (Python or numpy), as a Python bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def check_one_of(name: str, value, choices):
+    """``value`` if it is one of ``choices`` (compared with ==, strings case-sensitively)."""
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Declarative specs
+# ---------------------------------------------------------------------------------------------
+
+class Interval:
+    """A finite real in ``[low, high]`` (``closed`` says which ends belong: "both", "left",
+    "right", "neither"; None is unbounded); ``allow_none`` admits None."""
+
+    __slots__ = ("allow_none", "high", "high_open", "low", "low_open")
+
+    def __init__(self, low=None, high=None, closed: str = "both", allow_none: bool = False):
+        self.low, self.high = low, high
+        self.low_open = closed in ("right", "neither")
+        self.high_open = closed in ("left", "neither")
+        self.allow_none = allow_none
+
+    def __call__(self, name: str, value):
+        if value is None and self.allow_none:
+            return None
+        return check_scalar(name, value, low=self.low, high=self.high, low_open=self.low_open,
+                            high_open=self.high_open)
+
+
+class Int:
+    """An integer (not a bool) ``>= low``."""
+
+    __slots__ = ("low",)
+
+    def __init__(self, low: int = 0):
+        self.low = low
+
+    def __call__(self, name: str, value) -> int:
+        return check_int(name, value, self.low)
+
+
+class Flag:
+    """A bool."""
+
+    __slots__ = ()
+
+    def __call__(self, name: str, value) -> bool:
+        return check_flag(name, value)
+
+
+class OneOf:
+    """One of a fixed set of values."""
+
+    __slots__ = ("choices",)
+
+    def __init__(self, *choices):
+        self.choices = choices
+
+    def __call__(self, name: str, value):
+        return check_one_of(name, value, self.choices)
+
+
+def check_all(specs: dict, values: dict) -> dict:
+    """Apply a table ``{name: spec}`` to ``values`` (a dict); return the normalized values.
+    Names in ``values`` without a spec pass through unchanged."""
+    out = dict(values)
+    for name, spec in specs.items():
+        if name in out:
+            out[name] = spec(name, out[name])
+    return out
