@@ -21,9 +21,13 @@ import numpy as np
 import fastreg as fr
 from fastreg import nn
 
-PLACEMENT = {"is_device_array", "on_device", "_on_device", "owns", "placement_of", "where"}
-CHECKS = {"check_array", "_check_device_array", "float_dtype"}
-OVERLAP = {"may_share_memory", "no_overlap", "_check_outputs_apart", "same_memory"}
+#: Function names that decide where arrays live, before (is_device_array, on_device) and after
+#: the placement seam (Module._place_input, placement.of / of_arrays / for_device, owns).
+PLACEMENT = {"is_device_array", "on_device", "_on_device", "_place_input", "of", "of_arrays",
+             "for_device", "owns"}
+CHECKS = {"check_array", "_check_device_array", "float_dtype", "_check_input", "_check_grad",
+          "_check_logits"}
+OVERLAP = {"may_share_memory", "no_overlap", "_check_outputs_apart", "same_memory", "_apart"}
 
 
 def _model():
