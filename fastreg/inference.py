@@ -144,6 +144,7 @@ class Predictor:
         self.stages = []
         feat = None
         self.in_features = None
+        opaque = False          # a ForwardOp ran before: K is not the first typed op's
         for op in _fold(_ops(model)):
             kind = type(op)
             if kind is LinearOp:
@@ -152,7 +153,7 @@ class Predictor:
                 if feat is not None and W.shape[1] != feat:
                     raise ValueError(f"stage {len(self.stages)}: Linear expects "
                                      f"{W.shape[1]} features, the previous stage gives {feat}")
-                if self.in_features is None and feat is None:
+                if self.in_features is None and feat is None and not opaque:
                     self.in_features = W.shape[1]
                 # one validated call now; per-call calls below skip the checks
                 _matmul.linear_forward(np.zeros((1, W.shape[1]), dt), W, b,
@@ -166,7 +167,7 @@ class Predictor:
             elif kind is AffineOp:
                 s = np.ascontiguousarray(op.scale, dtype=dt)
                 t = np.ascontiguousarray(op.shift, dtype=dt)
-                if self.in_features is None and feat is None:
+                if self.in_features is None and feat is None and not opaque:
                     self.in_features = s.shape[0]
                 feat = s.shape[0]
                 self._ops.append(("affine", s, t))
@@ -179,7 +180,7 @@ class Predictor:
                 self.stages.append(f"act {op.code}")
             elif kind is LayerNormOp:
                 C = op.features
-                if self.in_features is None and feat is None:
+                if self.in_features is None and feat is None and not opaque:
                     self.in_features = C
                 feat = C
                 g = None if op.weight is None else np.ascontiguousarray(op.weight, dtype=dt)
@@ -193,6 +194,7 @@ class Predictor:
                 self._ops.append(("module", op.module))
                 self.stages.append(f"module {type(op.module).__name__}")
                 feat = None
+                opaque = True
             else:
                 raise TypeError(f"compile: no stage for inference op {op!r} (known: "
                                 f"{', '.join(t.__name__ for t in OPS)})")
