@@ -26,7 +26,6 @@ M output features of each stage.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import replace
 
 import numpy as np
 
@@ -84,18 +83,18 @@ def _fold(ops: list) -> list:
         fresh_linear = type(prev) is LinearOp and prev.activation == _codes.ACT_IDENTITY
         if kind in (AffineOp, ScaleOp) and fresh_linear:
             s, t = _affine(op)
-            out[-1] = replace(prev, weight=prev.weight * np.reshape(s, (-1, 1)),    # diag(s) W
-                              bias=prev.bias * s + t)
+            out[-1] = prev._replace(weight=prev.weight * np.reshape(s, (-1, 1)),   # diag(s) W
+                                   bias=prev.bias * s + t)
         elif kind is ScaleOp and type(prev) is ScaleOp:
             out[-1] = ScaleOp(prev.factor * op.factor)
         elif kind is ActivationOp and fresh_linear:
-            out[-1] = replace(prev, activation=op.code, slope=op.slope)
+            out[-1] = prev._replace(activation=op.code, slope=op.slope)
         elif kind is LinearOp and type(prev) in (AffineOp, ScaleOp):
             out.pop()
             s, t = _affine(prev)
             W = op.weight
             b = op.bias + W @ np.broadcast_to(np.asarray(t, dtype=np.float64), (W.shape[1],))
-            out.append(replace(op, weight=W * np.reshape(s, (1, -1)), bias=b))   # W diag(s)
+            out.append(op._replace(weight=W * np.reshape(s, (1, -1)), bias=b))   # W diag(s)
         else:
             out.append(op)
     return out
