@@ -54,6 +54,7 @@ class ModelFileError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 def write_container(f, header: dict, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``header`` (JSON) and each array as a stored ``<key>.npy`` member into ``f``."""
     with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         zf.writestr(HEADER_NAME, json.dumps(header, allow_nan=True, separators=(",", ":")))
         for key, arr in arrays.items():
@@ -68,6 +69,7 @@ def write_container(f, header: dict, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def check_member_name(name: str) -> None:
+    """Refuse member names that are not the header or a dotted identifier + ``.npy``."""
     base = name.removesuffix(".npy")
     if name != HEADER_NAME and (not name.endswith(".npy") or not _NAME_RE.match(base)):
         raise ModelFileError(f"archive member name {name!r} is not allowed (names must be "
@@ -182,6 +184,7 @@ class Container:
 
 
 def open_container(path, kind: str, version: int) -> tuple[Container, object]:
+    """(container, open file) of ``path``, whose header must say ``kind`` and ``version``."""
     path_s = os.fspath(path)
     f = open(path_s, "rb")  # noqa: SIM115 - returned to the caller, who closes it
     try:
@@ -268,6 +271,7 @@ def decode_tree(obj, c: Container, depth: int = 0):
 
 
 def save_tree(path, kind: str, version: int, tree: dict, extra_header: dict) -> None:
+    """Atomically write ``tree`` (arrays as members) with ``extra_header`` fields."""
     arrays: dict[str, np.ndarray] = {}
     encoded = encode_tree(tree, arrays)
     header = {"format": kind, "format_version": version, "fastreg_version": fastreg_version(),

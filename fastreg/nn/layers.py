@@ -5,6 +5,11 @@ Each layer is an llm.c-style pair: ``forward(x)`` writes into an output array th
 (reused across calls of the same shape) and caches what backward needs; ``backward(dy)``
 accumulates parameter gradients (``+=``) and returns dL/dx in another owned array.
 The arithmetic runs in ``fastreg._kernels``; this file only validates and wires buffers.
+
+Each layer also describes itself once, next to its forward (:mod:`fastreg.nn._spec`): a
+``layer_spec`` (constructor arguments with their checks, the state they imply, fusion flags) and
+``inference_ops()`` (its eval-mode fold), registered with ``@register_layer``; model files,
+``inference.compile``, ``Sequential``'s fusion and the CLI read only that.
 """
 from __future__ import annotations
 
