@@ -19,8 +19,8 @@ from fastreg import io as frio
 from fastreg.nn import _spec
 
 F = 6          # input features of every example
-# Small batches: this file checks the descriptions; the kernels' size coverage is test_matmul's.
-BATCHES = (2, 5)
+#: Batch sizes for fold equivalence (>= 2: BatchNorm1d without running stats needs two rows).
+BATCHES = (2, 7, 33)
 
 
 def _examples(dt) -> dict[str, list]:
