@@ -39,6 +39,7 @@ from .nn._spec import (
     LayerNormOp,
     LinearOp,
     ScaleOp,
+    fold,
 )
 
 __all__ = ["Predictor", "compile"]
@@ -62,7 +63,6 @@ def _leaves(model) -> list:
 def _ops(model) -> list:
     """The float64 typed ops of ``model``'s leaves, in order, from each layer's own fold
     (``inference_ops``; unregistered modules: :class:`ForwardOp`, their own forward)."""
-    from .nn._spec import fold
     ops = []
     for m in _leaves(model):
         ops.extend(fold(m))
