@@ -266,7 +266,9 @@ def _make_scheduler(fr, name: str, opt, args, steps_per_epoch: int):
 def _fold_standardization(model, mean, std) -> None:
     """Make the first Linear take raw features: W' = W / std, b' = b - W' mean (float64)."""
     import numpy as np
-    first = next(m for m in model.modules() if type(m).__name__ == "Linear")
+
+    from .nn._spec import LAYERS
+    first = next(m for m in model.modules() if type(m) is LAYERS["Linear"])
     W = first.weight.data.astype(np.float64)
     W2 = W / std
     b = first.bias.data.astype(np.float64) - W2 @ mean

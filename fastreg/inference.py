@@ -1,5 +1,11 @@
 """Embedded inference: ``compile(model)`` turns an eval-mode model into a lean predictor.
 
+Every layer folds itself (its ``inference_ops()``, declared next to its ``forward``; see
+:mod:`fastreg.nn._spec`) into typed ops -- ``LinearOp``, ``AffineOp``, ``ScaleOp``,
+``ActivationOp``, ``LayerNormOp``, ``FlattenOp`` -- that this module folds further and runs. A
+module without a description (a custom Module, a subclass of a layer) becomes a ``ForwardOp``:
+its own ``forward``, run as it is (correct, not fused).
+
 What compiling does (all in float64, then cast once to the model's dtype):
 
 * eval-mode ``BatchNorm1d`` (running statistics) is an affine map ``y = s*x + t`` with
@@ -24,7 +30,17 @@ from collections import OrderedDict
 import numpy as np
 
 from ._kernels.common import codes as _codes
-from ._kernels.runtime.cuda import to_host
+from .nn._spec import (
+    OPS,
+    ActivationOp,
+    AffineOp,
+    FlattenOp,
+    ForwardOp,
+    LayerNormOp,
+    LinearOp,
+    ScaleOp,
+    fold,
+)
 
 __all__ = ["Predictor", "compile"]
 
@@ -44,69 +60,41 @@ def _leaves(model) -> list:
     return [model]
 
 
-def _f64(a) -> np.ndarray:
-    """A float64 host copy (parameters of a model on the GPU are copied out once, here)."""
-    return np.asarray(to_host(a), dtype=np.float64)
-
-
-def _ops(model) -> list[list]:
-    """Float64 op list: ["linear", W, b, act, slope] / ["affine", s, t] / ["scale", c] /
-    ["act", code, slope] / ["layernorm", module] / ["flatten"] / ["module", module]."""
-    from .nn import BatchNorm1d, Dropout, Flatten, Identity, LayerNorm, Linear
-    from .nn.layers import _Activation
+def _ops(model) -> list:
+    """The float64 typed ops of ``model``'s leaves, in order, from each layer's own fold
+    (``inference_ops``; unregistered modules: :class:`ForwardOp`, their own forward)."""
     ops = []
     for m in _leaves(model):
-        t = type(m)
-        if t is Linear:
-            W = _f64(m.weight.data)
-            b = (np.zeros(W.shape[0]) if m.bias is None else _f64(m.bias.data))
-            ops.append(["linear", W, b, _codes.ACT_IDENTITY, 0.01])
-        elif t is BatchNorm1d and m.track_running_stats:
-            s = 1.0 / np.sqrt(_f64(m.running_var) + m.eps)
-            shift = -_f64(m.running_mean) * s
-            if m.affine:
-                g = _f64(m.weight.data)
-                s, shift = s * g, shift * g + _f64(m.bias.data)
-            ops.append(["affine", s, shift])
-        elif t is Dropout:
-            if m.mode == "classic" and m.p != 0.0:
-                ops.append(["scale", 1.0 - m.p])
-        elif t is Identity:
-            continue
-        elif isinstance(m, _Activation):
-            ops.append(["act", m._code, float(m.slope)])
-        elif t is LayerNorm:
-            ops.append(["layernorm", m])
-        elif t is Flatten and m.start_dim == 1 and m.end_dim == -1:
-            ops.append(["flatten"])
-        else:                       # batch-statistics BatchNorm, other Flatten, custom modules
-            ops.append(["module", m])
+        ops.extend(fold(m))
     return ops
 
 
-def _fold(ops: list[list]) -> list[list]:
+def _affine(op) -> tuple:
+    """(s, t) of ``y = s*x + t`` for an AffineOp or a ScaleOp (t = 0)."""
+    return (op.scale, op.shift) if type(op) is AffineOp else (op.factor, 0.0)
+
+
+def _fold(ops: list) -> list:
     """Fold affine/scale ops into neighbouring Linears and activations into GEMM epilogues."""
-    out: list[list] = []
+    out: list = []
     for op in ops:
-        kind = op[0]
+        kind = type(op)
         prev = out[-1] if out else None
-        fresh_linear = prev is not None and prev[0] == "linear" \
-            and prev[3] == _codes.ACT_IDENTITY
-        if kind in ("affine", "scale") and fresh_linear:
-            s, t = (op[1], op[2]) if kind == "affine" else (op[1], 0.0)
-            prev[1] = prev[1] * np.reshape(s, (-1, 1))        # diag(s) W
-            prev[2] = prev[2] * s + t
-        elif kind == "scale" and prev is not None and prev[0] == "scale":
-            prev[1] *= op[1]
-        elif kind == "act" and fresh_linear:
-            prev[3], prev[4] = op[1], op[2]
-        elif kind == "linear" and prev is not None and prev[0] in ("affine", "scale"):
+        fresh_linear = type(prev) is LinearOp and prev.activation == _codes.ACT_IDENTITY
+        if kind in (AffineOp, ScaleOp) and fresh_linear:
+            s, t = _affine(op)
+            out[-1] = prev._replace(weight=prev.weight * np.reshape(s, (-1, 1)),   # diag(s) W
+                                   bias=prev.bias * s + t)
+        elif kind is ScaleOp and type(prev) is ScaleOp:
+            out[-1] = ScaleOp(prev.factor * op.factor)
+        elif kind is ActivationOp and fresh_linear:
+            out[-1] = prev._replace(activation=op.code, slope=op.slope)
+        elif kind is LinearOp and type(prev) in (AffineOp, ScaleOp):
             out.pop()
-            s, t = (prev[1], prev[2]) if prev[0] == "affine" else (prev[1], 0.0)
-            W, b = op[1], op[2]
-            op[2] = b + W @ np.broadcast_to(np.asarray(t, dtype=np.float64), (W.shape[1],))
-            op[1] = W * np.reshape(s, (1, -1))                 # W diag(s)
-            out.append(op)
+            s, t = _affine(prev)
+            W = op.weight
+            b = op.bias + W @ np.broadcast_to(np.asarray(t, dtype=np.float64), (W.shape[1],))
+            out.append(op._replace(weight=W * np.reshape(s, (1, -1)), bias=b))   # W diag(s)
         else:
             out.append(op)
     return out
@@ -155,56 +143,60 @@ class Predictor:
         self.stages = []
         feat = None
         self.in_features = None
+        opaque = False          # a ForwardOp ran before: K is not the first typed op's
         for op in _fold(_ops(model)):
-            kind = op[0]
-            if kind == "linear":
-                W = np.ascontiguousarray(op[1], dtype=dt)
-                b = np.ascontiguousarray(op[2], dtype=dt)
+            kind = type(op)
+            if kind is LinearOp:
+                W = np.ascontiguousarray(op.weight, dtype=dt)
+                b = np.ascontiguousarray(op.bias, dtype=dt)
                 if feat is not None and W.shape[1] != feat:
                     raise ValueError(f"stage {len(self.stages)}: Linear expects "
                                      f"{W.shape[1]} features, the previous stage gives {feat}")
-                if self.in_features is None and feat is None:
+                if self.in_features is None and feat is None and not opaque:
                     self.in_features = W.shape[1]
                 # one validated call now; per-call calls below skip the checks
                 _matmul.linear_forward(np.zeros((1, W.shape[1]), dt), W, b,
-                                       np.empty((1, W.shape[0]), dt), activation=op[3],
-                                       slope=op[4], backend=self.backend)
-                self._ops.append(("linear", W, b, int(op[3]), float(op[4])))
-                name = {v: k for k, v in _codes.ACTIVATIONS.items()}[op[3]]
+                                       np.empty((1, W.shape[0]), dt), activation=op.activation,
+                                       slope=op.slope, backend=self.backend)
+                self._ops.append(("linear", W, b, int(op.activation), float(op.slope)))
+                name = {v: k for k, v in _codes.ACTIVATIONS.items()}[op.activation]
                 self.stages.append(f"linear{'' if name == 'identity' else '+' + name} "
                                    f"{W.shape[1]}->{W.shape[0]}")
                 feat = W.shape[0]
-            elif kind == "affine":
-                s = np.ascontiguousarray(op[1], dtype=dt)
-                t = np.ascontiguousarray(op[2], dtype=dt)
-                if self.in_features is None and feat is None:
+            elif kind is AffineOp:
+                s = np.ascontiguousarray(op.scale, dtype=dt)
+                t = np.ascontiguousarray(op.shift, dtype=dt)
+                if self.in_features is None and feat is None and not opaque:
                     self.in_features = s.shape[0]
                 feat = s.shape[0]
                 self._ops.append(("affine", s, t))
                 self.stages.append(f"affine {feat}")
-            elif kind == "scale":
-                self._ops.append(("scale", dt.type(op[1])))
-                self.stages.append(f"scale {op[1]:g}")
-            elif kind == "act":
-                self._ops.append(("act", int(op[1]), float(op[2])))
-                self.stages.append(f"act {op[1]}")
-            elif kind == "layernorm":
-                m = op[1]
-                C = m.normalized_shape[0]
-                if self.in_features is None and feat is None:
+            elif kind is ScaleOp:
+                self._ops.append(("scale", dt.type(op.factor)))
+                self.stages.append(f"scale {op.factor:g}")
+            elif kind is ActivationOp:
+                self._ops.append(("act", int(op.code), float(op.slope)))
+                self.stages.append(f"act {op.code}")
+            elif kind is LayerNormOp:
+                C = op.features
+                if self.in_features is None and feat is None and not opaque:
                     self.in_features = C
                 feat = C
-                g = None if m.weight is None else np.ascontiguousarray(to_host(m.weight.data), dt)
-                b = None if m.bias is None else np.ascontiguousarray(to_host(m.bias.data), dt)
-                self._ops.append(("layernorm", g, b, float(m.eps)))
+                g = None if op.weight is None else np.ascontiguousarray(op.weight, dtype=dt)
+                b = None if op.bias is None else np.ascontiguousarray(op.bias, dtype=dt)
+                self._ops.append(("layernorm", g, b, float(op.eps)))
                 self.stages.append(f"layernorm {C}")
-            elif kind == "flatten":
+            elif kind is FlattenOp:
                 self._ops.append(("flatten",))
                 self.stages.append("flatten")
-            else:
-                self._ops.append(("module", op[1]))
-                self.stages.append(f"module {type(op[1]).__name__}")
+            elif kind is ForwardOp:
+                self._ops.append(("module", op.module))
+                self.stages.append(f"module {type(op.module).__name__}")
                 feat = None
+                opaque = True
+            else:
+                raise TypeError(f"compile: no stage for inference op {op!r} (known: "
+                                f"{', '.join(t.__name__ for t in OPS)})")
         self.out_features = feat
         self._plans: OrderedDict[int, list] = OrderedDict()
 

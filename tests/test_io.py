@@ -350,7 +350,7 @@ def test_absurd_shape_is_refused_before_allocating(tmp_path, monkeypatch):
     _craft(tmp_path / "huge.fr", _linear_header(in_f=2**31 - 1, out_f=2**31 - 1),
            {"weight.npy": b"", "bias.npy": b""})
     built = []
-    monkeypatch.setattr(frio, "build", lambda *a, **k: built.append(a))
+    monkeypatch.setattr(frio.model_file, "build", lambda *a, **k: built.append(a))
     with pytest.raises(ModelFileError, match="declares"):
         frio.load(tmp_path / "huge.fr")
     assert built == []

@@ -5,6 +5,11 @@ Each layer is an llm.c-style pair: ``forward(x)`` writes into an output array th
 (reused across calls of the same shape) and caches what backward needs; ``backward(dy)``
 accumulates parameter gradients (``+=``) and returns dL/dx in another owned array.
 The arithmetic runs in ``fastreg._kernels``; this file only validates and wires buffers.
+
+Each layer also describes itself once, next to its forward (:mod:`fastreg.nn._spec`): a
+``layer_spec`` (constructor arguments with their checks, the state they imply, fusion flags) and
+``inference_ops()`` (its eval-mode fold), registered with ``@register_layer``; model files,
+``inference.compile``, ``Sequential``'s fusion and the CLI read only that.
 """
 from __future__ import annotations
 
@@ -20,6 +25,27 @@ from .._kernels import matmul as _matmul
 from .._kernels import norm as _norm
 from .._kernels import placement
 from .._kernels.common import codes as _codes
+from ._spec import (
+    ActivationOp,
+    AffineOp,
+    Arg,
+    FlattenOp,
+    ForwardOp,
+    LayerNormOp,
+    LayerSpec,
+    LinearOp,
+    ScaleOp,
+    f64,
+    is_bool,
+    is_dim,
+    is_dtype,
+    is_real,
+    is_real_or_none,
+    is_small_int,
+    is_str,
+    register_layer,
+    spec_of,
+)
 from .module import Module
 from .parameter import Parameter
 
@@ -121,6 +147,16 @@ def _init_module():
 # Linear
 # ---------------------------------------------------------------------------------------------
 
+def _dtype_name(dt) -> str:
+    return np.dtype(dt).name
+
+
+def _linear_state(a) -> dict:
+    M, K, dt = a["out_features"], a["in_features"], a["dtype"]
+    return {"weight": ((M, K), dt), **({"bias": ((M,), dt)} if a["bias"] else {})}
+
+
+@register_layer
 class Linear(Module):
     r"""Affine map :math:`y = x W^\top + b`, as ``torch.nn.Linear``.
 
@@ -144,6 +180,12 @@ class Linear(Module):
     ``dx = dy W``. Inside ``Sequential`` a following ReLU / LeakyReLU(slope > 0) / Sigmoid / Tanh
     is fused into the same kernel call (its backward then uses the activation's output).
     """
+
+    layer_spec = LayerSpec(
+        args={"in_features": Arg(is_dim), "out_features": Arg(is_dim),
+              "bias": Arg(is_bool, lambda m: m.bias is not None),
+              "dtype": Arg(is_dtype, lambda m: _dtype_name(m.weight.data.dtype))},
+        state=_linear_state, fuses_activation=True)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=None):
         super().__init__()
@@ -180,6 +222,11 @@ class Linear(Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
+
+    def inference_ops(self) -> tuple:
+        W = f64(self.weight.data)
+        b = np.zeros(W.shape[0]) if self.bias is None else f64(self.bias.data)
+        return (LinearOp(W, b),)
 
     def forward(self, x: np.ndarray, *, activation: int = _codes.ACT_IDENTITY,
                 slope: float = 0.01) -> np.ndarray:
@@ -235,6 +282,20 @@ def _check_eps(eps) -> float:
     return float(eps)
 
 
+def _batchnorm_state(a) -> dict:
+    C, dt = (a["num_features"],), a["dtype"]
+    s = {}
+    if a["affine"]:
+        s["weight"] = (C, dt)
+        s["bias"] = (C, dt)
+    if a["track_running_stats"]:
+        s["running_mean"] = (C, dt)
+        s["running_var"] = (C, dt)
+        s["num_batches_tracked"] = ((), "int64")
+    return s
+
+
+@register_layer
 class BatchNorm1d(Module):
     r"""Batch normalization over the batch dimension of (N, C) input, as ``torch.nn.BatchNorm1d``.
 
@@ -262,6 +323,12 @@ class BatchNorm1d(Module):
         Keep ``running_mean``, ``running_var``, ``num_batches_tracked`` buffers.
     dtype : numpy dtype, optional
     """
+
+    layer_spec = LayerSpec(
+        args={"num_features": Arg(is_dim), "eps": Arg(is_real), "momentum": Arg(is_real_or_none),
+              "affine": Arg(is_bool), "track_running_stats": Arg(is_bool),
+              "dtype": Arg(is_dtype, lambda m: _dtype_name(m._dtype))},
+        state=_batchnorm_state)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, dtype=None):
@@ -297,6 +364,18 @@ class BatchNorm1d(Module):
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+    def inference_ops(self) -> tuple:
+        r"""Eval with running statistics is affine: :math:`y = s x + t`,
+        :math:`s = \gamma/\sqrt{\mathrm{var}+\epsilon}`, :math:`t = \beta - \mathrm{mean}\,s`."""
+        if not self.track_running_stats:
+            return (ForwardOp(self),)       # batch statistics at eval: not a fixed map
+        s = 1.0 / np.sqrt(f64(self.running_var) + self.eps)
+        shift = -f64(self.running_mean) * s
+        if self.affine:
+            g = f64(self.weight.data)
+            s, shift = s * g, shift * g + f64(self.bias.data)
+        return (AffineOp(s, shift),)
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
@@ -357,6 +436,14 @@ class BatchNorm1d(Module):
         return dx if input_grad else None
 
 
+def _layernorm_state(a) -> dict:
+    if not a["elementwise_affine"]:
+        return {}
+    C, dt = (a["normalized_shape"],), a["dtype"]
+    return {"weight": (C, dt), "bias": (C, dt)}
+
+
+@register_layer
 class LayerNorm(Module):
     r"""Layer normalization over the last dimension, as ``torch.nn.LayerNorm``.
 
@@ -375,6 +462,12 @@ class LayerNorm(Module):
         Learn ``weight`` (ones) and ``bias`` (zeros) of shape (C,).
     dtype : numpy dtype, optional
     """
+
+    layer_spec = LayerSpec(
+        args={"normalized_shape": Arg(is_dim, lambda m: m.normalized_shape[0]),
+              "eps": Arg(is_real), "elementwise_affine": Arg(is_bool),
+              "dtype": Arg(is_dtype, lambda m: _dtype_name(m._dtype))},
+        state=_layernorm_state)
 
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
                  dtype=None):
@@ -402,6 +495,12 @@ class LayerNorm(Module):
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps:g}, "
                 f"elementwise_affine={self.elementwise_affine}")
+
+    def inference_ops(self) -> tuple:
+        affine = self.elementwise_affine
+        return (LayerNormOp(f64(self.weight.data) if affine else None,
+                            f64(self.bias.data) if affine else None, self.eps,
+                            self.normalized_shape[0]),)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         dt = self._dtype
@@ -444,6 +543,7 @@ class LayerNorm(Module):
 DROPOUT_MODES = ("inverted", "classic")
 
 
+@register_layer
 class Dropout(Module):
     r"""Zero each element with probability ``p`` during training (fresh Bernoulli mask per call).
 
@@ -456,6 +556,8 @@ class Dropout(Module):
     reserves fresh counter blocks), are stored as bits and reused by backward. ``p = 0`` and
     inverted evaluation return the input itself (no copy, no kernel).
     """
+
+    layer_spec = LayerSpec(args={"p": Arg(is_real), "mode": Arg(is_str)})
 
     def __init__(self, p: float = 0.5, mode: str = "inverted"):
         super().__init__()
@@ -472,6 +574,12 @@ class Dropout(Module):
     def extra_repr(self) -> str:
         extra = "" if self.mode == "inverted" else f", mode={self.mode!r}"
         return f"p={self.p}{extra}"
+
+    def inference_ops(self) -> tuple:
+        """Eval: the identity (inverted), or a constant scale by ``1 - p`` (classic)."""
+        if self.mode == "inverted" or self.p == 0.0:
+            return ()
+        return (ScaleOp(1.0 - self.p),)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = _check_input(self, x, _input_float_dtype(x))
@@ -517,6 +625,7 @@ class Dropout(Module):
 class _Activation(Module):
     """y = f(x) element-wise through ``elementwise.activation_forward``; backward from y."""
     _code = _codes.ACT_IDENTITY
+    layer_spec = LayerSpec(activation=True)
 
     def __init__(self):
         super().__init__()
@@ -529,6 +638,9 @@ class _Activation(Module):
     def fusable(self) -> bool:
         """Can Sequential fold this into the preceding Linear (backward from output exact)?"""
         return True
+
+    def inference_ops(self) -> tuple:
+        return (ActivationOp(self._code, float(self.slope)),)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = _check_input(self, x, _input_float_dtype(x))
@@ -550,24 +662,29 @@ class _Activation(Module):
         return dx
 
 
+@register_layer
 class ReLU(_Activation):
     r""":math:`\max(x, 0)`; gradient 0 where :math:`x \le 0` (as torch)."""
     _code = _codes.ACT_RELU
 
 
+@register_layer
 class Sigmoid(_Activation):
     r""":math:`1/(1+e^{-x})`; backward :math:`dy\,y(1-y)`."""
     _code = _codes.ACT_SIGMOID
 
 
+@register_layer
 class Tanh(_Activation):
     r""":math:`\tanh x`; backward :math:`dy\,(1-y^2)`."""
     _code = _codes.ACT_TANH
 
 
+@register_layer
 class LeakyReLU(_Activation):
     r""":math:`x` for :math:`x > 0`, else :math:`\text{negative\_slope}\cdot x`."""
     _code = _codes.ACT_LEAKY_RELU
+    layer_spec = LayerSpec(args={"negative_slope": Arg(is_real)}, activation=True)
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
@@ -603,11 +720,17 @@ class LeakyReLU(_Activation):
         return dx
 
 
+@register_layer
 class Identity(Module):
     """Returns its input unchanged (no copy)."""
 
+    layer_spec = LayerSpec()
+
     def __init__(self, *args, **kwargs):
         super().__init__()
+
+    def inference_ops(self) -> tuple:
+        return ()
 
     def forward(self, x):
         self._cache = True
@@ -617,8 +740,11 @@ class Identity(Module):
         return grad_output if input_grad else None
 
 
+@register_layer
 class Flatten(Module):
     """Flatten dimensions ``start_dim..end_dim`` into one (a view when the input is contiguous)."""
+
+    layer_spec = LayerSpec(args={"start_dim": Arg(is_small_int), "end_dim": Arg(is_small_int)})
 
     def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()
@@ -628,6 +754,12 @@ class Flatten(Module):
 
     def extra_repr(self) -> str:
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+    def inference_ops(self) -> tuple:
+        """(N, ...) -> (N, -1) folds; other dimension ranges run this module's forward."""
+        if self.start_dim == 1 and self.end_dim == -1:
+            return (FlattenOp(),)
+        return (ForwardOp(self),)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = _contiguous(self, "input", self._place_input(x))
@@ -654,23 +786,24 @@ class Flatten(Module):
 # Sequential
 # ---------------------------------------------------------------------------------------------
 
-_FUSABLE = (ReLU, LeakyReLU, Sigmoid, Tanh)
-
-
+@register_layer
 class Sequential(Module):
     """Modules applied in order; ``backward`` runs them in reverse.
 
     Indexable (``model[0]``, ``model[1:3]`` is a Sequential sharing the same modules), iterable,
     ``len``-able and printable like ``torch.nn.Sequential``. Accepts modules or an OrderedDict.
 
-    Speed: a Linear directly followed by ReLU, LeakyReLU(negative_slope > 0), Sigmoid or Tanh is
-    run as one ``linear_forward(..., activation=...)`` call, and its backward applies
+    Speed: a layer whose ``layer_spec.fuses_activation`` is set (Linear) directly followed by an
+    ``activation`` layer that is ``fusable()`` (ReLU, LeakyReLU(negative_slope > 0), Sigmoid,
+    Tanh) is run as one ``linear_forward(..., activation=...)`` call, and its backward applies
     ``activation_backward`` from the saved output; the result equals the unfused pair. Set
     ``fuse = False`` on the instance to run every module separately.
 
     A module instance may appear only once: backward uses the cache of a module's latest call,
     and a second call would overwrite the output the first handed on.
     """
+
+    layer_spec = LayerSpec(container=True)
 
     def __init__(self, *args):
         super().__init__()
@@ -730,8 +863,7 @@ class Sequential(Module):
         while i < len(mods):
             m = mods[i]
             nxt = mods[i + 1] if i + 1 < len(mods) else None
-            if self.fuse and type(m) is Linear and nxt is not None and type(nxt) in _FUSABLE \
-                    and nxt.fusable():
+            if self.fuse and nxt is not None and _fuses(m, nxt):
                 steps.append((m, nxt))
                 i += 2
             else:
@@ -765,3 +897,10 @@ class Sequential(Module):
         for i in range(last, -1, -1):
             g = steps[i][0].backward(g, input_grad=input_grad or i > 0)
         return g
+
+
+def _fuses(m: Module, nxt: Module) -> bool:
+    """Does ``m`` absorb the activation ``nxt`` into its epilogue (layer descriptions)?"""
+    spec, nspec = spec_of(type(m)), spec_of(type(nxt))
+    return spec is not None and spec.fuses_activation and nspec is not None \
+        and nspec.activation and nxt.fusable()

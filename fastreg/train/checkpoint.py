@@ -16,8 +16,10 @@ import os
 from collections.abc import Iterable
 
 from .. import _random
-from .. import io as _io
 from .._checks import check_int
+from ..io import container as _container
+from ..io import tree as _tree
+from ..io.container import ModelFileError
 from .callbacks import Callback
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "load_checkpoint", "resume", "resume_trainer",
@@ -77,7 +79,7 @@ def save_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=No
     """
     arch = None
     try:
-        arch = _io.architecture(model)
+        arch = _tree.architecture(model)
     except (TypeError, ValueError):
         pass                    # custom modules: the weights are still saved, by key
     tree = {
@@ -93,8 +95,8 @@ def save_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=No
                                                  for k in _HISTORY_FIELDS},
         "extra": extra,
     }
-    _io._save_tree(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, tree,
-                   {"architecture": arch})
+    _container.save_tree(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, tree,
+                         {"architecture": arch})
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -102,10 +104,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
     Raises :class:`fastreg.ModelFileError` for a truncated, corrupted or hostile file.
     """
-    header, tree = _io._load_tree(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
+    header, tree = _container.load_tree(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
     if not isinstance(tree, dict) or not isinstance(tree.get("model"), dict) \
             or not isinstance(tree.get("epoch"), int):
-        raise _io.ModelFileError(f"{os.fspath(path)}: not a fastreg checkpoint tree")
+        raise ModelFileError(f"{os.fspath(path)}: not a fastreg checkpoint tree")
     tree["architecture"] = header.get("architecture")
     return tree
 
@@ -143,7 +145,7 @@ def resume(path: str | os.PathLike, model, optimizer=None, scheduler=None, *, lo
                     setattr(history, k, v)
         _random.default_generator.set_state(ckpt["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise _io.ModelFileError(f"{p}: cannot resume from this checkpoint: "
+        raise ModelFileError(f"{p}: cannot resume from this checkpoint: "
                                  f"{type(exc).__name__}: {exc}") from None
     return ckpt
 

@@ -1,0 +1,290 @@
+"""The container: a JSON header plus stored ``.npy`` members in one ZIP, read defensively.
+
+Layout (every member stored uncompressed; ``np.load`` opens it as an ``.npz`` with
+``allow_pickle=False``)::
+
+    fastreg.json        {"format": <kind>, "format_version": <int>, ...}
+    <key>.npy           one array per key (dotted identifiers: "0.weight", "a3")
+
+Model files (:mod:`fastreg.io.model_file`) and training checkpoints
+(:mod:`fastreg.train.checkpoint`) are both containers. Reading never executes code from the
+file (no pickle, no eval) and never allocates from a size field: member names must be dotted
+identifiers, members must be stored (no decompression bombs), the header is capped at
+:data:`MAX_HEADER_BYTES`, and every ``.npy`` header is checked (numeric dtype, C order, the
+expected shape/dtype when known, its byte count within the member's actual length) before its
+data is read. Any violation raises :class:`ModelFileError`.
+
+:func:`save_tree` / :func:`load_tree` store a generic JSON tree whose arrays become members
+(checkpoints).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+import zipfile
+import zlib
+from collections.abc import Mapping
+
+import numpy as np
+
+from .atomic import atomic_write
+
+__all__ = ["HEADER_NAME", "MAX_DEPTH", "MAX_HEADER_BYTES", "MAX_MODULES", "Container",
+           "ModelFileError", "load_tree", "open_container", "save_tree", "write_container"]
+
+HEADER_NAME = "fastreg.json"
+#: Caps that keep a hostile header from costing memory or recursion before it is checked.
+MAX_HEADER_BYTES = 4 << 20
+MAX_DEPTH = 64
+MAX_MODULES = 100_000
+_NAME_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+#: One path component (an architecture child name, an array reference).
+CHILD_RE = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+class ModelFileError(ValueError):
+    """A model or checkpoint file is truncated, corrupted, of another version, or hostile."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the container
+# ---------------------------------------------------------------------------------------------
+
+def write_container(f, header: dict, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``header`` (JSON) and each array as a stored ``<key>.npy`` member into ``f``."""
+    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        zf.writestr(HEADER_NAME, json.dumps(header, allow_nan=True, separators=(",", ":")))
+        for key, arr in arrays.items():
+            arr = np.asarray(arr)
+            if not arr.flags.c_contiguous:      # (ascontiguousarray would make 0-d arrays 1-d)
+                arr = arr.copy(order="C")
+            if arr.dtype.hasobject:
+                raise TypeError(f"array {key!r} has dtype {arr.dtype}; only numeric arrays "
+                                "can be saved")
+            with zf.open(key + ".npy", "w", force_zip64=arr.nbytes > (1 << 30)) as fh:
+                np.lib.format.write_array(fh, arr, allow_pickle=False)
+
+
+def check_member_name(name: str) -> None:
+    """Refuse member names that are not the header or a dotted identifier + ``.npy``."""
+    base = name.removesuffix(".npy")
+    if name != HEADER_NAME and (not name.endswith(".npy") or not _NAME_RE.match(base)):
+        raise ModelFileError(f"archive member name {name!r} is not allowed (names must be "
+                             "dotted identifiers ending in .npy: no path separators, no '..')")
+
+
+class Container:
+    """An opened, structurally checked archive: its header dict and its members by name."""
+
+    def __init__(self, f, path: str):
+        self.path = path
+        f.seek(0, os.SEEK_END)
+        self.size = f.tell()
+        f.seek(0)
+        try:
+            self.zf = zipfile.ZipFile(f, "r")
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
+                struct.error) as exc:
+            raise ModelFileError(f"{path}: not a fastreg file or truncated ({exc})") from None
+        infos = self.zf.infolist()
+        if len(infos) > 2 * MAX_MODULES:
+            raise ModelFileError(f"{path}: too many archive members ({len(infos)})")
+        self.members: dict[str, zipfile.ZipInfo] = {}
+        for info in infos:
+            check_member_name(info.filename)
+            if info.filename in self.members:
+                raise ModelFileError(f"{path}: duplicate archive member {info.filename!r}")
+            if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+                raise ModelFileError(f"{path}: member {info.filename!r} is compressed or "
+                                     "encrypted; fastreg files store members uncompressed")
+            if info.file_size != info.compress_size or info.file_size > self.size:
+                raise ModelFileError(f"{path}: member {info.filename!r} declares "
+                                     f"{info.file_size} bytes, more than the file holds")
+            self.members[info.filename] = info
+        if HEADER_NAME not in self.members:
+            raise ModelFileError(f"{path}: no {HEADER_NAME} header (not a fastreg file)")
+        info = self.members[HEADER_NAME]
+        if info.file_size > MAX_HEADER_BYTES:
+            raise ModelFileError(f"{path}: header of {info.file_size} bytes exceeds the "
+                                 f"{MAX_HEADER_BYTES}-byte limit")
+        raw = self._read_member(HEADER_NAME, MAX_HEADER_BYTES)
+        try:
+            header = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ModelFileError(f"{path}: header is not valid JSON ({exc})") from None
+        if not isinstance(header, dict):
+            raise ModelFileError(f"{path}: header must be a JSON object")
+        self.header = header
+
+    def _read_member(self, name: str, limit: int) -> bytes:
+        try:
+            with self.zf.open(name) as fh:
+                data = fh.read(limit + 1)
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error,
+                struct.error, NotImplementedError) as exc:
+            raise ModelFileError(f"{self.path}: member {name!r} is corrupted or truncated "
+                                 f"({exc})") from None
+        if len(data) > limit:
+            raise ModelFileError(f"{self.path}: member {name!r} exceeds {limit} bytes")
+        return data
+
+    def read_array(self, key: str, shape: tuple | None = None, dtype=None) -> np.ndarray:
+        """Member ``key``.npy, checked against ``shape``/``dtype`` (when given) before reading.
+
+        Without an expected shape, the header's shape must still fit in the member's actual
+        bytes, which are bounded by the file's length: nothing is allocated from a size field.
+        """
+        name = key + ".npy"
+        info = self.members.get(name)
+        if info is None:
+            raise ModelFileError(f"{self.path}: tensor {key!r} is missing")
+        try:
+            with self.zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    hshape, fortran, hdtype = np.lib.format.read_array_header_1_0(fh)
+                elif version in ((2, 0), (3, 0)):
+                    hshape, fortran, hdtype = np.lib.format.read_array_header_2_0(fh)
+                else:
+                    raise ValueError(f"unsupported .npy version {version}")
+                if hdtype.hasobject or hdtype.kind not in "biuf" or hdtype.fields is not None:
+                    raise ModelFileError(f"{self.path}: tensor {key!r} has dtype {hdtype} "
+                                         "(object arrays and pickles are refused)")
+                if fortran:
+                    raise ModelFileError(f"{self.path}: tensor {key!r} is Fortran-ordered")
+                if dtype is not None and hdtype != np.dtype(dtype):
+                    raise ModelFileError(f"{self.path}: tensor {key!r} has dtype {hdtype}, "
+                                         f"the architecture declares {np.dtype(dtype)}")
+                if shape is not None and tuple(hshape) != tuple(shape):
+                    raise ModelFileError(f"{self.path}: tensor {key!r} has shape "
+                                         f"{tuple(hshape)}, the architecture declares "
+                                         f"{tuple(shape)}")
+                count = math.prod(hshape)
+                nbytes = count * hdtype.itemsize
+                if nbytes > info.file_size:
+                    raise ModelFileError(f"{self.path}: tensor {key!r} declares shape "
+                                         f"{tuple(hshape)} ({nbytes} bytes) but its member "
+                                         f"holds {info.file_size} bytes")
+                buf = fh.read(nbytes)
+                if len(buf) != nbytes:
+                    raise ModelFileError(f"{self.path}: tensor {key!r} is truncated")
+                if fh.read(1):
+                    raise ModelFileError(f"{self.path}: tensor {key!r} has trailing bytes")
+        except ModelFileError:
+            raise
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error, struct.error,
+                SyntaxError, TypeError, NotImplementedError, OverflowError,
+                MemoryError) as exc:
+            raise ModelFileError(f"{self.path}: tensor {key!r} is corrupted or truncated "
+                                 f"({type(exc).__name__}: {exc})") from None
+        return np.frombuffer(buf, dtype=hdtype).reshape(hshape)
+
+
+def open_container(path, kind: str, version: int) -> tuple[Container, object]:
+    """(container, open file) of ``path``, whose header must say ``kind`` and ``version``."""
+    path_s = os.fspath(path)
+    f = open(path_s, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    try:
+        c = Container(f, path_s)
+        fmt = c.header.get("format")
+        if fmt != kind:
+            raise ModelFileError(f"{path_s}: format is {fmt!r}, expected {kind!r}")
+        ver = c.header.get("format_version")
+        if ver != version:
+            raise ModelFileError(f"{path_s}: format version {ver!r} is not supported (this "
+                                 f"fastreg reads version {version}); upgrade fastreg or "
+                                 "re-save the model")
+    except BaseException:
+        f.close()
+        raise
+    return c, f
+
+
+def fastreg_version() -> str:
+    from .. import __version__
+    return __version__
+
+
+# ---------------------------------------------------------------------------------------------
+# generic trees (checkpoints): JSON with arrays as members
+# ---------------------------------------------------------------------------------------------
+
+def encode_tree(obj, arrays: dict):
+    """JSON-able form of nested dict/list/tuple/scalars/arrays; arrays go to ``arrays``."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int) and not isinstance(obj, bool):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+    if isinstance(obj, (np.ndarray, np.generic)):
+        key = f"a{len(arrays)}"
+        arrays[key] = np.asarray(obj)
+        return {"__array__": key, "scalar": isinstance(obj, np.generic)}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [encode_tree(v, arrays) for v in obj]}
+    if isinstance(obj, list):
+        return [encode_tree(v, arrays) for v in obj]
+    if isinstance(obj, Mapping):
+        return {"__items__": [[encode_tree(k, arrays), encode_tree(v, arrays)]
+                              for k, v in obj.items()]}
+    raise TypeError(f"cannot store a {type(obj).__name__} in a fastreg file (only dicts, lists, "
+                    "tuples, numbers, strings, None and numpy arrays); e.g. a LambdaLR's "
+                    "function cannot be saved")
+
+
+def decode_tree(obj, c: Container, depth: int = 0):
+    if depth > MAX_DEPTH:
+        raise ModelFileError(f"{c.path}: state nested deeper than {MAX_DEPTH}")
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, list):
+        return [decode_tree(v, c, depth + 1) for v in obj]
+    if isinstance(obj, dict) and len(obj) >= 1:
+        if "__float__" in obj:
+            text = obj["__float__"]
+            if text not in ("inf", "-inf", "nan"):
+                raise ModelFileError(f"{c.path}: bad float {text!r}")
+            return float(text)
+        if "__array__" in obj:
+            key = obj["__array__"]
+            if not isinstance(key, str) or not CHILD_RE.match(key):
+                raise ModelFileError(f"{c.path}: bad array reference {key!r}")
+            arr = np.array(c.read_array(key))          # own, writeable copy
+            return arr[()] if obj.get("scalar") else arr
+        if "__tuple__" in obj and isinstance(obj["__tuple__"], list):
+            return tuple(decode_tree(v, c, depth + 1) for v in obj["__tuple__"])
+        if "__items__" in obj and isinstance(obj["__items__"], list):
+            out = {}
+            for item in obj["__items__"]:
+                if not (isinstance(item, list) and len(item) == 2):
+                    raise ModelFileError(f"{c.path}: malformed mapping entry")
+                k = decode_tree(item[0], c, depth + 1)
+                if not isinstance(k, (str, int, float, bool, type(None), tuple)):
+                    raise ModelFileError(f"{c.path}: unhashable mapping key")
+                out[k] = decode_tree(item[1], c, depth + 1)
+            return out
+    raise ModelFileError(f"{c.path}: malformed state entry {str(obj)[:80]}")
+
+
+def save_tree(path, kind: str, version: int, tree: dict, extra_header: dict) -> None:
+    """Atomically write ``tree`` (arrays as members) with ``extra_header`` fields."""
+    arrays: dict[str, np.ndarray] = {}
+    encoded = encode_tree(tree, arrays)
+    header = {"format": kind, "format_version": version, "fastreg_version": fastreg_version(),
+              **extra_header, "state": encoded}
+    atomic_write(path, lambda f: write_container(f, header, arrays))
+
+
+def load_tree(path, kind: str, version: int) -> tuple[dict, object]:
+    """(header, decoded state tree) of a container written by :func:`save_tree`."""
+    c, f = open_container(path, kind, version)
+    with f:
+        try:
+            state = decode_tree(c.header.get("state"), c)
+        except RecursionError:
+            raise ModelFileError(f"{c.path}: state nested too deeply") from None
+    return c.header, state
