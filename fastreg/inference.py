@@ -17,7 +17,8 @@ What compiling does (all in float64, then cast once to the model's dtype):
 * an activation right after a Linear is fused into the GEMM epilogue
   (``linear_forward(..., activation=...)``);
 * buffers are preallocated per batch size (a few sizes are cached), and each call validates
-  only its input and then calls the Cython kernels obtained from ``_dispatch.kernel`` directly.
+  only its input: the stages call the backend kernels resolved once through
+  ``_dispatch.kernel`` (GEMM, activation) or the families' trusted ``run_*`` entry points.
 
 The predictor never imports numba (it names the "cython" backend explicitly), so an inference
 script ``m = fastreg.load(path); m.predict(x)`` stays light. Shapes: N rows, K input features,
@@ -184,7 +185,7 @@ class Predictor:
                 feat = C
                 g = None if op.weight is None else np.ascontiguousarray(op.weight, dtype=dt)
                 b = None if op.bias is None else np.ascontiguousarray(op.bias, dtype=dt)
-                self._ops.append(("layernorm", g, b, float(op.eps)))
+                self._ops.append(("layernorm", g, b, float(op.eps), C))
                 self.stages.append(f"layernorm {C}")
             elif kind is FlattenOp:
                 self._ops.append(("flatten",))
@@ -213,10 +214,20 @@ class Predictor:
             if kind == "linear":
                 _, W, b, act, slope = op
                 out = np.empty((n, W.shape[0]), dt)
+                if feat == W.shape[1]:      # h is the previous stage's (n, K) output
 
-                def f(h, fn=self._linear, W=W, b=b, out=out, act=act, slope=slope):
-                    fn(h, W, b, out, act, slope)
-                    return out
+                    def f(h, fn=self._linear, W=W, b=b, out=out, act=act, slope=slope):
+                        fn(h, W, b, out, act, slope)
+                        return out
+                else:                       # after an opaque stage: check before the kernel
+
+                    def f(h, fn=self._linear, W=W, b=b, out=out, act=act, slope=slope):
+                        if h.shape != (n, W.shape[1]) or h.dtype != dt:
+                            raise ValueError(f"Linear stage: expected a ({n}, {W.shape[1]}) "
+                                             f"{dt} input from the previous stage, got "
+                                             f"{h.shape} {h.dtype}")
+                        fn(h, W, b, out, act, slope)
+                        return out
                 feat = W.shape[0]
             elif kind == "affine":
                 _, s, t = op
@@ -229,23 +240,26 @@ class Predictor:
             elif kind == "scale" or kind == "act":
                 f = self._elementwise_stage(op, n, feat)
             elif kind == "layernorm":
-                _, g, b, eps = op
-                C = feat
+                _, g, b, eps, C = op
                 out = np.empty((n, C), dt)
                 mean = np.empty(n, dt)
                 rstd = np.empty(n, dt)
+                known = feat == C       # else h comes from an opaque stage: check its width
 
-                def f(h, g=g, b=b, out=out, mean=mean, rstd=rstd, eps=eps):
-                    _norm.layernorm_forward(h, g, b, out, mean, rstd, eps=eps,
-                                            backend=backend)
+                def f(h, g=g, b=b, out=out, mean=mean, rstd=rstd, eps=eps, C=C, known=known):
+                    if not known and (h.shape != (n, C) or h.dtype != dt):
+                        raise ValueError(f"LayerNorm stage: expected a ({n}, {C}) {dt} input "
+                                         f"from the previous stage, got {h.shape} {h.dtype}")
+                    _norm.run_layernorm_forward(h, g, b, out, mean, rstd, eps, False, backend)
                     return out
+                feat = C
             elif kind == "flatten":
                 def f(h):
                     return h.reshape(h.shape[0], -1)
                 feat = None
             else:
                 def f(h, m=op[1]):
-                    return np.ascontiguousarray(m.forward(h))
+                    return np.ascontiguousarray(m.forward(h), dtype=dt)
                 feat = None
             stages.append(f)
         return stages

@@ -257,3 +257,24 @@ def test_hypothesis_predict_answers_or_raises_cleanly(n, k, dt, ndim):
     assert k == 4 and ndim in (1, 2)
     ref = reference_eval(model, np.asarray(x, np.float64).reshape(-1, 4))
     np.testing.assert_allclose(y.reshape(-1, 2), ref, rtol=1e-4, atol=1e-5)
+
+
+class _Widen(nn.Module):
+    """A custom module (no layer description: compiled as an opaque ForwardOp)."""
+
+    def forward(self, x):
+        return np.concatenate([x, x], axis=1)
+
+
+def test_compiled_typed_stage_after_an_opaque_module_checks_its_input():
+    # the kernels after a custom module trust nothing about its output: a wrong width is a
+    # clear error, never an out-of-bounds read
+    good = nn.Sequential(_Widen(), nn.Linear(8, 3), nn.LayerNorm(3)).eval()
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    np.testing.assert_allclose(fr.inference.compile(good)(x), good(x), rtol=1e-5, atol=1e-6)
+    bad = nn.Sequential(_Widen(), nn.Linear(4, 3)).eval()
+    with pytest.raises(ValueError, match=r"Linear stage: expected a \(5, 4\)"):
+        fr.inference.compile(bad)(x)
+    bad_ln = nn.Sequential(_Widen(), nn.LayerNorm(4)).eval()
+    with pytest.raises(ValueError, match=r"LayerNorm stage: expected a \(5, 4\)"):
+        fr.inference.compile(bad_ln)(x)
