@@ -495,3 +495,20 @@ def test_parameter_free_layer_follows_input_dtype_between_calls(rng):
     b = relu(rng.standard_normal((3, 4)))
     assert a.dtype == np.float32 and b.dtype == np.float64
     assert relu.backward(np.ones((3, 4))).dtype == np.float64
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Linear(6, 6), lambda: nn.ReLU(),
+                                  lambda: nn.LayerNorm(6), lambda: nn.BatchNorm1d(6),
+                                  lambda: nn.Dropout(0.5)], ids=["linear", "relu", "layernorm",
+                                                                 "batchnorm", "dropout"])
+def test_a_layer_fed_its_own_output_buffer_raises_instead_of_computing_garbage(make):
+    # the kernels write a layer's output buffer while reading its input: a custom forward that
+    # calls one layer on its own result must get a clear error (torch would allocate anew)
+    layer = make()
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    y = layer.forward(x)             # inner call: the layer's own buffer, not a copy
+    with pytest.raises(ValueError, match="own output buffer"):
+        layer.forward(y)
+    with pytest.raises(ValueError, match="own output buffer"):
+        layer.forward(y[1:3])        # a view of it too
+    layer.forward(y.copy())          # a copy is fine

@@ -91,7 +91,10 @@ def _check_input(layer: Module, x, dtype: np.dtype, min_ndim: int = 1) -> np.nda
 
 
 def _contiguous(layer: Module, what: str, a):
-    return layer._place.contiguous(a, f"{layer._describe()}: {what}")
+    place = layer._place
+    if place.is_contiguous(a):
+        return a
+    return place.contiguous(a, f"{layer._describe()}: {what}")
 
 
 def _input_float_dtype(x) -> np.dtype:
@@ -122,7 +125,13 @@ def _apart(layer: Module, out, x) -> None:
     """The one overlap check a module-owned output needs: a custom forward may hand a layer
     its own output buffer back as input (``fc(fc(x))``), which the kernels would read while
     writing."""
-    if layer._place.may_share_memory(out, x):
+    if type(out) is np.ndarray:
+        # out is a view of a module-owned flat array (its base); only views of that array can
+        # overlap it, and numpy points every view's base at the owner
+        shared = out.base is not None and (x.base is out.base or x is out.base)
+    else:
+        shared = layer._place.may_share_memory(out, x)
+    if shared:
         raise ValueError(f"{layer._describe()}: the input is this layer's own output buffer "
                          "from a previous call; copy it first (x.copy())")
 
@@ -231,7 +240,9 @@ class Linear(Module):
     def forward(self, x: np.ndarray, *, activation: int = _codes.ACT_IDENTITY,
                 slope: float = 0.01) -> np.ndarray:
         """``y = act(x W^T + b)``; ``activation`` is a ``_codes.ACT_*`` (Sequential's fusion)."""
-        W = self.weight.data
+        params = self._parameters      # (not self.weight: Module.__getattr__ is the slow path)
+        W = params["weight"].data
+        bias = params["bias"]
         x = _check_input(self, x, W.dtype)
         shape = tuple(x.shape)      # (a plain tuple: device arrays' shapes may not be)
         if shape[-1] != self.in_features:
@@ -243,7 +254,7 @@ class Linear(Module):
         if type(activation) is not int or type(slope) is not float:   # Sequential passes codes
             activation = _codes.activation_code(activation)
             slope = _check_slope(slope)
-        b = None if self.bias is None else self.bias.data
+        b = None if bias is None else bias.data
         _matmul.run_linear_forward(x2, W, b, out, activation, slope, self._place.is_device)
         self._cache = (x2, shape, out, activation, slope)
         return out.reshape(*shape[:-1], self.out_features) if x.ndim != 2 else out

@@ -44,7 +44,8 @@ def _check_logits(loss: Module, x, ndim=None) -> np.ndarray:
                          f"{x.shape}")
     if x.size == 0:
         raise ValueError(f"{type(loss).__name__}: input is empty (shape {x.shape})")
-    return loss._place.contiguous(x, f"{type(loss).__name__}: input")
+    place = loss._place
+    return x if place.is_contiguous(x) else place.contiguous(x, f"{type(loss).__name__}: input")
 
 
 def _target_like(loss: Module, x, target, what: str = "target"):

@@ -373,8 +373,13 @@ class Module:
             out = self.forward(*args, **kwargs)
         finally:
             _local.depth = depth
-        if depth == 0 and args and _is_owned_result(out, args[0]):
-            out = _copy(out)   # the caller keeps it; the module reuses its buffer next call
+        if depth == 0 and args:
+            x = args[0]
+            if type(out) is np.ndarray:                 # the host case, without lookups
+                if not (type(x) is np.ndarray and np.may_share_memory(out, x)):
+                    out = out.copy()   # the caller keeps it; the module reuses its buffer
+            elif _is_owned_result(out, x):
+                out = _copy(out)
         return out
 
     def _place_target(self, key: str, a: np.ndarray):
