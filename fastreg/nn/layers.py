@@ -256,7 +256,7 @@ class Linear(Module):
             slope = _check_slope(slope)
         b = None if bias is None else bias.data
         _matmul.run_linear_forward(x2, W, b, out, activation, slope, self._place.is_device)
-        self._cache = (x2, shape, out, activation, slope)
+        self.__dict__["_cache"] = (x2, shape, out, activation, slope)
         return out.reshape(*shape[:-1], self.out_features) if x.ndim != 2 else out
 
     def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):

@@ -366,7 +366,7 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         depth = getattr(_local, "depth", 0)
-        if depth == 0 and _config.get_backend() == "cuda" and self._device != "cuda":
+        if depth == 0 and _config._state["backend"] == "cuda" and self._device != "cuda":
             self.to("cuda")    # set_backend("cuda"): models run on the GPU from their first call
         _local.depth = depth + 1
         try:

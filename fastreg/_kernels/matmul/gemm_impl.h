@@ -44,6 +44,13 @@ FR_NOVEC static void FN(fr_pack_a)(int mr, int kc, const FR_T *A, ptrdiff_t rsa,
                     FR_CAT(fr_transpose, FR_SUFFIX)(A + i0 * rsa + k0, rsa,
                                                     Ap + k0 * FR_MR + i0, FR_MR);
         }
+#if FR_MR == 6 && FR_TB == 8    /* AVX2 float: a 6-row transpose of its own */
+        else if (mr == FR_MR) {
+            it = FR_MR;
+            for (; k0 + FR_TB <= kc; k0 += FR_TB)
+                fr_transpose6x8_f32(A + k0, rsa, Ap + k0 * FR_MR);
+        }
+#endif
 #endif
         for (int i = 0; i < mr; i++) {
             const FR_T *row = A + i * rsa;
