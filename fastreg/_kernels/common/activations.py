@@ -6,6 +6,11 @@ Plain Python on scalars (no numba import here): each backend compiles these func
 inside its own loops. The C backends (``elementwise/ops.h``, ``matmul/gemm_impl.h``) keep their
 own copies of the same formulas. Codes: ``common/codes.py``.
 
+Editing this file: numba's on-disk cache (``cache=True``) is keyed on the source file of each
+jitted kernel, not on the files it inlines from, so kernels cached before an edit here keep the
+old maths. Touch the backend modules that import this one (or delete their ``__pycache__``
+``*.nbi``/``*.nbc`` files) after changing it.
+
 Not here, on purpose: ``exp`` and ``tanh``. They are the one part that differs per backend for a
 reason: Numba lowers ``np.exp``/``np.tanh`` to scalar libm calls, so the Numba elementwise
 backend uses its own branch-free, vectorizable polynomials (elementwise/numba.py, the formulas of

@@ -6,6 +6,11 @@ inline=True)``; both call it from their own mask loops. The C backend reads the 
 from ``common/philox.h`` (a test checks they agree with ``codes.py``); the generator and how a
 mask is drawn from it are specified in ``dropout/__init__.py``.
 
+Editing this file: numba's on-disk cache (``cache=True``) is keyed on the source file of each
+jitted kernel, not on the files it inlines from, so kernels cached before an edit here keep the
+old maths. Touch the backend modules that import this one (or delete their ``__pycache__``
+``*.nbi``/``*.nbc`` files) after changing it.
+
 32-bit words are held in uint64 with explicit ``& 0xffffffff``: every product ``M * c`` has both
 factors < 2**32, so it is exact in 64 bits and its high half is ``hi32``. On the CPU LLVM lowers
 these products to 32x32->64 multiplies (vpmuludq); on the GPU no mulhi intrinsic is needed

@@ -20,6 +20,11 @@ Rules the functions follow so that both targets compile them to the same arithme
   and the loops select the buffers they touch outside the element loop (numba leaves a loop that
   decides its stores per element scalar, ~10x slower).
 
+Editing this file: numba's on-disk cache (``cache=True``) is keyed on the source file of each
+jitted kernel, not on the files it inlines from, so kernels cached before an edit here keep the
+old maths. Touch the backend modules that import this one (or delete their ``__pycache__``
+``*.nbi``/``*.nbc`` files) after changing it.
+
 Order of operations is torch's single-tensor algorithms (see ``optim/__init__.py``).
 """
 from __future__ import annotations
