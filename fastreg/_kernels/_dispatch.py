@@ -4,6 +4,44 @@ Each op family is a package ``fastreg/_kernels/<op>/`` whose backends share one 
 kernel: ``numba.py`` (Numba), ``cy.pyx`` (Cython), ``cuda.py`` (numba.cuda, for device arrays)
 and, for matmul only, ``blas.py`` (the BLAS that NumPy ships). Backend modules are imported on
 first use, so ``import fastreg`` never imports numba.
+
+Backend calling convention (as it is; the public functions in ``<op>/__init__.py`` are the only
+callers and do all the checking)
+----------------------------------------------------------------------------------------------
+* Positional arguments only: the validated arrays first (inputs, then outputs, then scratch),
+  then the scalars. A kernel trusts its arguments: shapes, dtypes, contiguity, writeability and
+  non-overlap were checked by the public function, and the kernel writes its outputs in place.
+* Arrays are C-contiguous and of one float dtype per call (integer arrays: dropout's uint8 mask
+  and uint32 Philox blocks, the int64 class targets). Elementwise-shaped kernels get flat views
+  (``x.reshape(-1)``: dropout, activations, optim); matmul, norm and softmax + cross-entropy get
+  their 2-D arrays. On "cuda" every array of the call is a device array.
+* Scalars: counts are ``np.int64``; dropout's key halves are ``np.uint32`` and its offset and
+  threshold ``np.uint64`` (Numba and CUDA widen the key to uint64 inside); dropout's scale
+  arrives in the data dtype (``dt.type(scale)``), while the activation ``slope`` and the
+  cross-entropy backward's ``eps``/``grad_scale`` arrive as Python floats that each backend
+  converts to the data dtype itself (Numba ``x.dtype.type(slope)``, CUDA on the host before the
+  launch, Cython through a C ``double`` parameter cast per dtype; the forward's ``eps`` stays
+  float64, like its loss). The optimizer's coefficients arrive as one host ndarray ``hp`` in the
+  parameter dtype (the CUDA launcher unpacks it into kernel arguments). Flags are Python
+  bools/ints; activation codes and optimizer kinds are ints from the family's ``codes.py``.
+* Optional arrays differ per family (this is where the backends disagree):
+
+  - optim: an unused state buffer is a **length-0 placeholder** of the call's kind (a host
+    ndarray, or a device array on "cuda"), never ``None``, on every backend; the flags say which
+    buffers are used.
+  - norm: the CPU backends (numba, cython) take a **length-0 placeholder plus an explicit
+    ``has_*`` bool** for each optional vector, and scratch arrays (``partial``, ``block``,
+    ``coef``) the public function allocates; the CUDA backend has a different positional
+    signature: optional vectors are ``None`` and it needs no scratch (its reductions use
+    module-owned device buffers).
+  - matmul: ``bias``/``dbias`` are ``None`` when absent, on every backend (Numba swaps in a
+    placeholder internally, Cython and BLAS test for None).
+  - elementwise (CUDA-only loss helpers): absent ``pos_weight``/``weight`` are ``None``; the
+    CUDA launcher substitutes a 1-element float64 device dummy plus a ``has_*`` flag.
+
+* Returns: in-place kernels return None, except matmul's ``linear_forward`` and
+  ``linear_backward_input``, which return their output array; reductions return a float
+  (``softmax_xent_forward``: the loss summed over rows, which the public function divides).
 """
 from __future__ import annotations
 

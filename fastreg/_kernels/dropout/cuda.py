@@ -21,10 +21,9 @@ Kernel design
   bounds depend on the block index only, so every thread of a block reaches both barriers.
 * ``dropout_backward`` needs no RNG: a grid-stride loop with one element per thread; the 8
   threads sharing a mask byte hit the same cache line (L1 broadcast).
-* Philox's 32-bit words are held in uint64 with explicit ``& 0xffffffff``: every product
-  ``M * c`` has both factors < 2**32, so it is exact in 64 bits and its high half is ``hi32``
-  (the same arithmetic as the Numba backend; no mulhi intrinsic, which the simulator lacks). The
-  counter ``offset + b`` is formed from the host-split halves of ``offset`` with an explicit carry,
+* The Philox rounds are the Numba backend's, compiled from the same source
+  (``dropout/maths.py``): 32-bit words held in uint64, exact 64-bit products, no mulhi
+  intrinsic (which the simulator lacks). The counter ``offset + b`` is formed from the host-split halves of ``offset`` with an explicit carry,
   so nothing overflows even in the simulator's NumPy scalars, and it wraps modulo 2**64 as the
   spec says. All integer operands are uint64 (numba types uint64 op int64 as float64).
 * Dropped elements are written as +0.0 by a select, not a multiply by 0, so dropped inf/nan give
@@ -36,35 +35,22 @@ import numpy as np
 from numba import cuda, uint8
 
 from ..runtime import cuda as _cuda_runtime
-from .codes import _MASK32, PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
+from . import maths
+from .maths import LO as _LO
+from .maths import S32 as _S32
 
 #: Threads per block; one mask byte per thread, so a forward tile is THREADS * 8 elements.
 THREADS = 256
 TILE = THREADS * 8
 
-_M0 = np.uint64(PHILOX_M0)
-_M1 = np.uint64(PHILOX_M1)
-_W0 = np.uint64(PHILOX_W0)
-_W1 = np.uint64(PHILOX_W1)
-_LO = np.uint64(_MASK32)
-_S32 = np.uint64(32)
 _ZERO = np.uint64(0)
 _ONE = np.uint64(1)
 _TWO = np.uint64(2)
 _EIGHT = np.uint64(8)
 
 
-@cuda.jit(device=True, cache=True)
-def _philox10(c0, c1, c2, c3, k0, k1):
-    """Ten Philox4x32 rounds; all arguments and results are uint64 holding 32-bit words."""
-    for _ in range(10):
-        p0 = _M0 * c0                       # both factors < 2**32: exact 64-bit product
-        p1 = _M1 * c2
-        c0, c1, c2, c3 = ((p1 >> _S32) ^ c1 ^ k0, p1 & _LO,
-                          (p0 >> _S32) ^ c3 ^ k1, p0 & _LO)
-        k0 = (k0 + _W0) & _LO
-        k1 = (k1 + _W1) & _LO
-    return c0, c1, c2, c3
+# The Philox rounds (dropout/maths.py), shared with the Numba backend.
+_philox10 = cuda.jit(device=True, inline=True, cache=True)(maths.philox4x32_10)
 
 
 @cuda.jit(device=True, cache=True)

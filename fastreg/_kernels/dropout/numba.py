@@ -3,9 +3,9 @@
 Shapes: x, out, dy, dx are flat (n,) arrays of one float dtype; mask is (ceil(n/8),) uint8, bit j
 of byte k <-> element 8k+j, 1 = kept. The RNG is specified in fastreg/_kernels/dropout/__init__.py.
 
-Philox's 32-bit words are held in uint64 with explicit masking: Numba promotes uint32 arithmetic
-to 64 bits anyway, and every operand here is < 2**32, so M·c is exact and LLVM lowers the
-products to 32x32->64 multiplies (vpmuludq).
+The Philox rounds are dropout/maths.py's (shared with the CUDA backend); its 32-bit words are
+held in uint64 (Numba promotes uint32 arithmetic to 64 bits anyway) and LLVM lowers the exact
+products M·c to 32x32->64 multiplies (vpmuludq).
 """
 import numpy as np
 from llvmlite import ir
@@ -13,14 +13,10 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic
 
-from .codes import _MASK32, PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
+from . import maths
+from .maths import LO as _LO
+from .maths import S32 as _S32
 
-_M0 = np.uint64(PHILOX_M0)
-_M1 = np.uint64(PHILOX_M1)
-_W0 = np.uint64(PHILOX_W0)
-_W1 = np.uint64(PHILOX_W1)
-_LO = np.uint64(_MASK32)
-_S32 = np.uint64(32)
 _ONE = np.uint64(1)
 _TWO = np.uint64(2)
 _ZERO = np.uint64(0)
@@ -29,20 +25,8 @@ _ZERO = np.uint64(0)
 CHUNK_BYTES = 256
 
 
-@njit(cache=True, inline="always")
-def _round(c0, c1, c2, c3, ka, kb):
-    p0 = _M0 * c0
-    p1 = _M1 * c2
-    return (p1 >> _S32) ^ c1 ^ ka, p1 & _LO, (p0 >> _S32) ^ c3 ^ kb, p0 & _LO
-
-
-@njit(cache=True, inline="always")
-def _philox10(c0, c1, c2, c3, k0, k1):
-    for _ in range(10):
-        c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
-        k0 = (k0 + _W0) & _LO
-        k1 = (k1 + _W1) & _LO
-    return c0, c1, c2, c3
+# The Philox rounds (dropout/maths.py, shared with the CUDA backend), inlined at the IR level.
+_philox10 = njit(cache=True, inline="always")(maths.philox4x32_10)
 
 
 @njit(cache=True)

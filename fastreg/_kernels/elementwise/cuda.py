@@ -42,6 +42,7 @@ import math
 import numpy as np
 from numba import cuda, float64, int32
 
+from ..common import activations
 from ..runtime import cuda as _rt
 from .codes import ACT_LEAKY_RELU, ACT_RELU, ACT_SIGMOID, ACT_TANH
 
@@ -117,7 +118,7 @@ def _block_sum(sh, v):
         sh[t] = acc
     cuda.syncthreads()
     total = 0.0
-    for k in range(32 if nt > 32 else nt):   # (builtin min does not type in numba's CUDA target)
+    for k in range(32 if nt > 32 else nt):  # noqa: FURB136 (builtin min fails in CUDA typing)
         total += sh[k]
     cuda.syncthreads()
     return total
@@ -144,7 +145,7 @@ def _block_argmax_sum(shv, shi, shs, v, i, s):
         shs[t] = acc
     cuda.syncthreads()
     bv, bi, acc = shv[0], shi[0], shs[0]
-    for k in range(1, 32 if nt > 32 else nt):
+    for k in range(1, 32 if nt > 32 else nt):  # noqa: FURB136 (as above)
         if shv[k] > bv:
             bv = shv[k]
             bi = shi[k]
@@ -172,7 +173,7 @@ def _block_sum3(sh0, sh1, sh2, a, b, c):
         sh2[t] = x2
     cuda.syncthreads()
     x0 = x1 = x2 = 0.0
-    for k in range(32 if nt > 32 else nt):   # (builtin min does not type in numba's CUDA target)
+    for k in range(32 if nt > 32 else nt):  # noqa: FURB136 (builtin min fails in CUDA typing)
         x0 += sh0[k]
         x1 += sh1[k]
         x2 += sh2[k]
@@ -219,23 +220,31 @@ def _finish(nblocks: int, nslots: int):
 
 # --- activations ----------------------------------------------------------------------------------
 
+# The activation formulas (common/activations.py), shared with the Numba backends.
+_device = cuda.jit(device=True, inline=True, cache=True)
+_relu = _device(activations.relu)
+_leaky_relu = _device(activations.leaky_relu)
+_sigmoid = _device(activations.sigmoid)
+_relu_backward = _device(activations.relu_backward)
+_leaky_relu_backward = _device(activations.leaky_relu_backward)
+_sigmoid_backward = _device(activations.sigmoid_backward)
+_tanh_backward = _device(activations.tanh_backward)
+
+
 @cuda.jit(cache=True)
 def _act_fwd_k(x, out, code, slope, one):
     start, step, n = cuda.grid(1), cuda.gridsize(1), x.shape[0]
+    zero = one - one                    # 0 in the data dtype (a 0.0 literal would be float64)
     if code == ACT_RELU:
         for i in range(start, n, step):
-            v = x[i]
-            out[i] = 0.0 if v < 0 else v            # keeps NaN, as torch.relu
+            out[i] = _relu(x[i], zero)
     elif code == ACT_LEAKY_RELU:
         for i in range(start, n, step):
-            v = x[i]
-            out[i] = v if v > 0 else v * slope
+            out[i] = _leaky_relu(x[i], slope, zero)
     elif code == ACT_SIGMOID:
         for i in range(start, n, step):
             v = x[i]
-            e = math.exp(-abs(v))                   # never overflows; NaN stays NaN
-            s = one / (one + e)
-            out[i] = s if v >= 0 else e * s         # sigmoid(-|v|) = e / (1 + e)
+            out[i] = _sigmoid(v, math.exp(-abs(v)), one, zero)   # exp never overflows
     elif code == ACT_TANH:
         for i in range(start, n, step):
             out[i] = math.tanh(x[i])
@@ -247,21 +256,19 @@ def _act_fwd_k(x, out, code, slope, one):
 @cuda.jit(cache=True)
 def _act_bwd_k(dy, y, dx, code, slope, one):
     start, step, n = cuda.grid(1), cuda.gridsize(1), dy.shape[0]
-    zero = one - one                    # 0 in the data dtype (a 0.0 literal would be float64)
+    zero = one - one
     if code == ACT_RELU:
         for i in range(start, n, step):
-            dx[i] = dy[i] if y[i] > 0 else zero
+            dx[i] = _relu_backward(dy[i], y[i], zero)
     elif code == ACT_LEAKY_RELU:
         for i in range(start, n, step):
-            dx[i] = dy[i] if y[i] > 0 else dy[i] * slope
+            dx[i] = _leaky_relu_backward(dy[i], y[i], slope, zero)
     elif code == ACT_SIGMOID:
         for i in range(start, n, step):
-            v = y[i]
-            dx[i] = dy[i] * v * (one - v)
+            dx[i] = _sigmoid_backward(dy[i], y[i], one)
     elif code == ACT_TANH:
         for i in range(start, n, step):
-            v = y[i]
-            dx[i] = dy[i] * (one - v * v)
+            dx[i] = _tanh_backward(dy[i], y[i], one)
     else:
         for i in range(start, n, step):
             dx[i] = dy[i]
@@ -679,7 +686,7 @@ def _colsum_k(a, rows_per_chunk, part, out, accumulate):
     j = cuda.blockIdx.x * 32 + tx
     r0 = cuda.blockIdx.y * rows_per_chunk
     r1 = r0 + rows_per_chunk
-    if r1 > nrows:
+    if r1 > nrows:  # noqa: PLR1730 (builtin min fails in numba's CUDA typing)
         r1 = nrows
     acc = 0.0
     if j < ncols:

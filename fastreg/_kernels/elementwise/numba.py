@@ -3,7 +3,8 @@
 Same names and positional signatures as elementwise/cy.pyx; arguments are checked by
 fastreg/_kernels/elementwise/__init__.py. Shapes: activation arrays are flat (n,); logits, probs and
 dlogits are (N, C) of one float dtype; target is (N,) int64 with values in [0, C).
-Sums over a row are accumulated in float64 for both dtypes.
+Sums over a row are accumulated in float64 for both dtypes. The activation formulas are
+common/activations.py's (shared with the CUDA backends); exp and tanh are this module's own.
 
 The clamps below are written as comparisons on purpose (they become vector selects and leave NaN
 to the final ``x == x`` test, which is how NaN is passed through), hence the ruff exemptions.
@@ -17,6 +18,7 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic, overload
 
+from ..common import activations
 from .codes import ACT_LEAKY_RELU, ACT_RELU, ACT_SIGMOID, ACT_TANH
 
 # --- vectorizable exp and tanh ---------------------------------------------------------------------
@@ -148,23 +150,34 @@ def _ftanh_impl(x):
         return lambda x: _tanh64(x)
 
 
+# The activation formulas (common/activations.py, shared with the CUDA backends), inlined.
+_inline = njit(cache=True, inline="always")
+_relu = _inline(activations.relu)
+_leaky_relu = _inline(activations.leaky_relu)
+_sigmoid = _inline(activations.sigmoid)
+_relu_backward = _inline(activations.relu_backward)
+_leaky_relu_backward = _inline(activations.leaky_relu_backward)
+_sigmoid_backward = _inline(activations.sigmoid_backward)
+_tanh_backward = _inline(activations.tanh_backward)
+
+
 @njit(cache=True, parallel=True)
 def activation_forward(x, out, code, slope):
     """out = act(x) elementwise (out may alias x)."""
     n = x.shape[0]
+    zero = x.dtype.type(0)
     one = x.dtype.type(1)
     s = x.dtype.type(slope)
     if code == ACT_RELU:
         for i in prange(n):
-            v = x[i]
-            out[i] = 0 if v < 0 else v  # keeps NaN, as torch.relu
+            out[i] = _relu(x[i], zero)
     elif code == ACT_LEAKY_RELU:
         for i in prange(n):
-            v = x[i]
-            out[i] = v if v > 0 else v * s
+            out[i] = _leaky_relu(x[i], s, zero)
     elif code == ACT_SIGMOID:
         for i in prange(n):
-            out[i] = one / (one + _fexp(-x[i]))  # exp overflow -> inf -> 0: no NaN
+            v = x[i]
+            out[i] = _sigmoid(v, _fexp(-abs(v)), one, zero)
     elif code == ACT_TANH:
         for i in prange(n):
             out[i] = _ftanh(x[i])
@@ -177,22 +190,21 @@ def activation_forward(x, out, code, slope):
 def activation_backward(dy, y, dx, code, slope):
     """dx = dy * act'(x), with act' written in terms of the output y = act(x) (dx may alias dy)."""
     n = dy.shape[0]
+    zero = dy.dtype.type(0)
     one = dy.dtype.type(1)
     s = dy.dtype.type(slope)
     if code == ACT_RELU:
         for i in prange(n):
-            dx[i] = dy[i] if y[i] > 0 else 0
+            dx[i] = _relu_backward(dy[i], y[i], zero)
     elif code == ACT_LEAKY_RELU:
         for i in prange(n):
-            dx[i] = dy[i] if y[i] > 0 else dy[i] * s
+            dx[i] = _leaky_relu_backward(dy[i], y[i], s, zero)
     elif code == ACT_SIGMOID:
         for i in prange(n):
-            v = y[i]
-            dx[i] = dy[i] * v * (one - v)
+            dx[i] = _sigmoid_backward(dy[i], y[i], one)
     elif code == ACT_TANH:
         for i in prange(n):
-            v = y[i]
-            dx[i] = dy[i] * (one - v * v)
+            dx[i] = _tanh_backward(dy[i], y[i], one)
     else:
         for i in prange(n):
             dx[i] = dy[i]

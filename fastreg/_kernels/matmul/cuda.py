@@ -33,7 +33,8 @@ Kernel design (the classic SGEMM scheme, llm.c's "matmul_forward" lineage):
 - Tiles hanging over the edges are zero-filled in shared memory (guarded loads), and only the
   in-range outputs are stored. The epilogue runs on the accumulators before the one store:
   (+ old C when accumulating) + bias, then the activation, in the data dtype like the CPU
-  kernels (sigmoid in the overflow-free two-sided form: exactly 0 or 1 when it saturates).
+  kernels, with the Numba backend's formulas (common/activations.py; sigmoid in the
+  overflow-free two-sided form: exactly 0 or 1 when it saturates).
 - dbias (= row sums of A = dy.T) is fused into the weight-gradient kernel: the blocks of column
   tile 0 load every row of A once anyway; after each slab load their first BM threads each sum
   one row of the slab in shared memory (BK adds, next to the TM * TN * BK FMAs of the tile).
@@ -49,6 +50,7 @@ import math
 import numpy as np
 from numba import cuda, from_dtype
 
+from ..common import activations
 from ..runtime import cuda as _cuda_runtime
 from .codes import ACT_IDENTITY, ACT_LEAKY_RELU, ACT_RELU, ACT_SIGMOID, ACT_TANH
 
@@ -65,19 +67,22 @@ _kernels: dict = {}
 _state: dict = {}
 
 
+# The activation formulas (common/activations.py), shared with the Numba backends.
+_device = cuda.jit(device=True, inline=True, cache=True)
+_relu = _device(activations.relu)
+_leaky_relu = _device(activations.leaky_relu)
+_sigmoid = _device(activations.sigmoid)
+
+
 @cuda.jit(device=True)
 def _act(v, act, slope, zero, one):
-    """The CPU epilogue's activation (_matmul_numba._act) in v's dtype; NaN passes through."""
+    """The epilogue's activation in v's dtype (the formulas of every backend); NaN passes."""
     if act == ACT_RELU:
-        return zero if v < zero else v  # noqa: FURB136 - max(v, 0) is fmax: relu(NaN) = 0
+        return _relu(v, zero)
     if act == ACT_LEAKY_RELU:
-        return v * slope if v < zero else v
+        return _leaky_relu(v, slope, zero)
     if act == ACT_SIGMOID:
-        # 1 / (1 + exp(-v)) without ever forming exp(+large): exactly 0 / 1 at saturation
-        if v >= zero:
-            return one / (one + math.exp(-v))
-        e = math.exp(v)
-        return e / (one + e)
+        return _sigmoid(v, math.exp(-abs(v)), one, zero)   # two-sided: exp never overflows
     if act == ACT_TANH:
         return math.tanh(v)
     return v

@@ -1,4 +1,5 @@
-"""CUDA backend of the fused optimizer update (numba.cuda; maths in fastreg/_kernels/optim/__init__.py).
+"""CUDA backend of the fused optimizer update (numba.cuda; per-element formulas in
+optim/maths.py, shared with the Numba backend; documented in fastreg/_kernels/optim/__init__.py).
 
 Same function and positional signature as the Numba backend:
 ``fused_step(kind, flags, param, grad, buf0, buf1, buf2, hp)``, with ``param``, ``grad`` and the
@@ -22,17 +23,17 @@ Kernel design
 * The flags that decide which buffers are read or written (SGD momentum / first step, Adam
   amsgrad, RMSprop momentum) select one of several loops outside the element loop; the others
   (maximize, nesterov, centered) are block-uniform predicates, which cost no divergence.
-* Order of operations is the Numba backend's (torch's single-tensor algorithms), so results
-  agree with the CPU to rounding (the GPU may contract a*b + c into an FMA, as the CPU backends
+* The per-element formulas are the Numba backend's, compiled from the same source
+  (``optim/maths.py``; torch's single-tensor order of operations), so results agree with the CPU
+  to rounding (the GPU may contract a*b + c into an FMA, as the CPU backends
   do under ``fastmath={"contract"}``).
 """
 from __future__ import annotations
 
-import math
-
 from numba import cuda
 
 from ..runtime import cuda as _cuda_runtime
+from . import maths
 from .codes import (
     ADADELTA,
     ADAGRAD,
@@ -62,16 +63,22 @@ from .codes import (
 THREADS = 256
 
 
-@cuda.jit(device=True, cache=True)
-def _penalized_grad(w, g, l1, l2x2, maximize):
-    # The L1/L2 penalties are part of the loss: their gradient joins the loss gradient first.
-    zero = w - w
-    if w > zero:
-        g = g + l1
-    elif w < zero:
-        g = g - l1
-    g = g + l2x2 * w
-    return -g if maximize else g
+# The per-element maths (optim/maths.py), shared with the Numba backend.
+_device = cuda.jit(device=True, inline=True, cache=True)
+_grad = _device(maths.grad)
+_sgd_buffer = _device(maths.sgd_buffer)
+_sgd_param = _device(maths.sgd_param)
+_adam_moments = _device(maths.adam_moments)
+_amsgrad_max = _device(maths.amsgrad_max)
+_adam_param = _device(maths.adam_param)
+_ema_square = _device(maths.ema_square)
+_lerp = _device(maths.lerp)
+_centered_var = _device(maths.centered_var)
+_rms_scaled = _device(maths.rms_scaled)
+_heavy_ball = _device(maths.heavy_ball)
+_add_square = _device(maths.add_square)
+_adadelta_delta = _device(maths.adadelta_delta)
+_descend = _device(maths.descend)
 
 
 @cuda.jit(cache=True)
@@ -82,53 +89,49 @@ def _sgd_kernel(p, gr, buf, lr, wd, l1, l2x2, mu, one_m_damp, maximize, momentum
     if not momentum:
         for i in range(start, n, stride):
             w = p[i]
-            g = _penalized_grad(w, gr[i], l1, l2x2, maximize) + wd * w
-            p[i] = w - lr * g
+            g = _grad(w, gr[i], l1, l2x2, wd, maximize)
+            p[i] = _sgd_param(w, g, g, lr, mu, False)
     elif first:
         # torch: the first step copies g into the buffer, without dampening (buf is not read)
         for i in range(start, n, stride):
             w = p[i]
-            g = _penalized_grad(w, gr[i], l1, l2x2, maximize) + wd * w
-            buf[i] = g
-            p[i] = w - lr * (g + mu * g if nesterov else g)
+            g = _grad(w, gr[i], l1, l2x2, wd, maximize)
+            b = _sgd_buffer(g, g, mu, one_m_damp, True)
+            buf[i] = b
+            p[i] = _sgd_param(w, g, b, lr, mu, nesterov)
     else:
         for i in range(start, n, stride):
             w = p[i]
-            g = _penalized_grad(w, gr[i], l1, l2x2, maximize) + wd * w
-            b = mu * buf[i] + one_m_damp * g
+            g = _grad(w, gr[i], l1, l2x2, wd, maximize)
+            b = _sgd_buffer(g, buf[i], mu, one_m_damp, False)
             buf[i] = b
-            p[i] = w - lr * (g + mu * b if nesterov else b)
+            p[i] = _sgd_param(w, g, b, lr, mu, nesterov)
 
 
 @cuda.jit(cache=True)
 def _adam_kernel(p, gr, m_buf, v_buf, vmax_buf, wd, l1, l2x2, one_m_b1, b2, one_m_b2, eps,
                  step_size, inv_bc2_sqrt, decay, maximize, amsgrad):
-    # optim.py passes (wd, decay) = (weight_decay, 1) for Adam and (0, 1 - lr*wd) for AdamW
+    # optim/__init__.py passes (wd, decay) = (weight_decay, 1) for Adam, (0, 1 - lr*wd) for AdamW
     start, stride = cuda.grid(1), cuda.gridsize(1)
     n = p.shape[0]
     if not amsgrad:
         for i in range(start, n, stride):
             w = p[i]
-            g = _penalized_grad(w, gr[i], l1, l2x2, maximize) + wd * w
-            m = m_buf[i]
-            m = m + one_m_b1 * (g - m)
-            v = b2 * v_buf[i] + one_m_b2 * (g * g)
+            g = _grad(w, gr[i], l1, l2x2, wd, maximize)
+            m, v = _adam_moments(g, m_buf[i], v_buf[i], one_m_b1, b2, one_m_b2)
             m_buf[i] = m
             v_buf[i] = v
-            p[i] = w * decay - step_size * (m / (math.sqrt(v) * inv_bc2_sqrt + eps))
+            p[i] = _adam_param(w, m, v, step_size, inv_bc2_sqrt, eps, decay)
     else:
         for i in range(start, n, stride):
             w = p[i]
-            g = _penalized_grad(w, gr[i], l1, l2x2, maximize) + wd * w
-            m = m_buf[i]
-            m = m + one_m_b1 * (g - m)
-            v = b2 * v_buf[i] + one_m_b2 * (g * g)
+            g = _grad(w, gr[i], l1, l2x2, wd, maximize)
+            m, v = _adam_moments(g, m_buf[i], v_buf[i], one_m_b1, b2, one_m_b2)
             m_buf[i] = m
             v_buf[i] = v
-            vm = vmax_buf[i]
-            vm = vm if vm > v else v  # noqa: FURB136 (max(v, vm): the builtin fails in CUDA typing)
+            vm = _amsgrad_max(v, vmax_buf[i])
             vmax_buf[i] = vm
-            p[i] = w * decay - step_size * (m / (math.sqrt(vm) * inv_bc2_sqrt + eps))
+            p[i] = _adam_param(w, m, vm, step_size, inv_bc2_sqrt, eps, decay)
 
 
 @cuda.jit(cache=True)
@@ -139,29 +142,27 @@ def _rmsprop_kernel(p, gr, sq_buf, ga_buf, mom_buf, lr, wd, l1, l2x2, alpha, one
     if not momentum:
         for i in range(start, n, stride):
             w = p[i]
-            g = _penalized_grad(w, gr[i], l1, l2x2, maximize) + wd * w
-            sq = alpha * sq_buf[i] + one_m_alpha * (g * g)
+            g = _grad(w, gr[i], l1, l2x2, wd, maximize)
+            sq = _ema_square(sq_buf[i], g, alpha, one_m_alpha)
             sq_buf[i] = sq
             if centered:
-                ga = ga_buf[i]
-                ga = ga + one_m_alpha * (g - ga)
+                ga = _lerp(ga_buf[i], g, one_m_alpha)
                 ga_buf[i] = ga
-                sq = sq - ga * ga
-            p[i] = w - lr * (g / (math.sqrt(sq) + eps))
+                sq = _centered_var(sq, ga)
+            p[i] = _descend(w, lr, _rms_scaled(g, sq, eps))
     else:
         for i in range(start, n, stride):
             w = p[i]
-            g = _penalized_grad(w, gr[i], l1, l2x2, maximize) + wd * w
-            sq = alpha * sq_buf[i] + one_m_alpha * (g * g)
+            g = _grad(w, gr[i], l1, l2x2, wd, maximize)
+            sq = _ema_square(sq_buf[i], g, alpha, one_m_alpha)
             sq_buf[i] = sq
             if centered:
-                ga = ga_buf[i]
-                ga = ga + one_m_alpha * (g - ga)
+                ga = _lerp(ga_buf[i], g, one_m_alpha)
                 ga_buf[i] = ga
-                sq = sq - ga * ga
-            b = mu * mom_buf[i] + g / (math.sqrt(sq) + eps)
+                sq = _centered_var(sq, ga)
+            b = _heavy_ball(mom_buf[i], _rms_scaled(g, sq, eps), mu)
             mom_buf[i] = b
-            p[i] = w - lr * b
+            p[i] = _descend(w, lr, b)
 
 
 @cuda.jit(cache=True)
@@ -169,10 +170,10 @@ def _adagrad_kernel(p, gr, sum_buf, wd, l1, l2x2, clr, eps, maximize):
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, p.shape[0], stride):
         w = p[i]
-        g = _penalized_grad(w, gr[i], l1, l2x2, maximize) + wd * w
-        s = sum_buf[i] + g * g
+        g = _grad(w, gr[i], l1, l2x2, wd, maximize)
+        s = _add_square(sum_buf[i], g)
         sum_buf[i] = s
-        p[i] = w - clr * (g / (math.sqrt(s) + eps))
+        p[i] = _descend(w, clr, _rms_scaled(g, s, eps))
 
 
 @cuda.jit(cache=True)
@@ -180,13 +181,13 @@ def _adadelta_kernel(p, gr, sq_buf, acc_buf, lr, wd, l1, l2x2, rho, one_m_rho, e
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, p.shape[0], stride):
         w = p[i]
-        g = _penalized_grad(w, gr[i], l1, l2x2, maximize) + wd * w
-        sq = rho * sq_buf[i] + one_m_rho * (g * g)
+        g = _grad(w, gr[i], l1, l2x2, wd, maximize)
+        sq = _ema_square(sq_buf[i], g, rho, one_m_rho)
         sq_buf[i] = sq
         acc = acc_buf[i]
-        delta = math.sqrt(acc + eps) / math.sqrt(sq + eps) * g
-        acc_buf[i] = rho * acc + one_m_rho * (delta * delta)
-        p[i] = w - lr * delta
+        delta = _adadelta_delta(g, sq, acc, eps)
+        acc_buf[i] = _ema_square(acc, delta, rho, one_m_rho)
+        p[i] = _descend(w, lr, delta)
 
 
 def fused_step(kind, flags, param, grad, buf0, buf1, buf2, hp):
