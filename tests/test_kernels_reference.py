@@ -1081,9 +1081,17 @@ def test_kernel_matches_reference(k, variant, size, dtype, backend, request):
     run_case(k, variant, size, dtype, backend, dev)
 
 
+def trusted_entry_points(fam):
+    """``run_<kernel>``: the family's unchecked entry points (the layers' hot path), public
+    whether or not the family's ``__all__`` lists them."""
+    mod = family(fam)
+    return {n for n, f in vars(mod).items() if n.startswith("run_") and inspect.isfunction(f)
+            and f.__module__ == mod.__name__}
+
+
 @pytest.mark.parametrize("fam", FAMILIES)
 def test_every_public_kernel_is_in_the_registry(fam):
-    public = public_functions(fam)
+    public = public_functions(fam) - trusted_entry_points(fam)
     helpers = set(NOT_KERNELS.get(fam, {}))
     assert helpers <= public, f"stale NOT_KERNELS entries: {sorted(helpers - public)}"
     registered = [k.name for k in REGISTRY if k.family == fam]
@@ -1091,6 +1099,91 @@ def test_every_public_kernel_is_in_the_registry(fam):
     missing = public - helpers - set(registered)
     assert not missing, f"public {fam} kernels without a reference test: {sorted(missing)}"
     assert set(registered) <= public, f"registered but not public: {set(registered) - public}"
+    orphans = {n for n in trusted_entry_points(fam) if n[4:] not in registered}
+    assert not orphans, f"trusted entry points without a registered checked kernel: {orphans}"
+
+
+# --- the trusted entry points: run_<kernel> gives what the checked <kernel> gives ---------------
+
+def _trusted_params():
+    for k in REGISTRY:
+        if "run_" + k.name not in trusted_entry_points(k.family):
+            continue
+        bes = ([b for b in backends_of(k.family) if b != "cuda"] if k.takes_backend
+               else ["host"]) + ["cuda"]
+        v = k.variants[len(k.variants) // 2]
+        dtype = k.dtypes[-1]
+        for be in bes:
+            yield pytest.param(k, v, dtype, be, id=f"run_{k.name}-{be}")
+
+
+def _trusted_args(k, fn_checked, args, kwargs, size):
+    """The checked call's arguments as the trusted entry point takes them: every argument given
+    (defaults filled in), activation names as codes, grad_scale None as 1/N."""
+    from fastreg._kernels.common.codes import activation_code
+    bound = inspect.signature(fn_checked).bind(*args.values(), **kwargs)
+    bound.apply_defaults()
+    out = dict(bound.arguments)
+    out.pop("backend", None)
+    if "activation" in out:
+        out["activation"] = activation_code(out["activation"])
+    if out.get("grad_scale", 0.0) is None:
+        out["grad_scale"] = 1.0 / out["probs"].shape[0]
+    return out
+
+
+@pytest.mark.parametrize("k,variant,dtype,backend", list(_trusted_params()))
+def test_trusted_entry_point_matches_checked_kernel(k, variant, dtype, backend, request):
+    dt = None if dtype is None else np.dtype(dtype)
+    size = 7
+    rng = np.random.default_rng(_seed("trusted", k.name, size))
+    args, kwargs = k.build(rng, size, dt, variant)
+    kwargs = {key: v for key, v in kwargs.items() if not key.startswith("__")}
+    params = inspect.signature(k.fn).parameters
+    if "step" in params:                 # optim: the first step
+        kwargs["step"] = 1
+    if "first_step" in params:
+        kwargs["first_step"] = True
+    if backend == "cuda":
+        from fastreg._kernels.runtime import cuda as cuda_runtime
+        if not cuda_runtime.available():
+            pytest.skip("CUDA backend: no CUDA device and numba's simulator is off")
+        put = request.getfixturevalue("dev")
+    else:
+        put = np.copy
+    trusted = getattr(family(k.family), "run_" + k.name)
+    results = []
+    for fn in (k.fn, trusted):
+        placed = _place(args, put)
+        if fn is k.fn:
+            kw = dict(kwargs)
+            if backend not in ("cuda", "host"):
+                kw["backend"] = backend
+            ret = fn(*placed.values(), **kw)
+        else:
+            targs = _trusted_args(k, k.fn, placed, kwargs, size)
+            extra = {}
+            params = inspect.signature(trusted).parameters
+            if "device" in params:
+                extra["device"] = backend == "cuda"
+            if "backend" in params and backend not in ("cuda", "host"):
+                extra["backend"] = backend
+            pos = [p.name for p in params.values() if p.kind is p.POSITIONAL_OR_KEYWORD
+                   and p.name not in ("device", "backend")]
+            checked_pos = [p.name for p in inspect.signature(k.fn).parameters.values()
+                           if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "backend"]
+            assert len(pos) == len(checked_pos), (pos, checked_pos)   # same order, maybe renamed
+            ret = trusted(*[targs[n] for n in checked_pos],
+                          **{n: v for n, v in targs.items() if n not in checked_pos}, **extra)
+        after = {n: _host(a) for n, a in placed.items()}
+        ret = tuple(_host(r) for r in ret) if isinstance(ret, tuple) else _host(ret)
+        results.append((after, ret))
+    (a1, r1), (a2, r2) = results
+    for n in a1:
+        if isinstance(a1[n], np.ndarray):
+            np.testing.assert_array_equal(a2[n], a1[n], err_msg=n)
+    if isinstance(r1, (float, tuple)):
+        assert r2 == r1
 
 
 def test_every_backend_of_every_family_runs():
