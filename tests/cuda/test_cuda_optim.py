@@ -96,9 +96,10 @@ def test_unused_buffers_are_cached_length_0_device_arrays(dev):
     w, g = dev(np.ones(5)), dev(np.ones(5))
     K.sgd_step(w, g, np.zeros(3), lr=0.5)       # not required: ignored, even on the host
     np.testing.assert_array_equal(w.copy_to_host(), 0.5)
-    dt, bufs = K._check_buffers(w, g, momentum_buffer=(None, False))
-    assert dt == np.float64 and all(_cuda_runtime.is_device_array(b) and b.size == 0
-                                    for b in bufs)
+    assert K._check_buffers(w, g, momentum_buffer=(None, False)) is True    # on the device
+    bufs = K._bufs(np.dtype(np.float64), True, None)
+    assert len(bufs) == 3 and all(_cuda_runtime.is_device_array(b) and b.size == 0
+                                  for b in bufs)
     assert bufs[0] is K._empty(np.dtype(np.float64), True)
     assert K._empty(np.dtype(np.float32), True).dtype == np.float32
 
