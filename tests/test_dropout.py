@@ -1,6 +1,7 @@
 """Dropout kernels: Philox4x32-10 masks against an independent reference, on every backend."""
 import numpy as np
 import pytest
+import reference as ref
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -8,53 +9,14 @@ import fastreg
 from fastreg._kernels import _dispatch
 from fastreg._kernels import dropout as D
 
-M64 = (1 << 64) - 1
-
-# Random123 known-answer vectors for Philox4x32-10 (kat_vectors: counter, key, output).
-KAT = [
-    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
-]
+KAT = ref.PHILOX_KAT
 SIZES = (1, 2, 7, 33, 257, 1000, 4099)
 
 
-# --- an independent scalar reference, written from the spec in plain Python integers -------------
-
-def philox_scalar(ctr, key):
-    c0, c1, c2, c3 = ctr
-    k0, k1 = key
-    for _ in range(10):
-        p0 = 0xD2511F53 * c0
-        p1 = 0xCD9E8D57 * c2
-        c0, c1, c2, c3 = ((p1 >> 32) ^ c1 ^ k0, p1 & 0xFFFFFFFF,
-                          (p0 >> 32) ^ c3 ^ k1, p0 & 0xFFFFFFFF)
-        k0 = (k0 + 0x9E3779B9) & 0xFFFFFFFF
-        k1 = (k1 + 0xBB67AE85) & 0xFFFFFFFF
-    return c0, c1, c2, c3
-
-
-def keep_scalar(n, p, seed, offset):
-    """Keep flags by the spec: element i <- word i%4 of block i//4 at counter offset + i//4."""
-    from fractions import Fraction
-    thr = int((1 - Fraction(p)) * 2**32)
-    key = (seed & 0xFFFFFFFF, seed >> 32)
-    out = []
-    for b in range((n + 3) // 4):
-        c = (offset + b) & M64
-        words = philox_scalar((c & 0xFFFFFFFF, c >> 32, 0, 0), key)
-        out.extend(w < thr for w in words)
-    return np.array(out[:n], dtype=bool)
-
-
-def packed(keep):
-    """Mask bytes by the spec: bit j (LSB first) of byte k <-> element 8k+j."""
-    nbytes = (keep.size + 7) // 8
-    bits = np.zeros(nbytes * 8, dtype=np.uint8)
-    bits[:keep.size] = keep
-    weights = (1 << np.arange(8)).astype(np.uint8)
-    return (bits.reshape(nbytes, 8) * weights).sum(axis=1).astype(np.uint8)
+# --- the independent scalar references: tests/reference.py ---------------------------------------
+philox_scalar = ref.philox_scalar
+keep_scalar = ref.dropout_keep_scalar
+packed = ref.packed
 
 
 def run_forward(x, p, seed, offset, backend, scale=None):

@@ -1,6 +1,7 @@
 """Activations and fused softmax-cross-entropy against NumPy float64 references, on every backend."""
 import numpy as np
 import pytest
+import reference as ref
 from conftest import AWKWARD_SIZES, tol
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,48 +13,16 @@ from fastreg._kernels.common import codes as _codes
 ACTS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
 
 
-# --- float64 references ----------------------------------------------------------------------------
+# --- float64 references (tests/reference.py) ------------------------------------------------
 
-def act_ref(x, name, slope=0.01):
-    x = x.astype(np.float64)
-    if name == "relu":
-        return np.where(x > 0, x, 0.0)
-    if name == "leaky_relu":
-        return np.where(x > 0, x, slope * x)
-    if name == "sigmoid":
-        return np.exp(-np.logaddexp(0.0, -x))            # not the kernel's formula
-    if name == "tanh":
-        return np.tanh(x)
-    return x
-
-
-def act_grad_ref(x, name, slope=0.01):
-    """d act / dx from the INPUT (the kernel uses the output; they must agree)."""
-    x = x.astype(np.float64)
-    if name == "relu":
-        return (x > 0).astype(np.float64)
-    if name == "leaky_relu":
-        return np.where(x > 0, 1.0, slope)
-    if name == "sigmoid":
-        s = act_ref(x, "sigmoid")
-        return s * (1 - s)
-    if name == "tanh":
-        return 1 / np.cosh(x) ** 2
-    return np.ones_like(x)
+act_ref = ref.act
+act_grad_ref = ref.act_grad          # from the INPUT (the kernel uses the output)
 
 
 def xent_ref(logits, target, eps):
     """(mean loss, probs, dlogits for mean reduction) in float64."""
-    z = logits.astype(np.float64)
-    n, c = z.shape
-    m = z.max(axis=1, keepdims=True)
-    logp = z - (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))
-    nll = -logp[np.arange(n), target]
-    loss = np.mean((1 - eps) * nll + eps * (-logp.mean(axis=1)))
-    probs = np.exp(logp)
-    onehot = np.zeros_like(z)
-    onehot[np.arange(n), target] = 1.0
-    return loss, probs, (probs - (1 - eps) * onehot - eps / c) / n
+    loss, probs = ref.softmax_cross_entropy_forward(logits, target, eps)
+    return loss, probs, ref.softmax_cross_entropy_backward(probs, target, eps)
 
 
 def away_from_kinks(rng, shape, dtype):
@@ -144,10 +113,10 @@ def test_activations_match_torch(backend, dtype, rng):
     refs = {"relu": torch.relu(t), "leaky_relu": F.leaky_relu(t, 0.05),
             "sigmoid": torch.sigmoid(t), "tanh": torch.tanh(t)}
     rtol, atol = tol(dtype, f32=2e-6, f64=1e-14)
-    for name, ref in refs.items():
+    for name, want in refs.items():
         out = np.empty_like(x)
         E.activation_forward(x, out, name, slope=0.05, backend=backend)
-        np.testing.assert_allclose(out, ref.numpy(), rtol=rtol, atol=atol)
+        np.testing.assert_allclose(out, want.numpy(), rtol=rtol, atol=atol)
 
 
 def test_leaky_relu_backward_needs_positive_slope(backend):

@@ -2,6 +2,7 @@
 torch, on every backend and both dtypes."""
 import numpy as np
 import pytest
+import reference as ref
 from conftest import CPU_BACKENDS, tol
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,55 +16,19 @@ LN_SHAPES = [(1, 1), (1, 7), (2, 33), (33, 2), (257, 257), (7, 1031), (1000, 7)]
 
 
 # --------------------------------------------------------------------------------------------
-# float64 references, written out from the definitions
+# float64 references: tests/reference.py
 # --------------------------------------------------------------------------------------------
 
 def bn_train_ref(x, w, b, eps):
-    x = x.astype(np.float64)
-    mu = x.sum(0) / x.shape[0]
-    var = ((x - mu) ** 2).sum(0) / x.shape[0]
-    rstd = 1.0 / np.sqrt(var + eps)
-    y = (x - mu) * rstd
-    if w is not None:
-        y = y * w.astype(np.float64)
-    if b is not None:
-        y = y + b.astype(np.float64)
+    """(y, mean, biased var, rstd) of the training-mode forward."""
+    y, mu, rstd, _, _, var = ref.batchnorm_forward_train(x, w, b, eps=eps)
     return y, mu, var, rstd
 
 
-def bn_backward_ref(dy, x, w, mean, rstd):
-    dy, x = dy.astype(np.float64), x.astype(np.float64)
-    mean, rstd = mean.astype(np.float64), rstd.astype(np.float64)
-    n = x.shape[0]
-    xhat = (x - mean) * rstd
-    dbeta = dy.sum(0)
-    dgamma = (dy * xhat).sum(0)
-    g = np.ones(x.shape[1]) if w is None else w.astype(np.float64)
-    dx = g * rstd / n * (n * dy - dbeta - xhat * dgamma)
-    return dx, dgamma, dbeta
-
-
-def ln_forward_ref(x, w, b, eps):
-    x = x.astype(np.float64)
-    mu = x.mean(1)
-    var = ((x - mu[:, None]) ** 2).mean(1)
-    rstd = 1.0 / np.sqrt(var + eps)
-    y = (x - mu[:, None]) * rstd[:, None]
-    if w is not None:
-        y = y * w.astype(np.float64)
-    if b is not None:
-        y = y + b.astype(np.float64)
-    return y, mu, rstd
-
-
-def ln_backward_ref(dy, x, w, mean, rstd):
-    dy, x = dy.astype(np.float64), x.astype(np.float64)
-    mean, rstd = mean.astype(np.float64)[:, None], rstd.astype(np.float64)[:, None]
-    xhat = (x - mean) * rstd
-    g = dy if w is None else dy * w.astype(np.float64)
-    c = x.shape[1]
-    dx = rstd * (g - g.sum(1, keepdims=True) / c - xhat * (g * xhat).sum(1, keepdims=True) / c)
-    return dx, (dy * xhat).sum(0), dy.sum(0)
+bn_backward_ref = ref.batchnorm_backward
+ln_forward_ref = ref.layernorm_forward
+ln_backward_ref = ref.layernorm_backward
+bn_eval_ref = ref.batchnorm_forward_eval
 
 
 def close(actual, expected, dtype, f32=1e-4, f64=1e-10):
@@ -112,10 +77,7 @@ def test_batchnorm_forward_eval_matches_reference(backend, dtype, rng, shape, af
     rm, rv = rand(rng, C, dtype), (rng.random(C) + 0.1).astype(dtype)
     out = np.full(shape, np.nan, dtype)
     norm.batchnorm_forward_eval(x, w, b, rm, rv, out, eps=1e-4, backend=backend)
-    y = (x.astype(np.float64) - rm) / np.sqrt(rv.astype(np.float64) + 1e-4)
-    if affine:
-        y = y * w + b.astype(np.float64)
-    close(out, y, dtype)
+    close(out, bn_eval_ref(x, w, b, rm, rv, 1e-4), dtype)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -240,8 +202,7 @@ def test_large_outputs_match_reference(backend, dtype, rng):
     norm.batchnorm_forward_train(x, w, b, None, None, out, sm, sr, backend=backend)
     close(out, bn_train_ref(x, w, b, 1e-5)[0], dtype)
     norm.batchnorm_forward_eval(x, w, b, sm, sr, out, backend=backend)
-    close(out, (x.astype(np.float64) - sm) / np.sqrt(sr.astype(np.float64) + 1e-5) * w + b,
-          dtype)
+    close(out, bn_eval_ref(x, w, b, sm, sr, 1e-5), dtype)
     norm.batchnorm_backward(dy, x, w, sm, sr, dx, dw, db, backend=backend)
     close(dx, bn_backward_ref(dy, x, w, sm, sr)[0], dtype, f32=2e-4)
     lm, lr = np.empty(N, dtype), np.empty(N, dtype)
@@ -491,9 +452,7 @@ def test_random_shapes_and_dtypes_never_crash(n, c, c2, dt, dt2, op, affine, be,
             expect = bn_train_ref(x, w, w, 1e-5)[0]
         elif op == "bn_eval":
             norm.batchnorm_forward_eval(x, w, w, sm, sr, out, backend=be)
-            expect = (x.astype(np.float64) - sm) / np.sqrt(sr.astype(np.float64) + 1e-5)
-            if affine:
-                expect = expect * w + w
+            expect = bn_eval_ref(x, w, w, sm, sr, 1e-5)
         elif op == "ln_fwd":
             norm.layernorm_forward(x, w, None, out, sm, sr, backend=be)
             expect = ln_forward_ref(x, w, None, 1e-5)[0]

@@ -1,11 +1,13 @@
 """Fused optimizer kernels (fastreg/_kernels/optim/) against a NumPy float64 reference.
 
-The reference below is written independently from the kernels, straight from the algorithms as
-torch.optim documents them; it needs no torch. Every kernel runs on every backend and dtype, at
-lengths that hit the vector remainder loops and the parallel block boundary (16384).
+The reference (tests/reference.py) is written independently from the kernels, straight from
+the algorithms as torch.optim documents them; it needs no torch. Every kernel runs on every
+backend and dtype, at lengths that hit the vector remainder loops and the parallel block
+boundary (16384).
 """
 import numpy as np
 import pytest
+import reference as ref
 from conftest import tol
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,67 +20,9 @@ N_STEPS = 3
 
 
 # ----------------------------------------------------------------------------- reference
-def _grad(w, g, l1, l2, maximize):
-    g = g + l1 * np.sign(w) + 2.0 * l2 * w
-    return -g if maximize else g
-
-
-def ref_sgd(w, g, st, t, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-            maximize=False, l1=0.0, l2=0.0):
-    g = _grad(w, g, l1, l2, maximize) + weight_decay * w
-    if momentum != 0:
-        st["buf"] = g.copy() if t == 1 else momentum * st["buf"] + (1 - dampening) * g
-        g = g + momentum * st["buf"] if nesterov else st["buf"]
-    return w - lr * g
-
-
-def ref_adam(w, g, st, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-             decoupled_weight_decay=False, amsgrad=False, maximize=False, l1=0.0, l2=0.0):
-    g = _grad(w, g, l1, l2, maximize)
-    if decoupled_weight_decay:
-        w = w * (1 - lr * weight_decay)
-    else:
-        g = g + weight_decay * w
-    st["m"] = beta1 * st["m"] + (1 - beta1) * g
-    st["v"] = beta2 * st["v"] + (1 - beta2) * g * g
-    v = st["v"]
-    if amsgrad:
-        st["vmax"] = np.maximum(st["vmax"], st["v"])
-        v = st["vmax"]
-    mhat = st["m"] / (1 - beta1 ** t)
-    vhat = v / (1 - beta2 ** t)
-    return w - lr * mhat / (np.sqrt(vhat) + eps)
-
-
-def ref_rmsprop(w, g, st, t, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                centered=False, maximize=False, l1=0.0, l2=0.0):
-    g = _grad(w, g, l1, l2, maximize) + weight_decay * w
-    st["sq"] = alpha * st["sq"] + (1 - alpha) * g * g
-    vt = st["sq"]
-    if centered:
-        st["ga"] = alpha * st["ga"] + (1 - alpha) * g
-        vt = vt - st["ga"] ** 2
-    if momentum > 0:
-        st["buf"] = momentum * st["buf"] + g / (np.sqrt(vt) + eps)
-        return w - lr * st["buf"]
-    return w - lr * g / (np.sqrt(vt) + eps)
-
-
-def ref_adagrad(w, g, st, t, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
-                maximize=False, l1=0.0, l2=0.0):
-    g = _grad(w, g, l1, l2, maximize) + weight_decay * w
-    clr = lr / (1 + (t - 1) * lr_decay)
-    st["sum"] = st["sum"] + g * g
-    return w - clr * g / (np.sqrt(st["sum"]) + eps)
-
-
-def ref_adadelta(w, g, st, t, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False,
-                 l1=0.0, l2=0.0):
-    g = _grad(w, g, l1, l2, maximize) + weight_decay * w
-    st["sq"] = rho * st["sq"] + (1 - rho) * g * g
-    delta = np.sqrt(st["acc"] + eps) / np.sqrt(st["sq"] + eps) * g
-    st["acc"] = rho * st["acc"] + (1 - rho) * delta * delta
-    return w - lr * delta
+# tests/reference.py: one step of each algorithm in float64, straight from torch.optim's docs
+ref_sgd, ref_adam, ref_rmsprop = ref.sgd_step, ref.adam_step, ref.rmsprop_step
+ref_adagrad, ref_adadelta = ref.adagrad_step, ref.adadelta_step
 
 
 # ----------------------------------------------------------------------------- drivers
@@ -128,14 +72,7 @@ def _ids(case):
     return kind + "-" + "-".join(f"{k}={v}" for k, v in opts.items())
 
 
-def _needed(kind, opts):
-    """State arrays the kernel needs for these options."""
-    need = {"sgd": {"buf": opts.get("momentum", 0) != 0},
-            "adam": {"m": True, "v": True, "vmax": opts.get("amsgrad", False)},
-            "rmsprop": {"sq": True, "ga": opts.get("centered", False),
-                        "buf": opts.get("momentum", 0) > 0},
-            "adagrad": {"sum": True}, "adadelta": {"sq": True, "acc": True}}[kind]
-    return [k for k, v in need.items() if v]
+_needed = ref.optim_state_needed
 
 
 def _trajectory(kind, opts, n, dtype, backend, seed=0, steps=N_STEPS):

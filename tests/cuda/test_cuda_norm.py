@@ -1,79 +1,39 @@
-"""CUDA batch-norm / layer-norm kernels (numba's simulator without a GPU) against float64 NumPy
-references and against the CPU backend on the same inputs, through the public wrappers.
+"""CUDA batch-norm / layer-norm kernels (numba's simulator without a GPU): launch geometry and
+device-specific behaviour, against float64 NumPy references (tests/reference.py) and the CPU
+backend on the same inputs, through the public wrappers.
 
-Sizes are small (the simulator runs each GPU thread as a Python thread) but cover: C = 1, C not
-a multiple of the 32-column strip, C > 32 (two strips), rows beyond one block's 8 row lanes and
-beyond the simulator's grid (grid-stride loops), N = 1 / N = 0 where allowed, and several row
-groups per column reduction (forced with _reduction_blocks) so the last-block finish combines
-partials from more than one block. Also: batchnorm_backward_eval on the host (NumPy, bit for bit
+Small shapes (C = 1, C not a multiple of the 32-column strip, C > 32, rows beyond one block's 8
+row lanes, N = 1), every affine / running-statistics / gradient-flag variant, run in
+tests/test_kernels_reference.py. Here: rows and columns beyond the simulator's grid (grid-stride
+loops), N = 0, and several row groups per column reduction (forced with _reduction_blocks) so
+the last-block finish combines partials from more than one block. Also: batchnorm_backward_eval on the host (NumPy, bit for bit
 the formula fastreg.nn.BatchNorm1d.backward used) and on the device.
 """
 import numpy as np
 import pytest
+import reference as ref
 
 from fastreg._kernels import norm
 from fastreg._kernels.norm import cuda as _norm_cuda
 
 DTYPES = (np.float32, np.float64)
-BN_SHAPES = [(2, 1), (7, 3), (33, 5), (130, 40)]
-LN_SHAPES = [(1, 1), (1, 7), (7, 3), (33, 40), (20, 130)]
+BN_SHAPES = [(130, 40)]          # beyond the simulator grid: grid-stride loops, two strips
 
 
 # --------------------------------------------------------------------------------------------
-# float64 references and helpers
+# float64 references (tests/reference.py) and helpers
 # --------------------------------------------------------------------------------------------
 
 def bn_train_ref(x, w, b, eps):
-    x = x.astype(np.float64)
-    mu = x.mean(0)
-    var = ((x - mu) ** 2).mean(0)
-    rstd = 1.0 / np.sqrt(var + eps)
-    y = (x - mu) * rstd
-    if w is not None:
-        y = y * w.astype(np.float64)
-    if b is not None:
-        y = y + b.astype(np.float64)
+    """(y, mean, biased var, rstd) of the training-mode forward."""
+    y, mu, rstd, _, _, var = ref.batchnorm_forward_train(x, w, b, eps=eps)
     return y, mu, var, rstd
 
 
-def bn_backward_ref(dy, x, w, mean, rstd):
-    dy, x = dy.astype(np.float64), x.astype(np.float64)
-    mean, rstd = mean.astype(np.float64), rstd.astype(np.float64)
-    n = x.shape[0]
-    xhat = (x - mean) * rstd
-    dbeta = dy.sum(0)
-    dgamma = (dy * xhat).sum(0)
-    g = np.ones(x.shape[1]) if w is None else w.astype(np.float64)
-    return g * rstd / n * (n * dy - dbeta - xhat * dgamma), dgamma, dbeta
-
-
-def ln_forward_ref(x, w, b, eps):
-    x = x.astype(np.float64)
-    mu = x.mean(1)
-    rstd = 1.0 / np.sqrt(((x - mu[:, None]) ** 2).mean(1) + eps)
-    y = (x - mu[:, None]) * rstd[:, None]
-    if w is not None:
-        y = y * w.astype(np.float64)
-    if b is not None:
-        y = y + b.astype(np.float64)
-    return y, mu, rstd
-
-
-def ln_backward_ref(dy, x, w, mean, rstd):
-    dy, x = dy.astype(np.float64), x.astype(np.float64)
-    mean, rstd = mean.astype(np.float64)[:, None], rstd.astype(np.float64)[:, None]
-    xhat = (x - mean) * rstd
-    g = dy if w is None else dy * w.astype(np.float64)
-    c = x.shape[1]
-    dx = rstd * (g - g.sum(1, keepdims=True) / c - xhat * (g * xhat).sum(1, keepdims=True) / c)
-    return dx, (dy * xhat).sum(0), dy.sum(0)
-
-
-def bn_backward_eval_ref(dy, x, w, rm, rv, eps):
-    dy, x = dy.astype(np.float64), x.astype(np.float64)
-    r = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
-    g = r if w is None else w.astype(np.float64) * r
-    return dy * g, (dy * (x - rm) * r).sum(0), dy.sum(0)
+bn_backward_ref = ref.batchnorm_backward
+ln_forward_ref = ref.layernorm_forward
+ln_backward_ref = ref.layernorm_backward
+bn_backward_eval_ref = ref.batchnorm_backward_eval
 
 
 def close(actual, expected, dtype, f32=1e-4, f64=1e-10):
@@ -152,13 +112,7 @@ def test_batchnorm_forward_train(dev, rng, dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_batchnorm_forward_train_without_affine_or_running_stats(dev, rng, dtype):
-    _bn_train_case(dev, rng, (33, 5), dtype, affine=False, running=False)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape,affine", [((1, 1), True), ((7, 3), False), ((33, 5), True),
-                                          ((130, 40), True), ((0, 3), True)])
+@pytest.mark.parametrize("shape,affine", [((130, 40), True), ((0, 3), True)])
 def test_batchnorm_forward_eval(dev, rng, dtype, shape, affine):
     _N, C = shape
     x = rand(rng, shape, dtype, scale=3.0)
@@ -194,26 +148,18 @@ def _bn_backward_case(dev, rng, shape, dtype, affine, accumulate, need=(True, Tr
     rdx, rdw, rdb = bn_backward_ref(dy, x, w, sm, sr)
     close(gdx, rdx, dtype, f32=2e-4)
     near_cpu(gdx, dx, dtype)
-    for got, cpu, ref, base in [(gdw, dw, rdw, dw0), (gdb, db, rdb, db0)]:
+    for got, cpu, want, base in [(gdw, dw, rdw, dw0), (gdb, db, rdb, db0)]:
         if cpu is None:
             assert got is None
             continue
-        close(got, (base.astype(np.float64) if accumulate else 0.0) + ref, dtype, f32=2e-4)
+        close(got, (base.astype(np.float64) if accumulate else 0.0) + want, dtype, f32=2e-4)
         near_cpu(got, cpu, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape,accumulate", [((2, 1), False), ((7, 3), True), ((33, 5), False),
-                                              ((130, 40), True)])
+@pytest.mark.parametrize("shape,accumulate", [((130, 40), True)])
 def test_batchnorm_backward(dev, rng, dtype, shape, accumulate):
     _bn_backward_case(dev, rng, shape, dtype, affine=True, accumulate=accumulate)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_batchnorm_backward_without_weight_or_with_one_grad(dev, rng, dtype):
-    _bn_backward_case(dev, rng, (33, 5), dtype, affine=False, accumulate=True)
-    _bn_backward_case(dev, rng, (33, 5), dtype, affine=True, accumulate=True, need=(False, True))
-    _bn_backward_case(dev, rng, (7, 3), dtype, affine=True, accumulate=False, need=(True, False))
 
 
 def test_batchnorm_large_mean_float32_statistics_are_accurate(dev, rng):
@@ -286,8 +232,7 @@ def test_batchnorm_backward_eval_host_is_the_layer_formula(rng, dtype, shape, af
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,affine,accumulate",
-                         [((1, 1), True, True), ((7, 3), False, True), ((33, 5), True, False),
-                          ((130, 40), True, True), ((0, 3), True, False)])
+                         [((130, 40), True, True), ((0, 3), True, False)])
 def test_batchnorm_backward_eval_device(dev, rng, dtype, shape, affine, accumulate):
     _N, C = shape
     x, dy = rand(rng, shape, dtype, loc=1.0), rand(rng, shape, dtype)
@@ -317,9 +262,7 @@ def test_batchnorm_backward_eval_device(dev, rng, dtype, shape, affine, accumula
 # --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape,affine", [((1, 1), "both"), ((1, 7), "none"), ((7, 3), "weight"),
-                                          ((33, 40), "bias"), ((20, 130), "both"),
-                                          ((0, 4), "both")])
+@pytest.mark.parametrize("shape,affine", [((20, 130), "both"), ((0, 4), "both")])
 def test_layernorm_forward(dev, rng, dtype, shape, affine):
     N, C = shape
     x = rand(rng, shape, dtype, loc=2.0, scale=0.5)
@@ -331,8 +274,8 @@ def test_layernorm_forward(dev, rng, dtype, shape, affine):
     assert norm.layernorm_forward(*d, eps=1e-3) is d[3]
     gout, gsm, gsr = host(*d[3:])
     y, mu, rstd = ln_forward_ref(x, w, b, 1e-3)
-    for got, cpu, ref in [(gout, out, y), (gsm, sm, mu), (gsr, sr, rstd)]:
-        close(got, ref, dtype)
+    for got, cpu, want in [(gout, out, y), (gsm, sm, mu), (gsr, sr, rstd)]:
+        close(got, want, dtype)
         near_cpu(got, cpu, dtype)
 
 
@@ -349,9 +292,7 @@ def test_layernorm_large_mean_float32_statistics_are_accurate(dev, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,affine,accumulate",
-                         [((1, 1), True, True), ((1, 7), False, False), ((7, 3), True, False),
-                          ((33, 40), True, True), ((20, 130), False, True), ((0, 5), True, False),
-                          ((0, 5), True, True)])
+                         [((20, 130), False, True), ((0, 5), True, False), ((0, 5), True, True)])
 def test_layernorm_backward(dev, rng, dtype, shape, affine, accumulate):
     _N, C = shape
     x, dy = rand(rng, shape, dtype, loc=1.0), rand(rng, shape, dtype)
