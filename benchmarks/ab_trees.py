@@ -99,7 +99,7 @@ def main() -> int:
         for c in cases:
             for t in order:
                 times[(t, c)].append(run(getattr(args, t), c, args.threads))
-    print(f"| case | old (median) | new (median) | old / new |\n|---|---|---|---|")
+    print("| case | old (median) | new (median) | old / new |\n|---|---|---|---|")
     for c in cases:
         a, b = statistics.median(times[("old", c)]), statistics.median(times[("new", c)])
         print(f"| {c} | {a * 1e6:.1f} us | {b * 1e6:.1f} us | {a / b:.2f} |")
