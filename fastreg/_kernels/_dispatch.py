@@ -5,12 +5,12 @@ kernel: ``numba.py`` (Numba), ``cy.pyx`` (Cython), ``cuda.py`` (numba.cuda, for 
 and, for matmul only, ``blas.py`` (the BLAS that NumPy ships). Backend modules are imported on
 first use, so ``import fastreg`` never imports numba.
 
-Backend calling convention (as it is; the public functions in ``<op>/__init__.py`` are the only
-callers and do all the checking)
+Backend calling convention (as it is; the functions of ``<op>/__init__.py`` are the only
+callers: the public ones check every argument, trusted entry points rely on a caller that did)
 ----------------------------------------------------------------------------------------------
 * Positional arguments only: the validated arrays first (inputs, then outputs, then scratch),
   then the scalars. A kernel trusts its arguments: shapes, dtypes, contiguity, writeability and
-  non-overlap were checked by the public function, and the kernel writes its outputs in place.
+  non-overlap were checked before the call, and the kernel writes its outputs in place.
 * Arrays are C-contiguous and of one float dtype per call (integer arrays: dropout's uint8 mask
   and uint32 Philox blocks, the int64 class targets). Elementwise-shaped kernels get flat views
   (``x.reshape(-1)``: dropout, activations, optim); matmul, norm and softmax + cross-entropy get
