@@ -7,7 +7,7 @@ place: ``python setup.py build_ext --inplace``), alternating the order of the tr
 thread pools or a noisy neighbour hit both sides alike. Prints the median time of each case per
 tree and the ratio OLD / NEW (> 1: NEW is faster). The cases are the core's hot paths: one
 training step of a 784-512-256-10 MLP (BatchNorm, ReLU, Dropout 0.2, AdamW, batch 256), a
-batch-1 ``Linear(784, 512)`` module call, BatchNorm1d / LayerNorm forward + backward on
+batch-1 ``Linear(784, 512)`` module call, the fused GEMM 1024 x 784 x 512 (+ bias, ReLU), BatchNorm1d / LayerNorm forward + backward on
 4096 x 1024, an AdamW step over 10M parameters, and a compiled predictor at batch 1 and 1024.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import subprocess
 import sys
 
 CASES = ("train_step", "linear_b1", "batchnorm", "layernorm", "adamw_10m", "predict_b1",
-         "predict_b1024")
+         "predict_b1024", "gemm_1024")
 
 CHILD = r'''
 import json, sys, time
@@ -65,6 +65,12 @@ elif case in ("batchnorm", "layernorm"):
     x = rng.standard_normal((4096, 1024)).astype(f32); dy = np.ones_like(x)
     def fn():
         layer(x); layer.backward(dy)
+elif case == "gemm_1024":
+    from fastreg._kernels import matmul
+    x = rng.standard_normal((1024, 784)).astype(f32)
+    w = rng.standard_normal((512, 784)).astype(f32); b = np.zeros(512, f32)
+    out = np.empty((1024, 512), f32)
+    fn = lambda: matmul.linear_forward(x, w, b, out, activation="relu")
 elif case == "adamw_10m":
     p = nn.Parameter(rng.standard_normal(10_000_000).astype(f32))
     opt = fr.optim.AdamW([p], lr=1e-3); p.grad_buffer()[...] = 1e-3
