@@ -60,9 +60,8 @@ def check_array(name: str, a, *, dtype=None, shape=None, ndim=None, writeable=Fa
         if allow_none:
             return None
         raise TypeError(f"{name} must be a numpy.ndarray, got None")
-    if not isinstance(a, np.ndarray):
-        if is_device_array(a):
-            return _check_device_array(name, a, dtype, shape, ndim)
+    host = isinstance(a, np.ndarray)
+    if not host and not is_device_array(a):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if dtype is not None and a.dtype != np.dtype(dtype):
         raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
@@ -72,24 +71,15 @@ def check_array(name: str, a, *, dtype=None, shape=None, ndim=None, writeable=Fa
             a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape))):
         want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
         raise ValueError(f"{name} must have shape {want}, got {a.shape}")
+    if not host:                # a CUDA device array (its writeability is not tracked)
+        if a.size and not a.is_c_contiguous():
+            raise ValueError(f"{name} must be C-contiguous (copy it into a contiguous device "
+                             "array)")
+        return a
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
     if writeable and not a.flags.writeable:
         raise ValueError(f"{name} is read-only; the kernel writes its result into it")
-    return a
-
-
-def _check_device_array(name, a, dtype, shape, ndim):
-    if dtype is not None and a.dtype != np.dtype(dtype):
-        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
-    if ndim is not None and a.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {a.shape}")
-    if shape is not None and (
-            a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape))):
-        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-        raise ValueError(f"{name} must have shape {want}, got {a.shape}")
-    if a.size and not a.is_c_contiguous():
-        raise ValueError(f"{name} must be C-contiguous (copy it into a contiguous device array)")
     return a
 
 
