@@ -8,4 +8,8 @@ matmul, ``blas.py``. Shared pieces live beside them: ``common/`` (activation cod
 Philox) and ``runtime/`` (thread count, thread pools, CUDA runtime). The public functions dispatch
 through :mod:`fastreg._kernels._dispatch`. A backend imports only its family's ``codes.py``,
 ``common/`` and ``runtime/``.
+
+Callers above this package (``nn``, ``optim``, the losses, ``inference``) check their own inputs
+once and then use each family's trusted ``run_*`` entry points; where their arrays live and the
+array utilities they need come from the device seam, :mod:`fastreg._kernels.placement`.
 """
