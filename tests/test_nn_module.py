@@ -182,3 +182,23 @@ def test_import_fastreg_nn_does_not_import_numba():
 
 def test_nn_init_is_reachable_lazily():
     assert hasattr(nn.init, "kaiming_uniform_")
+
+
+def test_replacing_a_parameter_or_buffer_must_keep_its_shape_and_dtype():
+    # layers hand their parameters and buffers to kernels that trust their shapes: a wrong-shaped
+    # replacement is refused when assigned (never an out-of-bounds read at the next forward)
+    lin = nn.Linear(3, 2, bias=False)
+    with pytest.raises(ValueError, match=r"Linear.weight must keep shape \(2, 3\)"):
+        lin.weight = nn.Parameter(np.ones((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"Linear.weight must keep .* dtype float32"):
+        lin.register_parameter("weight", nn.Parameter(np.ones((2, 3))))
+    with pytest.raises(ValueError, match=r"Linear.bias must keep shape \(2,\)"):
+        lin.bias = nn.Parameter(np.ones(7, np.float32))
+    lin.bias = nn.Parameter(np.ones(2, np.float32))        # the right shape is fine
+    np.testing.assert_allclose(lin(np.zeros((1, 3), np.float32)), [[1.0, 1.0]])
+    bn = nn.BatchNorm1d(4)
+    with pytest.raises(ValueError, match=r"BatchNorm1d.running_mean must keep shape \(4,\)"):
+        bn.running_mean = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="running_var"):
+        bn.register_buffer("running_var", np.ones(5, np.float32))
+    bn.running_mean = np.zeros(4, np.float32)

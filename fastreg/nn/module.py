@@ -74,6 +74,8 @@ class Module:
             raise AttributeError("call Module.__init__() before assigning attributes")
         params, buffers, modules = self._parameters, self._buffers, self._modules
         if isinstance(value, Parameter):
+            if name in params:
+                self._check_replacement(name, value.data, params[name])
             buffers.pop(name, None)
             modules.pop(name, None)
             self.__dict__.pop(name, None)
@@ -91,6 +93,7 @@ class Module:
         elif name in buffers:
             if value is not None and placement.of(value) is None:
                 raise TypeError(f"cannot assign {type(value).__name__} as buffer {name!r}")
+            self._check_replacement(name, value, buffers[name])
             buffers[name] = value
         elif name in modules:
             if value is not None:
@@ -98,6 +101,30 @@ class Module:
             modules[name] = None
         else:
             object.__setattr__(self, name, value)
+
+    def _check_replacement(self, name: str, new, old) -> None:
+        """A layer's kernels trust the shapes and dtypes of its parameters and buffers (they are
+        checked here, not per call): a replacement keeps the old array's shape and dtype, or,
+        where the old value is None (``bias=False``), the shape its layer description declares.
+        """
+        if new is None:
+            return
+        if isinstance(old, Parameter):
+            old = old.data
+        if old is not None:
+            want = (tuple(old.shape), np.dtype(old.dtype))
+        else:
+            from ._spec import spec_of
+            spec = spec_of(type(self))
+            declared = None if spec is None else \
+                spec.state(spec.read_args(self)).get(name)
+            if declared is None:
+                return                      # nothing declared: the module's own business
+            want = (tuple(declared[0]), np.dtype(declared[1]))
+        got = (tuple(new.shape), np.dtype(new.dtype))
+        if got != want:
+            raise ValueError(f"{type(self).__name__}.{name} must keep shape {want[0]} and dtype "
+                             f"{want[1]}, got shape {got[0]} and dtype {got[1]}")
 
     def __getattr__(self, name):
         d = self.__dict__
@@ -118,6 +145,8 @@ class Module:
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"param must be a fastreg.nn.Parameter or None, "
                             f"got {type(param).__name__}")
+        if param is not None and name in self._parameters:
+            self._check_replacement(name, param.data, self._parameters[name])
         self.__dict__.pop(name, None)
         self._parameters[name] = param
 
@@ -130,6 +159,8 @@ class Module:
         if tensor is not None and placement.of(tensor) is None:
             raise TypeError(f"buffer {name!r} must be a numpy.ndarray or None, "
                             f"got {type(tensor).__name__}")
+        if name in self._buffers:
+            self._check_replacement(name, tensor, self._buffers[name])
         self.__dict__.pop(name, None)
         self._buffers[name] = tensor
         if persistent:
