@@ -23,12 +23,16 @@ __version__ = "0.1.0"
 _SUBMODULES = ("nn", "optim", "data", "train", "inference", "io", "cuda")
 #: Names re-exported from fastreg.io, imported on first access.
 _IO_NAMES = ("save", "load", "ModelFileError", "from_torch_state_dict")
+#: Names re-exported from fastreg.nn._tape (gradient modes, cat), imported on first access.
+_TAPE_NAMES = ("no_grad", "enable_grad", "is_grad_enabled", "set_grad_enabled", "cat")
 
 __all__ = [
     "Generator",
     "ModelFileError",
+    "cat",
     "cuda",
     "data",
+    "enable_grad",
     "from_torch_state_dict",
     "get_backend",
     "get_default_dtype",
@@ -36,13 +40,16 @@ __all__ = [
     "inference",
     "initial_seed",
     "io",
+    "is_grad_enabled",
     "load",
     "manual_seed",
     "nn",
+    "no_grad",
     "optim",
     "save",
     "set_backend",
     "set_default_dtype",
+    "set_grad_enabled",
     "set_num_threads",
     "train",
 ]
@@ -55,6 +62,10 @@ def __getattr__(name):
         return mod
     if name in _IO_NAMES:
         value = getattr(importlib.import_module("fastreg.io"), name)
+        globals()[name] = value
+        return value
+    if name in _TAPE_NAMES:
+        value = getattr(importlib.import_module("fastreg.nn._tape"), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'fastreg' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """fastreg.nn: layers, losses and the Module base class, named as in ``torch.nn``.
 
-``fastreg.nn.init`` (initializers) is imported on first access.
+``fastreg.nn.init`` (initializers) and ``fastreg.nn.functional`` are imported on first access.
 """
 from __future__ import annotations
 
@@ -40,13 +40,14 @@ __all__ = [
     "Sequential",
     "Sigmoid",
     "Tanh",
+    "functional",
     "init",
 ]
 
 
 def __getattr__(name):
-    if name == "init":
-        mod = importlib.import_module("fastreg.nn.init")
+    if name in ("init", "functional"):
+        mod = importlib.import_module(f"fastreg.nn.{name}")
         globals()["init"] = mod
         return mod
     raise AttributeError(f"module 'fastreg.nn' has no attribute {name!r}")

@@ -14,6 +14,7 @@ Each layer also describes itself once, next to its forward (:mod:`fastreg.nn._sp
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -46,6 +47,7 @@ from ._spec import (
     register_layer,
     spec_of,
 )
+from ._tape import call_backward
 from .module import Module
 from .parameter import Parameter
 
@@ -897,7 +899,9 @@ class Sequential(Module):
             else:
                 x = m.forward(x, activation=act._code, slope=act.slope)
                 act._cache = None        # the activation's own backward must not run stale
-        self._plan = steps
+        d = self.__dict__
+        d["_plan"] = steps
+        d["_plan_thread"] = threading.get_ident()
         return x
 
     def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
@@ -906,13 +910,21 @@ class Sequential(Module):
         ``input_grad=False`` skips dL/dx of the first module (the training loop does not need
         the gradient w.r.t. the data; for a leading Linear that saves a whole GEMM).
         """
-        steps = self.__dict__.get("_plan")
+        d = self.__dict__
+        steps = d.get("_plan")
         if steps is None:
             raise RuntimeError("Sequential: backward() called before forward()")
+        if d.get("_plan_thread") != threading.get_ident():
+            raise RuntimeError("Sequential: backward() ran on a different thread than its "
+                               "forward(); a model must be trained from one thread at a time")
         g = grad_output
         last = len(steps) - 1
         for i in range(last, -1, -1):
-            g = steps[i][0].backward(g, input_grad=input_grad or i > 0)
+            m = steps[i][0]
+            if type(m) in _BUILTIN:
+                g = m.backward(g, input_grad=input_grad or i > 0)
+            else:                   # a custom module: its backward may not take input_grad
+                g = call_backward(m, g, input_grad or i > 0)
         return g
 
 
@@ -921,3 +933,8 @@ def _fuses(m: Module, nxt: Module) -> bool:
     spec, nspec = spec_of(type(m)), spec_of(type(nxt))
     return spec is not None and spec.fuses_activation and nspec is not None \
         and nspec.activation and nxt.fusable()
+
+
+#: The built-in layer classes (their backward takes ``input_grad``), filled below.
+_BUILTIN = frozenset([Linear, BatchNorm1d, LayerNorm, Dropout, ReLU, Sigmoid, Tanh, LeakyReLU,
+                      Identity, Flatten, Sequential])

@@ -6,7 +6,11 @@ modules, registered by attribute assignment as in torch, so ``state_dict`` keys 
 
 Forward and backward are explicit, as in llm.c: ``forward(x)`` computes the output and caches what
 ``backward`` needs (the input reference, saved statistics, dropout mask bits);
-``backward(grad_output)`` accumulates ``p.grad`` and returns dL/dx. There is no autograd tape.
+``backward(grad_output, *, input_grad=True)`` accumulates ``p.grad`` and returns dL/dx (None
+when ``input_grad`` is False: the caller does not need it). Every built-in layer has this pair.
+A subclass that defines only ``forward`` gets its backward from the tape
+(:mod:`fastreg.nn._tape`): its training-mode forward is recorded -- child module calls, each
+with its own saved context, and the supported array operations -- and ``backward`` replays it.
 
 Buffer ownership (why reusing output buffers is safe): every layer writes its output into an
 array it owns and reuses across calls of the same shape. A layer's output is cached as the *next*
@@ -21,6 +25,7 @@ and the array ``backward`` returns is module-owned, valid until the next backwar
 """
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict, namedtuple
 from collections.abc import Iterator
@@ -31,6 +36,7 @@ from .. import _config
 from .._checks import check_flag
 from .._kernels import placement
 from .._kernels.placement import HOST
+from . import _tape
 from .parameter import Parameter
 
 #: Device names ``Module.to`` accepts ("cuda:0" is "cuda": fastreg uses the current device).
@@ -38,18 +44,40 @@ DEVICES = ("cpu", "cuda")
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
-# Depth of nested Module.__call__ per thread (0 = the caller's own call). Only the outermost call
-# copies a module-owned result, see the module docstring. (One model instance must still not be
-# called from two threads at once: its buffers and caches are per instance.)
-_local = threading.local()
+# Per thread: the depth of nested Module.__call__ (0 = the caller's own call; only the outermost
+# call copies a module-owned result, see the module docstring), the tape being recorded, and the
+# grad mode. One model instance must not run in two threads at once (its buffers and caches are
+# per instance): the outermost call marks the model busy and a second thread gets a clear error.
+_local = _tape._local
 
 
 class Module:
     """Base class: parameters, buffers and children registered by attribute assignment.
 
-    Subclasses implement ``forward(x)`` (cache what backward needs) and ``backward(grad_output)``
-    (accumulate ``p.grad`` with ``+=``, return dL/dx).
+    Subclasses implement ``forward(*inputs)``. Backward, either:
+
+    * **automatic** -- define only ``forward``. In training mode (outside ``fastreg.no_grad``)
+      the forward is recorded on a tape and ``backward(grad_output, *, input_grad=True)``
+      accumulates every ``p.grad`` and returns dL/d(input) (a tuple for several array inputs).
+      What may be recorded is listed in :mod:`fastreg.nn._tape`; anything else raises
+      ``TypeError``. Or
+    * **hand-written** -- also define ``backward(self, grad_output, *, input_grad=True)``: cache
+      what it needs in ``forward``, accumulate parameter gradients with ``+=`` (into
+      ``p.grad_buffer()``), and return dL/dx (a tuple with one entry per positional input for a
+      multi-input forward), or None when ``input_grad`` is False. ``input_grad`` may be left out
+      of the signature (``def backward(self, g)``); the caller then always gets dL/dx. A
+      hand-written backward wins over the tape.
     """
+
+    #: True for classes whose backward is the tape's (set per subclass, see __init_subclass__)
+    _fr_taped = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._fr_taped = cls.backward is Module.backward
+        fwd = cls.__dict__.get("forward")
+        if fwd is not None and not getattr(fwd, "_fr_tape_entry", False):
+            cls.forward = _tape_entry(fwd)
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -392,19 +420,52 @@ class Module:
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
-    def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
-        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+    def backward(self, grad_output, *, input_grad: bool = True):
+        """dL/d(input) from dL/d(output) by replaying the tape of the last training-mode
+        forward (see the class docstring); accumulates every ``p.grad``. The tape is freed."""
+        if not type(self)._fr_taped:
+            raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+        tape = self.__dict__.get("_tape")
+        if tape is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: backward() needs a recorded forward: run forward in "
+                "training mode, outside fastreg.no_grad(), first (each forward can be "
+                "back-propagated once)")
+        self.__dict__["_tape"] = None
+        return tape.backward(grad_output, bool(input_grad))
 
     def __call__(self, *args, **kwargs):
-        depth = getattr(_local, "depth", 0)
-        if depth == 0 and _config._state["backend"] == "cuda" and self._device != "cuda":
+        st = _local
+        depth = st.depth
+        if depth:
+            tape = st.tape
+            st.depth = depth + 1
+            try:
+                if tape is not None and not type(self)._fr_taped:
+                    return tape.call(self, args, kwargs)       # one node on the tape
+                return self.forward(*args, **kwargs)
+            finally:
+                st.depth = depth
+        if _config._state["backend"] == "cuda" and self._device != "cuda":
             self.to("cuda")    # set_backend("cuda"): models run on the GPU from their first call
-        _local.depth = depth + 1
+        d = self.__dict__
+        me = threading.get_ident()
+        owner = d.setdefault("_busy", me)            # atomic: one thread runs a model at a time
+        if owner != me:
+            raise RuntimeError(
+                f"{type(self).__name__} is running in another thread: a model instance keeps "
+                "per-call buffers and caches, so it must not be called from two threads at "
+                "once; use one model per thread, or fastreg.inference.compile(model) (its "
+                "predictor is thread-safe) for concurrent inference")
+        st.depth = 1
         try:
             out = self.forward(*args, **kwargs)
+            if not st.grad_enabled:
+                _drop_caches(self)
         finally:
-            _local.depth = depth
-        if depth == 0 and args:
+            st.depth = 0
+            d.pop("_busy", None)
+        if args:
             x = args[0]
             if type(out) is np.ndarray:                 # the host case, without lookups
                 if not (type(x) is np.ndarray and np.may_share_memory(out, x)):
@@ -412,6 +473,24 @@ class Module:
             elif _is_owned_result(out, x):
                 out = _copy(out)
         return out
+
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
+        """Set ``requires_grad`` of every parameter (freeze with False); returns self."""
+        flag = check_flag("requires_grad", requires_grad)
+        for p in self.parameters():
+            p.requires_grad = flag
+        return self
+
+    def __getstate__(self):
+        # the tape (closures) and the per-call marker are not state; buffers are re-made
+        d = dict(self.__dict__)
+        for k in ("_tape", "_busy", "_buffer_sets"):
+            d.pop(k, None)
+        d["_out_buffers"] = {}
+        return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
 
     def _place_target(self, key: str, a: np.ndarray):
         """A checked host array (a loss's target) where this call runs: itself on the host, a
@@ -482,6 +561,46 @@ class Module:
     def __dir__(self):
         return sorted(set(super().__dir__()) | set(self._parameters) | set(self._buffers)
                       | set(self._modules))
+
+
+def _tape_entry(fn):
+    """Wrap a subclass's ``forward``: the outermost forward of a taped module (no hand-written
+    backward) starts a tape -- recording in training mode with gradients enabled -- and returns
+    plain arrays; nested inside a recording forward it records onto the same tape."""
+    @functools.wraps(fn)
+    def forward(self, *args, **kwargs):
+        st = _local
+        if st.tape is not None or not type(self)._fr_taped:
+            return fn(self, *args, **kwargs)
+        d = self.__dict__
+        d["_tape"] = None                  # a forward that fails leaves nothing to backward
+        record = self.training and st.grad_enabled
+        tape = _tape.Tape(record)
+        if record:
+            args = tape.wrap_inputs(args)
+            _tape._recording[0] += 1
+        st.tape = tape
+        try:
+            out = fn(self, *args, **kwargs)
+            out = tape.finish(out) if record else out
+        finally:
+            st.tape = None
+            if record:
+                _tape._recording[0] -= 1
+        if record:
+            d["_tape"] = tape
+        return out
+    forward._fr_tape_entry = True
+    return forward
+
+
+def _drop_caches(model) -> None:
+    """Under no_grad: forget what a backward would need (the input references, the tape)."""
+    for m in model.modules():
+        d = m.__dict__
+        for k in ("_cache", "_plan", "_tape"):
+            if d.get(k) is not None:
+                d[k] = None
 
 
 def _check_device(device) -> str:

@@ -5,6 +5,7 @@ import numpy as np
 
 from .._kernels import placement
 from .._kernels.placement import HOST
+from ._tape import _local, _recording
 
 
 class Parameter:
@@ -37,6 +38,10 @@ class Parameter:
     # is checked here, once: same shape and dtype, C-contiguous, a host or device array.
     @property
     def data(self) -> np.ndarray:
+        # inside a recording forward (fastreg.nn._tape) the parameter is a leaf of the tape, so
+        # arithmetic on it carries its gradient; everywhere else the plain array
+        if _recording[0] and _local.tape is not None and _local.tape.record:
+            return _local.tape.param(self)
         return self._data
 
     @data.setter
@@ -53,15 +58,70 @@ class Parameter:
 
     @property
     def shape(self) -> tuple:
-        return self.data.shape
+        return self._data.shape
 
     @property
     def dtype(self) -> np.dtype:
-        return self.data.dtype
+        return self._data.dtype
 
     @property
     def size(self) -> int:
-        return self.data.size
+        return self._data.size
+
+    @property
+    def ndim(self) -> int:
+        return self._data.ndim
+
+    def numel(self) -> int:
+        """Number of elements (torch's ``Parameter.numel()``)."""
+        return int(self._data.size)
+
+    # Arithmetic reads ``data`` (recorded inside a taped forward): ``self.alpha * h`` as torch.
+    def __add__(self, o):
+        return self.data + o
+
+    def __radd__(self, o):
+        return o + self.data
+
+    def __sub__(self, o):
+        return self.data - o
+
+    def __rsub__(self, o):
+        return o - self.data
+
+    def __mul__(self, o):
+        return self.data * o
+
+    def __rmul__(self, o):
+        return o * self.data
+
+    def __truediv__(self, o):
+        return self.data / o
+
+    def __rtruediv__(self, o):
+        return o / self.data
+
+    def __matmul__(self, o):
+        return self.data @ o
+
+    def __rmatmul__(self, o):
+        return o @ self.data
+
+    def __neg__(self):
+        return -self.data
+
+    def __pow__(self, o):
+        return self.data ** o
+
+    @property
+    def T(self):
+        return self.data.T
+
+    __array_priority__ = 1001.0
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        args = [i.data if isinstance(i, Parameter) else i for i in inputs]
+        return getattr(ufunc, method)(*args, **kwargs)
 
     def grad_buffer(self) -> np.ndarray:
         """``grad``, allocated as zeros on first use, for a backward pass to accumulate into."""
@@ -73,15 +133,15 @@ class Parameter:
     @property
     def is_cuda(self) -> bool:
         """True if ``data`` lives on the GPU."""
-        return placement.of(self.data) is not HOST
+        return placement.of(self._data) is not HOST
 
     def numpy(self) -> np.ndarray:
         """``data`` as a numpy array (a host copy when it lives on the GPU)."""
-        return HOST.to_host(self.data)
+        return HOST.to_host(self._data)
 
     def __repr__(self) -> str:
         where = ", device='cuda'" if self.is_cuda else ""
-        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}{where})"
+        return f"Parameter(shape={self._data.shape}, dtype={self._data.dtype}{where})"
 
 
 def _checked(value, like, what: str):
