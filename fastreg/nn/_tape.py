@@ -312,6 +312,8 @@ class Recorded:
         return self.tape.cast(self, dt)
 
     def __getattr__(self, name):
+        if name.startswith("__"):               # protocol probes (__array_interface__ ...)
+            raise AttributeError(name)
         if hasattr(np.ndarray, name):
             raise _unsupported(f"ndarray.{name}")
         raise AttributeError(f"'Recorded' object has no attribute {name!r}")

@@ -117,6 +117,18 @@ class Parameter:
     def T(self):
         return self.data.T
 
+    def __getitem__(self, idx):
+        return self.data[idx]
+
+    def sum(self, *args, **kwargs):
+        return self.data.sum(*args, **kwargs)
+
+    def mean(self, *args, **kwargs):
+        return self.data.mean(*args, **kwargs)
+
+    def reshape(self, *shape):
+        return self.data.reshape(*shape)
+
     __array_priority__ = 1001.0
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
