@@ -41,9 +41,19 @@ def _check_backend(name) -> str:
     return name.lower()
 
 
+def _default_threads() -> int:
+    """The usable cores, capped by ``OMP_NUM_THREADS`` when it holds a positive integer (as
+    joblib's and Dask's workers set it), so a worker process does not oversubscribe."""
+    n = _cpu_count()
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        n = min(n, int(env))
+    return n
+
+
 _state = {
     "backend": _check_backend(os.environ.get("FASTREG_BACKEND", "auto")),
-    "num_threads": _cpu_count(),
+    "num_threads": _default_threads(),
     "threads_set_by_user": False,
     "default_dtype": np.dtype(np.float32),
 }
@@ -89,8 +99,13 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """Return the number of threads the kernels use."""
-    return _state["num_threads"]
+    """Return the number of threads the kernels use now.
+
+    Without :func:`set_num_threads`: the usable cores, capped by ``OMP_NUM_THREADS`` and by the
+    OpenMP limit in force (``threadpoolctl.threadpool_limits``, joblib's worker limits); with
+    it: the count set, whatever the limits.
+    """
+    return _runtime.get_num_threads()
 
 
 def apply_num_threads() -> None:
@@ -100,7 +115,7 @@ def apply_num_threads() -> None:
     ``set_num_threads`` never imports numba by itself.
     """
     n = _state["num_threads"]
-    _runtime.set_num_threads(n)
+    _runtime.set_num_threads(n, user=_state["threads_set_by_user"])
     if _state["threads_set_by_user"]:
         try:
             from threadpoolctl import threadpool_limits

@@ -69,3 +69,61 @@ def test_manual_seed_makes_streams_repeatable():
     g = fastreg.manual_seed(7)
     np.testing.assert_array_equal(a, g.numpy.standard_normal(5))
     assert g.philox_offset == 0
+
+
+_LIMITS_CHILD = r'''
+import json, os, resource, time
+import numpy as np
+from threadpoolctl import threadpool_limits
+import fastreg as fr
+from fastreg import nn
+out = {"default": fr.get_num_threads()}
+m = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256))
+x = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+m(x)                                      # loads the OpenMP runtime of the Cython kernels
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+with threadpool_limits(1):
+    out["inside"] = fr.get_num_threads()
+    c0, t0 = cpu(), time.perf_counter()
+    for _ in range(20):
+        m.backward(m(x))
+    out["cpu_per_wall"] = (cpu() - c0) / (time.perf_counter() - t0)
+out["after"] = fr.get_num_threads()
+fr.set_num_threads(1)
+with threadpool_limits(2):
+    out["user"] = fr.get_num_threads()
+print(json.dumps(out))
+'''
+
+
+def _child(env_extra):
+    import json
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("threadpoolctl")
+    env = dict(os.environ, **env_extra)
+    env.pop("OMP_NUM_THREADS", None) if "OMP_NUM_THREADS" not in env_extra else None
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", _LIMITS_CHILD], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_threads_follow_threadpoolctl_limits_and_user_setting_wins():
+    """Inside threadpool_limits(1) (what joblib/scikit-learn workers use) fastreg runs on one
+    thread: CPU time <= wall time; fr.set_num_threads overrides every limit."""
+    out = _child({})
+    assert out["inside"] == 1
+    assert out["cpu_per_wall"] < 1.3
+    assert out["after"] == out["default"]
+    assert out["user"] == 1
+
+
+def test_threads_follow_omp_num_threads():
+    out = _child({"OMP_NUM_THREADS": "1"})
+    assert out["default"] == 1 and out["inside"] == 1 and out["after"] == 1
