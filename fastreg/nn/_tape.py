@@ -59,9 +59,21 @@ class _State(threading.local):
 
 _local = _State()
 
-#: Tapes recording right now, all threads (a plain global: ``Parameter.data`` reads it on every
-#: access, and checks the thread's own tape only when some tape records).
+#: Tapes recording right now, all threads, and the hooks told when that goes 0 <-> 1
+#: (``Parameter`` swaps its ``data`` property, so reads outside any recording cost nothing).
 _recording = [0]
+_hooks = []
+_count_lock = threading.Lock()
+
+
+def recording(start: bool) -> None:
+    """Count a recording tape in (``start``) or out; switch the hooks at 0 <-> 1."""
+    with _count_lock:
+        before = _recording[0]
+        _recording[0] = before + (1 if start else -1)
+        if (before == 0) != (_recording[0] == 0):
+            for hook in _hooks:
+                hook(_recording[0] > 0)
 
 SUPPORTED = ("module calls, + - * / (broadcasting), unary -, @, ** scalar, numpy.exp, log, "
              "sqrt, square, abs, tanh, maximum, minimum, numpy.concatenate / numpy.stack / "

@@ -26,7 +26,7 @@ and the array ``backward`` returns is module-owned, valid until the next backwar
 from __future__ import annotations
 
 import functools
-import threading
+from _thread import get_ident as _get_ident
 from collections import OrderedDict, namedtuple
 from collections.abc import Iterator
 
@@ -76,7 +76,8 @@ class Module:
         super().__init_subclass__(**kwargs)
         cls._fr_taped = cls.backward is Module.backward
         fwd = cls.__dict__.get("forward")
-        if fwd is not None and not getattr(fwd, "_fr_tape_entry", False):
+        # only taped classes pay for the entry wrapper (a built-in layer's forward is its own)
+        if cls._fr_taped and fwd is not None and not getattr(fwd, "_fr_tape_entry", False):
             cls.forward = _tape_entry(fwd)
 
     def __init__(self):
@@ -449,7 +450,7 @@ class Module:
         if _config._state["backend"] == "cuda" and self._device != "cuda":
             self.to("cuda")    # set_backend("cuda"): models run on the GPU from their first call
         d = self.__dict__
-        me = threading.get_ident()
+        me = _get_ident()
         owner = d.setdefault("_busy", me)            # atomic: one thread runs a model at a time
         if owner != me:
             raise RuntimeError(
@@ -578,7 +579,7 @@ def _tape_entry(fn):
         tape = _tape.Tape(record)
         if record:
             args = tape.wrap_inputs(args)
-            _tape._recording[0] += 1
+            _tape.recording(True)
         st.tape = tape
         try:
             out = fn(self, *args, **kwargs)
@@ -586,7 +587,7 @@ def _tape_entry(fn):
         finally:
             st.tape = None
             if record:
-                _tape._recording[0] -= 1
+                _tape.recording(False)
         if record:
             d["_tape"] = tape
         return out

@@ -5,7 +5,8 @@ import numpy as np
 
 from .._kernels import placement
 from .._kernels.placement import HOST
-from ._tape import _local, _recording
+from . import _tape
+from ._tape import _local
 
 
 class Parameter:
@@ -36,17 +37,24 @@ class Parameter:
 
     # Layers hand ``data`` and ``grad`` to kernels that trust their shapes, so re-binding them
     # is checked here, once: same shape and dtype, C-contiguous, a host or device array.
-    @property
-    def data(self) -> np.ndarray:
-        # inside a recording forward (fastreg.nn._tape) the parameter is a leaf of the tape, so
-        # arithmetic on it carries its gradient; everywhere else the plain array
-        if _recording[0] and _local.tape is not None and _local.tape.record:
-            return _local.tape.param(self)
+    def _get_data(self) -> np.ndarray:
         return self._data
 
-    @data.setter
-    def data(self, value) -> None:
+    def _get_data_recording(self):
+        # while some forward records (fastreg.nn._tape), a read inside this thread's recording
+        # forward gives the parameter's leaf on the tape, so arithmetic on it carries its
+        # gradient; any other read gives the plain array
+        tape = _local.tape
+        if tape is not None and tape.record:
+            return tape.param(self)
+        return self._data
+
+    def _set_data(self, value) -> None:
         self._data = _checked(value, self._data, "data")
+
+    #: the array (see _recording_switch: the class swaps in the recording getter while a
+    #: tape records anywhere, so plain reads stay a bare attribute read)
+    data = property(_get_data, _set_data)
 
     @property
     def grad(self) -> np.ndarray | None:
@@ -168,3 +176,11 @@ def _checked(value, like, what: str):
     if not place.is_contiguous(value):
         raise ValueError(f"Parameter.{what} must be C-contiguous")
     return value
+
+
+def _recording_switch(on: bool) -> None:
+    Parameter.data = property(Parameter._get_data_recording if on else Parameter._get_data,
+                              Parameter._set_data)
+
+
+_tape._hooks.append(_recording_switch)
