@@ -51,7 +51,7 @@ import warnings
 from .. import _config
 from . import runtime
 
-OPS = ("matmul", "norm", "dropout", "optim", "elementwise")
+OPS = ("matmul", "norm", "dropout", "optim", "elementwise", "embedding")
 
 #: Backend modules per backend name; "{op}" is replaced by the op family.
 _MODULE_PATTERN = {
@@ -69,6 +69,7 @@ AUTO = {
     "dropout": "cython",
     "optim": "cython",
     "elementwise": "cython",
+    "embedding": "cython",
 }
 
 _cache: dict[tuple[str, str, str], object] = {}
