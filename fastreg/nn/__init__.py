@@ -1,11 +1,13 @@
 """fastreg.nn: layers, losses and the Module base class, named as in ``torch.nn``.
 
-``fastreg.nn.init`` (initializers) is imported on first access.
+``fastreg.nn.init`` (initializers) and ``fastreg.nn.utils`` (gradient clipping, parameter
+vectors) are imported on first access.
 """
 from __future__ import annotations
 
 import importlib
 
+from .containers import ModuleDict, ModuleList
 from .layers import (
     BatchNorm1d,
     Dropout,
@@ -35,18 +37,21 @@ __all__ = [
     "Linear",
     "MSELoss",
     "Module",
+    "ModuleDict",
+    "ModuleList",
     "Parameter",
     "ReLU",
     "Sequential",
     "Sigmoid",
     "Tanh",
     "init",
+    "utils",
 ]
 
 
 def __getattr__(name):
-    if name == "init":
-        mod = importlib.import_module("fastreg.nn.init")
-        globals()["init"] = mod
+    if name in ("init", "utils"):
+        mod = importlib.import_module(f"fastreg.nn.{name}")
+        globals()[name] = mod
         return mod
     raise AttributeError(f"module 'fastreg.nn' has no attribute {name!r}")
