@@ -313,7 +313,60 @@ def test_max_norm_and_inf_norm_survive_a_model_file(tmp_path):
     assert (e.max_norm, e.norm_type, e.scale_grad_by_freq) == (1.0, float("inf"), True)
 
 
-def test_cuda_module_raises_clearly(cuda):
-    m = nn.Embedding(4, 2).to("cuda")
-    with pytest.raises(NotImplementedError, match="no CUDA kernels"):
-        m(np.array([0, 1]))
+# ---------------------------------------------------------------------------------------------
+# CUDA (numba's simulator unless FASTREG_TEST_REAL_CUDA=1)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", (1, 2, 7, 33))
+def test_cuda_kernels_equal_the_reference(dev, dtype, n):
+    V, D = 7, 3 if n < 33 else 2
+    W = _table(V, D, dtype)
+    idx = _indices(n, V, _idt(n))
+    out = dev(np.zeros((*idx.shape, D), dtype))
+    E.embedding_forward(dev(W), dev(idx), out)
+    np.testing.assert_array_equal(out.copy_to_host(), ref.embedding_forward(W, idx))
+    dy = np.random.default_rng(2).standard_normal((*idx.shape, D)).astype(dtype)
+    old = _table(V, D, dtype, seed=3)
+    for pad, freq in ((None, False), (int(idx.reshape(-1)[0]), True)):
+        gw = dev(old)
+        E.embedding_backward(dev(dy), dev(idx), gw, padding_idx=pad, scale_grad_by_freq=freq)
+        want = old.astype(np.float64) + ref.embedding_backward(dy, idx, V, pad, freq)
+        rtol, atol = tol(dtype, f32=1e-5, f64=1e-13)
+        np.testing.assert_allclose(gw.copy_to_host(), want, rtol=rtol, atol=atol)
+    w = dev(W)
+    E.embedding_renorm_(w, dev(idx), 1.0, 3.0)
+    rtol, atol = tol(dtype, f32=1e-6, f64=1e-14)
+    np.testing.assert_allclose(w.copy_to_host(), ref.embedding_renorm_(W, idx, 1.0, 3.0),
+                               rtol=rtol, atol=atol)
+
+
+def test_cuda_backward_equals_the_cpu_bits(dev):
+    """Sort-based on the GPU, row ranges on the CPU: both sum each row in input order."""
+    g = np.random.default_rng(4)
+    idx = g.integers(0, 5, 300)
+    dy = g.standard_normal((300, 4)) * 10.0 ** g.integers(-4, 4, (300, 1))
+    cpu = np.zeros((5, 4))
+    E.embedding_backward(dy, idx, cpu, padding_idx=2, backend="numba")
+    gpu = dev(np.zeros((5, 4)))
+    E.embedding_backward(dev(dy), dev(idx), gpu, padding_idx=2)
+    np.testing.assert_array_equal(gpu.copy_to_host(), cpu)
+
+
+def test_cuda_module_trains_as_the_host_module(cuda):
+    fr.manual_seed(0)
+    host = nn.Embedding(6, 3, padding_idx=1, max_norm=1.5, scale_grad_by_freq=True,
+                        dtype=np.float64)
+    fr.manual_seed(0)
+    gpu = nn.Embedding(6, 3, padding_idx=1, max_norm=1.5, scale_grad_by_freq=True,
+                       dtype=np.float64).to("cuda")
+    x = np.array([[0, 1, 5], [5, 5, 2]])
+    dy = np.random.default_rng(0).standard_normal((2, 3, 3))
+    y = gpu(x)
+    np.testing.assert_allclose(y.copy_to_host(), host(x), rtol=1e-14)
+    assert gpu.backward(dy) is None and host.backward(dy) is None
+    np.testing.assert_allclose(gpu.weight.grad.copy_to_host(), host.weight.grad, rtol=1e-14)
+    np.testing.assert_allclose(gpu.weight.data.copy_to_host(), host.weight.data, rtol=1e-14)
+    with pytest.raises(IndexError, match="got 6"):
+        gpu(np.array([6]))
+    with pytest.raises(ValueError, match="module is on the CPU"):
+        host(cuda.to_device(x))

@@ -38,6 +38,9 @@ callers: the public ones check every argument, trusted entry points rely on a ca
     placeholder internally, Cython and BLAS test for None).
   - elementwise (CUDA-only loss helpers): absent ``pos_weight``/``weight`` are ``None``; the
     CUDA launcher substitutes a 1-element float64 device dummy plus a ``has_*`` flag.
+  - embedding: ``counts`` (int64 scratch of the CPU backends) is a length-0 host placeholder
+    unless ``scale_by_freq``, and always on "cuda", whose sort-based backward ignores it and
+    ``nchunks``; integer index arrays are int32 or int64.
 
 * Returns: in-place kernels return None, except matmul's ``linear_forward`` and
   ``linear_backward_input``, which return their output array; reductions return a float

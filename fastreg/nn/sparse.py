@@ -12,6 +12,7 @@ from .. import _config
 from .._checks import check_flag, check_scalar
 from .._kernels import embedding as _embedding
 from .._kernels import placement
+from .._kernels.placement import HOST
 from ._spec import (
     MAX_DIM,
     Arg,
@@ -101,7 +102,8 @@ class Embedding(Module):
     (a deterministic scatter-add: duplicate indices accumulate in input order, see
     :mod:`fastreg._kernels.embedding`) and returns None: integer indices have no gradient.
     ``weight.regularize`` is True (penalty and weight-decay groups apply to it by default).
-    There are no CUDA kernels for this layer: on a model moved to the GPU its forward raises.
+    On a model moved with ``.to("cuda")`` the table lives on the GPU and the CUDA kernels run
+    (a host index batch is copied in; the indices are bounds-checked on the host first).
     """
 
     layer_spec = LayerSpec(
@@ -196,55 +198,64 @@ class Embedding(Module):
         """Runs its own forward (``compile`` hands it float input: see EmbeddingLookup)."""
         return (ForwardOp(EmbeddingLookup(self)),)
 
-    def _weight_array(self) -> np.ndarray:
-        W = self._parameters["weight"].data
-        if type(W) is not np.ndarray:
-            raise NotImplementedError(f"{self._describe()}: Embedding has no CUDA kernels; "
-                                      "keep this layer on the CPU")
-        return W
-
     def forward(self, input: np.ndarray) -> np.ndarray:
-        W = self._weight_array()
-        if type(input) is not np.ndarray:
-            if placement.of(input) is not None:
-                raise ValueError(f"{self._describe()}: the input is a CUDA device array; "
-                                 "Embedding runs on the CPU (pass a host index array)")
+        W = self._parameters["weight"].data
+        wplace = placement.of(W)
+        place = placement.of(input)
+        if place is None:
             raise TypeError(f"{self._describe()}: input must be a numpy.ndarray of int64 or "
                             f"int32 indices, got {type(input).__name__}")
-        self.__dict__["_place"] = placement.HOST
-        idx = input if input.flags.c_contiguous else input.copy()   # (keeps 0-d input 0-d)
-        _embedding.check_indices("input", idx, self.num_embeddings)
-        flat = idx.reshape(-1)
+        if place is not HOST and wplace is HOST:
+            raise ValueError(f"{self._describe()}: the input is a CUDA device array but the "
+                             "module is on the CPU; call model.to('cuda') first (or pass "
+                             "fastreg.cuda.to_host(x))")
+        if place is HOST:
+            idx = input if input.flags.c_contiguous else input.copy()   # (keeps 0-d input 0-d)
+            host = idx
+        else:
+            idx = place.contiguous(input, f"{self._describe()}: input")
+            host = place.to_host(idx)           # the bounds check reads the indices on the host
+        _embedding.check_indices("input", host, self.num_embeddings)
+        shape, n, D = tuple(host.shape), host.size, self.embedding_dim
+        flat_host = host.reshape(n)
+        dev = wplace is not HOST
+        if not dev:
+            self.__dict__["_place"] = HOST
+            flat = flat_host
+        elif place is HOST:
+            flat = self._to_device_buffer("idx", flat_host)      # the "input in" copy
+        else:
+            self.__dict__["_place"] = wplace
+            flat = idx.reshape(n)
         if self.max_norm is not None:
-            _embedding.run_embedding_renorm(W, flat, self.max_norm, self.norm_type)
-        D = self.embedding_dim
-        out = self._buffer("out", (flat.shape[0], D), W.dtype)
-        _embedding.run_embedding_forward(W, flat, out)
-        shape = tuple(idx.shape)
+            _embedding.run_embedding_renorm(W, flat_host, self.max_norm, self.norm_type, dev)
+        out = self._buffer("out", (n, D), W.dtype)
+        _embedding.run_embedding_forward(W, flat, out, dev)
         self.__dict__["_cache"] = (flat, shape)
-        return out.reshape(*shape, D)
+        return out.reshape((*shape, D))
 
     def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
         """Accumulate ``weight.grad``; return None (integer indices have no gradient)."""
         flat, shape = self._require_cache()
         W = self._parameters["weight"]
-        dt = W.data.dtype
+        place = self._place
+        what = f"{self._describe()}: grad_output"
+        dy = grad_output
+        if not place.owns(dy):
+            if placement.of(dy) is None:
+                raise TypeError(f"{what} must be a numpy.ndarray, got {type(dy).__name__}")
+            dy = place.accept(dy, what)
         want = (*shape, self.embedding_dim)
-        dy = placement.HOST.accept(grad_output, f"{self._describe()}: grad_output")
-        if not isinstance(dy, np.ndarray):
-            raise TypeError(f"{self._describe()}: grad_output must be a numpy.ndarray, "
-                            f"got {type(dy).__name__}")
-        if dy.shape != want:
-            raise ValueError(f"{self._describe()}: grad_output has shape {dy.shape}, the last "
-                             f"forward output had shape {want}")
-        if dy.dtype != dt:
-            raise TypeError(f"{self._describe()}: grad_output has dtype {dy.dtype}, "
-                            f"expected {dt}")
+        if tuple(dy.shape) != want:
+            raise ValueError(f"{what} has shape {tuple(dy.shape)}, the last forward output had "
+                             f"shape {want}")
+        if dy.dtype != W.data.dtype:
+            raise TypeError(f"{what} has dtype {dy.dtype}, expected {W.data.dtype}")
         if W.requires_grad:
             pad = -1 if self.padding_idx is None else self.padding_idx
-            dy2 = np.ascontiguousarray(dy).reshape(-1, self.embedding_dim)
+            dy2 = place.contiguous(dy, what).reshape((flat.shape[0], self.embedding_dim))
             _embedding.run_embedding_backward(dy2, flat, W.grad_buffer(), pad,
-                                              self.scale_grad_by_freq)
+                                              self.scale_grad_by_freq, place.is_device)
 
 
 class EmbeddingLookup:

@@ -19,8 +19,9 @@ weight's dtype; every array C-contiguous. With n = prod(S) and flat index i:
 
 Index bounds are checked here, on the host, before any kernel runs (the kernels are compiled
 without bounds checks): a negative or too-large index is an ``IndexError`` naming it
-(:func:`check_indices`). Host arrays only: there are no CUDA kernels for this family (the
-``Embedding`` module refuses ``.to("cuda")`` work with a clear error).
+(:func:`check_indices`; device indices are copied to the host for it). Every function also takes
+CUDA device arrays (all arrays of one call in the same place) and then runs embedding/cuda.py,
+whose backward is sort-based (a host sort of the indices), equally deterministic.
 
 Trusted entry points (``run_*``, for ``fastreg.nn.Embedding``) take flat ``indices`` (n,) and
 2-D ``out`` / ``grad_output`` (n, D) and check nothing.
@@ -29,8 +30,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..._checks import check_array, check_flag, check_scalar, float_dtype, may_share_memory
+from ..._checks import (
+    check_array,
+    check_flag,
+    check_scalar,
+    float_dtype,
+    may_share_memory,
+    on_device,
+)
 from .. import _dispatch, runtime
+from ..runtime import cuda as _cuda_runtime
 
 __all__ = ["check_indices", "check_norm_type", "embedding_backward", "embedding_forward", "embedding_renorm_",
            "run_embedding_backward", "run_embedding_forward", "run_embedding_renorm"]
@@ -41,9 +50,10 @@ _NO_COUNTS = np.zeros(0, np.int64)
 
 
 def check_indices(name: str, indices, num_embeddings: int) -> np.ndarray:
-    """``indices`` if it is a C-contiguous int32/int64 host array with every value in
-    [0, num_embeddings), else a TypeError / ValueError / IndexError naming it and the value."""
-    if not isinstance(indices, np.ndarray):
+    """``indices`` if it is a C-contiguous int32/int64 array (host or device) with every value
+    in [0, num_embeddings), else a TypeError / ValueError / IndexError naming it and the value.
+    Device indices are copied to the host for the check."""
+    if not isinstance(indices, np.ndarray) and not _cuda_runtime.is_device_array(indices):
         raise TypeError(f"{name} must be a numpy.ndarray of int64 or int32 indices, "
                         f"got {type(indices).__name__}")
     if indices.dtype not in INDEX_DTYPES:
@@ -51,7 +61,8 @@ def check_indices(name: str, indices, num_embeddings: int) -> np.ndarray:
                         f"table), got {indices.dtype}")
     check_array(name, indices)
     if indices.size:
-        lo, hi = int(indices.min()), int(indices.max())
+        host = _cuda_runtime.to_host(indices)
+        lo, hi = int(host.min()), int(host.max())
         if lo < 0 or hi >= num_embeddings:
             bad = lo if lo < 0 else hi
             raise IndexError(f"{name} must be in [0, {num_embeddings}) (num_embeddings="
@@ -61,9 +72,6 @@ def check_indices(name: str, indices, num_embeddings: int) -> np.ndarray:
 
 def _check_weight(name: str, w, writeable: bool = False) -> np.dtype:
     dt = float_dtype(name, w)
-    if not isinstance(w, np.ndarray):
-        raise TypeError(f"{name} must be a host numpy.ndarray (the embedding kernels have no "
-                        "CUDA backend)")
     check_array(name, w, ndim=2, writeable=writeable)
     return dt
 
@@ -77,7 +85,8 @@ def embedding_forward(weight: np.ndarray, indices: np.ndarray, out: np.ndarray,
     weight : ndarray (V, D), float32 or float64, C-contiguous
     indices : ndarray (*S), int32 or int64, values in [0, V)
     out : ndarray (*S, D), weight's dtype, writeable, not overlapping ``weight``
-    backend : {"numba", "cython", "auto"}, optional
+    backend : {"numba", "cython", "auto", "cuda"}, optional
+        Device arrays always run the CUDA kernels (backend None, "auto" or "cuda").
 
     Returns
     -------
@@ -87,9 +96,11 @@ def embedding_forward(weight: np.ndarray, indices: np.ndarray, out: np.ndarray,
     V, D = weight.shape
     check_indices("indices", indices, V)
     check_array("out", out, dtype=dt, shape=(*indices.shape, D), writeable=True)
+    dev = on_device(weight=weight, indices=indices, out=out)
     if may_share_memory(out, weight) or may_share_memory(out, indices):
         raise ValueError("out must not overlap weight or indices")
-    run_embedding_forward(weight, indices.reshape(-1), out.reshape(-1, D), backend)
+    n = indices.size
+    run_embedding_forward(weight, indices.reshape(n), out.reshape(n, D), dev, backend)
     return out
 
 
@@ -108,7 +119,8 @@ def embedding_backward(grad_output: np.ndarray, indices: np.ndarray, grad_weight
         The row that receives no gradient.
     scale_grad_by_freq : bool
         Scale row k's gradient by 1 / (occurrences of k in ``indices``).
-    backend : {"numba", "cython", "auto"}, optional
+    backend : {"numba", "cython", "auto", "cuda"}, optional
+        Device arrays always run the CUDA kernels (backend None, "auto" or "cuda").
 
     Returns
     -------
@@ -119,14 +131,16 @@ def embedding_backward(grad_output: np.ndarray, indices: np.ndarray, grad_weight
     check_indices("indices", indices, V)
     float_dtype("grad_output", grad_output)
     check_array("grad_output", grad_output, dtype=dt, shape=(*indices.shape, D))
+    dev = on_device(grad_output=grad_output, indices=indices, grad_weight=grad_weight)
     if may_share_memory(grad_output, grad_weight):
         raise ValueError("grad_output must not overlap grad_weight")
     pad = -1
     if padding_idx is not None:
         pad = check_scalar("padding_idx", padding_idx, low=0, high=V - 1, integer=True)
     by_freq = check_flag("scale_grad_by_freq", scale_grad_by_freq)
-    run_embedding_backward(grad_output.reshape(-1, D), indices.reshape(-1), grad_weight, pad,
-                           by_freq, backend)
+    n = indices.size
+    run_embedding_backward(grad_output.reshape(n, D), indices.reshape(n), grad_weight, pad,
+                           by_freq, dev, backend)
     return grad_weight
 
 
@@ -138,10 +152,12 @@ def embedding_renorm_(weight: np.ndarray, indices: np.ndarray, max_norm: float,
     Parameters
     ----------
     weight : ndarray (V, D), float32 or float64, writeable
-    indices : ndarray, any shape, int32 or int64, values in [0, V)
+    indices : ndarray, any shape, int32 or int64, values in [0, V) (device indices are copied to
+        the host: the distinct rows are found there)
     max_norm : float >= 0
     norm_type : float > 0, or inf
-    backend : {"numba", "cython", "auto"}, optional
+    backend : {"numba", "cython", "auto", "cuda"}, optional
+        Device arrays always run the CUDA kernels (backend None, "auto" or "cuda").
 
     Returns
     -------
@@ -149,9 +165,11 @@ def embedding_renorm_(weight: np.ndarray, indices: np.ndarray, max_norm: float,
     """
     _check_weight("weight", weight, writeable=True)
     check_indices("indices", indices, weight.shape[0])
+    dev = on_device(weight=weight, indices=indices)
     max_norm = check_scalar("max_norm", max_norm, low=0.0)
     norm_type = check_norm_type(norm_type)
-    run_embedding_renorm(weight, indices.reshape(-1), max_norm, norm_type, backend)
+    host = _cuda_runtime.to_host(indices)
+    run_embedding_renorm(weight, host.reshape(host.size), max_norm, norm_type, dev, backend)
     return weight
 
 
@@ -162,36 +180,42 @@ def check_norm_type(norm_type) -> float:
 
 
 # --- trusted entry points ------------------------------------------------------------------------
-# Flat indices (n,) already bounds-checked; out / grad_output (n, D); nothing is checked here.
+# Flat indices (n,) already bounds-checked; out / grad_output (n, D); the placement as ``device``
+# (True: CUDA device arrays); nothing is checked here.
 
-def run_embedding_forward(weight, indices, out, backend: str | None = None):
+def run_embedding_forward(weight, indices, out, device: bool = False,
+                          backend: str | None = None):
     """Trusted :func:`embedding_forward` (flat ``indices``, ``out`` (n, D))."""
     if indices.shape[0]:
-        _dispatch.kernel("embedding", "embedding_forward", backend)(weight, indices, out)
+        _dispatch.kernel("embedding", "embedding_forward", backend, device)(weight, indices, out)
     return out
 
 
 def run_embedding_backward(grad_output, indices, grad_weight, padding_idx: int,
-                           scale_by_freq: bool, backend: str | None = None):
+                           scale_by_freq: bool, device: bool = False,
+                           backend: str | None = None):
     """Trusted :func:`embedding_backward` (``padding_idx`` -1 for none)."""
     n = indices.shape[0]
     if n:
         V = grad_weight.shape[0]
-        counts = np.empty(V, np.int64) if scale_by_freq else _NO_COUNTS
+        counts = np.empty(V, np.int64) if scale_by_freq and not device else _NO_COUNTS
         # chunks of rows: more than the threads (load balance), never more than the rows;
         # the result does not depend on the count (each row sums in input order)
         nchunks = max(1, min(V, 4 * runtime.get_num_threads()))
-        _dispatch.kernel("embedding", "embedding_backward", backend)(
+        _dispatch.kernel("embedding", "embedding_backward", backend, device)(
             grad_output, indices, grad_weight, counts, np.int64(padding_idx),
             bool(scale_by_freq), np.int64(nchunks))
     return grad_weight
 
 
 def run_embedding_renorm(weight, indices, max_norm: float, norm_type: float,
-                         backend: str | None = None):
-    """Trusted :func:`embedding_renorm_` (flat ``indices``)."""
+                         device: bool = False, backend: str | None = None):
+    """Trusted :func:`embedding_renorm_`; ``indices`` flat and on the host (the distinct rows
+    are found there, then uploaded for a device ``weight``)."""
     if indices.shape[0]:
         unique = np.unique(indices).astype(np.int64, copy=False)
-        _dispatch.kernel("embedding", "embedding_renorm", backend)(
+        if device:
+            unique = _cuda_runtime.to_device(unique)
+        _dispatch.kernel("embedding", "embedding_renorm", backend, device)(
             weight, unique, float(max_norm), float(norm_type))
     return weight
