@@ -7,6 +7,7 @@
 from cython.parallel cimport prange
 from libc.math cimport fabs, pow, sqrt, INFINITY
 from libc.stdint cimport int32_t, int64_t
+from libc.string cimport memcpy
 
 cimport cython
 from cython cimport floating
@@ -27,12 +28,11 @@ DEF PAR_MIN = 32768
 def embedding_forward(const floating[:, ::1] weight, const index_t[::1] indices,
                       floating[:, ::1] out):
     """out[i, :] = weight[indices[i], :], parallel over the n looked-up rows."""
-    cdef Py_ssize_t i, j, n = indices.shape[0], D = weight.shape[1]
+    cdef Py_ssize_t i, n = indices.shape[0], D = weight.shape[1]
     cdef int64_t k
     for i in prange(n, nogil=True, schedule="static", use_threads_if=n * D >= PAR_MIN):
         k = indices[i]
-        for j in range(D):
-            out[i, j] = weight[k, j]
+        memcpy(&out[i, 0], &weight[k, 0], D * sizeof(floating))
 
 
 @cython.boundscheck(False)
