@@ -42,6 +42,7 @@ def test_module_list_operations_match_torch():
         assert list(a.state_dict()) == list(b.state_dict())
         assert [k for k, _ in a.named_children()] == [str(i) for i in range(len(a))]
     assert len(a) == len(b) and a[-1] is a[len(a) - 1]
+    assert "0" not in dir(a) and "append" in dir(a)
     assert _shapes(a[1:]) == [tuple(m.weight.shape) for m in b[1:]]
     assert isinstance(a[1:], nn.ModuleList) and a[1:][0] is a[1]
     c = a + nn.ModuleList(ours[:1])

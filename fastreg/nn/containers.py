@@ -98,6 +98,9 @@ class ModuleList(Module):
     def __iter__(self) -> Iterator[Module]:
         return iter(self._modules.values())
 
+    def __dir__(self):
+        return [k for k in super().__dir__() if not k.isdigit()]      # as torch
+
     def __iadd__(self, modules: Iterable[Module]) -> ModuleList:  # noqa: PYI034 (py3.10: no Self)
         return self.extend(modules)
 
