@@ -215,7 +215,7 @@ class Embedding(Module):
         else:
             idx = place.contiguous(input, f"{self._describe()}: input")
             host = place.to_host(idx)           # the bounds check reads the indices on the host
-        _embedding.check_indices("input", host, self.num_embeddings)
+        _embedding.check_indices(f"{self._describe()}: input", host, self.num_embeddings)
         shape, n, D = tuple(host.shape), host.size, self.embedding_dim
         flat_host = host.reshape(n)
         dev = wplace is not HOST
