@@ -486,3 +486,41 @@ def softmax_xent_weighted_backward(probs, target, class_weight, eps, scale):
     g = p * ((1 - eps) * w[target] + eps / c * w.sum())[:, None] - eps / c * w
     g[np.arange(n), target] -= (1 - eps) * w[target]
     return scale * g
+
+
+# --------------------------------------------------------------------------------------------
+# embedding (fastreg._kernels.embedding)
+# --------------------------------------------------------------------------------------------
+
+def embedding_forward(weight, indices):
+    """out[s, :] = W[indices[s], :] (fancy indexing; shape (*S, D))."""
+    return _f64(weight)[np.asarray(indices)]
+
+
+def embedding_backward(grad_output, indices, num_embeddings, padding_idx=None,
+                       scale_grad_by_freq=False):
+    """The contribution to grad_weight: row k gets s_k * sum of grad_output rows with index k
+    (none for padding_idx), s_k = 1 / count(k) with scale_grad_by_freq (np.add.at: unbuffered,
+    so duplicates accumulate)."""
+    idx = np.asarray(indices).reshape(-1).astype(np.int64)
+    dy = _f64(grad_output).reshape(idx.shape[0], -1)
+    if scale_grad_by_freq:
+        counts = np.bincount(idx, minlength=num_embeddings).astype(np.float64)
+        dy = dy / counts[idx][:, None]
+    if padding_idx is not None:
+        keep = idx != padding_idx
+        idx, dy = idx[keep], dy[keep]
+    out = np.zeros((num_embeddings, dy.shape[1]))
+    np.add.at(out, idx, dy)
+    return out
+
+
+def embedding_renorm_(weight, indices, max_norm, norm_type=2.0):
+    """Rows looked up whose p-norm exceeds max_norm scaled by max_norm / (norm + 1e-7); the
+    others unchanged (a new float64 array)."""
+    w = _f64(weight).copy()
+    for k in np.unique(np.asarray(indices)):
+        norm = np.linalg.norm(w[k], ord=norm_type)
+        if norm > max_norm:
+            w[k] *= max_norm / (norm + 1e-7)
+    return w

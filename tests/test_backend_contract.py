@@ -29,7 +29,7 @@ import re
 
 import pytest
 
-FAMILIES = ("matmul", "norm", "dropout", "optim", "elementwise")
+FAMILIES = ("matmul", "norm", "dropout", "optim", "elementwise", "embedding")
 CPU_MODULES = {"numba": "numba", "cython": "cy", "blas": "blas"}
 #: Public helpers of a backend module that are not kernels, with the reason.
 HELPERS = {("matmul", "blas"): {"epilogue": "the NumPy bias + activation epilogue of the BLAS "

@@ -19,6 +19,11 @@ from fastreg import io as frio
 from fastreg.nn import _spec
 
 F = 6          # input features of every example
+V = 11         # Embedding examples: table rows (their input is (N, F) int64 indices)
+#: Layers whose input is integer indices, not (N, F) floats.
+INDEX_INPUT = {"Embedding"}
+#: Leaf layers that run their own forward under compile, with the reason.
+FORWARD_PATH = {"Embedding": "a table lookup on integer indices: no typed inference op"}
 #: Batch sizes for fold equivalence (>= 2: BatchNorm1d without running stats needs two rows).
 BATCHES = (2, 7, 33)
 
@@ -40,6 +45,9 @@ def _examples(dt) -> dict[str, list]:
         "LeakyReLU": [nn.LeakyReLU(0.2), nn.LeakyReLU(-0.3)],
         "Identity": [nn.Identity()],
         "Flatten": [nn.Flatten(), nn.Flatten(1, 1)],
+        "Embedding": [nn.Embedding(V, 4, dtype=dt),
+                      nn.Embedding(V, 3, padding_idx=-1, max_norm=1.5, norm_type=1.0,
+                                   scale_grad_by_freq=True, dtype=dt)],
         "Sequential": [nn.Sequential(nn.Linear(F, 5, dtype=dt), nn.ReLU()),
                        _unfused(nn.Sequential(OrderedDict(
                            fc=nn.Linear(F, F, dtype=dt), act=nn.Tanh(),
@@ -79,6 +87,13 @@ def _x(n: int, dt, seed=1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, F)).astype(dt)
 
 
+def _input(name: str, n: int, dt, seed=1) -> np.ndarray:
+    """A batch for layer type ``name``: (n, F) floats, or (n, F) int64 indices in [0, V)."""
+    if name in INDEX_INPUT:
+        return np.random.default_rng(seed).integers(0, V, (n, F))
+    return _x(n, dt, seed)
+
+
 # ---------------------------------------------------------------------------------------------
 # the registry
 # ---------------------------------------------------------------------------------------------
@@ -105,6 +120,9 @@ def test_leaf_layers_with_default_arguments_fold_without_the_forward_path():
         m = _examples(np.float32)[name][0]
         ops = _spec.fold(m)
         assert all(type(op) in _spec.OPS for op in ops), name
+        if name in FORWARD_PATH:
+            assert [type(op) for op in ops] == [_spec.ForwardOp], name
+            continue
         assert not any(type(op) is _spec.ForwardOp for op in ops), name
 
 
@@ -138,13 +156,19 @@ def test_save_load_round_trip(name, i, dtype, tmp_path):
     for k in sd:
         assert sd2[k].dtype == sd[k].dtype and np.array_equal(sd2[k], sd[k]), k
     m.eval()
-    x = _x(5, dtype)
+    x = _input(name, 5, dtype)
     np.testing.assert_array_equal(loaded(x), m(x))
 
 
 def _contexts(m, dt):
     """The layer alone, after a Linear, and between Linear+ReLU and a Linear (BatchNorm and
-    scales fold backwards into the first, forwards into the last)."""
+    scales fold backwards into the first, forwards into the last); an index layer alone and
+    before Flatten + Linear."""
+    if type(m).__name__ in INDEX_INPUT:
+        yield "alone", m
+        D = m.eval()(_input(type(m).__name__, 2, dt)).shape[-1]
+        yield "before_linear", nn.Sequential(m, nn.Flatten(), nn.Linear(F * D, 3, dtype=dt))
+        return
     out_f = m.eval()(_x(2, dt)).shape[1]
     yield "alone", m
     yield "after_linear", nn.Sequential(nn.Linear(F, F, dtype=dt), m)
@@ -159,7 +183,7 @@ def test_compiled_equals_eval(name, i, dtype):
         model.eval()
         pred = inference.compile(model, dtype=dtype)
         for n in BATCHES:
-            x = _x(n, dtype, seed=n)
+            x = _input(name, n, dtype, seed=n)
             got = pred(x)
             assert got.dtype == dtype, where
             np.testing.assert_allclose(got, model(x), rtol=rtol, atol=atol, err_msg=where)

@@ -1,5 +1,5 @@
 """Hot loops, one package per op family: ``matmul``, ``norm``, ``dropout``, ``optim``,
-``elementwise``.
+``elementwise``, ``embedding``.
 
 Inside a family package: ``__init__.py`` holds the public (checked) functions, ``codes.py`` the
 constants the backends share, and one file per backend with the same signature per kernel:

@@ -38,6 +38,9 @@ callers: the public ones check every argument, trusted entry points rely on a ca
     placeholder internally, Cython and BLAS test for None).
   - elementwise (CUDA-only loss helpers): absent ``pos_weight``/``weight`` are ``None``; the
     CUDA launcher substitutes a 1-element float64 device dummy plus a ``has_*`` flag.
+  - embedding: ``counts`` (int64 scratch of the CPU backends) is a length-0 host placeholder
+    unless ``scale_by_freq``, and always on "cuda", whose sort-based backward ignores it and
+    ``nchunks``; integer index arrays are int32 or int64.
 
 * Returns: in-place kernels return None, except matmul's ``linear_forward`` and
   ``linear_backward_input``, which return their output array; reductions return a float
@@ -51,7 +54,7 @@ import warnings
 from .. import _config
 from . import runtime
 
-OPS = ("matmul", "norm", "dropout", "optim", "elementwise")
+OPS = ("matmul", "norm", "dropout", "optim", "elementwise", "embedding")
 
 #: Backend modules per backend name; "{op}" is replaced by the op family.
 _MODULE_PATTERN = {
@@ -69,6 +72,7 @@ AUTO = {
     "dropout": "cython",
     "optim": "cython",
     "elementwise": "cython",
+    "embedding": "cython",
 }
 
 _cache: dict[tuple[str, str, str], object] = {}

@@ -1,11 +1,14 @@
 """fastreg.nn: layers, losses and the Module base class, named as in ``torch.nn``.
 
-``fastreg.nn.init`` (initializers) and ``fastreg.nn.functional`` are imported on first access.
+``fastreg.nn.init`` (initializers), ``fastreg.nn.functional`` (functional activations and
+dropout) and ``fastreg.nn.utils`` (gradient clipping, parameter vectors) are imported on first
+access.
 """
 from __future__ import annotations
 
 import importlib
 
+from .containers import ModuleDict, ModuleList
 from .layers import (
     BatchNorm1d,
     Dropout,
@@ -22,12 +25,14 @@ from .layers import (
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from .module import Module
 from .parameter import Parameter
+from .sparse import Embedding
 
 __all__ = [
     "BCEWithLogitsLoss",
     "BatchNorm1d",
     "CrossEntropyLoss",
     "Dropout",
+    "Embedding",
     "Flatten",
     "Identity",
     "LayerNorm",
@@ -35,6 +40,8 @@ __all__ = [
     "Linear",
     "MSELoss",
     "Module",
+    "ModuleDict",
+    "ModuleList",
     "Parameter",
     "ReLU",
     "Sequential",
@@ -42,12 +49,13 @@ __all__ = [
     "Tanh",
     "functional",
     "init",
+    "utils",
 ]
 
 
 def __getattr__(name):
-    if name in ("init", "functional"):
+    if name in ("init", "functional", "utils"):
         mod = importlib.import_module(f"fastreg.nn.{name}")
-        globals()["init"] = mod
+        globals()[name] = mod
         return mod
     raise AttributeError(f"module 'fastreg.nn' has no attribute {name!r}")
