@@ -20,7 +20,7 @@ from ._random import Generator, initial_seed, manual_seed
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("nn", "optim", "data", "train", "inference", "io", "cuda")
+_SUBMODULES = ("nn", "optim", "data", "train", "inference", "io", "cuda", "distributed")
 #: Names re-exported from fastreg.io, imported on first access.
 _IO_NAMES = ("save", "load", "ModelFileError", "from_torch_state_dict")
 
@@ -29,6 +29,7 @@ __all__ = [
     "ModelFileError",
     "cuda",
     "data",
+    "distributed",
     "from_torch_state_dict",
     "get_backend",
     "get_default_dtype",
