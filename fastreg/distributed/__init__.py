@@ -52,6 +52,7 @@ __all__ = [
     "is_main",
     "launched_world_size",
     "rank",
+    "revert_sync_batchnorm",
     "world_size",
 ]
 
@@ -66,7 +67,7 @@ def broadcast_object(obj, root: int = 0):
 
 def __getattr__(name):
     # SyncBatchNorm imports fastreg.nn (and so numba-backed layers): on first use only
-    if name in ("SyncBatchNorm", "convert_sync_batchnorm"):
+    if name in ("SyncBatchNorm", "convert_sync_batchnorm", "revert_sync_batchnorm"):
         from . import sync_batchnorm
         value = getattr(sync_batchnorm, name)
         globals()[name] = value

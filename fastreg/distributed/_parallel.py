@@ -122,7 +122,7 @@ class _DistributedStep:
 _CLASSES: dict[type, type] = {}
 
 
-def DistributedOptimizer(optimizer):  # noqa: N802 - named like a class, as Horovod's
+def DistributedOptimizer(optimizer):          # named like a class, as Horovod's
     """Make ``optimizer.step()`` average the gradients across the ranks before its update.
 
     Before the fused per-group update, each param group's flat gradient buffer (the one

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import norm as _norm
-from ..nn._spec import register_layer
 from ..nn.layers import BatchNorm1d, Sequential, _check_grad, _check_input
 from . import _comm
 
@@ -15,7 +14,6 @@ def _allreduce_inplace(buf: np.ndarray) -> None:
         _comm.comm().Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
 
 
-@register_layer
 class SyncBatchNorm(BatchNorm1d):
     r"""``BatchNorm1d`` whose training statistics are those of the global batch (all ranks).
 
@@ -44,6 +42,10 @@ class SyncBatchNorm(BatchNorm1d):
     gradients). So 2 ranks × batch k train exactly as 1 process × batch 2k with ``BatchNorm1d``.
 
     In a world of one, and in evaluation mode, it is ``BatchNorm1d``. CPU only.
+
+    It is not a registered layer type of model files (a file must load without MPI): save the
+    trained model after :func:`revert_sync_batchnorm` (``fit``'s checkpoints store its weights
+    by key and need nothing).
     """
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -115,22 +117,33 @@ class SyncBatchNorm(BatchNorm1d):
         return dx
 
 
-def convert_sync_batchnorm(model):
-    """Replace every ``BatchNorm1d`` in ``model`` by a :class:`SyncBatchNorm` with the same
-    parameters, buffers and settings (the arrays are shared, not copied), like torch's
-    ``SyncBatchNorm.convert_sync_batchnorm``; returns the model (or the new layer when ``model``
-    is itself a BatchNorm1d). Call it before building the optimizer."""
-    if isinstance(model, BatchNorm1d) and not isinstance(model, SyncBatchNorm):
-        new = SyncBatchNorm.__new__(SyncBatchNorm)
+def _swap(model, match, cls):
+    if match(model):
+        new = cls.__new__(cls)
         new.__dict__.update(model.__dict__)
+        new.__dict__.pop("_sync", None)
         new._cache = None
         return new
     for name, child in list(model._modules.items()):
         if child is None:
             continue
-        new = convert_sync_batchnorm(child)
+        new = _swap(child, match, cls)
         if new is not child:
             model._modules[name] = new
     if isinstance(model, Sequential):
         object.__setattr__(model, "_plan", None)
     return model
+
+
+def convert_sync_batchnorm(model):
+    """Replace every ``BatchNorm1d`` in ``model`` by a :class:`SyncBatchNorm` with the same
+    parameters, buffers and settings (the arrays are shared, not copied), like torch's
+    ``SyncBatchNorm.convert_sync_batchnorm``; returns the model (or the new layer when ``model``
+    is itself a BatchNorm1d)."""
+    return _swap(model, lambda m: type(m) is BatchNorm1d, SyncBatchNorm)
+
+
+def revert_sync_batchnorm(model):
+    """The inverse of :func:`convert_sync_batchnorm`: every ``SyncBatchNorm`` becomes a plain
+    ``BatchNorm1d`` sharing its arrays (for ``fastreg.save`` and single-process use)."""
+    return _swap(model, lambda m: type(m) is SyncBatchNorm, BatchNorm1d)
