@@ -14,6 +14,10 @@ and the table shows medians over the rounds of:
     pure ms       one Allreduce of the 2.1 MB flat gradient after a barrier (communication
                   only, mean of 20)
 
+``--scaling S`` prints instead the scaling model of the README for N machines of S samples/s
+each (no measurement): ring allreduce of the flat gradient, 2(N-1)/N of it over each link plus
+2(N-1) latencies, after the compute of B/(N S) seconds (no overlap), at 10/25/100 Gb/s.
+
 Needs mpi4py and mpiexec (``pip install 'fastreg[mpi]'``). Timing on a shared machine is noisy;
 the medians and the alternation are there for that.
 """
@@ -95,6 +99,32 @@ def worker(threads: int, steps: int, warmup: int, batch: int) -> None:
             "grad_mb": nbytes / 1e6}), flush=True)
 
 
+GRAD_BYTES = 4 * (784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10)     # 2.14 MB float32
+LATENCY_S = 20e-6                   # per message on a cluster network (TCP: 10-50 us)
+
+
+def allreduce_seconds(n: int, gbps: float, nbytes: int = GRAD_BYTES) -> float:
+    """Ring allreduce: 2(n-1)/n of the buffer over each link, 2(n-1) message latencies."""
+    return 2 * (n - 1) / n * nbytes / (gbps * 1e9 / 8) + 2 * (n - 1) * LATENCY_S
+
+
+def scaling(throughput: float) -> None:
+    print(f"scaling model: one machine trains {throughput:.0f} samples/s; flat gradient "
+          f"{GRAD_BYTES / 1e6:.2f} MB; latency {LATENCY_S * 1e6:.0f} us/message; speedup over "
+          "one machine (parallel efficiency)")
+    for batch in (256, 4096):
+        t1 = batch / throughput
+        print(f"\nglobal batch {batch}: one machine {1e3 * t1:.1f} ms/step")
+        print("| N | allreduce ms 10/25/100 Gb/s | 10 Gb/s | 25 Gb/s | 100 Gb/s |")
+        print("|---:|---|---:|---:|---:|")
+        for n in (2, 4, 8, 16, 64):
+            ta = [allreduce_seconds(n, g) for g in (10, 25, 100)]
+            cells = [f"{t1 / (t1 / n + a):.1f}x ({100 * (t1 / n) / (t1 / n + a):.0f}%)"
+                     for a in ta]
+            print(f"| {n} | {' / '.join(f'{1e3 * a:.2f}' for a in ta)} | " + " | ".join(cells)
+                  + " |")
+
+
 def run_config(nranks: int, threads: int, args) -> dict:
     me = os.path.abspath(__file__)
     cmd = [sys.executable, me, "--worker", "--threads", str(threads), "--steps",
@@ -120,11 +150,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--scaling", type=float, metavar="S",
+                    help="print the scaling model for machines of S samples/s and exit")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args.threads, args.steps, args.warmup, args.batch)
+        return
+    if args.scaling:
+        scaling(args.scaling)
         return
     results = {name: [] for name, _, _ in CONFIGS}
     for r in range(args.rounds):
@@ -140,7 +175,8 @@ def main() -> None:
     print(f"MLP 784-512-256-10 float32, Adam, global batch {args.batch}, {args.steps} timed "
           f"steps, median of {args.rounds} alternated rounds; flat gradient "
           f"{med[CONFIGS[0][0]]['grad_mb']:.2f} MB")
-    print("| configuration | samples/s | vs 1x1 | step ms | allreduce ms/step | pure allreduce ms |")
+    print("| configuration | samples/s | vs 1x1 | step ms | allreduce ms/step "
+          "| pure allreduce ms |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, n, _ in CONFIGS:
         m = med[name]

@@ -54,7 +54,8 @@ def test_two_ranks_equal_one_process_with_double_batch():
     assert p.returncode == 0, out
     for line in ("OK equivalence float64 bn=False", "OK equivalence float32 bn=False",
                  "OK equivalence float64 bn=True", "OK equivalence float32 bn=True",
-                 "OK mismatch rank 0", "OK mismatch rank 1", "OK dropout streams differ"):
+                 "OK mismatch rank 0", "OK mismatch rank 1", "OK optimizer state broadcast",
+                 "OK dropout streams differ"):
         assert line in out, out
 
 

@@ -90,6 +90,28 @@ def check_mismatch():
         raise AssertionError("a mismatched model was not refused")
 
 
+def check_optimizer_state():
+    # rank 0's moments, step count and hyper-parameters everywhere
+    rank = dist.rank()
+    fr.manual_seed(0)
+    m = nn.Linear(3, 4)
+    opt = fr.optim.Adam(m.parameters(), lr=0.1)
+    if rank == 0:
+        m.backward(np.ones((2, 4), np.float32) - m(np.ones((2, 3), np.float32)))
+        opt.step()
+        opt.param_groups[0]["lr"] = 0.05
+    dist.broadcast_optimizer_state(opt)
+    mine = opt.state_dict()
+    theirs = dist.broadcast_object(mine, root=0)
+    assert mine["param_groups"][0]["lr"] == 0.05
+    for i, st in theirs["state"].items():
+        for name, v in st.items():
+            np.testing.assert_array_equal(mine["state"][i][name], v, err_msg=name)
+    assert mine["state"][0]["step"] == 1.0
+    if rank == 0:
+        print("OK optimizer state broadcast", flush=True)
+
+
 def check_dropout():
     # masks differ per rank, and are the single-process sequence on rank 0
     fr.manual_seed(3)
@@ -109,6 +131,7 @@ if __name__ == "__main__":
     check(np.float64, True, 1e-12)
     check(np.float32, True, 5e-5)
     check_mismatch()
+    check_optimizer_state()
     check_dropout()
     dist.barrier()
     sys.exit(0)
