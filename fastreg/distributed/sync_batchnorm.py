@@ -24,22 +24,27 @@ class SyncBatchNorm(BatchNorm1d):
         \sigma^2 = \frac1M \sum_{r,n} (x_{rn}-\mu)^2,\quad
         y = \gamma\,(x-\mu)\,(\sigma^2+\epsilon)^{-1/2} + \beta
 
-    Forward: one ``Allreduce`` of the per-feature float64 sums :math:`\sum_n x_n` (and
-    :math:`N_r`), then one of :math:`\sum_n (x_n-\mu)^2` (two passes: no cancellation for data
-    with a large mean); the normalization is the batch-norm kernel with these global statistics
-    (``run_batchnorm_forward_eval``). Running statistics get :math:`\mu` and the unbiased
+    Forward: the batch-norm kernel gives this rank's mean :math:`m_r` and variance
+    :math:`v_r` (``run_batchnorm_forward_train`` with eps = 0: float64 sums of shifted data);
+    one ``Allreduce`` of :math:`N_r m_r` and :math:`N_r` gives :math:`\mu`, a second one of
+    :math:`N_r (v_r + (m_r-\mu)^2)` gives :math:`M\sigma^2` (the parallel-variance formula: no
+    :math:`E[x^2]-E[x]^2` cancellation), and ``run_batchnorm_forward_eval`` normalizes with
+    these global statistics. Running statistics get :math:`\mu` and the unbiased
     :math:`\sigma^2 M/(M-1)`, identical on every rank.
 
-    Backward, with :math:`\hat x = (x-\mu) r`, :math:`r = (\sigma^2+\epsilon)^{-1/2}`: one
-    ``Allreduce`` of the two per-feature sums :math:`S_1 = \sum dy`, :math:`S_2 = \sum dy\,\hat x`
-    over the global batch, then
+    Backward, with :math:`\hat x = (x-\mu) r`, :math:`r = (\sigma^2+\epsilon)^{-1/2}`: the
+    batch-norm backward kernel, given :math:`\mu` and :math:`r`, returns this rank's sums
+    :math:`S_{1r} = \sum dy`, :math:`S_{2r} = \sum dy\,\hat x` and the local
+    :math:`dx_r = \gamma r (dy - S_{1r}/N_r - \hat x S_{2r}/N_r)`; one ``Allreduce`` of the two
+    sums gives the global :math:`S_1, S_2`, and one pass adds the difference to
 
     .. math::
         dx = \gamma r \left(dy - \frac{S_1}{M} - \hat x\,\frac{S_2}{M}\right),
 
     the gradient of the sum of all ranks' losses; :math:`\partial\gamma`, :math:`\partial\beta`
-    receive this rank's partial sums (``DistributedOptimizer`` averages them with the other
-    gradients). So 2 ranks × batch k train exactly as 1 process × batch 2k with ``BatchNorm1d``.
+    receive this rank's partial sums :math:`S_{2r}, S_{1r}` (``DistributedOptimizer`` averages
+    them with the other gradients). So 2 ranks × batch k train exactly as 1 process × batch 2k
+    with ``BatchNorm1d``.
 
     In a world of one, and in evaluation mode, it is ``BatchNorm1d``. CPU only.
 
@@ -62,8 +67,19 @@ class SyncBatchNorm(BatchNorm1d):
             raise ValueError(f"{self._describe()}: input has shape {x.shape}, expected "
                              f"(N, {self.num_features}) (num_features={self.num_features})")
         N, C = x.shape
-        buf = np.empty(C + 1)
-        np.sum(x, axis=0, dtype=np.float64, out=buf[:C])
+        out = self._buffer("out", x.shape, dt)
+        buf = np.zeros(C + 1)
+        local_mean = local_var = 0.0
+        if N > 0:
+            lm = self._buffer("local_mean", (C,), dt)
+            lr = self._buffer("local_rstd", (C,), dt)
+            # this rank's statistics (out is scratch here, overwritten below)
+            _norm.run_batchnorm_forward_train(x, None, None, None, None, out, lm, lr, 0.0, 0.0,
+                                              False)
+            local_mean = lm.astype(np.float64)
+            with np.errstate(divide="ignore", over="ignore"):
+                local_var = 1.0 / np.square(lr.astype(np.float64))   # rstd = inf: var = 0
+            buf[:C] = N * local_mean
         buf[C] = N
         _allreduce_inplace(buf)
         M = int(buf[C])
@@ -71,15 +87,15 @@ class SyncBatchNorm(BatchNorm1d):
             raise ValueError(f"{self._describe()}: expected more than 1 value per channel when "
                              f"training, got a global batch of {M}")
         mean = buf[:C] / M
-        xc = x - mean                                       # float64 (N, C)
-        sq = np.einsum("nc,nc->c", xc, xc)
+        sq = N * (local_var + np.square(local_mean - mean)) if N > 0 else np.zeros(C)
         _allreduce_inplace(sq)
         var = sq / M
-        mean_d, var_d = mean.astype(dt), var.astype(dt)
+        mean_d = mean.astype(dt)
+        rstd = 1.0 / np.sqrt(var + self.eps)
         gamma = self.weight.data if self.affine else None
         beta = self.bias.data if self.affine else None
-        out = self._buffer("out", x.shape, dt)
-        _norm.run_batchnorm_forward_eval(x, gamma, beta, mean_d, var_d, out, self.eps, False)
+        _norm.run_batchnorm_forward_eval(x, gamma, beta, mean_d, var.astype(dt), out, self.eps,
+                                         False)
         if self.track_running_stats:
             self.num_batches_tracked += 1
             m = (1.0 / float(self.num_batches_tracked)) if self.momentum is None \
@@ -87,33 +103,45 @@ class SyncBatchNorm(BatchNorm1d):
             rm, rv = self.running_mean, self.running_var
             rm[...] = (1.0 - m) * rm + m * mean
             rv[...] = (1.0 - m) * rv + m * (var * (M / (M - 1.0)))
-        self._cache = (x, mean, 1.0 / np.sqrt(var + self.eps), M)
+        self._cache = (x, mean_d, rstd.astype(dt), M)
         return out
 
     def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
         if not getattr(self, "_sync", False):
             return super().backward(grad_output, input_grad=input_grad)
-        x, mean, r, M = self._require_cache()
+        x, mean, rstd, M = self._require_cache()
         dt = self._dtype
         dy = _check_grad(self, grad_output, x.shape, dt)
-        C = x.shape[1]
-        xhat = (x - mean) * r                               # float64 (N, C)
-        sums = np.empty(2 * C)
-        np.sum(dy, axis=0, dtype=np.float64, out=sums[:C])
-        np.einsum("nc,nc->c", dy, xhat, out=sums[C:])
-        if self.affine:                                      # this rank's partial sums
-            if self.bias.requires_grad:
-                db = self.bias.grad_buffer()
-                db += sums[:C].astype(dt)
-            if self.weight.requires_grad:
-                dg = self.weight.grad_buffer()
-                dg += sums[C:].astype(dt)
-        _allreduce_inplace(sums)                             # the global S1, S2
-        if not input_grad:
-            return None
-        g = r if not self.affine else self.weight.data.astype(np.float64) * r
+        N, C = x.shape
+        gamma = self.weight.data if self.affine else None
+        s1 = self._buffer("sum_dy", (C,), dt)            # this rank's sum of dy
+        s2 = self._buffer("sum_dy_xhat", (C,), dt)       # and of dy * xhat
         dx = self._buffer("dx", x.shape, dt)
-        dx[...] = g * (dy - sums[:C] / M - xhat * (sums[C:] / M))
+        if N > 0:
+            # local sums, and dx as if this rank's rows were the whole batch
+            _norm.run_batchnorm_backward(dy, x, gamma, mean, rstd, dx, s2, s1, False, False)
+        else:
+            s1.fill(0.0)
+            s2.fill(0.0)
+        if self.affine:
+            if self.bias.requires_grad:
+                self.bias.grad_buffer()[...] += s1
+            if self.weight.requires_grad:
+                self.weight.grad_buffer()[...] += s2
+        sums = np.concatenate([s1, s2]).astype(np.float64)
+        _allreduce_inplace(sums)                          # the global S1, S2
+        if not input_grad or N == 0:
+            return dx if input_grad else None
+        # dx += a r (S2r/N - S2/M) (x - mean) + a (S1r/N - S1/M),  a = gamma r
+        r = rstd.astype(np.float64)
+        a = r if gamma is None else gamma.astype(np.float64) * r
+        B = (a * r * (s2 / N - sums[C:] / M)).astype(dt)
+        A = (a * (s1 / N - sums[:C] / M)).astype(dt)
+        tmp = self._buffer("dx_fix", x.shape, dt)
+        np.subtract(x, mean, out=tmp)
+        tmp *= B
+        tmp += A
+        dx += tmp
         return dx
 
 

@@ -23,7 +23,9 @@ def build(dtype, bn, seed=0):
     layers = [nn.Linear(7, 33, bias=not bn, dtype=dtype)]
     if bn:
         layers.append(nn.BatchNorm1d(33, dtype=dtype))
-    layers += [nn.ReLU(), nn.Linear(33, 3, dtype=dtype)]
+    layers += [nn.ReLU(), nn.Linear(33, 3, bias=not bn, dtype=dtype)]
+    if bn:
+        layers.append(nn.BatchNorm1d(3, affine=False, momentum=None, dtype=dtype))
     return nn.Sequential(*layers)
 
 
