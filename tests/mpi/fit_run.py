@@ -1,7 +1,8 @@
 """Run under ``mpiexec -n 2`` with a scratch directory argument: ``fit(distributed=True)``.
 
 Checks (prints "OK <check>" lines; any failure raises and aborts the job):
-  early stopping stops on the same epoch on every rank, with the same (reduced) logs;
+  early stopping (and ReduceLROnPlateau) decide on the same epoch on every rank, from the same
+  (reduced) logs;
   the checkpoint is written by rank 0 only, once per epoch;
   a run resumed from an epoch-2 checkpoint ends bit for bit as the uninterrupted run;
   2 ranks x batch k with a short last global batch train as 1 process x batch 2k.
@@ -32,12 +33,15 @@ def model_opt(dropout=0.3, seed=1):
     return m, fr.optim.Adam(m.parameters(), lr=3e-2)
 
 
-def run(epochs, path=None, resume=False, patience=None, seed=1):
+def run(epochs, path=None, resume=False, patience=None, seed=1, distributed=True):
     m, opt = model_opt(seed=seed)
     cbs = [fr.train.EarlyStopping(patience=patience)] if patience is not None else []
+    sched = None if patience is None else \
+        fr.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
     h = fr.train.fit(m, nn.CrossEntropyLoss(), opt, data(64, 0), valid=data(37, 1),
-                     epochs=epochs, batch_size=8, seed=4, callbacks=cbs, progress=False,
-                     checkpoint=path, resume=resume, distributed=True)
+                     epochs=epochs, batch_size=8, seed=4, callbacks=cbs, scheduler=sched,
+                     progress=False,
+                     checkpoint=path, resume=resume, distributed=distributed)
     return m, h
 
 
@@ -52,16 +56,18 @@ def main(tmp):
     real_save = ckpt_mod.save_checkpoint
     ckpt_mod.save_checkpoint = lambda *a, **k: (calls.append(1), real_save(*a, **k))
     path = os.path.join(tmp, "es.ckpt")
-    _, h = run(40, path=path, patience=2)
+    _, h = run(40, path=path, patience=2, distributed=None)   # None: on under mpiexec
     ckpt_mod.save_checkpoint = real_save
     everyone = dist.broadcast_object((len(h), h.history, len(calls)), root=1)
     if rank == 0:
         assert h.stopped_early and len(h) < 40, (len(h), h.stop_reason)
         assert everyone[0] == len(h), f"rank 1 stopped after {everyone[0]}, rank 0 {len(h)}"
         assert everyone[1] == h.history, "the ranks logged different numbers"
+        assert h.history["lr"][-1] < h.history["lr"][0], h.history["lr"]   # plateau: lowered
         assert len(calls) == len(h) and everyone[2] == 0, (len(calls), everyone[2])
         assert os.path.exists(path)
-        print(f"OK early stopping: both ranks stopped after epoch {len(h)}; checkpoint written "
+        print(f"OK early stopping: both ranks stopped after epoch {len(h)} (lr "
+              f"{h.history['lr']} on both); checkpoint written "
               f"{len(calls)}x by rank 0, {everyone[2]}x by rank 1", flush=True)
 
     # --- resume continues identically ----------------------------------------------------
