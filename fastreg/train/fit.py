@@ -272,8 +272,9 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
         shard = (rank, world)
         dd.DistributedOptimizer(optimizer)
         dd.broadcast_parameters(model)
-        if seed is None:                       # one batch order for the whole job
-            seed = int(np.random.default_rng().integers(0, 2**63)) if rank == 0 else None
+        if seed is None:                       # one batch order for the whole job: rank 0's
+            from .._random import default_generator
+            seed = int(default_generator.numpy.integers(0, 2**63))
         seed = dd.broadcast_object(seed)
         if rank != 0:                          # output and files: rank 0 only
             from .checkpoint import Checkpoint as _Ckpt
@@ -297,6 +298,12 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
     if resume and checkpoint is not None and os.path.exists(checkpoint):
         from .checkpoint import resume_trainer
         start = resume_trainer(checkpoint, trainer) + 1
+        if dist is not None and trainer.global_step != (start - 1) * len(loader):
+            raise ValueError(
+                f"resume: the checkpoint {os.fspath(checkpoint)!r} holds {trainer.global_step} "
+                f"steps after {start - 1} epochs, but this run takes {len(loader)} steps per "
+                f"epoch on {dist[1]} ranks; resume with the world size, batch_size and data "
+                "of the run that wrote it")
     try:
         for epoch in range(start, epochs + 1):
             trainer.epoch = epoch

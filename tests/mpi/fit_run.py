@@ -4,7 +4,8 @@ Checks (prints "OK <check>" lines; any failure raises and aborts the job):
   early stopping (and ReduceLROnPlateau) decide on the same epoch on every rank, from the same
   (reduced) logs;
   the checkpoint is written by rank 0 only, once per epoch;
-  a run resumed from an epoch-2 checkpoint ends bit for bit as the uninterrupted run;
+  a run resumed from an epoch-2 checkpoint ends bit for bit as the uninterrupted run, and one
+  with another number of steps per epoch (world size, batch size) is refused;
   2 ranks x batch k with a short last global batch train as 1 process x batch 2k.
 """
 import os
@@ -82,6 +83,18 @@ def main(tmp):
     if rank == 0:
         print("OK resume: epochs 3-5 after a restart equal the uninterrupted run, bit for bit",
               flush=True)
+    # a checkpoint of a run with another number of steps per epoch is refused on every rank
+    m, opt = model_opt()
+    try:
+        fr.train.fit(m, nn.CrossEntropyLoss(), opt, data(64, 0), epochs=5, batch_size=16,
+                     seed=4, progress=False, checkpoint=part_path, resume=True,
+                     distributed=True)
+    except ValueError as exc:
+        assert "resume with the world size" in str(exc), exc
+        if rank == 0:
+            print(f"OK resume refused: {exc}", flush=True)
+    else:
+        raise AssertionError("a checkpoint with another steps-per-epoch was accepted")
 
     # --- fit: 2 ranks x 8 equals 1 process x 16, with a short last global batch (51 = 3x16 + 2 + 1)
     m2, opt2 = model_opt(dropout=0.0)
