@@ -23,6 +23,18 @@ SCRIPTS = os.path.join(ROOT, "tests", "mpi")
 TIMEOUT = 180            # generous: the first run in a fresh checkout compiles numba kernels
 
 
+@pytest.fixture(autouse=True)
+def _no_mpi_in_this_process(monkeypatch):
+    """The in-process tests run in a world of one without initializing MPI in the pytest
+    process (``from mpi4py import MPI`` would; the mpiexec tests only import the package)."""
+    from fastreg.distributed import _comm
+    monkeypatch.setattr(_comm, "_state", dict(_comm._state, initialized=False, comm=None,
+                                              MPI=None, rank=0, size=1))
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", None)
+    yield
+    _random.set_philox_stream(0)
+
+
 def _mpiexec():
     pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install 'fastreg[mpi]')")
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -190,8 +202,6 @@ def test_dropout_stream_offsets_the_counter():
 
 
 def test_launched_without_mpi4py_is_an_error(monkeypatch):
-    from fastreg.distributed import _comm
-    monkeypatch.setattr(_comm, "_state", dict(_comm._state, initialized=False))
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     monkeypatch.setenv("PMI_SIZE", "4")
     assert dist.launched_world_size() == 4
