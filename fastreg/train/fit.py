@@ -287,6 +287,9 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
                         drop_last=bool(drop_last), seed=seed, shard=shard)
     trainer.loader = loader
     trainer.callbacks = callbacks
+    if dist is not None and len(loader) == 0:
+        raise ValueError(f"train has {X.shape[0]} samples: not one batch for each of the "
+                         f"{dist[1]} ranks (batch_size={batch_size}, drop_last={bool(drop_last)})")
     # distributed: the sharded loader drops a global batch smaller than the world instead
     skip_single = drop_last is None and len(loader) > 1 and dist is None
     full_batch = batch_size * (1 if dist is None else dist[1])

@@ -96,6 +96,15 @@ def main(tmp):
     else:
         raise AssertionError("a checkpoint with another steps-per-epoch was accepted")
 
+    # a training set too small to give every rank a sample is refused on every rank
+    try:
+        fr.train.fit(m, nn.CrossEntropyLoss(), opt, data(1, 0), epochs=1, progress=False,
+                     distributed=True)
+    except ValueError as exc:
+        assert "not one batch for each of the 2 ranks" in str(exc), exc
+    else:
+        raise AssertionError("an empty shard was accepted")
+
     # --- fit: 2 ranks x 8 equals 1 process x 16, with a short last global batch (51 = 3x16 + 2 + 1)
     m2, opt2 = model_opt(dropout=0.0)
     X, y = data(51, 7)
