@@ -149,6 +149,8 @@ def test_sync_batchnorm_in_a_world_of_one_is_batchnorm(dtype):
     g = np.random.default_rng(2).standard_normal((33, 7)).astype(dtype)
     np.testing.assert_array_equal(model.backward(g), plain.backward(g))
     assert "SyncBatchNorm(7" in repr(model)
+    model.eval()
+    np.testing.assert_array_equal(fr.inference.compile(model)(x), model(x))   # folds as BN
     with pytest.raises(TypeError, match="cannot save"):
         fr.save(model, "unused.fr")
     back = dist.revert_sync_batchnorm(model)
