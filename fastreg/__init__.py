@@ -20,7 +20,7 @@ from ._random import Generator, initial_seed, manual_seed
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("nn", "optim", "data", "train", "inference", "io", "cuda")
+_SUBMODULES = ("nn", "optim", "data", "train", "inference", "io", "cuda", "distributed")
 #: Names re-exported from fastreg.io, imported on first access.
 _IO_NAMES = ("save", "load", "ModelFileError", "from_torch_state_dict")
 #: Names re-exported from fastreg.nn._tape (gradient modes, cat), imported on first access.
@@ -32,6 +32,7 @@ __all__ = [
     "cat",
     "cuda",
     "data",
+    "distributed",
     "enable_grad",
     "from_torch_state_dict",
     "get_backend",

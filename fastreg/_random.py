@@ -7,6 +7,29 @@ import numpy as np
 #: Seed of the default generator before any manual_seed call (deterministic, like torch's).
 DEFAULT_SEED = 67280421310721
 _MASK64 = (1 << 64) - 1
+#: Bits of the Philox block counter below a process's stream number: each MPI rank draws its
+#: dropout masks from blocks ``rank * 2**44 + offset`` (2**44 blocks = 2**51 mask bits per rank).
+PHILOX_STREAM_SHIFT = 44
+_stream = 0
+
+
+def set_philox_stream(stream: int) -> None:
+    """Offset every dropout counter of this process by ``stream * 2**44`` blocks.
+
+    ``fastreg.distributed.init`` sets it to the rank, so the ranks of one job draw different,
+    reproducible masks from one seed while the saved random state (seed, offset) stays the same
+    on every rank. Stream 0 (the default) is the single-process sequence.
+    """
+    global _stream
+    if isinstance(stream, bool) or not isinstance(stream, (int, np.integer)) \
+            or not 0 <= stream < (1 << (64 - PHILOX_STREAM_SHIFT)):
+        raise ValueError(f"stream must be an integer in [0, 2**{64 - PHILOX_STREAM_SHIFT}), "
+                         f"got {stream!r}")
+    _stream = int(stream)
+
+
+def philox_stream() -> int:
+    return _stream
 
 
 class Generator:
@@ -37,10 +60,13 @@ class Generator:
         return self.seed
 
     def reserve_philox(self, n_blocks: int) -> tuple[int, int]:
-        """Return (seed, offset) for a call that uses ``n_blocks`` counter blocks, and advance."""
+        """Return (seed, offset) for a call that uses ``n_blocks`` counter blocks, and advance.
+
+        The returned offset includes this process's stream (:func:`set_philox_stream`);
+        ``philox_offset`` itself counts the blocks used, the same on every rank."""
         offset = self.philox_offset
         self.philox_offset = (offset + int(n_blocks)) & _MASK64
-        return self.seed, offset
+        return self.seed, (offset + (_stream << PHILOX_STREAM_SHIFT)) & _MASK64
 
     def get_state(self) -> dict:
         return {"seed": self.seed, "philox_offset": self.philox_offset,

@@ -61,6 +61,16 @@ class DataLoader:
     seed : int, optional
         Seed of the shuffling. None draws one from fastreg's default generator at construction
         (so ``fastreg.manual_seed`` makes runs repeatable).
+    shard : (rank, world), optional
+        Data parallelism: this loader yields rank ``rank``'s part of every global batch of
+        ``world * batch_size`` samples. Every rank computes the same global order of the epoch
+        (same ``seed``), cuts it into global batches, and takes the ``rank``-th of ``world``
+        near-equal contiguous pieces of each (``numpy.array_split``: exactly ``batch_size``
+        rows for a full batch). Each sample is seen exactly once per epoch across the ranks, all
+        ranks run the same number of steps, and the union of the ranks' step-i batches is the
+        step-i batch of an unsharded loader with ``batch_size * world``. A final global batch
+        of fewer than ``world`` samples is dropped (a rank cannot train on nothing).
+        :meth:`global_batch_size` gives the global size of each step.
 
     Notes
     -----
@@ -77,7 +87,8 @@ class DataLoader:
     """
 
     def __init__(self, X: np.ndarray, y: np.ndarray | None = None, batch_size: int = 256,
-                 shuffle: bool = True, drop_last: bool = False, seed: int | None = None) -> None:
+                 shuffle: bool = True, drop_last: bool = False, seed: int | None = None,
+                 shard: tuple[int, int] | None = None) -> None:
         if not isinstance(X, np.ndarray):
             raise TypeError(f"X must be a numpy.ndarray, got {type(X).__name__}")
         if X.ndim < 1:
@@ -89,6 +100,7 @@ class DataLoader:
                 raise ValueError(f"X and y must have the same number of samples, got "
                                  f"X.shape={X.shape} and y.shape={y.shape}")
         self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.rank, self.world = _check_shard(shard)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         if seed is None:
@@ -106,9 +118,19 @@ class DataLoader:
         return self.X.shape[0]
 
     def __len__(self) -> int:
-        """Batches per epoch: ⌊N/k⌋ with ``drop_last``, else ⌈N/k⌉."""
-        n, k = self.num_samples, self.batch_size
-        return n // k if self.drop_last else -(-n // k)
+        """Batches per epoch: ⌊N/k⌋ with ``drop_last``, else ⌈N/k⌉ (with ``shard``, k is the
+        global batch ``world * batch_size``, and a last global batch of fewer than ``world``
+        samples is not counted)."""
+        n, k = self.num_samples, self.batch_size * self.world
+        if self.drop_last:
+            return n // k
+        full, rest = divmod(n, k)
+        return full + (1 if rest >= self.world else 0)
+
+    def global_batch_size(self, step: int) -> int:
+        """Samples in global batch ``step`` (0-based) summed over the ranks."""
+        k = self.batch_size * self.world
+        return min(k, self.num_samples - step * k)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration produce the order of epoch ``epoch``."""
@@ -140,6 +162,9 @@ class DataLoader:
         return self._batches(epoch)
 
     def _batches(self, epoch: int):
+        if self.world > 1:
+            yield from self._shard_batches(epoch)
+            return
         n, k = self.num_samples, self.batch_size
         stop = len(self) * k
         X, y = self.X, self.y
@@ -152,6 +177,32 @@ class DataLoader:
             idx = order[start:start + k]
             yield X[idx], (None if y is None else y[idx])
 
+    def _shard_batches(self, epoch: int):
+        order = self.permutation(epoch)
+        k, w, r = self.batch_size * self.world, self.world, self.rank
+        X, y = self.X, self.y
+        for step in range(len(self)):
+            g = order[step * k:(step + 1) * k]
+            lo = (len(g) // w) * r + min(r, len(g) % w)     # numpy.array_split's pieces
+            hi = lo + len(g) // w + (1 if r < len(g) % w else 0)
+            idx = g[lo:hi]
+            if not self.shuffle:
+                idx = slice(int(idx[0]), int(idx[-1]) + 1)   # contiguous: views
+            yield X[idx], (None if y is None else y[idx])
+
     def __repr__(self) -> str:
+        shard = "" if self.world == 1 else f", shard=({self.rank}, {self.world})"
         return (f"DataLoader(num_samples={self.num_samples}, batch_size={self.batch_size}, "
-                f"shuffle={self.shuffle}, drop_last={self.drop_last}, seed={self.seed})")
+                f"shuffle={self.shuffle}, drop_last={self.drop_last}, seed={self.seed}{shard})")
+
+
+def _check_shard(shard) -> tuple[int, int]:
+    if shard is None:
+        return 0, 1
+    if not isinstance(shard, (tuple, list)) or len(shard) != 2:
+        raise TypeError(f"shard must be a tuple (rank, world) or None, got {shard!r}")
+    world = _check_int("shard world", shard[1], 1)
+    rank = _check_int("shard rank", shard[0], 0)
+    if rank >= world:
+        raise ValueError(f"shard rank must be in [0, world), got shard={tuple(shard)!r}")
+    return rank, world

@@ -170,7 +170,7 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
         metrics: Sequence = ("accuracy",), progress: bool = True, shuffle: bool = True,
         seed: int | None = None, scheduler_interval: str | None = None,
         drop_last: bool | None = None, checkpoint: str | os.PathLike | None = None,
-        resume: bool = False) -> History:
+        resume: bool = False, distributed: bool | None = None) -> History:
     """Train ``model`` with mini-batch gradient descent and return its :class:`History`.
 
     Each epoch visits every training sample once in a fresh random order (``DataLoader``,
@@ -217,6 +217,20 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
     resume : bool
         With ``checkpoint``: if the file exists, continue from the epoch after the one it holds.
         The resumed run is bitwise identical to one that never stopped.
+    distributed : bool, optional
+        Data-parallel training over MPI (:mod:`fastreg.distributed`; launch with
+        ``mpiexec -n N python train.py``). None (default): on when the process was started by
+        an MPI launcher with more than one rank. Every rank then holds the model (rank 0's
+        parameters are broadcast at the start), trains on its shard of each global batch of
+        ``N * batch_size`` samples (``DataLoader(shard=(rank, N))``), and the optimizer
+        averages the flat gradients with one allreduce per param group
+        (``DistributedOptimizer``), so N ranks × ``batch_size`` train like one process with
+        ``N * batch_size``. Training and validation metrics are summed over the ranks (each
+        validates its contiguous share of ``valid``) and every rank gets rank 0's result, so
+        EarlyStopping and ReduceLROnPlateau decide identically and all ranks stop together.
+        Progress output and checkpoints come from rank 0 only; ``resume`` reads the checkpoint
+        on every rank (a shared file system) and needs the same number of ranks. An exception
+        on any rank prints its traceback and aborts the whole job (``comm.Abort``).
 
     Returns
     -------
@@ -250,14 +264,35 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
         callbacks.append(Checkpoint(checkpoint))     # last: saves the others' epoch state
     penalty = getattr(optimizer, "penalty", None)
     input_grad_kw = _backward_takes_input_grad(model)
+    dist = _distributed(distributed)          # None, or (the fastreg.distributed module, world)
+    shard = None
+    if dist is not None:
+        dd, world = dist
+        rank = dd.rank()
+        shard = (rank, world)
+        dd.DistributedOptimizer(optimizer)
+        dd.broadcast_parameters(model)
+        if seed is None:                       # one batch order for the whole job: rank 0's
+            from .._random import default_generator
+            seed = int(default_generator.numpy.integers(0, 2**63))
+        seed = dd.broadcast_object(seed)
+        if rank != 0:                          # output and files: rank 0 only
+            from .checkpoint import Checkpoint as _Ckpt
+            progress = False
+            callbacks = [cb for cb in callbacks if not isinstance(cb, _Ckpt)]
 
     history = History()
     trainer = Trainer(model, loss_fn, optimizer, scheduler, history)
     loader = DataLoader(X, y, batch_size=batch_size, shuffle=shuffle,
-                        drop_last=bool(drop_last), seed=seed)
+                        drop_last=bool(drop_last), seed=seed, shard=shard)
     trainer.loader = loader
     trainer.callbacks = callbacks
-    skip_single = drop_last is None and len(loader) > 1
+    if dist is not None and len(loader) == 0:
+        raise ValueError(f"train has {X.shape[0]} samples: not one batch for each of the "
+                         f"{dist[1]} ranks (batch_size={batch_size}, drop_last={bool(drop_last)})")
+    # distributed: the sharded loader drops a global batch smaller than the world instead
+    skip_single = drop_last is None and len(loader) > 1 and dist is None
+    full_batch = batch_size * (1 if dist is None else dist[1])
     bar = _progress_bar(epochs) if progress else None
     t_start = time.perf_counter()
     for cb in callbacks:
@@ -266,6 +301,12 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
     if resume and checkpoint is not None and os.path.exists(checkpoint):
         from .checkpoint import resume_trainer
         start = resume_trainer(checkpoint, trainer) + 1
+        if dist is not None and trainer.global_step != (start - 1) * len(loader):
+            raise ValueError(
+                f"resume: the checkpoint {os.fspath(checkpoint)!r} holds {trainer.global_step} "
+                f"steps after {start - 1} epochs, but this run takes {len(loader)} steps per "
+                f"epoch on {dist[1]} ranks; resume with the world size, batch_size and data "
+                "of the run that wrote it")
     try:
         for epoch in range(start, epochs + 1):
             trainer.epoch = epoch
@@ -287,6 +328,10 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
                         "for NaN/inf, or add normalization")
                 optimizer.zero_grad()
                 grad = loss_fn.backward()
+                if dist is not None and loader.global_batch_size(step - 1) != full_batch:
+                    # a short last global batch: weight this rank's mean loss by its share, so
+                    # the averaged gradient is that of the global batch's mean loss
+                    grad = grad * (dist[1] * len(xb) / loader.global_batch_size(step - 1))
                 if input_grad_kw:
                     model.backward(grad, input_grad=False)   # dL/d(data) is never needed
                 else:
@@ -300,11 +345,18 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
                 seen += n
                 for i, (_, fn) in enumerate(mets):
                     sums[i] += fn(out, yb)
+            if dist is not None:                  # sums over the ranks, rank 0's result
+                red = dist[0].allreduce_sum([total, seen, *sums])
+                total, seen, sums = float(red[0]), float(red[1]), [float(v) for v in red[2:]]
             logs = {"loss": total / seen + (float(penalty()) if callable(penalty) else 0.0)}
             for (name, _), s in zip(mets, sums):
                 logs[name] = s / seen
             if Xv is not None:
-                res = _evaluate(model, loss_fn, Xv, yv, max(batch_size, 1024), mets)
+                if dist is None:
+                    res = _evaluate(model, loss_fn, Xv, yv, max(batch_size, 1024), mets)
+                else:
+                    res = _evaluate_shard(model, loss_fn, Xv, yv, max(batch_size, 1024), mets,
+                                          dist)
                 logs["val_loss"] = res.pop("loss")
                 for k, v in res.items():
                     logs["val_" + k] = v
@@ -321,6 +373,12 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
                 break
         for cb in callbacks:
             cb.on_train_end(trainer)
+        if dist is not None:
+            dist[0].barrier()                     # rank 0's files are complete for everyone
+    except BaseException as exc:
+        if dist is not None:                      # never leave the other ranks waiting
+            dist[0].abort(f"{type(exc).__name__} in fit at epoch {trainer.epoch}: {exc}")
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -328,6 +386,37 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
         history.wall_time = time.perf_counter() - t_start
     _finish(history, trainer, callbacks, epochs)
     return history
+
+
+def _distributed(flag):
+    """(fastreg.distributed, world) when this fit is data-parallel, else None."""
+    if flag is not None and not isinstance(flag, bool):
+        raise TypeError(f"distributed must be True, False or None, got {flag!r}")
+    if flag is False:
+        return None
+    from .. import distributed as dd
+    if flag is None and dd.launched_world_size() == 1:
+        return None
+    world = dd.init()
+    return (dd, world) if world > 1 else None
+
+
+def _evaluate_shard(model, loss_fn, X, y, batch_size, mets, dist) -> dict[str, float]:
+    """:func:`_evaluate` over the ranks: each takes its contiguous share of ``(X, y)``; the sums
+    are reduced, so every rank gets the means over the whole set (rank 0's numbers)."""
+    dd, world = dist
+    n = X.shape[0]
+    r = dd.rank()
+    lo, hi = n * r // world, n * (r + 1) // world
+    local = [0.0] * (1 + len(mets))
+    if hi > lo:
+        res = _evaluate(model, loss_fn, X[lo:hi], y[lo:hi], batch_size, mets)
+        local = [res["loss"] * (hi - lo)] + [res[name] * (hi - lo) for name, _ in mets]
+    red = dd.allreduce_sum(local)
+    out = {"loss": float(red[0]) / n}
+    for i, (name, _) in enumerate(mets):
+        out[name] = float(red[1 + i]) / n
+    return out
 
 
 def _finish(history: History, trainer: Trainer, callbacks: list, epochs: int) -> None:
