@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 
 from .. import _random
@@ -100,6 +101,9 @@ def abort(reason: str, code: int = 1, print_traceback: bool = True) -> None:
     sys.stdout.flush()
     comm = _state["comm"]
     if comm is not None and _state["size"] > 1:
+        # give the launcher time to forward what this rank printed: Abort kills every process
+        # of the job at once, and on a loaded machine the message was sometimes lost
+        time.sleep(0.5)
         comm.Abort(code)
     raise SystemExit(code)
 
