@@ -2,7 +2,7 @@
 
 Numba and Cython kernels behind a Module API shaped like PyTorch's. ``import fastreg`` is light:
 it imports numpy only; numba is imported the first time a numba kernel runs, and the submodules
-(``nn``, ``optim``, ``data``, ``train``) on first attribute access.
+(``nn``, ``optim``, ``data``, ``train``, ``onnx``...) on first attribute access.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from ._random import Generator, initial_seed, manual_seed
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("nn", "optim", "data", "train", "inference", "io", "cuda")
+#: ``onnx`` is fastreg.onnx, which imports the onnx package only when its functions run.
+_SUBMODULES = ("nn", "optim", "data", "train", "inference", "io", "cuda", "onnx")
 #: Names re-exported from fastreg.io, imported on first access.
 _IO_NAMES = ("save", "load", "ModelFileError", "from_torch_state_dict")
 
@@ -39,6 +40,7 @@ __all__ = [
     "load",
     "manual_seed",
     "nn",
+    "onnx",
     "optim",
     "save",
     "set_backend",
