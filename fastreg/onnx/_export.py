@@ -13,7 +13,8 @@ built-in layers. Each layer becomes (N: the batch, dynamic by default)::
                          the ReduceMean decomposition over axis 0
     LayerNorm            LayerNormalization(x, gamma, beta, axis=-1, epsilon) at opset >= 17;
                          below 17 the decomposition  d = x - mean(x), y = d / sqrt(mean(d*d) + eps)
-                         * gamma + beta  (ReduceMean, Sub, Mul, Add, Sqrt, Div)
+                         * gamma + beta  (ReduceMean, Sub, Mul, Add, Sqrt, Div), which
+                         fr.onnx.load matches back into a LayerNorm
     ReLU / LeakyReLU / Sigmoid / Tanh   Relu / LeakyRelu(alpha) / Sigmoid / Tanh
     Dropout              omitted (inverted mode, the identity at eval); classic mode: Mul(x, 1-p)
     Flatten              Flatten(axis=1) for (1, -1); other dimension ranges: Reshape

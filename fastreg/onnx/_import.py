@@ -3,9 +3,10 @@
 The graph is read as a **chain**: starting from the chosen output tensor, each node is followed
 back through its one input that depends on the graph input (its other inputs must be constants:
 initializers, ``Constant`` nodes, or ``Identity`` / ``Transpose`` / ``Cast`` of constants, which
-are folded first). A node with two inputs that depend on the graph input (a residual ``Add``, a
-``Concat``, a ``Reshape`` whose shape is computed from ``Shape(x)``) makes the graph branching:
-refused. Nodes that do not lead to the chosen output are ignored.
+are folded first; decomposed LayerNorms are matched into one node first too). A node with two
+inputs that depend on the graph input (a residual ``Add``, a ``Concat``, a ``Reshape`` whose
+shape is computed from ``Shape(x)``) makes the graph branching: refused. Nodes that do not lead
+to the chosen output are ignored.
 
 Operators (default domain) and the layers they become::
 
@@ -17,6 +18,9 @@ Operators (default domain) and the layers they become::
     BatchNormalization                    BatchNorm1d (eval, running statistics = mean, var);
                                           training_mode = 1: refused
     LayerNormalization (axis = -1)        LayerNorm (B absent: bias zeros)
+    the LayerNorm decomposition below     LayerNorm: d = Sub(x, ReduceMean(x)), y = Div(d, Sqrt(
+    opset 17 (torch's, fastreg's)         Add(ReduceMean(Pow(d, 2) | Mul(d, d)), eps))) over the
+                                          last axis, then Mul(gamma), Add(beta) when present
     Relu, LeakyRelu(alpha), Sigmoid, Tanh ReLU, LeakyReLU, Sigmoid, Tanh
     Flatten(axis = 1)                     Flatten()
     Reshape(x, [0, -1]) or (x, [-1, K])   Flatten() -- the second only where the per-sample size
@@ -90,8 +94,100 @@ class _Graph:
                 self.consts[node.output[0]] = self._fold(node, self.consts[ins[0]])
                 continue
             self.dynamic_nodes.append(node)
-        self.producer = {o: n for n in self.dynamic_nodes for o in n.output if o}
         self.outputs = [o.name for o in g.output]
+        self._fuse_layernorms()
+        self.producer = {o: n for n in self.dynamic_nodes for o in n.output if o}
+
+    # -- the LayerNorm decomposition (opset < 17 exporters: torch, fastreg.onnx.export) ------
+    def _fuse_layernorms(self) -> None:
+        """Replace each decomposed LayerNorm over the last axis by one LayerNormalization node:
+        ``d = Sub(x, ReduceMean(x)); y = Div(d, Sqrt(Add(ReduceMean(Pow(d, 2) | Mul(d, d)),
+        eps)))``, then optionally ``Mul(y, gamma)`` and ``Add(., beta)`` with constant vectors.
+        A match whose intermediate tensors are used elsewhere is left alone (and then refused
+        as a branching graph)."""
+        producer = {o: n for n in self.dynamic_nodes for o in n.output if o}
+        users: dict[str, list] = {}
+        for n in self.dynamic_nodes:
+            for i in n.input:
+                users.setdefault(i, []).append(n)
+        divs = [n for n in self.dynamic_nodes
+                if n.op_type == "Div" and n.domain in ("", "ai.onnx")]
+        for div in divs:
+            found = self._match_layernorm(div, producer, users)
+            if found is None:
+                continue
+            matched, x, out, eps, gamma, beta = found
+            inner = {o for n in matched for o in n.output if o} - {out}
+            if any(u not in matched for t in inner for u in users.get(t, [])) \
+                    or inner & set(self.outputs):
+                continue
+            key = f"{div.name or div.output[0]}.layernorm"
+            if gamma is not None:
+                self.consts[key + ".weight"] = gamma
+                self.consts[key + ".bias"] = beta
+            names = [key + ".weight", key + ".bias"] if gamma is not None else ["", ""]
+            fused = self.onnx.helper.make_node(
+                "LayerNormalization", [x, *names], [out],
+                name=f"{div.name} (decomposed LayerNorm)", axis=-1, epsilon=eps)
+            at = self.dynamic_nodes.index(matched[-1])
+            self.dynamic_nodes[at] = fused
+            self.dynamic_nodes = [n for n in self.dynamic_nodes if n not in matched]
+            producer = {o: n for n in self.dynamic_nodes for o in n.output if o}
+
+    def _last_axis_mean(self, node) -> bool:
+        if node is None or node.op_type != "ReduceMean":
+            return False
+        at = _attrs(self.onnx, node)
+        axes = at.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1] in self.consts:
+            axes = self.consts[node.input[1]].reshape(-1).tolist()
+        return list(axes or []) == [-1] and at.get("keepdims", 1) == 1
+
+    def _match_layernorm(self, div, producer, users):
+        c = self.consts
+        d_name, s_name = (div.input[0], div.input[1]) if len(div.input) == 2 else (None, None)
+        sub, sqrt = producer.get(d_name), producer.get(s_name)
+        if sub is None or sqrt is None or sub.op_type != "Sub" or sqrt.op_type != "Sqrt":
+            return None
+        x, mean_name = sub.input
+        mean = producer.get(mean_name)
+        if not self._last_axis_mean(mean) or mean.input[0] != x:
+            return None
+        add = producer.get(sqrt.input[0])
+        if add is None or add.op_type != "Add":
+            return None
+        var_name, eps_name = (add.input if add.input[1] in c else add.input[::-1])
+        if eps_name not in c or c[eps_name].size != 1:
+            return None
+        var = producer.get(var_name)
+        if not self._last_axis_mean(var):
+            return None
+        sq = producer.get(var.input[0])
+        if sq is None or not (
+                (sq.op_type == "Mul" and list(sq.input) == [d_name, d_name]) or
+                (sq.op_type == "Pow" and sq.input[0] == d_name and sq.input[1] in c
+                 and float(c[sq.input[1]].reshape(-1)[0]) == 2.0)):
+            return None
+        matched = [mean, sub, sq, var, add, sqrt, div]
+        out, eps = div.output[0], float(c[eps_name].reshape(-1)[0])
+        gamma = beta = None
+        nxt = users.get(out, [])
+        if len(nxt) == 1 and nxt[0].op_type == "Mul" and out in nxt[0].input:
+            other = [i for i in nxt[0].input if i != out]
+            if len(other) == 1 and other[0] in c and c[other[0]].ndim == 1:
+                gamma = c[other[0]]
+                matched.append(nxt[0])
+                out = nxt[0].output[0]
+                nxt = users.get(out, [])
+                if len(nxt) == 1 and nxt[0].op_type == "Add" and out in nxt[0].input:
+                    other = [i for i in nxt[0].input if i != out]
+                    if len(other) == 1 and other[0] in c and c[other[0]].shape == gamma.shape:
+                        beta = c[other[0]]
+                        matched.append(nxt[0])
+                        out = nxt[0].output[0]
+        if gamma is not None and beta is None:
+            beta = np.zeros_like(gamma)
+        return matched, x, out, eps, gamma, beta
 
     def _constant_value(self, node):
         for a in node.attribute:
@@ -282,7 +378,13 @@ def _layers(onnx, graph: _Graph, nodes: list, dtype: np.dtype, where: str) -> li
             if at.get("axis", -1) != -1:
                 raise ValueError(f"{where}: {_label(node)} normalizes from axis "
                                  f"{at['axis']}; only the last axis (axis=-1) is supported")
-            scale = graph.const(node, 1, "scale").astype(np.float64).reshape(-1)
+            scale = graph.const(node, 1, "scale")
+            if scale is None:       # a decomposed LayerNorm without gamma: C from the chain
+                if size is None:
+                    raise ValueError(f"{where}: {_label(node)}: the number of features is "
+                                     "unknown (no scale, no preceding Linear)")
+                scale = np.ones(size)
+            scale = scale.astype(np.float64).reshape(-1)
             bias = graph.const(node, 2, "bias")
             C = scale.size
             bias = np.zeros(C) if bias is None else bias.astype(np.float64).reshape(-1)
