@@ -33,6 +33,15 @@ def test_import_fastreg_load_and_predict_never_import_onnx(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_missing_onnx_package_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnx", None)           # import onnx -> ImportError
+    with pytest.raises(ImportError, match=r"fastreg.onnx.export needs the 'onnx' package.*"
+                                          r"pip install 'fastreg\[onnx\]'"):
+        fr.onnx.export(nn.Linear(2, 2), tmp_path / "m.onnx")
+    with pytest.raises(ImportError, match="fastreg.onnx.load needs the 'onnx' package"):
+        fr.onnx.load(tmp_path / "m.onnx")
+
+
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
