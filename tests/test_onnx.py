@@ -259,6 +259,18 @@ def _mlp_graph(onnx, nodes, inits, out="y", in_shape=("N", 4), extra_outputs=())
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
 
 
+def test_imported_model_serves_without_numba(ort, tmp_path):
+    """fastreg.onnx.load + predict is the light inference path: numba is never imported."""
+    path = tmp_path / "m.onnx"
+    fr.onnx.export(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU()), path)
+    code = ("import sys, numpy as np, fastreg\n"
+            f"m = fastreg.onnx.load({str(path)!r}); m.predict(np.ones((2, 3), np.float32))\n"
+            "print('numba' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, check=False)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stdout + r.stderr
+
+
 def test_import_gemm_attributes_and_reshape_flatten(ort, tmp_path):
     import onnx
     h = onnx.helper
