@@ -426,11 +426,28 @@ def test_import_skl2onnx_mlps(ort, tmp_path):
     # which tensor ends the importable part (the logits)
     with pytest.raises(ValueError, match=r"2 outputs.*output='add_result1'"):
         fr.onnx.load(path)
-    logits = fr.onnx.load(path, output="add_result1").predict(X)
+    model = fr.onnx.load(path, output="add_result1")
+    # the logits feed skl2onnx's Softmax: the class labels come along (fastreg predict uses them)
+    assert model.metadata == {"task": "classification", "classes": [0, 1, 2]}
+    logits = model.predict(X)
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     np.testing.assert_allclose(p, clf.predict_proba(X), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(clf.classes_[logits.argmax(1)], clf.predict(X))
+    # the same through the command line
+    from fastreg import cli
+    data, preds = tmp_path / "X.csv", tmp_path / "p.csv"
+    with open(data, "w", newline="") as f:
+        csv.writer(f).writerows([[f"f{j}" for j in range(5)], *X.tolist()])
+    argv = ["predict", str(path), str(data), "--out", str(preds)]
+    assert cli.main(argv) == 2                                   # which output? (the error says)
+    assert cli.main([*argv, "--onnx-output", "add_result1"]) == 0
+    with open(preds, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["prediction", "p_0", "p_1", "p_2"]
+    np.testing.assert_array_equal([int(r[0]) for r in rows[1:]], clf.predict(X))
+    np.testing.assert_allclose([[float(v) for v in r[1:]] for r in rows[1:]],
+                               clf.predict_proba(X), rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -450,6 +450,31 @@ def _model_dtype(onnx, graph: _Graph, nodes: list, where: str) -> np.dtype:
     return dts.pop()
 
 
+def _classifier_labels(onnx, proto, graph: _Graph, output: str, model) -> dict:
+    """``{"task": "classification", "classes": [...]}`` when the imported output is the logits a
+    ``Softmax`` turns into class probabilities and the graph names the classes (skl2onnx: a
+    ``ZipMap``'s labels, or the constant an ``ArrayFeatureExtractor`` picks the label from), one
+    label per output column; else {}. ``fastreg predict`` then prints labels and probabilities."""
+    users = [n for n in graph.dynamic_nodes if output in n.input]
+    if len(users) != 1 or users[0].op_type != "Softmax" \
+            or _attrs(onnx, users[0]).get("axis", -1) not in (-1, 1):
+        return {}
+    labels = None
+    for n in proto.graph.node:
+        if n.op_type == "ZipMap":
+            at = _attrs(onnx, n)
+            labels = at.get("classlabels_int64s") or at.get("classlabels_strings")
+        elif n.op_type == "ArrayFeatureExtractor" and n.input and n.input[0] in graph.consts:
+            labels = graph.consts[n.input[0]].reshape(-1).tolist()
+        if labels is not None:
+            break
+    widths = [m.out_features for m in model if type(m).__name__ == "Linear"]
+    if not labels or not widths or widths[-1] != len(labels):
+        return {}
+    labels = [v.decode() if isinstance(v, bytes) else v for v in labels]
+    return {"task": "classification", "classes": labels}
+
+
 def load(path, *, output: str | None = None):
     """Import an MLP-shaped ONNX model as a fastreg ``Sequential`` (eval mode).
 
@@ -469,7 +494,9 @@ def load(path, *, output: str | None = None):
     -------
     fastreg.nn.Sequential
         In eval mode, with ``model.metadata`` (the ONNX ``metadata_props``, decoded as
-        :func:`fastreg.onnx.export` encoded them) and ``model.predict(x)`` (the compiled
+        :func:`fastreg.onnx.export` encoded them; when ``output`` is the logits before a
+        ``Softmax`` and the graph names the classes, as skl2onnx's classifiers do, also
+        ``task="classification"`` and ``classes``) and ``model.predict(x)`` (the compiled
         predictor, as for :func:`fastreg.load`).
 
     Raises
@@ -513,7 +540,10 @@ def load(path, *, output: str | None = None):
     from ..nn import Sequential
     model = Sequential(*_layers(onnx, graph, nodes, dtype, where))
     model.eval()
-    object.__setattr__(model, "metadata", decode_metadata(proto.metadata_props))
+    metadata = decode_metadata(proto.metadata_props)
+    if "classes" not in metadata:
+        metadata.update(_classifier_labels(onnx, proto, graph, output, model))
+    object.__setattr__(model, "metadata", metadata)
     from ..io.model_file import attach_predict
     attach_predict(model)
     return model
