@@ -2,7 +2,7 @@
 
 Numba and Cython kernels behind a Module API shaped like PyTorch's. ``import fastreg`` is light:
 it imports numpy only; numba is imported the first time a numba kernel runs, and the submodules
-(``nn``, ``optim``, ``data``, ``train``) on first attribute access.
+(``nn``, ``optim``, ``data``, ``train``, ``onnx``...) on first attribute access.
 """
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from ._random import Generator, initial_seed, manual_seed
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("nn", "optim", "data", "train", "inference", "io", "cuda", "distributed")
+#: ``onnx`` is fastreg.onnx, which imports the onnx package only when its functions run;
+#: ``distributed`` imports mpi4py only in ``init()``.
+_SUBMODULES = ("nn", "optim", "data", "train", "inference", "io", "cuda", "distributed", "onnx")
 #: Names re-exported from fastreg.io, imported on first access.
 _IO_NAMES = ("save", "load", "ModelFileError", "from_torch_state_dict")
 #: Names re-exported from fastreg.nn._tape (gradient modes, cat), imported on first access.
@@ -46,6 +48,7 @@ __all__ = [
     "manual_seed",
     "nn",
     "no_grad",
+    "onnx",
     "optim",
     "save",
     "set_backend",

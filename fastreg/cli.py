@@ -5,7 +5,7 @@
                   [--batch-norm | --layer-norm] [--l1 X] [--l2 X] [--optimizer adamw] [--lr X]
                   [--scheduler onecycle|cosine|step|plateau] [--epochs N] [--patience N]
                   [--out model.fr]
-    fastreg predict model.fr data.csv [--out preds.csv]
+    fastreg predict model.fr|model.onnx data.csv [--out preds.csv] [--onnx-output T]
     fastreg bench [options of the comparison driver]
 
 Imports are lazy: ``fastreg predict`` never imports numba, ``fastreg --help`` imports nothing
@@ -138,9 +138,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="do not print the history")
 
     p = sub.add_parser("predict", help="predict with a saved model")
-    p.add_argument("model")
+    p.add_argument("model", help="a fastreg model file, or an .onnx file (fastreg[onnx])")
     p.add_argument("data", help="CSV with a header row (the model's feature columns)")
     p.add_argument("--out", default=None, help="CSV to write (default: standard output)")
+    p.add_argument("--onnx-output", default=None, metavar="TENSOR",
+                   help="for an .onnx file: the tensor to import up to (fastreg.onnx.load's "
+                        "output=, e.g. a skl2onnx classifier's logits)")
 
     b = sub.add_parser("bench", help="fastreg : peer speed-up table (torch, scikit-learn)",
                        add_help=False)
@@ -338,11 +341,25 @@ def _train(args) -> int:
     return 0
 
 
+def _load_model(path: str, onnx_output: str | None = None):
+    """A fastreg model file, or an ``.onnx`` file through ``fastreg.onnx.load`` (an ONNX file it
+    cannot import, or a missing onnx package, is reported as a ModelFileError)."""
+    from . import io as frio
+    if not path.lower().endswith(".onnx"):
+        if onnx_output is not None:
+            raise frio.ModelFileError(f"{path}: --onnx-output applies to .onnx files only")
+        return frio.load(path)
+    from .onnx import load as load_onnx
+    try:
+        return load_onnx(path, output=onnx_output)
+    except (ValueError, ImportError) as exc:
+        raise frio.ModelFileError(str(exc)) from None
+
+
 def _predict(args) -> int:
     import numpy as np
 
-    from . import io as frio
-    model = frio.load(args.model)
+    model = _load_model(args.model, args.onnx_output)
     meta = model.metadata or {}
     header, rows = read_csv(args.data)
     features = meta.get("features")
