@@ -663,3 +663,39 @@ def test_requires_grad_and_numel():
     assert m.inp.weight.numel() == 12
     with pytest.raises(TypeError):
         fr.set_grad_enabled(1)
+
+
+class EntityNet(nn.Module):
+    """The README's entity-embedding model: categorical codes through Embeddings, concatenated
+    with the numeric columns."""
+
+    def __init__(self, n_numeric, cards, dim=3, d=8, d_out=2):
+        super().__init__()
+        self.embs = nn.ModuleList([nn.Embedding(c, dim, dtype=f64) for c in cards])
+        self.mlp = nn.Sequential(nn.Linear(n_numeric + dim * len(cards), d, dtype=f64),
+                                 nn.ReLU(), nn.Linear(d, d_out, dtype=f64))
+
+    def forward(self, x_num, x_cat):
+        parts = [x_num] + [emb(x_cat[:, i]) for i, emb in enumerate(self.embs)]
+        return self.mlp(fr.cat(parts, dim=1))
+
+
+class TEntityNet(tnn.Module):
+    def __init__(self, n_numeric, cards, dim=3, d=8, d_out=2):
+        super().__init__()
+        self.embs = tnn.ModuleList([tnn.Embedding(c, dim).double() for c in cards])
+        self.mlp = tnn.Sequential(tnn.Linear(n_numeric + dim * len(cards), d).double(),
+                                  tnn.ReLU(), tnn.Linear(d, d_out).double())
+
+    def forward(self, x_num, x_cat):
+        parts = [x_num] + [emb(x_cat[:, i]) for i, emb in enumerate(self.embs)]
+        return self.mlp(torch.cat(parts, dim=1))
+
+
+def test_entity_embedding_model_matches_torch():
+    fr.manual_seed(4)
+    m, t = EntityNet(4, [5, 3, 7]), TEntityNet(4, [5, 3, 7])
+    rng = _rng(4)
+    x_num = rng.standard_normal((33, 4))
+    x_cat = np.stack([rng.integers(0, c, 33) for c in (5, 3, 7)], axis=1)
+    _compare(m, t, [x_num, x_cat])
