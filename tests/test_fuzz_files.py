@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 
 import fastreg as fr
-from fastreg import nn
 from fastreg import io as frio
+from fastreg import nn
 from fastreg.io import ModelFileError
 from fastreg.train import EarlyStopping
 from fastreg.train.checkpoint import resume, save_checkpoint
@@ -86,7 +86,7 @@ def _try(kind: str, data: bytes, path, case, parts=None) -> None:
                 raise
     except ModelFileError:
         pass
-    except Exception as exc:      # noqa: BLE001 - the point of the test
+    except Exception as exc:
         raise AssertionError(f"case {case} ({kind}, seed {SEED}): {type(exc).__name__}: "
                              f"{exc}") from exc
 

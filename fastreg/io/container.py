@@ -219,7 +219,7 @@ def open_container(path, kind: str, version: int) -> tuple[Container, object]:
                                  "directory cannot hold a fastreg file)")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
-        f = os.fdopen(fd, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+        f = os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise

@@ -369,9 +369,10 @@ def _check_single_sample_batches(model) -> None:
     from ..nn import BatchNorm1d
     for name, m in model.named_modules():
         if isinstance(m, BatchNorm1d):
-            raise ValueError(f"batch_size=1 cannot train BatchNorm1d {name or '<root>'}: in "
-                             "training mode it needs more than one value per channel (as "
-                             "torch); use batch_size >= 2 or LayerNorm")
+            raise ValueError(  # noqa: TRY004 - torch raises ValueError here
+                f"batch_size=1 cannot train BatchNorm1d {name or '<root>'}: in training mode "
+                "it needs more than one value per channel (as torch); use batch_size >= 2 or "
+                "LayerNorm")
 
 
 def _progress_bar(epochs: int):
