@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import _random
 from .._checks import check_int
+from .._kernels.placement import HOST
 from ..io import container as _container
 from ..io import tree as _tree
 from ..io.container import ModelFileError
@@ -134,7 +135,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 def _snapshot(model, optimizer, scheduler, loader, callbacks, history) -> list:
     """Undo actions restoring everything :func:`resume` may change (all or nothing)."""
     undo = []
-    sd = {k: np.array(v, copy=True) for k, v in model.state_dict().items()}
+    sd = {k: np.array(HOST.to_host(v), copy=True) for k, v in model.state_dict().items()}
     undo.append(lambda: model.load_state_dict(sd, strict=False))
     if optimizer is not None:
         osd = copy.deepcopy(optimizer.state_dict())
