@@ -47,6 +47,8 @@ __all__ = ["FORMAT_VERSION", "MODEL_FORMAT", "ModelFileError", "attach_predict",
 #: Version of the model file format written by :func:`save` (readers accept exactly this).
 FORMAT_VERSION = 1
 MODEL_FORMAT = "fastreg-model"
+#: The dtype names a tensor table may hold (numeric: bool, integers, floats).
+_DTYPE_NAMES = frozenset(np.dtype(c).name for c in "?bBhHiIlLqQefd")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,12 +118,8 @@ def _tensor_table(c) -> dict:
               and all(type(d) is int and d >= 0 for d in v["shape"])
               and isinstance(v.get("dtype"), str))
         if ok:
-            try:
-                dt = np.dtype(v["dtype"])
-            except TypeError:
-                ok = False
-            else:
-                ok = dt.kind in "biuf" and v["dtype"] == dt.name
+            ok = v["dtype"] in _DTYPE_NAMES      # (never np.dtype() of an untrusted string)
+            dt = np.dtype(v["dtype"]) if ok else None
         if not ok:
             raise ModelFileError(f"{p}: malformed tensor table entry {str(k)[:80]!r}: "
                                  f"{str(v)[:80]}")
