@@ -139,6 +139,8 @@ def test_class_named_in_a_file_is_never_imported(tmp_path):
     with pytest.raises(ModelFileError, match="the model given is a"):
         fr.load(tmp_path / "evil.fr", model=Net())
     assert "fastreg_never_imported_module" not in sys.modules
+    with pytest.raises(TypeError, match="model must be a fastreg.nn.Module instance, got type"):
+        fr.load(tmp_path / "net.fr", model=Net)              # the class, not an instance
 
 
 def test_builtin_model_file_can_fill_an_instance(tmp_path):

@@ -174,6 +174,11 @@ def _check_instance(c, model, table: dict) -> None:
                              + "; ".join(problems[:10]))
 
 
+def _is_module(obj) -> bool:
+    from ..nn import Module
+    return isinstance(obj, Module)
+
+
 def load(path: str | os.PathLike, *, eval: bool = True, model=None):
     """Load a model written by :func:`save`.
 
@@ -208,6 +213,9 @@ def load(path: str | os.PathLike, *, eval: bool = True, model=None):
     FileNotFoundError, PermissionError
         When ``path`` cannot be opened (the message names it).
     """
+    if model is not None and not _is_module(model):
+        raise TypeError(f"model must be a fastreg.nn.Module instance, got "
+                        f"{type(model).__name__}")
     c, f = open_container(path, MODEL_FORMAT, FORMAT_VERSION)
     with f:
         p = c.path
