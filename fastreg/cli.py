@@ -33,6 +33,10 @@ class CSVError(ValueError):
     """A CSV file that cannot be used; the message names the file, row and column."""
 
 
+class UsageError(ValueError):
+    """A user error the command reports as one ``error:`` line (exit status 2)."""
+
+
 def read_csv(path: str) -> tuple[list[str], list[list[str]]]:
     """(header, rows of strings). Rows are numbered as in the file (the header is row 1)."""
     try:
@@ -164,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "predict":
             return _predict(args)
-    except CSVError as exc:
-        print(f"fastreg {args.command}: error: {exc}", file=sys.stderr)
+    except (CSVError, UsageError) as exc:
+        _error(args.command, exc)
         return 2
     except BrokenPipeError:           # e.g. `fastreg predict m.fr d.csv | head`
         try:
@@ -175,10 +179,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (ValueError, TypeError, OSError) as exc:
         if type(exc).__name__ == "ModelFileError" or isinstance(exc, OSError):
-            print(f"fastreg {args.command}: error: {exc}", file=sys.stderr)
+            _error(args.command, exc)
             return 2
         raise
     return 2      # pragma: no cover - argparse requires a command
+
+
+def _error(command: str, exc: BaseException) -> None:
+    """One line on stderr: ``fastreg <command>: error: <message>``."""
+    text = " ".join(str(exc).split())
+    if len(text) > 2000:
+        text = text[:2000] + " ..."
+    print(f"fastreg {command}: error: {text}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,8 +383,21 @@ def _predict(args) -> int:
     else:
         features = header
     X, _ = _numeric_columns(args.data, header, rows, features)
-    scores = model.predict(X)       # cast once to the model's dtype by the predictor
+    try:
+        scores = model.predict(X)       # cast once to the model's dtype by the predictor
+    except ValueError as exc:           # the columns do not fit the model's input
+        raise UsageError(f"{args.data}: {len(features)} feature column(s) do not fit the "
+                         f"model {args.model} ({exc}); a model saved without feature names "
+                         "uses every column, so remove the target and other extra "
+                         "columns") from None
+    scores = np.asarray(scores)
+    if scores.ndim == 1:
+        scores = scores.reshape(-1, 1)
     classes = meta.get("classes")
+    if meta.get("task") == "classification" and isinstance(classes, list) \
+            and len(classes) != scores.shape[1]:
+        raise UsageError(f"{args.model}: its metadata lists {len(classes)} class(es) but the "
+                         f"model gives {scores.shape[1]} output(s)")
     out = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115
     try:
         w = csv.writer(out)

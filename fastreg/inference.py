@@ -26,6 +26,7 @@ M output features of each stage.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -43,7 +44,7 @@ from .nn._spec import (
     fold,
 )
 
-__all__ = ["Predictor", "compile"]
+__all__ = ["Predictor", "check_chain", "compile"]
 
 #: Batch sizes whose buffers are kept (oldest evicted first), bounding the memory held.
 MAX_CACHED_BATCH_SIZES = 8
@@ -68,6 +69,35 @@ def _ops(model) -> list:
     for m in _leaves(model):
         ops.extend(fold(m))
     return ops
+
+
+def check_chain(model) -> None:
+    """Raise ``ValueError`` unless the widths of ``model``'s layers chain: each Linear's input
+    width is the previous stage's output width, each BatchNorm1d / LayerNorm has as many
+    features as it receives (stages after a custom module are not checked: its width is
+    unknown until it runs)."""
+    feat = None
+    where = None
+    for i, op in enumerate(_ops(model)):
+        kind = type(op)
+        if kind is LinearOp:
+            k, m = op.weight.shape[1], op.weight.shape[0]
+            name = "Linear"
+        elif kind is AffineOp:
+            k = m = np.shape(op.scale)[0]
+            name = "BatchNorm1d"
+        elif kind is LayerNormOp:
+            k = m = op.features
+            name = "LayerNorm"
+        elif kind is ForwardOp:
+            feat = None
+            continue
+        else:
+            continue
+        if feat is not None and k != feat:
+            raise ValueError(f"stage {i} ({name}) expects {k} features but {where} gives "
+                             f"{feat}")
+        feat, where = m, f"stage {i} ({name})"
 
 
 def _affine(op) -> tuple:
@@ -105,8 +135,10 @@ class Predictor:
     """A compiled, inference-only view of a model (see :func:`compile`).
 
     Call it (or its ``predict``) with an (N, K) array, or a single sample of shape (K,); it
-    returns a fresh (N, M) array (or (M,)), or writes into ``out``. Not thread-safe: its
-    buffers are reused across calls (use one predictor per thread).
+    returns a fresh (N, M) array (or (M,)), or writes into ``out``. Thread-safe: the buffers
+    reused across calls are per thread (each thread allocates its own on its first call with a
+    batch size), and stages that run a custom module's own ``forward`` (which may reuse the
+    module's buffers) are serialised by a lock.
 
     Attributes
     ----------
@@ -167,6 +199,9 @@ class Predictor:
             elif kind is AffineOp:
                 s = np.ascontiguousarray(op.scale, dtype=dt)
                 t = np.ascontiguousarray(op.shift, dtype=dt)
+                if feat is not None and s.shape[0] != feat:
+                    raise ValueError(f"stage {len(self.stages)}: BatchNorm1d expects "
+                                     f"{s.shape[0]} features, the previous stage gives {feat}")
                 if self.in_features is None and feat is None and not opaque:
                     self.in_features = s.shape[0]
                 feat = s.shape[0]
@@ -180,6 +215,9 @@ class Predictor:
                 self.stages.append(f"act {op.code}")
             elif kind is LayerNormOp:
                 C = op.features
+                if feat is not None and C != feat:
+                    raise ValueError(f"stage {len(self.stages)}: LayerNorm expects {C} "
+                                     f"features, the previous stage gives {feat}")
                 if self.in_features is None and feat is None and not opaque:
                     self.in_features = C
                 feat = C
@@ -199,7 +237,18 @@ class Predictor:
                 raise TypeError(f"compile: no stage for inference op {op!r} (known: "
                                 f"{', '.join(t.__name__ for t in OPS)})")
         self.out_features = feat
-        self._plans: OrderedDict[int, list] = OrderedDict()
+        # per-thread plans (buffers): concurrent calls never share an output buffer
+        self._local = threading.local()
+        self._module_lock = threading.Lock()
+
+    @property
+    def _plans(self) -> OrderedDict:
+        """This thread's plans, by batch size (oldest evicted first)."""
+        try:
+            return self._local.plans
+        except AttributeError:
+            plans = self._local.plans = OrderedDict()
+            return plans
 
     # -- per batch size --------------------------------------------------------------------
     def _plan(self, n: int) -> list:
@@ -258,8 +307,9 @@ class Predictor:
                     return h.reshape(h.shape[0], -1)
                 feat = None
             else:
-                def f(h, m=op[1]):
-                    return np.ascontiguousarray(m.forward(h), dtype=dt)
+                def f(h, m=op[1], lock=self._module_lock):
+                    with lock:      # a module's forward may reuse the module's own buffers
+                        return np.ascontiguousarray(m.forward(h), dtype=dt)
                 feat = None
             stages.append(f)
         return stages
@@ -291,8 +341,10 @@ class Predictor:
         return g
 
     # -- calls -------------------------------------------------------------------------------
-    def _coerce(self, x) -> np.ndarray:
-        """The slow path of input checking: convert or raise a clear error."""
+    def _coerce(self, x) -> tuple[np.ndarray, bool]:
+        """The slow path of input checking: (2-D array, was it one sample) or a clear error.
+
+        Lists, tuples and torch tensors are arrays too: a 1-D one is a single sample."""
         if not isinstance(x, np.ndarray):
             if hasattr(x, "detach") and hasattr(x, "numpy"):      # a torch tensor
                 x = x.detach().cpu().numpy()
@@ -303,13 +355,17 @@ class Predictor:
                     raise TypeError(f"x must be an array, got {type(x).__name__}") from exc
         if x.dtype.kind not in "fiub":
             raise TypeError(f"x must be numeric, got dtype {x.dtype}")
+        single = x.ndim == 1
+        if single:
+            x = x.reshape(1, -1)
         if x.ndim != 2:
             raise ValueError(f"x must have shape (N, {self.in_features or 'K'}) or "
                              f"({self.in_features or 'K'},), got shape {x.shape}")
         if self.in_features is not None and x.shape[1] != self.in_features:
-            raise ValueError(f"x has {x.shape[1]} features (shape {x.shape}), the model "
-                             f"expects {self.in_features}")
-        return np.ascontiguousarray(x, dtype=self.dtype)
+            raise ValueError(f"x has {x.shape[1]} features (shape "
+                             f"{x.shape[1:] if single else x.shape}), the model expects "
+                             f"{self.in_features}")
+        return np.ascontiguousarray(x, dtype=self.dtype), single
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Predict: the model's eval-mode output for ``x``, (N, K) -> (N, M) or (K,) -> (M,)."""
@@ -319,13 +375,18 @@ class Predictor:
             single = True
         if not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 2
                 and x.flags.c_contiguous and x.shape[1] == self.in_features):
-            x = self._coerce(x)
+            x, one = self._coerce(x)
+            single = single or one
         n = x.shape[0]
-        plan = self._plans.get(n)
+        try:
+            plans = self._local.plans
+        except AttributeError:
+            plans = self._local.plans = OrderedDict()
+        plan = plans.get(n)
         if plan is None:
-            plan = self._plans[n] = self._plan(n)
-            if len(self._plans) > MAX_CACHED_BATCH_SIZES:
-                self._plans.popitem(last=False)
+            plan = plans[n] = self._plan(n)
+            if len(plans) > MAX_CACHED_BATCH_SIZES:
+                plans.popitem(last=False)
         h = x
         if n:
             for f in plan:

@@ -125,7 +125,8 @@ def test_save_overwrites_and_leaves_no_temp_files(tmp_path):
     assert os.listdir(tmp_path) == ["m.fr"]
 
 
-def test_save_refuses_unknown_module_types(tmp_path):
+def test_custom_module_files_need_an_instance(tmp_path):
+    # (issue 10 item 3: custom modules and layer subclasses are saved by state + class name)
     class Custom(nn.Module):
         def forward(self, x):
             return x
@@ -133,11 +134,17 @@ def test_save_refuses_unknown_module_types(tmp_path):
     class MyLinear(nn.Linear):
         pass
 
-    for model in (nn.Sequential(nn.Linear(2, 2), Custom()), MyLinear(2, 2)):
-        with pytest.raises(TypeError, match="cannot save module"):
-            frio.save(model, tmp_path / "bad.fr")
-    assert not os.path.exists(tmp_path / "bad.fr")
-    assert os.listdir(tmp_path) == []
+    for i, model in enumerate((nn.Sequential(nn.Linear(2, 2), Custom()), MyLinear(2, 2))):
+        path = tmp_path / f"m{i}.fr"
+        frio.save(model, path)
+        with pytest.raises(ModelFileError, match="model=instance"):
+            frio.load(path)
+        header = json.loads(zipfile.ZipFile(path).read("fastreg.json"))
+        assert header["architecture"] is None
+        assert header["class"].endswith(type(model).__qualname__)
+    fresh = MyLinear(2, 2)
+    assert frio.load(tmp_path / "m1.fr", model=fresh) is fresh
+    np.testing.assert_array_equal(fresh.weight.data, model.weight.data)
 
 
 def test_missing_file_is_file_not_found(tmp_path):

@@ -23,9 +23,8 @@ import json
 import math
 import os
 import re
-import struct
+import stat
 import zipfile
-import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -81,14 +80,21 @@ class Container:
 
     def __init__(self, f, path: str):
         self.path = path
-        f.seek(0, os.SEEK_END)
-        self.size = f.tell()
-        f.seek(0)
+        try:
+            self.size = os.fstat(f.fileno()).st_size
+            f.seek(0)
+        except OSError as exc:
+            raise ModelFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        #: Bytes materialised so far by read_array: bounded by the file's own size.
+        self.budget = self.size
+        self._read_keys: set[str] = set()
         try:
             self.zf = zipfile.ZipFile(f, "r")
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
-                struct.error) as exc:
-            raise ModelFileError(f"{path}: not a fastreg file or truncated ({exc})") from None
+        except Exception as exc:       # noqa: BLE001 - zipfile parsing untrusted bytes: any
+            # failure (BadZipFile, NotImplementedError for a flipped version field, ...) means
+            # a damaged file
+            raise ModelFileError(f"{path}: not a fastreg file or truncated "
+                                 f"({type(exc).__name__}: {exc})") from None
         infos = self.zf.infolist()
         if len(infos) > 2 * MAX_MODULES:
             raise ModelFileError(f"{path}: too many archive members ({len(infos)})")
@@ -123,10 +129,9 @@ class Container:
         try:
             with self.zf.open(name) as fh:
                 data = fh.read(limit + 1)
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error,
-                struct.error, NotImplementedError) as exc:
+        except Exception as exc:       # noqa: BLE001 - see __init__
             raise ModelFileError(f"{self.path}: member {name!r} is corrupted or truncated "
-                                 f"({exc})") from None
+                                 f"({type(exc).__name__}: {exc})") from None
         if len(data) > limit:
             raise ModelFileError(f"{self.path}: member {name!r} exceeds {limit} bytes")
         return data
@@ -136,11 +141,16 @@ class Container:
 
         Without an expected shape, the header's shape must still fit in the member's actual
         bytes, which are bounded by the file's length: nothing is allocated from a size field.
+        Each member is read at most once, and the bytes read by all calls together may not
+        exceed the file's size (a crafted file cannot make one stored array count many times).
         """
         name = key + ".npy"
         info = self.members.get(name)
         if info is None:
             raise ModelFileError(f"{self.path}: tensor {key!r} is missing")
+        if key in self._read_keys:
+            raise ModelFileError(f"{self.path}: tensor {key!r} is referenced more than once")
+        self._read_keys.add(key)
         try:
             with self.zf.open(info) as fh:
                 version = np.lib.format.read_magic(fh)
@@ -150,11 +160,16 @@ class Container:
                     hshape, fortran, hdtype = np.lib.format.read_array_header_2_0(fh)
                 else:
                     raise ValueError(f"unsupported .npy version {version}")
-                if hdtype.hasobject or hdtype.kind not in "biuf" or hdtype.fields is not None:
+                if hdtype.hasobject or hdtype.kind not in "biuf" or hdtype.fields is not None \
+                        or hdtype.subdtype is not None:
                     raise ModelFileError(f"{self.path}: tensor {key!r} has dtype {hdtype} "
                                          "(object arrays and pickles are refused)")
                 if fortran:
                     raise ModelFileError(f"{self.path}: tensor {key!r} is Fortran-ordered")
+                if not (isinstance(hshape, tuple) and len(hshape) <= 32 and all(
+                        type(d) is int and 0 <= d <= info.file_size for d in hshape)):
+                    raise ModelFileError(f"{self.path}: tensor {key!r} has an invalid shape "
+                                         f"{str(hshape)[:80]}")
                 if dtype is not None and hdtype != np.dtype(dtype):
                     raise ModelFileError(f"{self.path}: tensor {key!r} has dtype {hdtype}, "
                                          f"the architecture declares {np.dtype(dtype)}")
@@ -168,34 +183,55 @@ class Container:
                     raise ModelFileError(f"{self.path}: tensor {key!r} declares shape "
                                          f"{tuple(hshape)} ({nbytes} bytes) but its member "
                                          f"holds {info.file_size} bytes")
+                if nbytes > self.budget:
+                    raise ModelFileError(f"{self.path}: the tensors declare more bytes than "
+                                         f"the file's {self.size} (tensor {key!r})")
+                self.budget -= nbytes
                 buf = fh.read(nbytes)
                 if len(buf) != nbytes:
                     raise ModelFileError(f"{self.path}: tensor {key!r} is truncated")
                 if fh.read(1):
                     raise ModelFileError(f"{self.path}: tensor {key!r} has trailing bytes")
+                return np.frombuffer(buf, dtype=hdtype).reshape(hshape)
         except ModelFileError:
             raise
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error, struct.error,
-                SyntaxError, TypeError, NotImplementedError, OverflowError,
-                MemoryError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:       # noqa: BLE001 - zipfile / .npy parsing of untrusted bytes
             raise ModelFileError(f"{self.path}: tensor {key!r} is corrupted or truncated "
                                  f"({type(exc).__name__}: {exc})") from None
-        return np.frombuffer(buf, dtype=hdtype).reshape(hshape)
 
 
 def open_container(path, kind: str, version: int) -> tuple[Container, object]:
-    """(container, open file) of ``path``, whose header must say ``kind`` and ``version``."""
+    """(container, open file) of ``path``, whose header must say ``kind`` and ``version``.
+
+    Only regular files are read (``/dev/zero``, FIFOs, sockets and directories are refused
+    with :class:`ModelFileError` before anything is read); errors opening the file (missing,
+    permission) are the usual ``OSError`` subclasses, naming the path.
+    """
     path_s = os.fspath(path)
-    f = open(path_s, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    # O_NONBLOCK: opening a FIFO must not wait for a writer before it can be refused
+    fd = os.open(path_s, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelFileError(f"{path_s}: not a regular file (a device, FIFO, socket or "
+                                 "directory cannot hold a fastreg file)")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
     try:
         c = Container(f, path_s)
         fmt = c.header.get("format")
         if fmt != kind:
-            raise ModelFileError(f"{path_s}: format is {fmt!r}, expected {kind!r}")
+            raise ModelFileError(f"{path_s}: format is {repr(fmt)[:80]}, expected {kind!r}")
         ver = c.header.get("format_version")
-        if ver != version:
-            raise ModelFileError(f"{path_s}: format version {ver!r} is not supported (this "
-                                 f"fastreg reads version {version}); upgrade fastreg or "
+        if ver != version or type(ver) is not int:
+            raise ModelFileError(f"{path_s}: format version {repr(ver)[:80]} is not supported "
+                                 f"(this fastreg reads version {version}); upgrade fastreg or "
                                  "re-save the model")
     except BaseException:
         f.close()
@@ -263,8 +299,11 @@ def decode_tree(obj, c: Container, depth: int = 0):
                 if not (isinstance(item, list) and len(item) == 2):
                     raise ModelFileError(f"{c.path}: malformed mapping entry")
                 k = decode_tree(item[0], c, depth + 1)
-                if not isinstance(k, (str, int, float, bool, type(None), tuple)):
-                    raise ModelFileError(f"{c.path}: unhashable mapping key")
+                try:
+                    hash(k)
+                except TypeError:
+                    raise ModelFileError(f"{c.path}: unhashable mapping key "
+                                         f"{str(k)[:80]}") from None
                 out[k] = decode_tree(item[1], c, depth + 1)
             return out
     raise ModelFileError(f"{c.path}: malformed state entry {str(obj)[:80]}")

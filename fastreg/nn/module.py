@@ -380,7 +380,8 @@ class Module:
         (``p.data[...] = value``), so optimizers holding views stay valid.
 
         Returns ``(missing_keys, unexpected_keys)``; with ``strict=True`` either being non-empty,
-        or any shape mismatch, raises ``RuntimeError`` before anything is copied.
+        and in any mode a shape mismatch or a value that cannot be cast to the module's dtype,
+        raises ``RuntimeError`` before anything is copied (all or nothing).
         """
         if not hasattr(state_dict, "items"):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
@@ -404,7 +405,13 @@ class Module:
         for key, dst in targets.items():
             if key not in state_dict:
                 continue
-            src = np.asarray(HOST.to_host(state_dict[key]))
+            try:        # every value is converted and cast before anything is copied
+                src = np.asarray(HOST.to_host(state_dict[key]))
+                if src.shape == dst.shape:
+                    src = src.astype(dst.dtype, copy=False)
+            except (TypeError, ValueError, OverflowError) as exc:
+                errors.append(f"cannot convert {key} to a {dst.dtype} array: {exc}")
+                continue
             if src.shape != dst.shape:
                 errors.append(f"size mismatch for {key}: copying a param with shape {src.shape} "
                               f"from checkpoint, the shape in current model is {dst.shape}")

@@ -29,7 +29,7 @@ import types
 import warnings
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -148,7 +148,13 @@ class LRScheduler:
         return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the attributes saved by :meth:`state_dict`."""
+        """Restore the attributes saved by :meth:`state_dict` (checked first: all or nothing)."""
+        if not isinstance(state_dict, Mapping) or not all(isinstance(k, str)
+                                                          for k in state_dict):
+            raise TypeError(f"state_dict must be a mapping of attribute names, got "
+                            f"{type(state_dict).__name__}")
+        if "optimizer" in state_dict:
+            raise ValueError("state_dict must not hold 'optimizer'")
         self.__dict__.update(state_dict)
 
     def get_last_lr(self) -> list[float]:
@@ -220,8 +226,18 @@ class LambdaLR(LRScheduler):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not isinstance(state_dict, Mapping) or not all(isinstance(k, str)
+                                                          for k in state_dict):
+            raise TypeError(f"state_dict must be a mapping of attribute names, got "
+                            f"{type(state_dict).__name__}")
         state = dict(state_dict)
-        lr_lambdas = state.pop("lr_lambdas")
+        lr_lambdas = state.pop("lr_lambdas", None)
+        if not isinstance(lr_lambdas, (list, tuple)) or len(lr_lambdas) != len(self.lr_lambdas) \
+                or not all(v is None or isinstance(v, Mapping) for v in lr_lambdas):
+            raise ValueError(f"state_dict['lr_lambdas'] must be a list of {len(self.lr_lambdas)} "
+                             f"dicts or None, got {str(lr_lambdas)[:80]}")
+        if "optimizer" in state:
+            raise ValueError("state_dict must not hold 'optimizer'")
         self.__dict__.update(state)
         for fn, saved in zip(self.lr_lambdas, lr_lambdas):
             if saved is not None:
@@ -689,6 +705,20 @@ class ReduceLROnPlateau(LRScheduler):
         self.threshold_mode = threshold_mode
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not isinstance(state_dict, Mapping) or not all(isinstance(k, str)
+                                                          for k in state_dict):
+            raise TypeError(f"state_dict must be a mapping of attribute names, got "
+                            f"{type(state_dict).__name__}")
+        if "optimizer" in state_dict:
+            raise ValueError("state_dict must not hold 'optimizer'")
+        merged = {**self.__dict__, **state_dict}
+        saved = {k: self.__dict__[k] for k in ("mode", "threshold", "threshold_mode",
+                                                 "mode_worse") if k in self.__dict__}
+        try:        # the comparison settings are checked before anything is replaced
+            self._init_is_better(mode=merged.get("mode"), threshold=merged.get("threshold"),
+                                 threshold_mode=merged.get("threshold_mode"))
+        finally:
+            self.__dict__.update(saved)
         self.__dict__.update(state_dict)
         self._init_is_better(mode=self.mode, threshold=self.threshold,
                              threshold_mode=self.threshold_mode)

@@ -19,7 +19,7 @@ built is followed: the next step (or ``zero_grad``) moves the group's buffers an
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -363,6 +363,14 @@ class Optimizer:
         without saved state (torch skips parameters that never had a gradient) start from the
         initial state.
         """
+        if not isinstance(state_dict, Mapping) or not isinstance(state_dict.get("state"), Mapping) \
+                or not isinstance(state_dict.get("param_groups"), (list, tuple)) or not all(
+                    isinstance(g, Mapping) and isinstance(g.get("params"), (list, tuple))
+                    for g in state_dict["param_groups"]):
+            raise TypeError("state_dict must be {'state': {index: {name: value}}, "
+                            "'param_groups': [{..., 'params': [indices]}]}, got "
+                            f"{str(state_dict)[:80]}")
+        # Nothing below touches the optimizer until every group's new state is built.
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
@@ -384,9 +392,16 @@ class Optimizer:
             ids = dict(zip((id(p) for p in g["params"]), sg["params"]))
             steps, bufs = set(), {}
             for p, (lo, hi) in zip(flat.params, flat.slices):
-                st = saved_state.get(ids[id(p)])
+                try:
+                    st = saved_state.get(ids[id(p)])
+                except TypeError:       # an unhashable index
+                    raise ValueError(f"param group {gi}: bad parameter index "
+                                     f"{str(ids[id(p)])[:80]}") from None
                 if not st:
                     continue
+                if not isinstance(st, Mapping):
+                    raise TypeError(f"state of parameter {ids[id(p)]} must be a dict, got "
+                                    f"{type(st).__name__}")
                 for name, value in st.items():
                     if value is None:
                         continue

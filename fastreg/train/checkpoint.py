@@ -12,11 +12,15 @@ without stopping: every source of randomness and every running statistic is rest
 """
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable
 
+import numpy as np
+
 from .. import _random
 from .._checks import check_int
+from .._kernels.placement import HOST
 from ..io import container as _container
 from ..io import tree as _tree
 from ..io.container import ModelFileError
@@ -55,7 +59,8 @@ def _load_callback_state(cb, state) -> None:
 
 def save_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=None,
                     epoch: int = 0, *, global_step: int = 0, loader=None,
-                    callbacks: Iterable = (), history=None, extra: dict | None = None) -> None:
+                    callbacks: Iterable = (), history=None, extra: dict | None = None,
+                    stop_training: bool = False, stop_reason: str = "") -> None:
     """Write a checkpoint of a training run to ``path`` (atomically).
 
     Parameters
@@ -76,6 +81,9 @@ def save_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=No
     history : fastreg.train.History, optional
     extra : dict, optional
         Any additional JSON/array tree of the caller's.
+    stop_training, stop_reason : bool, str
+        Whether the run had stopped (a callback such as EarlyStopping asked to stop at this
+        epoch) and why: resuming a stopped run trains no further.
     """
     arch = None
     try:
@@ -94,6 +102,8 @@ def save_checkpoint(path: str | os.PathLike, model, optimizer=None, scheduler=No
         "history": None if history is None else {k: getattr(history, k)
                                                  for k in _HISTORY_FIELDS},
         "extra": extra,
+        "stop_training": bool(stop_training),
+        "stop_reason": str(stop_reason),
     }
     _container.save_tree(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, tree,
                          {"architecture": arch})
@@ -105,11 +115,47 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     Raises :class:`fastreg.ModelFileError` for a truncated, corrupted or hostile file.
     """
     header, tree = _container.load_tree(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
-    if not isinstance(tree, dict) or not isinstance(tree.get("model"), dict) \
-            or not isinstance(tree.get("epoch"), int):
-        raise ModelFileError(f"{os.fspath(path)}: not a fastreg checkpoint tree")
+    p = os.fspath(path)
+    if not isinstance(tree, dict) or not isinstance(tree.get("model"), dict):
+        raise ModelFileError(f"{p}: not a fastreg checkpoint tree")
+    for key, kind in (("epoch", int), ("global_step", int), ("stop_training", bool),
+                      ("stop_reason", str), ("callbacks", list)):
+        value = tree.get(key, kind())
+        if type(value) is not kind or (kind is int and value < 0):
+            raise ModelFileError(f"{p}: checkpoint field {key!r} must be a "
+                                 f"{'non-negative ' if kind is int else ''}{kind.__name__}, "
+                                 f"got {str(value)[:80]}")
+    tree.setdefault("global_step", 0)
+    tree.setdefault("stop_training", False)
+    tree.setdefault("stop_reason", "")
     tree["architecture"] = header.get("architecture")
     return tree
+
+
+def _snapshot(model, optimizer, scheduler, loader, callbacks, history) -> list:
+    """Undo actions restoring everything :func:`resume` may change (all or nothing)."""
+    undo = []
+    sd = {k: np.array(HOST.to_host(v), copy=True) for k, v in model.state_dict().items()}
+    undo.append(lambda: model.load_state_dict(sd, strict=False))
+    if optimizer is not None:
+        osd = copy.deepcopy(optimizer.state_dict())
+        undo.append(lambda: optimizer.load_state_dict(osd))
+    if scheduler is not None:
+        ssd = dict(scheduler.__dict__)
+        undo.append(lambda: (scheduler.__dict__.clear(), scheduler.__dict__.update(ssd)))
+    if loader is not None:
+        lsd = dict(loader.__dict__)
+        undo.append(lambda: (loader.__dict__.clear(), loader.__dict__.update(lsd)))
+    for cb in callbacks:
+        csd = dict(cb.__dict__)
+        undo.append(lambda cb=cb, csd=csd: (cb.__dict__.clear(), cb.__dict__.update(csd)))
+    if history is not None:
+        hsd = copy.deepcopy(history.__dict__)
+        undo.append(lambda: (history.__dict__.clear(), history.__dict__.update(hsd)))
+    rng = copy.deepcopy(_random.default_generator.__dict__)
+    undo.append(lambda: (_random.default_generator.__dict__.clear(),
+                         _random.default_generator.__dict__.update(rng)))
+    return undo
 
 
 def resume(path: str | os.PathLike, model, optimizer=None, scheduler=None, *, loader=None,
@@ -120,9 +166,15 @@ def resume(path: str | os.PathLike, model, optimizer=None, scheduler=None, *, lo
     shuffling state, the callbacks' states and the History, so that continuing with epoch
     ``ckpt["epoch"] + 1`` reproduces the uninterrupted run bit for bit. Call it after the
     callbacks' ``on_train_begin`` (which resets them) and after building the loader.
+
+    All or nothing: if any part of the checkpoint does not fit (a key, a shape, a value that
+    cannot be cast, a malformed optimizer or scheduler state), everything restored so far is
+    rolled back and :class:`ModelFileError` names the file and the problem.
     """
     ckpt = load_checkpoint(path)
     p = os.fspath(path)
+    callbacks = list(callbacks)
+    undo = _snapshot(model, optimizer, scheduler, loader, callbacks, history)
     try:
         model.load_state_dict(ckpt["model"], strict=True)
         if optimizer is not None:
@@ -144,9 +196,11 @@ def resume(path: str | os.PathLike, model, optimizer=None, scheduler=None, *, lo
                 if k in _HISTORY_FIELDS:
                     setattr(history, k, v)
         _random.default_generator.set_state(ckpt["rng"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except Exception as exc:        # noqa: BLE001 - whatever the file's content broke
+        for action in undo:         # nothing stays half-applied
+            action()
         raise ModelFileError(f"{p}: cannot resume from this checkpoint: "
-                                 f"{type(exc).__name__}: {exc}") from None
+                             f"{type(exc).__name__}: {str(exc)[:500]}") from None
     return ckpt
 
 
@@ -162,7 +216,10 @@ def resume_trainer(path: str | os.PathLike, trainer) -> int:
                   callbacks=getattr(trainer, "callbacks", ()),
                   history=getattr(trainer, "history", None))
     trainer.epoch = ckpt["epoch"]
-    trainer.global_step = int(ckpt.get("global_step", 0))
+    trainer.global_step = ckpt["global_step"]
+    if ckpt["stop_training"]:           # the run had stopped (e.g. early): it stays finished
+        trainer.stop_training = True
+        trainer.stop_reason = ckpt["stop_reason"]
     return ckpt["epoch"]
 
 
@@ -194,7 +251,9 @@ class Checkpoint(Callback):
                         global_step=getattr(trainer, "global_step", 0),
                         loader=getattr(trainer, "loader", None),
                         callbacks=getattr(trainer, "callbacks", ()),
-                        history=getattr(trainer, "history", None))
+                        history=getattr(trainer, "history", None),
+                        stop_training=bool(getattr(trainer, "stop_training", False)),
+                        stop_reason=str(getattr(trainer, "stop_reason", "") or ""))
         self.last_saved_epoch = epoch
 
     def on_epoch_end(self, trainer, epoch: int, logs: dict) -> None:

@@ -190,6 +190,8 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
         Arrays; X is cast once to the model's dtype. ``valid`` is optional (without it there
         is no ``val_loss``, so EarlyStopping must monitor something else).
     epochs, batch_size : int
+        ``batch_size=1`` trains on single samples; a model holding a ``BatchNorm1d`` cannot
+        (ValueError before training, as torch needs more than one value per channel).
     scheduler : learning-rate scheduler, optional
         Stepping rule: ``ReduceLROnPlateau`` gets ``step(val_loss)`` (or the train loss without
         validation data) after each epoch; ``OneCycleLR`` and ``CyclicLR`` are stepped after
@@ -216,7 +218,9 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
         (atomically) at the end of every epoch (:class:`fastreg.train.Checkpoint`).
     resume : bool
         With ``checkpoint``: if the file exists, continue from the epoch after the one it holds.
-        The resumed run is bitwise identical to one that never stopped.
+        The resumed run is bitwise identical to one that never stopped. A run that had
+        finished (all ``epochs`` done, or stopped early by a callback) trains no further: its
+        history is returned.
     distributed : bool, optional
         Data-parallel training over MPI (:mod:`fastreg.distributed`; launch with
         ``mpiexec -n N python train.py``). None (default): on when the process was started by
@@ -290,8 +294,12 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
     if dist is not None and len(loader) == 0:
         raise ValueError(f"train has {X.shape[0]} samples: not one batch for each of the "
                          f"{dist[1]} ranks (batch_size={batch_size}, drop_last={bool(drop_last)})")
-    # distributed: the sharded loader drops a global batch smaller than the world instead
-    skip_single = drop_last is None and len(loader) > 1 and dist is None
+    if batch_size == 1:
+        _check_single_sample_batches(model)
+    # the short last batch holding one sample is skipped (drop_last=None); with batch_size=1
+    # every batch has one sample and is trained on (models without BatchNorm1d); distributed:
+    # the sharded loader drops a global batch smaller than the world instead
+    skip_single = drop_last is None and len(loader) > 1 and batch_size > 1 and dist is None
     full_batch = batch_size * (1 if dist is None else dist[1])
     bar = _progress_bar(epochs) if progress else None
     t_start = time.perf_counter()
@@ -301,7 +309,9 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
     if resume and checkpoint is not None and os.path.exists(checkpoint):
         from .checkpoint import resume_trainer
         start = resume_trainer(checkpoint, trainer) + 1
-        if dist is not None and trainer.global_step != (start - 1) * len(loader):
+        if trainer.stop_training:       # the run had stopped (early): return its history
+            start = epochs + 1
+        elif dist is not None and trainer.global_step != (start - 1) * len(loader):
             raise ValueError(
                 f"resume: the checkpoint {os.fspath(checkpoint)!r} holds {trainer.global_step} "
                 f"steps after {start - 1} epochs, but this run takes {len(loader)} steps per "
@@ -440,6 +450,18 @@ def _finish(history: History, trainer: Trainer, callbacks: list, epochs: int) ->
     if finite:
         history.monitor = key
         history.best_value, history.best_epoch = min(finite)
+
+
+def _check_single_sample_batches(model) -> None:
+    """Raise ValueError up front when a training batch of one sample meets a BatchNorm1d in
+    training mode (torch's rule: more than one value per channel is needed)."""
+    from ..nn import BatchNorm1d
+    for name, m in model.named_modules():
+        if isinstance(m, BatchNorm1d):
+            raise ValueError(  # noqa: TRY004 - torch raises ValueError here
+                f"batch_size=1 cannot train BatchNorm1d {name or '<root>'}: in training mode "
+                "it needs more than one value per channel (as torch); use batch_size >= 2 or "
+                "LayerNorm")
 
 
 def _progress_bar(epochs: int):
