@@ -699,3 +699,14 @@ def test_entity_embedding_model_matches_torch():
     x_num = rng.standard_normal((33, 4))
     x_cat = np.stack([rng.integers(0, c, 33) for c in (5, 3, 7)], axis=1)
     _compare(m, t, [x_num, x_cat])
+
+
+def test_fit_sequential_starting_with_embedding_keeps_integer_input():
+    fr.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4, dtype=f64), nn.Flatten(),
+                          nn.Linear(8, 2, dtype=f64))
+    X = _rng(0).integers(0, 10, (64, 2))
+    y = (X[:, 0] > 4).astype(np.int64)
+    h = fr.train.fit(model, nn.CrossEntropyLoss(), fr.optim.Adam(model.parameters(), lr=0.05),
+                     train=(X, y), valid=(X, y), epochs=5, batch_size=16, progress=False)
+    assert h["loss"][-1] < h["loss"][0]

@@ -82,7 +82,8 @@ def _model_dtype(model) -> np.dtype | None:
     return None
 
 
-def _check_pair(name: str, pair, dtype) -> tuple[np.ndarray, np.ndarray]:
+def _check_pair(name: str, pair, dtype, takes_indices: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise TypeError(f"{name} must be a tuple (X, y), got {type(pair).__name__}")
     X, y = pair
@@ -94,11 +95,25 @@ def _check_pair(name: str, pair, dtype) -> tuple[np.ndarray, np.ndarray]:
                          f"X.shape={X.shape} and y.shape={y.shape}")
     if X.shape[0] == 0:
         raise ValueError(f"{name} is empty")
-    # the data is cast once here (not per batch) so a float64 dataset trains a float32 model
+    # the data is cast once here (not per batch) so a float64 dataset trains a float32 model;
+    # integer indices for a model that starts with an Embedding stay integers
     if dtype is not None and X.dtype != dtype and (X.dtype in FLOAT_DTYPES
                                                     or X.dtype.kind in "iub"):
-        X = X.astype(dtype)
+        if not (X.dtype.kind in "iu" and takes_indices):
+            X = X.astype(dtype)
     return X, y
+
+
+def _takes_indices(model) -> bool:
+    """Does the model's first layer take integer indices (an Embedding)?"""
+    from ..nn import Embedding, Sequential
+    m = model
+    while isinstance(m, Sequential):
+        children = [c for c in m if c is not None]
+        if not children:
+            return False
+        m = children[0]
+    return isinstance(m, Embedding)
 
 
 def _scheduler_interval(scheduler, override) -> str | None:
@@ -142,7 +157,7 @@ def evaluate(model, loss_fn, X: np.ndarray, y: np.ndarray, batch_size: int = 102
 
     Returns ``{"loss": ..., "accuracy": ...}``. The model is left in eval mode.
     """
-    X, y = _check_pair("data", (X, y), _model_dtype(model))
+    X, y = _check_pair("data", (X, y), _model_dtype(model), _takes_indices(model))
     mets = _resolve_metrics(metrics, loss_fn)
     return _evaluate(model, loss_fn, X, y, _check_int("batch_size", batch_size, 1), mets)
 
@@ -254,10 +269,10 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
     if not callable(getattr(model, "backward", None)):
         raise TypeError(f"model must be a fastreg.nn.Module, got {type(model).__name__}")
     dtype = _model_dtype(model)
-    X, y = _check_pair("train", train, dtype)
+    X, y = _check_pair("train", train, dtype, _takes_indices(model))
     Xv = yv = None
     if valid is not None:
-        Xv, yv = _check_pair("valid", valid, dtype)
+        Xv, yv = _check_pair("valid", valid, dtype, _takes_indices(model))
     epochs = _check_int("epochs", epochs, 1)
     batch_size = _check_int("batch_size", batch_size, 1)
     interval = _scheduler_interval(scheduler, scheduler_interval)
