@@ -241,6 +241,21 @@ class Predictor:
         self._local = threading.local()
         self._module_lock = threading.Lock()
 
+    # -- pickling: the folded weights travel; kernels, per-thread plans and the lock are rebuilt
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        for k in ("_local", "_module_lock", "_linear", "_act"):
+            d.pop(k, None)
+        return d
+
+    def __setstate__(self, d):
+        from ._kernels import _dispatch
+        self.__dict__.update(d)
+        self._linear = _dispatch.kernel("matmul", "linear_forward", self.backend)
+        self._act = _dispatch.kernel("elementwise", "activation_forward", self.backend)
+        self._local = threading.local()
+        self._module_lock = threading.Lock()
+
     @property
     def _plans(self) -> OrderedDict:
         """This thread's plans, by batch size (oldest evicted first)."""

@@ -278,3 +278,22 @@ def test_compiled_typed_stage_after_an_opaque_module_checks_its_input():
     bad_ln = nn.Sequential(_Widen(), nn.LayerNorm(4)).eval()
     with pytest.raises(ValueError, match=r"LayerNorm stage: expected a \(5, 4\)"):
         fr.inference.compile(bad_ln)(x)
+
+
+def test_pickle_loaded_model_after_predict_and_compiled_predictor(tmp_path):
+    """A loaded model that has predicted (its lazy predictor compiled) and a compiled predictor
+    pickle, and predict the same after unpickling (kernels, per-thread buffers and the lock are
+    rebuilt)."""
+    import pickle
+    fr.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    path = tmp_path / "m.fr"
+    fr.save(m, path)
+    loaded = fr.load(path)
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    y = loaded.predict(x)
+    again = pickle.loads(pickle.dumps(loaded))
+    np.testing.assert_array_equal(again.predict(x), y)
+    p = fr.inference.compile(m)
+    p2 = pickle.loads(pickle.dumps(p))
+    np.testing.assert_array_equal(p2(x), p(x))

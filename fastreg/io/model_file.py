@@ -278,6 +278,14 @@ class _LazyPredict:
     def recompile(self) -> None:
         self._fn = None
 
+    # pickled without its compiled predictor: rebuilt lazily on the first call after loading
+    def __getstate__(self):
+        return (None, {"_model": self._model})
+
+    def __setstate__(self, state):
+        self._model = state[1]["_model"]
+        self._fn = None
+
     def __call__(self, x, out=None):
         fn = self._fn
         if fn is None:
