@@ -13,7 +13,7 @@ import numpy as np
 from .._checks import check_int as _check_int
 from .._random import Generator, default_generator
 
-__all__ = ["DataLoader"]
+__all__ = ["DataLoader", "check_sample_weight"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -71,6 +71,9 @@ class DataLoader:
         step-i batch of an unsharded loader with ``batch_size * world``. A final global batch
         of fewer than ``world`` samples is dropped (a rank cannot train on nothing).
         :meth:`global_batch_size` gives the global size of each step.
+    sample_weight : array-like, shape (N,), optional
+        Per-sample weights (finite, >= 0, positive sum); the loader then yields
+        ``(xb, yb, wb)`` triples, the weights of the batch's samples.
 
     Notes
     -----
@@ -88,7 +91,8 @@ class DataLoader:
 
     def __init__(self, X: np.ndarray, y: np.ndarray | None = None, batch_size: int = 256,
                  shuffle: bool = True, drop_last: bool = False, seed: int | None = None,
-                 shard: tuple[int, int] | None = None) -> None:
+                 shard: tuple[int, int] | None = None,
+                 sample_weight: np.ndarray | None = None) -> None:
         if not isinstance(X, np.ndarray):
             raise TypeError(f"X must be a numpy.ndarray, got {type(X).__name__}")
         if X.ndim < 1:
@@ -112,6 +116,8 @@ class DataLoader:
         # Contiguous once here, so unshuffled batches are contiguous views.
         self.X = np.ascontiguousarray(X)
         self.y = None if y is None else np.ascontiguousarray(y)
+        self.sample_weight = None if sample_weight is None else \
+            check_sample_weight(sample_weight, X.shape[0])
 
     @property
     def num_samples(self) -> int:
@@ -167,15 +173,22 @@ class DataLoader:
             return
         n, k = self.num_samples, self.batch_size
         stop = len(self) * k
-        X, y = self.X, self.y
+        X, y, w = self.X, self.y, self.sample_weight
         if not self.shuffle:
             for start in range(0, min(stop, n), k):
-                yield X[start:start + k], (None if y is None else y[start:start + k])
+                idx = slice(start, start + k)
+                if w is None:
+                    yield X[idx], (None if y is None else y[idx])
+                else:
+                    yield X[idx], (None if y is None else y[idx]), w[idx]
             return
         order = self.permutation(epoch)
         for start in range(0, min(stop, n), k):
             idx = order[start:start + k]
-            yield X[idx], (None if y is None else y[idx])
+            if w is None:
+                yield X[idx], (None if y is None else y[idx])
+            else:
+                yield X[idx], (None if y is None else y[idx]), w[idx]
 
     def _shard_batches(self, epoch: int):
         order = self.permutation(epoch)
@@ -188,12 +201,35 @@ class DataLoader:
             idx = g[lo:hi]
             if not self.shuffle:
                 idx = slice(int(idx[0]), int(idx[-1]) + 1)   # contiguous: views
-            yield X[idx], (None if y is None else y[idx])
+            if self.sample_weight is None:
+                yield X[idx], (None if y is None else y[idx])
+            else:
+                yield X[idx], (None if y is None else y[idx]), self.sample_weight[idx]
 
     def __repr__(self) -> str:
         shard = "" if self.world == 1 else f", shard=({self.rank}, {self.world})"
         return (f"DataLoader(num_samples={self.num_samples}, batch_size={self.batch_size}, "
                 f"shuffle={self.shuffle}, drop_last={self.drop_last}, seed={self.seed}{shard})")
+
+
+def check_sample_weight(w, n: int, name: str = "sample_weight") -> np.ndarray:
+    """``w`` as a float64 (n,) array of finite, non-negative weights with a positive sum."""
+    try:
+        a = np.asarray(w, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an array of numbers, got {type(w).__name__}") from None
+    if a.ndim == 0:
+        a = np.full(n, float(a))
+    if a.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) (one weight per sample), got "
+                         f"shape {a.shape}")
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+        bad = np.flatnonzero(~np.isfinite(a) | (a < 0))
+        raise ValueError(f"{name} must be finite and >= 0; sample {int(bad[0])} has "
+                         f"{a[bad[0]]!r} ({bad.size} such samples)")
+    if not a.sum() > 0:
+        raise ValueError(f"{name} must have a positive sum")
+    return a
 
 
 def _check_shard(shard) -> tuple[int, int]:

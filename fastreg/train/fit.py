@@ -152,17 +152,19 @@ def _backward_takes_input_grad(model) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 def evaluate(model, loss_fn, X: np.ndarray, y: np.ndarray, batch_size: int = 1024,
-             metrics: Sequence = ("accuracy",)) -> dict[str, float]:
-    """Mean loss and metrics of ``model`` (in eval mode) over ``(X, y)``, in batches.
+             metrics: Sequence = ("accuracy",), sample_weight=None) -> dict[str, float]:
+    """Mean loss and metrics of ``model`` (in eval mode) over ``(X, y)``, in batches
+    (weighted means ``sum w_i m_i / sum w_i`` with ``sample_weight``).
 
     Returns ``{"loss": ..., "accuracy": ...}``. The model is left in eval mode.
     """
     X, y = _check_pair("data", (X, y), _model_dtype(model), _takes_indices(model))
     mets = _resolve_metrics(metrics, loss_fn)
-    return _evaluate(model, loss_fn, X, y, _check_int("batch_size", batch_size, 1), mets)
+    w = _sample_weights("sample_weight", sample_weight, None, y, X.shape[0])
+    return _evaluate(model, loss_fn, X, y, _check_int("batch_size", batch_size, 1), mets, w)
 
 
-def _evaluate(model, loss_fn, X, y, batch_size, mets) -> dict[str, float]:
+def _evaluate(model, loss_fn, X, y, batch_size, mets, w=None) -> dict[str, float]:
     model.eval()
     n = X.shape[0]
     total = 0.0
@@ -171,13 +173,111 @@ def _evaluate(model, loss_fn, X, y, batch_size, mets) -> dict[str, float]:
         xb = np.ascontiguousarray(X[start:start + batch_size])
         yb = y[start:start + batch_size]
         out = model(xb)
-        total += loss_fn(out, yb) * len(xb)
-        for i, (_, fn) in enumerate(mets):
-            sums[i] += fn(out, yb)
-    res = {"loss": total / n}
+        if w is None:
+            total += loss_fn(out, yb) * len(xb)
+            for i, (_, fn) in enumerate(mets):
+                sums[i] += fn(out, yb)
+        else:
+            wb = w[start:start + batch_size]
+            total += weighted_loss(loss_fn, out, yb, wb, grad=False)[0] * float(wb.sum())
+            for i, (name, fn) in enumerate(mets):
+                sums[i] += _weighted_metric(name, fn, out, yb, wb)
+    denom = n if w is None else float(w.sum())
+    res = {"loss": total / denom}
     for (name, _), s in zip(mets, sums):
-        res[name] = s / n
+        res[name] = s / denom
     return res
+
+
+# ---------------------------------------------------------------------------------------------
+# sample and class weights
+# ---------------------------------------------------------------------------------------------
+
+def weighted_loss(loss_fn, out, target, w, grad: bool = True):
+    r"""The weighted mean loss of a batch and its gradient w.r.t. ``out``.
+
+    :math:`L = \sum_i w_i \ell_i / \sum_i w_i` (scikit-learn's definition), where
+    :math:`\ell_i` is sample i's loss: the loss with ``reduction="none"``, averaged over the
+    sample's other elements (MSE / BCE on several outputs). ``loss_fn`` must be a fastreg loss
+    built with ``reduction="mean"``; its reduction is switched for this call only. Returns
+    ``(L, dL/dout)`` (the gradient None when ``grad`` is False).
+    """
+    red = getattr(loss_fn, "reduction", None)
+    if red != "mean":
+        raise ValueError("sample weights need a fastreg loss with reduction='mean' (fit takes "
+                         f"the weighted mean of its per-sample losses), got reduction={red!r}")
+    w = np.asarray(w, dtype=np.float64)
+    loss_fn.reduction = "none"
+    try:
+        per = loss_fn(out, target)
+        per_h = np.asarray(to_host(per), dtype=np.float64)
+        n = w.shape[0]
+        k = per_h.size // n if n else 1
+        lw = per_h.reshape(n, -1).mean(axis=1)
+        sw = float(w.sum())
+        loss = float(np.dot(w, lw) / sw) if sw > 0 else 0.0
+        if not grad:
+            return loss, None
+        g = np.broadcast_to((w / (sw * k)).reshape((n,) + (1,) * (per_h.ndim - 1)),
+                            per_h.shape).astype(per_h.dtype if per_h.dtype.kind == "f"
+                                                else np.float64)
+        g = np.ascontiguousarray(g.astype(getattr(per, "dtype", g.dtype), copy=False))
+        return loss, loss_fn.backward(g)
+    finally:
+        loss_fn.reduction = red
+
+
+def _weighted_metric(name, fn, out, yb, wb) -> float:
+    """Weighted sum of a metric over a batch: accuracy per sample; a callable metric (a batch
+    mean) weighted by the batch's total weight."""
+    if name == "accuracy" and fn is accuracy_count:
+        o, t = to_host(out), np.asarray(to_host(yb)).reshape(-1)
+        if o.ndim == 2 and o.shape[1] > 1:
+            ok = o.argmax(axis=1) == t
+        else:
+            ok = (o.reshape(-1) > 0) == (t > 0.5)
+        return float(np.dot(wb, ok))
+    return fn(out, yb) / max(len(wb), 1) * float(wb.sum())
+
+
+def class_weights(class_weight, y: np.ndarray) -> np.ndarray | None:
+    """Per-sample weights from ``class_weight`` (None, "balanced" or {class: weight}) as
+    scikit-learn computes them: "balanced" gives class c the weight
+    ``n_samples / (n_classes * count(c))``; classes missing from a dict weigh 1."""
+    if class_weight is None:
+        return None
+    t = np.asarray(y)
+    if t.ndim != 1 or t.dtype.kind not in "iub":
+        raise ValueError("class_weight needs integer class labels y of shape (N,), got "
+                         f"dtype {t.dtype} and shape {t.shape}")
+    classes, inv, counts = np.unique(t, return_inverse=True, return_counts=True)
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"class_weight must be None, 'balanced' or a dict, got "
+                             f"{class_weight!r}")
+        per_class = t.shape[0] / (len(classes) * counts.astype(np.float64))
+        return per_class[inv]
+    if isinstance(class_weight, dict):
+        out = np.ones(t.shape[0])
+        for c, v in class_weight.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not math.isfinite(v) or v < 0:
+                raise ValueError(f"class_weight[{c!r}] must be a finite number >= 0, got {v!r}")
+            out[t == c] = float(v)
+        return out
+    raise TypeError(f"class_weight must be None, 'balanced' or a dict, got "
+                    f"{type(class_weight).__name__}")
+
+
+def _sample_weights(name, sample_weight, class_weight, y, n, cw_ref=None):
+    from ..data.loader import check_sample_weight
+    w = None if sample_weight is None else check_sample_weight(sample_weight, n, name)
+    if class_weight is not None:
+        cw = class_weights(class_weight if cw_ref is None else cw_ref, y)
+        w = cw if w is None else w * cw
+        if not w.sum() > 0:
+            raise ValueError(f"{name}: the sample and class weights have a zero sum")
+    return w
 
 
 def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epochs: int = 10,
@@ -185,7 +285,8 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
         metrics: Sequence = ("accuracy",), progress: bool = True, shuffle: bool = True,
         seed: int | None = None, scheduler_interval: str | None = None,
         drop_last: bool | None = None, checkpoint: str | os.PathLike | None = None,
-        resume: bool = False, distributed: bool | None = None) -> History:
+        resume: bool = False, distributed: bool | None = None, sample_weight=None,
+        class_weight=None) -> History:
     """Train ``model`` with mini-batch gradient descent and return its :class:`History`.
 
     Each epoch visits every training sample once in a fresh random order (``DataLoader``,
@@ -236,6 +337,17 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
         The resumed run is bitwise identical to one that never stopped. A run that had
         finished (all ``epochs`` done, or stopped early by a callback) trains no further: its
         history is returned.
+    sample_weight : array-like, shape (N,), optional
+        Per-sample weights of ``train``: each batch's loss is the weighted mean
+        ``sum_i w_i l_i / sum_i w_i`` of the per-sample losses (scikit-learn's definition; the
+        loss must be a fastreg loss with ``reduction="mean"``), and the logged training loss and
+        accuracy are weighted the same way. Weights for ``valid`` come as its third element,
+        ``valid=(Xv, yv, wv)``; the validation loss and accuracy (what early stopping and
+        ReduceLROnPlateau watch) are then weighted too.
+    class_weight : None, "balanced" or dict, optional
+        Weights per class (integer targets), multiplied into the sample weights of ``train`` and
+        ``valid``: "balanced" gives class c ``n / (n_classes * count(c))`` computed on the
+        training labels, as scikit-learn; a dict maps class to weight (missing classes: 1).
     distributed : bool, optional
         Data-parallel training over MPI (:mod:`fastreg.distributed`; launch with
         ``mpiexec -n N python train.py``). None (default): on when the process was started by
@@ -270,9 +382,22 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
         raise TypeError(f"model must be a fastreg.nn.Module, got {type(model).__name__}")
     dtype = _model_dtype(model)
     X, y = _check_pair("train", train, dtype, _takes_indices(model))
-    Xv = yv = None
+    Xv = yv = wv = None
     if valid is not None:
+        wv_in = None
+        if isinstance(valid, (tuple, list)) and len(valid) == 3:
+            valid, wv_in = tuple(valid[:2]), valid[2]
         Xv, yv = _check_pair("valid", valid, dtype, _takes_indices(model))
+    w = _sample_weights("sample_weight", sample_weight, class_weight, y, X.shape[0])
+    if valid is not None and (wv_in is not None or class_weight is not None):
+        # "balanced" weights come from the training labels, applied to the validation labels
+        cw_ref = None
+        if isinstance(class_weight, str) and class_weight == "balanced":
+            classes, counts = np.unique(np.asarray(y), return_counts=True)
+            cw_ref = dict(zip(classes.tolist(),
+                              (len(y) / (len(classes) * counts.astype(np.float64))).tolist()))
+        wv = _sample_weights("valid sample weights", wv_in, class_weight, yv, Xv.shape[0],
+                             cw_ref)
     epochs = _check_int("epochs", epochs, 1)
     batch_size = _check_int("batch_size", batch_size, 1)
     interval = _scheduler_interval(scheduler, scheduler_interval)
@@ -302,8 +427,11 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
 
     history = History()
     trainer = Trainer(model, loss_fn, optimizer, scheduler, history)
+    if w is not None and dist is not None:
+        raise ValueError("sample_weight / class_weight with distributed training is not "
+                         "supported yet")
     loader = DataLoader(X, y, batch_size=batch_size, shuffle=shuffle,
-                        drop_last=bool(drop_last), seed=seed, shard=shard)
+                        drop_last=bool(drop_last), seed=seed, shard=shard, sample_weight=w)
     trainer.loader = loader
     trainer.callbacks = callbacks
     if dist is not None and len(loader) == 0:
@@ -340,11 +468,15 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
             model.train()
             total, seen = 0.0, 0
             sums = [0.0] * len(mets)
-            for step, (xb, yb) in enumerate(loader, 1):
+            for step, batch in enumerate(loader, 1):
+                xb, yb = batch[0], batch[1]
                 if skip_single and len(xb) == 1:
                     continue
                 out = model(xb)
-                loss = loss_fn(out, yb)
+                if w is None:
+                    loss = loss_fn(out, yb)
+                else:
+                    loss, wgrad = weighted_loss(loss_fn, out, yb, batch[2])
                 if not math.isfinite(loss):
                     trainer.stop_reason = f"non-finite loss at epoch {epoch}, step {step}"
                     raise FloatingPointError(
@@ -352,7 +484,7 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
                         f"{trainer.global_step + 1}); lower the learning rate, check the data "
                         "for NaN/inf, or add normalization")
                 optimizer.zero_grad()
-                grad = loss_fn.backward()
+                grad = loss_fn.backward() if w is None else wgrad
                 if dist is not None and loader.global_batch_size(step - 1) != full_batch:
                     # a short last global batch: weight this rank's mean loss by its share, so
                     # the averaged gradient is that of the global batch's mean loss
@@ -365,11 +497,18 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
                 trainer.global_step += 1
                 if interval == "step":
                     scheduler.step()
-                n = len(xb)
-                total += loss * n
-                seen += n
-                for i, (_, fn) in enumerate(mets):
-                    sums[i] += fn(out, yb)
+                if w is None:
+                    n = len(xb)
+                    total += loss * n
+                    seen += n
+                    for i, (_, fn) in enumerate(mets):
+                        sums[i] += fn(out, yb)
+                else:
+                    n = float(batch[2].sum())
+                    total += loss * n
+                    seen += n
+                    for i, (name, fn) in enumerate(mets):
+                        sums[i] += _weighted_metric(name, fn, out, yb, batch[2])
             if dist is not None:                  # sums over the ranks, rank 0's result
                 red = dist[0].allreduce_sum([total, seen, *sums])
                 total, seen, sums = float(red[0]), float(red[1]), [float(v) for v in red[2:]]
@@ -378,7 +517,7 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
                 logs[name] = s / seen
             if Xv is not None:
                 if dist is None:
-                    res = _evaluate(model, loss_fn, Xv, yv, max(batch_size, 1024), mets)
+                    res = _evaluate(model, loss_fn, Xv, yv, max(batch_size, 1024), mets, wv)
                 else:
                     res = _evaluate_shard(model, loss_fn, Xv, yv, max(batch_size, 1024), mets,
                                           dist)
