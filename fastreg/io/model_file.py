@@ -84,9 +84,12 @@ def save(model, path: str | os.PathLike, metadata: dict | None = None) -> None:
               "fastreg_version": fastreg_version(), "architecture": arch,
               "tensors": {k: {"shape": list(v.shape), "dtype": v.dtype.name}
                           for k, v in state.items()}}
+    if metadata is not None and not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+    names = getattr(model, "feature_names_in_", None)      # set by fit on a DataFrame
+    if names is not None and "features" not in (metadata or {}):
+        metadata = {**(metadata or {}), "features": list(names)}
     if metadata is not None:
-        if not isinstance(metadata, dict):
-            raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
         header["metadata"] = json.loads(json.dumps(metadata))     # JSON-able, a copy
     atomic_write(path, lambda f: write_container(f, header, state))
 
@@ -177,11 +180,23 @@ class _LazyPredict:
         self._fn = None
 
     def __call__(self, x, out=None):
+        if type(x).__module__.startswith("pandas"):      # a DataFrame: columns by name
+            x = _pandas_features(self._model, x)
         fn = self._fn
         if fn is None:
             from ..inference import compile as _compile
             fn = self._fn = _compile(self._model)
         return fn(x, out=out)
+
+
+def _pandas_features(model, x):
+    """A DataFrame as the feature matrix, its columns matched by name to the model's
+    (``metadata["features"]`` or ``feature_names_in_``): reordered when all are present, an
+    error naming the missing and extra ones otherwise."""
+    from ..data.table import frame_to_array
+    names = (getattr(model, "metadata", None) or {}).get("features") or getattr(
+        model, "feature_names_in_", None)
+    return frame_to_array(x, None, what="predict X", features=names)[0]
 
 
 def _to_numpy(value):

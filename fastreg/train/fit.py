@@ -101,6 +101,30 @@ def _check_pair(name: str, pair, dtype) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
+def _from_pandas(model, train, valid, dtype):
+    """pandas DataFrames/Series in ``train``/``valid`` -> arrays (numeric columns, in the model's
+    dtype; ``valid``'s columns reordered to ``train``'s); the names go to
+    ``model.feature_names_in_``. pandas is touched only when such an object is given."""
+    def has_pandas(pair):
+        return isinstance(pair, (tuple, list)) and any(
+            type(v).__module__.startswith("pandas") for v in pair)
+    if not (has_pandas(train) or has_pandas(valid)):
+        return train, valid
+    from ..data.table import frame_to_array
+    names = None
+    out = []
+    for what, pair in (("train", train), ("valid", valid)):
+        if has_pandas(pair) and len(pair) == 2:
+            X, cols = frame_to_array(pair[0], dtype, what=f"{what} X", features=names)
+            y, _ = frame_to_array(pair[1], None, what=f"{what} y")
+            names = names or cols
+            pair = (X, y)
+        out.append(pair)
+    if names is not None:
+        object.__setattr__(model, "feature_names_in_", list(names))
+    return out[0], out[1]
+
+
 def _scheduler_interval(scheduler, override) -> str | None:
     if scheduler is None:
         return None
@@ -250,6 +274,7 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
     if not callable(getattr(model, "backward", None)):
         raise TypeError(f"model must be a fastreg.nn.Module, got {type(model).__name__}")
     dtype = _model_dtype(model)
+    train, valid = _from_pandas(model, train, valid, dtype)    # DataFrame/Series -> arrays
     X, y = _check_pair("train", train, dtype)
     Xv = yv = None
     if valid is not None:
