@@ -100,6 +100,7 @@ def _table_options(parser) -> None:
     parser.add_argument("--decimal", choices=(".", ","), default=None,
                         help="decimal mark (None: ',' when the separator is not ',' and cells "
                              "look like 12,5)")
+    parser.add_argument("--encoding", default="utf-8-sig", help="text encoding of a CSV")
     parser.add_argument("--na", nargs="+", default=None, metavar="TEXT",
                         help="extra missing-value markers (besides '', NA, N/A, null, ?, ...)")
 
@@ -272,7 +273,8 @@ def _target(path: str, col, rownums, column: str, task: str):
 def _read_table(path: str, args):
     from .data.table import DEFAULT_NA_VALUES, read_table
     na = DEFAULT_NA_VALUES + tuple(args.na or ())
-    return read_table(path, sep=args.sep, decimal=args.decimal, na_values=na)
+    return read_table(path, sep=args.sep, decimal=args.decimal, na_values=na,
+                      encoding=args.encoding)
 
 
 def _columns_exist(path: str, header, wanted, what: str) -> None:
@@ -335,7 +337,8 @@ def _train(args) -> int:
         features = [h for h in header if h != args.target and h not in dropped]
     if not features:
         raise CSVError(f"{args.data}: no feature columns besides the target {args.target!r}")
-    rownums = df.attrs.get("row_numbers", np.arange(2, len(df) + 2))
+    from .data.table import row_numbers
+    rownums = row_numbers(df)
     if len(df) < 4:
         raise CSVError(f"{args.data}: only {len(df)} data rows; need at least 4")
     y, task, classes = _target(args.data, df[args.target], rownums, args.target, args.task)

@@ -16,7 +16,7 @@ import fastreg as fr
 from fastreg import cli
 from fastreg import io as frio
 from fastreg.data import TableError, TablePreprocessor, read_table
-from fastreg.data.table import MAX_LISTED
+from fastreg.data.table import MAX_LISTED, row_numbers
 
 MESSY = ("id;height;weight;colour;size;score\n"
          "a1;1,5;60;red;S;1,25\n"
@@ -41,7 +41,7 @@ def test_semicolon_decimal_comma_missing_markers_text_and_ids():
     assert df["colour"].tolist() == ["red", "blue", "red", "green"]
     assert df["id"].tolist() == ["a1", "a2", "a3", "a4"]
     assert df["size"].isna().tolist() == [False, False, True, False]
-    np.testing.assert_array_equal(df.attrs["row_numbers"], [2, 3, 5, 6])   # blank line 4
+    np.testing.assert_array_equal(row_numbers(df), [2, 3, 5, 6])   # blank line 4
 
 
 def test_tab_and_comma_sniffed_and_explicit(tmp_path):

@@ -20,7 +20,8 @@ from collections import Counter
 
 import numpy as np
 
-__all__ = ["DEFAULT_NA_VALUES", "MAX_LISTED", "TableError", "frame_to_array", "read_table"]
+__all__ = ["DEFAULT_NA_VALUES", "MAX_LISTED", "TableError", "frame_to_array", "read_table",
+           "row_numbers"]
 
 #: Cells read as missing by default (after stripping blanks). ``nan`` and ``inf`` are not
 #: markers: a literal non-finite number in a CSV is reported as an error.
@@ -100,7 +101,7 @@ def _decode(raw: bytes, encoding: str, name: str) -> str:
                          f"{exc.start - line_start + 1} is not valid {encoding} (pass the "
                          "file's encoding, e.g. encoding='latin-1')") from None
     except LookupError:
-        raise ValueError(f"encoding: unknown codec {encoding!r}") from None
+        raise TableError(f"encoding: unknown codec {encoding!r}") from None
 
 
 def _sniff(text: str) -> str:
@@ -153,7 +154,8 @@ def read_table(path_or_buffer, *, sep: str | None = None, decimal: str | None = 
         A column whose non-missing cells all parse as finite numbers is float64; a column
         where fewer than half do is text (object dtype, None for missing). Rows are numbered
         as in the file (the header is row 1; blank lines are skipped but counted):
-        ``df.attrs["row_numbers"]``.
+        :func:`row_numbers` (kept in ``df.attrs["row_numbers"]``, a JSON-able list, only when
+        they are not simply 2, 3, ...).
 
     Raises
     ------
@@ -180,7 +182,6 @@ def read_table(path_or_buffer, *, sep: str | None = None, decimal: str | None = 
     raw = _read_bytes(path_or_buffer, name)
     if format == "parquet" or (format is None and raw[:4] == b"PAR1"):
         df = _read_parquet(pd, raw, name)
-        df.attrs["row_numbers"] = np.arange(2, len(df) + 2)
     else:
         df = _read_csv(pd, raw, name, sep, decimal, na, encoding, frozenset(text_columns))
     if columns is not None:
@@ -192,7 +193,8 @@ def read_table(path_or_buffer, *, sep: str | None = None, decimal: str | None = 
                              f"{_names(df.columns)})")
         rows = df.attrs.get("row_numbers")
         df = df[columns]
-        df.attrs["row_numbers"] = rows
+        if rows is not None:
+            df.attrs["row_numbers"] = rows
     return df
 
 
@@ -325,8 +327,17 @@ def _read_csv(pd, raw, name, sep, decimal, na, encoding, text_columns):
             [None if m else str(c) for c, m in zip(cells[:, j], missing[:, j])], dtype=object)
             for j in text}))
         df = pd.concat(parts, axis=1)[header] if len(text) < ncol else parts[1][header]
-    df.attrs["row_numbers"] = numbers
+    if n and numbers[-1] != n + 1:          # blank lines or multi-line cells: not 2, 3, ...
+        df.attrs["row_numbers"] = numbers.tolist()
     return df
+
+
+def row_numbers(df) -> np.ndarray:
+    """File row number of each row of a :func:`read_table` frame (the header is row 1)."""
+    rows = df.attrs.get("row_numbers")
+    if rows is not None and len(rows) == len(df):
+        return np.asarray(rows, dtype=np.int64)
+    return np.arange(2, len(df) + 2)
 
 
 def _mixed_column(h, cells, conv, missing, numbers):
