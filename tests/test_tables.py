@@ -331,6 +331,7 @@ def test_cli_train_predict_on_a_messy_csv(tmp_path, capsys):
     scores = m.predict(pre.transform(df).astype(np.float32))
     classes = np.array(m.metadata["classes"])
     np.testing.assert_array_equal([r[1] for r in rows[1:]], classes[scores.argmax(1)])
+    np.testing.assert_array_equal(m.predict(df), scores)    # the stored preprocessing
     assert len(label) == 160
     # reordered columns with the target absent: same predictions; a missing column: named
     shuffled = df[["colour", "b", "id", "a"]]

@@ -192,10 +192,14 @@ class _LazyPredict:
 def _pandas_features(model, x):
     """A DataFrame as the feature matrix, its columns matched by name to the model's
     (``metadata["features"]`` or ``feature_names_in_``): reordered when all are present, an
-    error naming the missing and extra ones otherwise."""
+    error naming the missing and extra ones otherwise. A model file written by ``fastreg
+    train`` applies its stored :class:`fastreg.data.TablePreprocessor` to the raw rows."""
+    meta = getattr(model, "metadata", None) or {}
+    if isinstance(meta.get("preprocessor"), dict):   # fastreg train's: raw rows -> features
+        from ..data.preprocess import TablePreprocessor
+        return TablePreprocessor.from_json(meta["preprocessor"]).transform(x, what="predict X")
     from ..data.table import frame_to_array
-    names = (getattr(model, "metadata", None) or {}).get("features") or getattr(
-        model, "feature_names_in_", None)
+    names = meta.get("features") or getattr(model, "feature_names_in_", None)
     return frame_to_array(x, None, what="predict X", features=names)[0]
 
 
