@@ -227,6 +227,8 @@ def test_preprocessor_json_round_trip_and_embedding_indices():
     np.testing.assert_array_equal(idx, idx0)
     np.testing.assert_array_equal(idx[:, 0], [1, 2, 1, 0, 0, 1])      # 0: unknown / missing
     assert back.embedding_sizes() == [3] and back.target_scale_ == pre.target_scale_
+    emb = fr.nn.Embedding(back.embedding_sizes()[0], 2)             # every index is in range
+    assert emb(idx[:, 0]).shape == (6, 2)
     with pytest.raises(ValueError, match="not a TablePreprocessor"):
         TablePreprocessor.from_json({"type": "x"})
     with pytest.raises(ValueError, match="impute must be one of"):
@@ -316,8 +318,12 @@ def test_cli_train_predict_on_a_messy_csv(tmp_path, capsys):
     assert pre.feature_names_in_ == ["a", "b", "colour"] and pre.text_ == ["colour"]
     # fitted on the training split only: not the median of all rows
     df = read_table(data)
-    all_median = float(np.nanmedian(df["a"]))
-    assert pre.fill_[0] != all_median
+    y = (df["label"] == "yes").to_numpy().astype(np.int64)         # classes ['no', 'yes']
+    (itr, _), _, _ = fr.data.train_valid_test_split(np.arange(160).reshape(-1, 1), y,
+                                                    valid=0.15, test=0.0, seed=0)
+    a = df["a"].to_numpy()
+    assert pre.fill_[0] == np.nanmedian(a[itr[:, 0]]) != np.nanmedian(a)
+    assert pre.mean_[1] == 0 and pre.scale_[1] == 1                  # folded into the model
     # fastreg predict on the raw rows == the Python path on the same rows
     preds = tmp_path / "p.csv"
     assert cli.main(["predict", str(model_path), str(data), "--keep", "id", "--out",
@@ -390,3 +396,16 @@ def test_cli_help_shows_defaults(capsys):
     out = capsys.readouterr().out
     assert "--keep" in out and "--target" in out
 
+
+
+def test_cli_reports_bad_tables_in_one_line(tmp_path, capsys):
+    data = tmp_path / "latin.csv"
+    rows = [b"a,b,y"] + [b"%d,%d,%d" % (i, i % 3, i % 2) for i in range(8)]
+    rows[3] = b"2,caf\xe9,0"                                        # row 4
+    data.write_bytes(b"\n".join(rows) + b"\n")
+    argv = ["train", str(data), "--target", "y", "--epochs", "1", "--out", str(tmp_path / "m")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "row 4: byte 0xe9" in err and err.count("\n") == 1
+    assert cli.main([*argv, "--encoding", "latin-1"]) == 2           # now a mixed column
+    assert "row 4, column 'b': 'café' is not a number" in capsys.readouterr().err
