@@ -67,7 +67,9 @@ def save(model, path: str | os.PathLike, metadata: dict | None = None) -> None:
         Conventionally ``*.fr``.
     metadata : dict, optional
         JSON-serialisable information kept with the model (feature names, class labels...);
-        :func:`load` returns it as ``model.metadata``.
+        :func:`load` returns it as ``model.metadata``. A model trained by ``fit`` on a
+        DataFrame adds ``"features"`` (its column names) unless given; the loaded model's
+        ``predict(df)`` then matches a DataFrame's columns by name.
 
     Raises
     ------

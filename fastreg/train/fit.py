@@ -212,7 +212,10 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
     optimizer : fastreg.optim optimizer
     train, valid : (X, y)
         Arrays; X is cast once to the model's dtype. ``valid`` is optional (without it there
-        is no ``val_loss``, so EarlyStopping must monitor something else).
+        is no ``val_loss``, so EarlyStopping must monitor something else). X may be a pandas
+        DataFrame of numeric columns (y a Series/DataFrame): its column names go to
+        ``model.feature_names_in_`` (and ``fr.save``'s ``metadata["features"]``); text columns
+        or missing values are an error pointing at :class:`fastreg.data.TablePreprocessor`.
     epochs, batch_size : int
     scheduler : learning-rate scheduler, optional
         Stepping rule: ``ReduceLROnPlateau`` gets ``step(val_loss)`` (or the train loss without
