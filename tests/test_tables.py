@@ -409,3 +409,21 @@ def test_cli_reports_bad_tables_in_one_line(tmp_path, capsys):
     assert "row 4: byte 0xe9" in err and err.count("\n") == 1
     assert cli.main([*argv, "--encoding", "latin-1"]) == 2           # now a mixed column
     assert "row 4, column 'b': 'café' is not a number" in capsys.readouterr().err
+
+
+def test_cli_predict_on_a_model_file_without_preprocessing(tmp_path, capsys):
+    m = _model(2)
+    path = tmp_path / "plain.fr"
+    frio.save(m, path, metadata={"features": ["u", "v"], "target": "t"})
+    data = tmp_path / "d.csv"
+    data.write_text("v;u;t;name\n1,5;2;0,5;a\n3;4;1;b\n")
+    assert cli.main(["predict", str(path), str(data), "--keep", "name"]) == 0
+    cap = capsys.readouterr()
+    ref = frio.load(path).predict(np.array([[2.0, 1.5], [4.0, 3.0]]))[:, 0]
+    lines = cap.out.splitlines()
+    assert lines[0] == "name,prediction"
+    np.testing.assert_allclose([float(ln.split(",")[1]) for ln in lines[1:]], ref, rtol=1e-6)
+    assert "RMSE" in cap.err                                        # 't' is present
+    data.write_text("v;u\n1;x\n2;y\n")
+    assert cli.main(["predict", str(path), str(data)]) == 2
+    assert "column(s) ['u'] are not numeric" in capsys.readouterr().err

@@ -105,20 +105,25 @@ def _decode(raw: bytes, encoding: str, name: str) -> str:
 
 
 def _sniff(text: str) -> str:
-    """The separator among ``, ; tab`` that splits the first lines into the same, largest
-    number of fields (ties: the order above)."""
-    lines = [ln for ln in text[:65536].splitlines()[:20] if ln.strip()]
-    if len(lines) > 1 and not text[:65536].endswith(("\n", "\r")) and len(text) > 65536:
-        lines = lines[:-1]                 # a partial last line
-    best, best_n = ",", 1
+    """The separator among ``, ; tab`` that splits the first 20 lines into the same number of
+    fields, the largest such number; when none is uniform (a ragged row), the one that splits
+    the header into the most fields; ties and single columns: ","."""
+    head = text[:65536]
+    lines = head.splitlines()
+    if len(text) > len(head) and not head.endswith(("\n", "\r")) and len(lines) > 1:
+        lines = lines[:-1]                     # drop a partial last line
+    lines = [ln for ln in lines[:20] if ln.strip()]
+    best, best_key = ",", (False, 1)
     for sep in _SEPARATORS:
         try:
-            counts = {len(r) for r in csv.reader(lines, delimiter=sep)}
+            counts = [len(r) for r in csv.reader(lines, delimiter=sep)]
         except csv.Error:
             continue
-        n = min(counts) if counts else 1
-        if len(counts) == 1 and n > best_n:
-            best, best_n = sep, n
+        if not counts:
+            continue
+        key = (len(set(counts)) == 1, counts[0])
+        if counts[0] > 1 and key > best_key:
+            best, best_key = sep, key
     return best
 
 
