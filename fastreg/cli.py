@@ -1,11 +1,19 @@
 """The ``fastreg`` command line (also ``python -m fastreg``).
 
     fastreg demo [--out DIR] [--epochs N] [--seed S] [--quick]
-    fastreg train data.csv --target COL [--hidden 256,128] [--dropout 0.2]
+    fastreg train data.csv|data.parquet --target COL [--sep ';'] [--drop COL...]
+                  [--features COL...] [--impute median|mean|none] [--task ...]
+                  [--hidden 256,128] [--dropout 0.2]
                   [--batch-norm | --layer-norm] [--l1 X] [--l2 X] [--optimizer adamw] [--lr X]
                   [--scheduler onecycle|cosine|step|plateau] [--epochs N] [--patience N]
                   [--out model.fr]
-    fastreg predict model.fr|model.onnx data.csv [--out preds.csv] [--onnx-output T]
+    fastreg predict model.fr|model.onnx data.csv [--out preds.csv] [--keep COL...]
+                  [--target COL] [--sep ';'] [--onnx-output T]
+
+Tables are read by :func:`fastreg.data.read_table` (separator sniffed, decimal commas, missing
+markers, Parquet); ``train`` fits a :class:`fastreg.data.TablePreprocessor` (impute, one-hot
+text columns, standardize) on the training split only and stores it in the model file, and
+``predict`` applies it to the raw rows.
     fastreg bench [options of the comparison driver]
 
 Imports are lazy: ``fastreg predict`` never imports numba, ``fastreg --help`` imports nothing
@@ -24,6 +32,7 @@ __all__ = ["CSVError", "main", "read_csv"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta")
 SCHEDULERS = ("none", "onecycle", "cosine", "step", "plateau")
+IMPUTE = ("median", "mean", "none")
 TASKS = ("auto", "classification", "regression")
 #: Integer-valued targets with at most this many distinct values count as class labels.
 MAX_AUTO_CLASSES = 100
@@ -70,27 +79,6 @@ def read_csv(path: str) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _numeric_columns(path: str, header, rows, columns: list[str]):
-    """Float64 matrix of ``columns`` and the file row number of each kept row."""
-    import numpy as np
-    idx = [header.index(c) for c in columns]
-    kept = [(i + 2, r) for i, r in enumerate(rows) if r is not None]
-    X = np.empty((len(kept), len(idx)), dtype=np.float64)
-    for n, (rownum, r) in enumerate(kept):
-        for j, c in enumerate(idx):
-            cell = r[c].strip()
-            try:
-                v = float(cell)
-            except ValueError:
-                raise CSVError(f"{path}: row {rownum}, column {header[c]!r}: {cell!r} is not "
-                               "a number") from None
-            if not math.isfinite(v):
-                raise CSVError(f"{path}: row {rownum}, column {header[c]!r}: {cell!r} is not "
-                               "a finite number")
-            X[n, j] = v
-    return X, [k for k, _ in kept]
-
-
 def _parse_hidden(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(s) for s in text.split(",") if s.strip())
@@ -100,6 +88,25 @@ def _parse_hidden(text: str) -> tuple[int, ...]:
     if any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"--hidden sizes must be positive, got {text!r}")
     return sizes
+
+
+def _sep(text: str) -> str:
+    sep = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";"}.get(text, text)
+    if len(sep) != 1:
+        raise argparse.ArgumentTypeError(f"--sep must be one character (',' ';' tab), got "
+                                         f"{text!r}")
+    return sep
+
+
+def _table_options(parser) -> None:
+    parser.add_argument("--sep", type=_sep, default=None,
+                        help="field separator: ',' ';' 'tab' (None: sniffed)")
+    parser.add_argument("--decimal", choices=(".", ","), default=None,
+                        help="decimal mark (None: ',' when the separator is not ',' and cells "
+                             "look like 12,5)")
+    parser.add_argument("--encoding", default="utf-8-sig", help="text encoding of a CSV")
+    parser.add_argument("--na", nargs="+", default=None, metavar="TEXT",
+                        help="extra missing-value markers (besides '', NA, N/A, null, ?, ...)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,36 +122,54 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     d.add_argument("--no-progress", action="store_true")
 
-    t = sub.add_parser("train", help="train an MLP on a CSV file and save it")
-    t.add_argument("data", help="CSV with a header row")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    t = sub.add_parser("train", help="train an MLP on a CSV/Parquet table and save it",
+                       formatter_class=fmt)
+    t.add_argument("data", help="CSV (header row; separator sniffed) or Parquet file")
     t.add_argument("--target", required=True, help="name of the target column")
     t.add_argument("--task", choices=TASKS, default="auto",
                    help="auto: classification for text or few integer targets")
+    _table_options(t)
+    t.add_argument("--drop", nargs="+", default=[], metavar="COL",
+                   help="columns not used as features (IDs, leaks)")
+    t.add_argument("--features", nargs="+", default=None, metavar="COL",
+                   help="the feature columns (default: all but the target and --drop)")
+    t.add_argument("--impute", choices=IMPUTE, default="median",
+                   help="fill of missing numeric cells (training split's statistic); none: "
+                        "missing cells are an error")
     t.add_argument("--hidden", type=_parse_hidden, default=(256, 128),
                    help="hidden layer sizes, e.g. 256,128")
-    t.add_argument("--dropout", type=float, default=0.0)
+    t.add_argument("--dropout", type=float, default=0.0, help="dropout probability")
     norm = t.add_mutually_exclusive_group()
-    norm.add_argument("--batch-norm", action="store_true")
-    norm.add_argument("--layer-norm", action="store_true")
+    norm.add_argument("--batch-norm", action="store_true", help="BatchNorm1d after each Linear")
+    norm.add_argument("--layer-norm", action="store_true", help="LayerNorm after each ReLU")
     t.add_argument("--l1", type=float, default=0.0, help="L1 penalty on the weights")
     t.add_argument("--l2", type=float, default=0.0, help="L2 penalty on the weights")
     t.add_argument("--weight-decay", type=float, default=None,
-                   help="decoupled/optimizer weight decay (AdamW default 1e-2, else 0)")
-    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--scheduler", choices=SCHEDULERS, default="none")
-    t.add_argument("--epochs", type=int, default=50)
-    t.add_argument("--batch-size", type=int, default=128)
+                   help="decoupled/optimizer weight decay (None: 1e-2 for AdamW, else 0)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="optimizer")
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    t.add_argument("--scheduler", choices=SCHEDULERS, default="none",
+                   help="learning-rate schedule")
+    t.add_argument("--epochs", type=int, default=50, help="maximum number of epochs")
+    t.add_argument("--batch-size", type=int, default=128, help="mini-batch size")
     t.add_argument("--patience", type=int, default=10, help="early-stopping patience")
     t.add_argument("--valid", type=float, default=0.15, help="validation fraction")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default="model.fr")
+    t.add_argument("--seed", type=int, default=0, help="random seed")
+    t.add_argument("--out", default="model.fr", help="model file to write")
     t.add_argument("--quiet", action="store_true", help="do not print the history")
 
-    p = sub.add_parser("predict", help="predict with a saved model")
+    p = sub.add_parser("predict", help="predict with a saved model", formatter_class=fmt)
     p.add_argument("model", help="a fastreg model file, or an .onnx file (fastreg[onnx])")
-    p.add_argument("data", help="CSV with a header row (the model's feature columns)")
-    p.add_argument("--out", default=None, help="CSV to write (default: standard output)")
+    p.add_argument("data", help="CSV or Parquet table with the model's feature columns (raw "
+                                "values: the model file's preprocessing is applied)")
+    p.add_argument("--out", default=None, help="CSV to write (None: standard output)")
+    p.add_argument("--keep", nargs="+", default=[], metavar="COL",
+                   help="columns copied to the predictions file (IDs)")
+    p.add_argument("--target", default=None,
+                   help="target column: metrics are printed when it is present (None: the "
+                        "model's target, when the table has it)")
+    _table_options(p)
     p.add_argument("--onnx-output", default=None, metavar="TENSOR",
                    help="for an .onnx file: the tensor to import up to (fastreg.onnx.load's "
                         "output=, e.g. a skl2onnx classifier's logits)")
@@ -178,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 0
     except (ValueError, TypeError, OSError) as exc:
-        if type(exc).__name__ == "ModelFileError" or isinstance(exc, OSError):
+        if type(exc).__name__ in ("ModelFileError", "TableError") or isinstance(exc, OSError):
             _error(args.command, exc)
             return 2
         raise
@@ -217,45 +242,61 @@ def _bench(argv: list[str]) -> int:
     return int(bench.main(argv) or 0)
 
 
-def _target(path: str, header, rows, column: str, task: str):
-    """(y, task, classes): class indices with the label names, or float targets."""
+def _target(path: str, col, rownums, column: str, task: str):
+    """(y, task, classes): class indices with the label names, or float targets, from the
+    target Series ``col`` of a read_table frame (``rownums``: file row of each row)."""
     import numpy as np
-    c = header.index(column)
-    cells = [(i + 2, r[c].strip()) for i, r in enumerate(rows) if r is not None]
-    values = []
-    numeric = True
-    for rownum, cell in cells:
-        if cell == "":
-            raise CSVError(f"{path}: row {rownum}, column {column!r}: empty target")
-        try:
-            v = float(cell)
-            if not math.isfinite(v):
-                raise ValueError
-            values.append(v)
-        except ValueError:
-            numeric = False
-            if task == "regression":
-                raise CSVError(f"{path}: row {rownum}, column {column!r}: {cell!r} is not a "
+    numeric = col.dtype.kind in "biuf"
+    values = col.to_numpy(dtype=np.float64, na_value=np.nan) if numeric else None
+    for i, v in enumerate(col):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            raise CSVError(f"{path}: row {rownums[i]}, column {column!r}: empty target")
+    if not numeric and task == "regression":
+        for i, v in enumerate(col):
+            try:
+                float(v)
+            except ValueError:
+                raise CSVError(f"{path}: row {rownums[i]}, column {column!r}: {v!r} is not a "
                                "number (regression needs numeric targets)") from None
     if task == "auto":
         if not numeric:
             task = "classification"
         else:
-            integral = all(v == int(v) for v in values)
-            task = "classification" if integral and len(set(values)) <= MAX_AUTO_CLASSES \
-                else "regression"
+            integral = bool(np.all(values == np.round(values)))
+            task = "classification" if integral and len(set(values.tolist())) <= \
+                MAX_AUTO_CLASSES else "regression"
     if task == "regression":
-        return np.asarray(values, dtype=np.float32).reshape(-1, 1), task, None
-    labels = [cell for _, cell in cells]
+        if values is None:
+            values = np.asarray([float(v) for v in col])
+        return values.astype(np.float64), task, None
     if numeric:   # numeric labels sort numerically, keep their text ("3" not "3.0")
-        classes = sorted(set(labels), key=lambda s: float(s))
+        labels = [str(int(v)) if float(v).is_integer() else repr(float(v)) for v in values]
+        classes = sorted(set(labels), key=float)
     else:
+        labels = [str(v) for v in col]
         classes = sorted(set(labels))
     index = {k: i for i, k in enumerate(classes)}
     if len(classes) < 2:
         raise CSVError(f"{path}: column {column!r}: a classification target needs at least 2 "
                        f"classes, found {classes}")
     return np.asarray([index[s] for s in labels], dtype=np.int64), task, classes
+
+
+def _read_table(path: str, args):
+    from .data.table import DEFAULT_NA_VALUES, read_table
+    na = DEFAULT_NA_VALUES + tuple(args.na or ())
+    return read_table(path, sep=args.sep, decimal=args.decimal, na_values=na,
+                      encoding=args.encoding)
+
+
+def _columns_exist(path: str, header, wanted, what: str) -> None:
+    from .data.table import _names
+    have = set(header)
+    missing = [c for c in wanted if c not in have]
+    if missing:
+        raise CSVError(f"{path}: {what} column(s) {_names(missing)} not found (columns: "
+                       f"{', '.join(map(str, header[:20]))}"
+                       f"{f', ... ({len(header) - 20} more)' if len(header) > 20 else ''})")
 
 
 def _make_optimizer(fr, name: str, groups, lr: float):
@@ -278,19 +319,6 @@ def _make_scheduler(fr, name: str, opt, args, steps_per_epoch: int):
     return S.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=max(1, args.patience // 2))
 
 
-def _fold_standardization(model, mean, std) -> None:
-    """Make the first Linear take raw features: W' = W / std, b' = b - W' mean (float64)."""
-    import numpy as np
-
-    from .nn._spec import LAYERS
-    first = next(m for m in model.modules() if type(m) is LAYERS["Linear"])
-    W = first.weight.data.astype(np.float64)
-    W2 = W / std
-    b = first.bias.data.astype(np.float64) - W2 @ mean
-    first.weight.data[...] = W2
-    first.bias.data[...] = b
-
-
 def _train(args) -> int:
     import numpy as np
 
@@ -304,28 +332,49 @@ def _train(args) -> int:
                            f"got {getattr(args, name)}")
     if not 0.0 <= args.dropout < 1.0:
         raise CSVError(f"--dropout must be in [0, 1), got {args.dropout}")
-    header, rows = read_csv(args.data)
+    df = _read_table(args.data, args)
+    header = [str(c) for c in df.columns]
     if args.target not in header:
+        from .data.table import _names
         raise CSVError(f"{args.data}: column {args.target!r} not found (columns: "
-                       f"{', '.join(header)})")
-    features = [h for h in header if h != args.target]
+                       f"{_names(header)[1:-1].replace(chr(39), '')})")
+    _columns_exist(args.data, header, args.drop, "--drop")
+    if args.features is not None:
+        _columns_exist(args.data, header, args.features, "--features")
+        if args.target in args.features:
+            raise CSVError(f"--features must not include the target {args.target!r}")
+        features = list(dict.fromkeys(args.features))
+    else:
+        dropped = set(args.drop)
+        features = [h for h in header if h != args.target and h not in dropped]
     if not features:
         raise CSVError(f"{args.data}: no feature columns besides the target {args.target!r}")
-    X, _ = _numeric_columns(args.data, header, rows, features)
-    if len(X) < 4:
-        raise CSVError(f"{args.data}: only {len(X)} data rows; need at least 4")
-    y, task, classes = _target(args.data, header, rows, args.target, args.task)
+    from .data.table import row_numbers
+    rownums = row_numbers(df)
+    if len(df) < 4:
+        raise CSVError(f"{args.data}: only {len(df)} data rows; need at least 4")
+    y, task, classes = _target(args.data, df[args.target], rownums, args.target, args.task)
     fr.manual_seed(args.seed)
-    mean = X.mean(axis=0)
-    std = X.std(axis=0)
-    std[std == 0] = 1.0
-    Xs = ((X - mean) / std).astype(np.float32)
     stratify = task == "classification" and np.bincount(y).min() >= 2
-    (Xtr, ytr), (Xva, yva), _ = fr.data.train_valid_test_split(
-        Xs, y, valid=args.valid, test=0.0, stratify=stratify, seed=args.seed)
+    idx = np.arange(len(df)).reshape(-1, 1)
+    (itr, ytr), (iva, yva), _ = fr.data.train_valid_test_split(
+        idx, y, valid=args.valid, test=0.0, stratify=stratify, seed=args.seed)
+    itr, iva = itr[:, 0], iva[:, 0]
+    # preprocessing fitted on the training rows only
+    pre = fr.data.TablePreprocessor(impute=args.impute)
+    try:
+        pre.fit(df.iloc[itr][features], y=ytr if task == "regression" else None)
+        Xtr = pre.transform(df.iloc[itr][features]).astype(np.float32)
+        Xva = pre.transform(df.iloc[iva][features]).astype(np.float32)
+    except ValueError as exc:
+        raise CSVError(f"{args.data}: {exc}") from None
+    if task == "regression":
+        ytr = pre.transform_target(ytr).astype(np.float32).reshape(-1, 1)
+        yva = pre.transform_target(yva).astype(np.float32).reshape(-1, 1)
     n_out = len(classes) if task == "classification" else 1
     norm = "batch" if args.batch_norm else "layer" if args.layer_norm else None
-    model = build_mlp(X.shape[1], n_out, hidden=args.hidden, dropout=args.dropout, norm=norm)
+    model = build_mlp(Xtr.shape[1], n_out, hidden=args.hidden, dropout=args.dropout,
+                      norm=norm)
     wd = args.weight_decay if args.weight_decay is not None else (
         1e-2 if args.optimizer == "adamw" else 0.0)
     groups = fr.optim.param_groups(model, weight_decay=wd, l1=args.l1, l2=args.l2)
@@ -334,9 +383,10 @@ def _train(args) -> int:
     sched = _make_scheduler(fr, args.scheduler, opt, args, steps)
     loss_fn = fr.nn.CrossEntropyLoss() if task == "classification" else fr.nn.MSELoss()
     stopper = fr.train.EarlyStopping(monitor="val_loss", patience=args.patience)
-    print(f"{args.data}: {len(X)} rows, {len(features)} features, target {args.target!r} "
-          f"({task}{f', {n_out} classes' if classes else ''}); train {len(Xtr)}, "
-          f"valid {len(Xva)}")
+    text = f", {len(pre.text_)} text one-hot to {Xtr.shape[1]} inputs" if pre.text_ else ""
+    print(f"{args.data}: {len(df)} rows, {len(features)} features{text}, target "
+          f"{args.target!r} ({task}{f', {n_out} classes' if classes else ''}); train "
+          f"{len(Xtr)}, valid {len(Xva)}")
     hist = fr.train.fit(model, loss_fn, opt, train=(Xtr, ytr), valid=(Xva, yva),
                         epochs=args.epochs, batch_size=args.batch_size, scheduler=sched,
                         callbacks=[stopper], progress=False, seed=args.seed)
@@ -345,9 +395,14 @@ def _train(args) -> int:
             print(hist.format_epoch(i))
     print(f"{hist.stop_reason}; best epoch {hist.best_epoch} (val_loss {hist.best_value:.5g}, "
           "weights restored)")
-    _fold_standardization(model, mean, std)
+    if hist.best_epoch == len(hist) and len(hist) == args.epochs:
+        print(f"fastreg train: warning: the best epoch is the last one ({len(hist)}): still "
+              "improving: raise --epochs", file=sys.stderr)
+    # the file's model takes imputed/one-hot but unscaled features and predicts raw targets
+    pre.fold_into(model)
     model.eval()
-    meta = {"features": features, "target": args.target, "task": task, "classes": classes}
+    meta = {"features": features, "target": args.target, "task": task, "classes": classes,
+            "preprocessor": pre.to_json()}
     frio.save(model, args.out, metadata=meta)
     print(f"saved {args.out}")
     return 0
@@ -373,23 +428,52 @@ def _predict(args) -> int:
 
     model = _load_model(args.model, args.onnx_output)
     meta = model.metadata or {}
-    header, rows = read_csv(args.data)
+    df = _read_table(args.data, args)
+    header = [str(c) for c in df.columns]
+    _columns_exist(args.data, header, args.keep, "--keep")
+    if args.target is not None:
+        _columns_exist(args.data, header, [args.target], "--target")
+    target = args.target or meta.get("target")
     features = meta.get("features")
     if isinstance(features, list) and all(isinstance(f, str) for f in features):
-        missing = [f for f in features if f not in header]
+        missing = [f for f in features if f not in set(header)]
         if missing:
-            raise CSVError(f"{args.data}: missing feature column(s) {missing} the model was "
-                           "trained on")
+            from .data.table import _names
+            raise CSVError(f"{args.data}: missing feature column(s) {_names(missing)} the "
+                           "model was trained on")
     else:
-        features = header
-    X, _ = _numeric_columns(args.data, header, rows, features)
+        features = [h for h in header if h != target and h not in set(args.keep)]
+    state = meta.get("preprocessor")
+    if state is not None:
+        from .data.preprocess import TablePreprocessor
+        try:
+            pre = TablePreprocessor.from_json(state)
+        except ValueError as exc:
+            from . import io as frio
+            raise frio.ModelFileError(f"{args.model}: {exc}") from None
+        try:
+            X = pre.transform(df, what=args.data)
+        except ValueError as exc:
+            raise CSVError(str(exc)) from None
+    else:                           # a file without preprocessing: numeric columns as they are
+        sub = df[features]
+        text = [c for c in features if sub[c].dtype.kind not in "biuf"]
+        if text:
+            from .data.table import _names
+            raise CSVError(f"{args.data}: column(s) {_names(text)} are not numeric (this "
+                           "model file has no preprocessing for text columns)")
+        X = sub.to_numpy(dtype=np.float64)
+        if np.isnan(X).any():
+            cols = [features[j] for j in np.flatnonzero(np.isnan(X).any(axis=0))]
+            raise CSVError(f"{args.data}: missing values in column(s) {cols} (this model "
+                           "file has no imputation)")
     try:
         scores = model.predict(X)       # cast once to the model's dtype by the predictor
     except ValueError as exc:           # the columns do not fit the model's input
-        raise UsageError(f"{args.data}: {len(features)} feature column(s) do not fit the "
+        raise UsageError(f"{args.data}: {X.shape[1]} feature column(s) do not fit the "
                          f"model {args.model} ({exc}); a model saved without feature names "
-                         "uses every column, so remove the target and other extra "
-                         "columns") from None
+                         "uses every column but the target (--target) and --keep columns, so "
+                         "remove other extra columns") from None
     scores = np.asarray(scores)
     if scores.ndim == 1:
         scores = scores.reshape(-1, 1)
@@ -398,30 +482,78 @@ def _predict(args) -> int:
             and len(classes) != scores.shape[1]:
         raise UsageError(f"{args.model}: its metadata lists {len(classes)} class(es) but the "
                          f"model gives {scores.shape[1]} output(s)")
+    keep = [df[c].tolist() for c in args.keep]
+    is_cls = meta.get("task") == "classification" and isinstance(classes, list)
+    if is_cls:
+        z = scores - scores.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
     out = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115
     try:
         w = csv.writer(out)
-        if meta.get("task") == "classification" and isinstance(classes, list):
-            z = scores - scores.max(axis=1, keepdims=True)
-            p = np.exp(z)
-            p /= p.sum(axis=1, keepdims=True)
-            w.writerow(["prediction"] + [f"p_{c}" for c in classes])
-            for row, k in zip(p, scores.argmax(axis=1)):
-                w.writerow([classes[k]] + [f"{v:.6g}" for v in row])
+        if is_cls:
+            w.writerow(list(args.keep) + ["prediction"] + [f"p_{c}" for c in classes])
+            body = ([classes[k]] + [f"{v:.6g}" for v in row]
+                    for row, k in zip(p, scores.argmax(axis=1)))
         elif scores.ndim == 2 and scores.shape[1] == 1:
-            w.writerow(["prediction"])
-            for v in scores[:, 0]:
-                w.writerow([f"{v:.9g}"])
+            w.writerow(list(args.keep) + ["prediction"])
+            body = ([f"{v:.9g}"] for v in scores[:, 0])
         else:
-            w.writerow([f"output_{j}" for j in range(scores.shape[1])])
-            for row in scores:
-                w.writerow([f"{v:.9g}" for v in row])
+            w.writerow(list(args.keep) + [f"output_{j}" for j in range(scores.shape[1])])
+            body = ([f"{v:.9g}" for v in row] for row in scores)
+        for i, cells in enumerate(body):
+            w.writerow([_cell(k[i]) for k in keep] + cells)
     finally:
         if args.out:
             out.close()
     if args.out:
         print(f"wrote {len(scores)} predictions to {args.out}", file=sys.stderr)
+    if target and target in header:
+        _print_metrics(args.data, df[target], scores, meta, classes if is_cls else None,
+                       p if is_cls else None)
     return 0
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _print_metrics(path, col, scores, meta, classes, proba) -> None:
+    """Metrics on stderr (stdout may hold the predictions): accuracy and log loss, or RMSE,
+    MAE and R^2, over the rows whose target is present."""
+    import numpy as np
+    name = col.name
+    if classes is not None:
+        labels = [_cell(v) for v in col]
+        index = {c: i for i, c in enumerate(classes)}
+        rows = [i for i, t in enumerate(labels) if t != ""]
+        known = [i for i in rows if labels[i] in index]
+        if not rows:
+            return
+        t = np.asarray([index[labels[i]] for i in known], dtype=np.int64)
+        acc = float(np.mean(scores[known].argmax(axis=1) == t)) * len(known) / len(rows)
+        ll = float(-np.mean(np.log(np.clip(proba[known, t], 1e-15, 1.0)))) if known else \
+            float("nan")
+        unknown = f", {len(rows) - len(known)} rows with unseen labels" if \
+            len(known) < len(rows) else ""
+        print(f"{path}: target {name!r}: accuracy {acc:.4f}, log loss {ll:.4f} over "
+              f"{len(rows)} rows{unknown}", file=sys.stderr)
+        return
+    if col.dtype.kind not in "biuf" or scores.ndim != 2 or scores.shape[1] != 1:
+        return
+    t = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    ok = ~np.isnan(t)
+    if not ok.any():
+        return
+    e = scores[ok, 0].astype(np.float64) - t[ok]
+    ss = float(((t[ok] - t[ok].mean()) ** 2).sum())
+    r2 = 1.0 - float((e ** 2).sum()) / ss if ss > 0 else float("nan")
+    print(f"{path}: target {name!r}: RMSE {np.sqrt(np.mean(e ** 2)):.6g}, MAE "
+          f"{np.mean(np.abs(e)):.6g}, R^2 {r2:.4f} over {int(ok.sum())} rows", file=sys.stderr)
 
 
 if __name__ == "__main__":   # pragma: no cover

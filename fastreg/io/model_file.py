@@ -82,7 +82,9 @@ def save(model, path: str | os.PathLike, metadata: dict | None = None) -> None:
         Conventionally ``*.fr``.
     metadata : dict, optional
         JSON-serialisable information kept with the model (feature names, class labels...);
-        :func:`load` returns it as ``model.metadata``.
+        :func:`load` returns it as ``model.metadata``. A model trained by ``fit`` on a
+        DataFrame adds ``"features"`` (its column names) unless given; the loaded model's
+        ``predict(df)`` then matches a DataFrame's columns by name.
     """
     try:
         arch = architecture(model)
@@ -99,9 +101,12 @@ def save(model, path: str | os.PathLike, metadata: dict | None = None) -> None:
               "architecture": arch,
               "tensors": {k: {"shape": list(np.shape(v)), "dtype": np.asarray(v).dtype.name}
                           for k, v in state.items()}}
+    if metadata is not None and not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+    names = getattr(model, "feature_names_in_", None)      # set by fit on a DataFrame
+    if names is not None and "features" not in (metadata or {}):
+        metadata = {**(metadata or {}), "features": list(names)}
     if metadata is not None:
-        if not isinstance(metadata, dict):
-            raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
         header["metadata"] = json.loads(json.dumps(metadata))     # JSON-able, a copy
     atomic_write(path, lambda f: write_container(f, header, state))
 
@@ -287,11 +292,27 @@ class _LazyPredict:
         self._fn = None
 
     def __call__(self, x, out=None):
+        if type(x).__module__.startswith("pandas"):      # a DataFrame: columns by name
+            x = _pandas_features(self._model, x)
         fn = self._fn
         if fn is None:
             from ..inference import compile as _compile
             fn = self._fn = _compile(self._model)
         return fn(x, out=out)
+
+
+def _pandas_features(model, x):
+    """A DataFrame as the feature matrix, its columns matched by name to the model's
+    (``metadata["features"]`` or ``feature_names_in_``): reordered when all are present, an
+    error naming the missing and extra ones otherwise. A model file written by ``fastreg
+    train`` applies its stored :class:`fastreg.data.TablePreprocessor` to the raw rows."""
+    meta = getattr(model, "metadata", None) or {}
+    if isinstance(meta.get("preprocessor"), dict):   # fastreg train's: raw rows -> features
+        from ..data.preprocess import TablePreprocessor
+        return TablePreprocessor.from_json(meta["preprocessor"]).transform(x, what="predict X")
+    from ..data.table import frame_to_array
+    names = meta.get("features") or getattr(model, "feature_names_in_", None)
+    return frame_to_array(x, None, what="predict X", features=names)[0]
 
 
 def _to_numpy(value):

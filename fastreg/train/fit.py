@@ -116,6 +116,35 @@ def _takes_indices(model) -> bool:
     return isinstance(m, Embedding)
 
 
+def _from_pandas(model, train, valid, dtype):
+    """pandas DataFrames/Series in ``train``/``valid`` -> arrays (numeric columns, in the model's
+    dtype; ``valid``'s columns reordered to ``train``'s); the names go to
+    ``model.feature_names_in_``. pandas is touched only when such an object is given."""
+    def has_pandas(pair):
+        return isinstance(pair, (tuple, list)) and any(
+            type(v).__module__.startswith("pandas") for v in pair)
+    if not (has_pandas(train) or has_pandas(valid)):
+        return train, valid
+    from ..data.table import frame_to_array
+    names = None
+    out = []
+    for what, pair in (("train", train), ("valid", valid)):
+        if has_pandas(pair) and len(pair) in (2, 3):
+            X, cols = frame_to_array(pair[0], dtype, what=f"{what} X", features=names)
+            y, _ = frame_to_array(pair[1], None, what=f"{what} y")
+            names = names or cols
+            pair = (X, y, *[_series_values(v) for v in pair[2:]])
+        out.append(pair)
+    if names is not None:
+        object.__setattr__(model, "feature_names_in_", list(names))
+    return out[0], out[1]
+
+
+def _series_values(v):
+    """A pandas Series of weights as its values (anything else unchanged)."""
+    return v.to_numpy() if type(v).__module__.startswith("pandas") else v
+
+
 def _scheduler_interval(scheduler, override) -> str | None:
     if scheduler is None:
         return None
@@ -304,7 +333,10 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
     optimizer : fastreg.optim optimizer
     train, valid : (X, y)
         Arrays; X is cast once to the model's dtype. ``valid`` is optional (without it there
-        is no ``val_loss``, so EarlyStopping must monitor something else).
+        is no ``val_loss``, so EarlyStopping must monitor something else). X may be a pandas
+        DataFrame of numeric columns (y a Series/DataFrame): its column names go to
+        ``model.feature_names_in_`` (and ``fr.save``'s ``metadata["features"]``); text columns
+        or missing values are an error pointing at :class:`fastreg.data.TablePreprocessor`.
     epochs, batch_size : int
         ``batch_size=1`` trains on single samples; a model holding a ``BatchNorm1d`` cannot
         (ValueError before training, as torch needs more than one value per channel).
@@ -381,6 +413,7 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
     if not callable(getattr(model, "backward", None)):
         raise TypeError(f"model must be a fastreg.nn.Module, got {type(model).__name__}")
     dtype = _model_dtype(model)
+    train, valid = _from_pandas(model, train, valid, dtype)    # DataFrame/Series -> arrays
     X, y = _check_pair("train", train, dtype, _takes_indices(model))
     Xv = yv = wv = None
     if valid is not None:
