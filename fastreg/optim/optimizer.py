@@ -111,7 +111,8 @@ class _FlatGroup:
     @property
     def step(self) -> int:
         """The largest per-parameter step count (all equal unless parameters were frozen)."""
-        return max(self.steps, default=0)
+        steps = self.steps
+        return steps[0] if self.uniform and steps else max(steps, default=0)
 
     @step.setter
     def step(self, value: int) -> None:
