@@ -410,6 +410,7 @@ def test_drives_fastreg_optimizers_when_available():
         ts = torch.optim.lr_scheduler.OneCycleLR(topt, max_lr=0.5, total_steps=50)
         for _ in range(49):
             topt.step()
+            fopt.step()                  # before the scheduler, or it warns as torch does
             ts.step()
             fs.step()
             assert fs.get_last_lr() == pytest.approx(ts.get_last_lr(), rel=1e-12)

@@ -334,8 +334,8 @@ def test_bad_params():
         fr.optim.SGD([p, q], lr=0.1)
     with pytest.raises(ValueError, match="more than one parameter group"):
         fr.optim.SGD([{"params": [p]}, {"params": [p]}], lr=0.1)
-    with pytest.raises(ValueError, match="duplicate"):
-        fr.optim.SGD([p, p], lr=0.1)
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        assert fr.optim.SGD([p, p], lr=0.1).param_groups[0]["params"] == [p]
     fr.optim.SGD([{"params": [p]}, {"params": [q]}], lr=0.1)   # one dtype per group is fine
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .._checks import check_scalar
 from .._kernels import optim as _k
-from .optimizer import Optimizer, _FlatGroup
+from .optimizer import Optimizer, _FlatGroup, _Run
 
 __all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "RMSprop"]
 
@@ -63,17 +63,18 @@ class SGD(Optimizer):
         if g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
-    def _update(self, g, flat: _FlatGroup):
+    def _update(self, g, run: _Run | _FlatGroup):
         mom = g["momentum"]
         buf, first = None, False
         if mom != 0:
-            first = "momentum_buffer" not in flat.state   # torch: buf = g.clone() on first use
-            buf = flat.buffer("momentum_buffer")
-        _k.run_sgd_step(flat.data, flat.grad, buf, lr=g["lr"], momentum=mom,
+            # torch: buf = g.clone() where a parameter has no momentum buffer yet
+            first = run.first or not run.has_buffer("momentum_buffer")
+            buf = run.buffer("momentum_buffer")
+        _k.run_sgd_step(run.data, run.grad, buf, lr=g["lr"], momentum=mom,
                         dampening=g["dampening"], weight_decay=g["weight_decay"],
                         nesterov=bool(g["nesterov"]), maximize=bool(g["maximize"]),
                         first_step=first, l1=g["l1"], l2=g["l2"],
-                        device=flat.place.is_device)
+                        device=run.place.is_device)
 
 
 class Adam(Optimizer):
@@ -113,17 +114,17 @@ class Adam(Optimizer):
                 raise ValueError(f"Invalid beta parameter at index {i}: {b}")
         _check_nonneg(g, "weight_decay", "weight_decay value")
 
-    def _update(self, g, flat: _FlatGroup):
+    def _update(self, g, run: _Run | _FlatGroup):
         beta1, beta2 = g["betas"]
         amsgrad = bool(g["amsgrad"])
-        _k.run_adam_step(flat.data, flat.grad, flat.buffer("exp_avg"),
-                         flat.buffer("exp_avg_sq"),
-                         flat.buffer("max_exp_avg_sq") if amsgrad else None, step=flat.step,
+        _k.run_adam_step(run.data, run.grad, run.buffer("exp_avg"),
+                         run.buffer("exp_avg_sq"),
+                         run.buffer("max_exp_avg_sq") if amsgrad else None, step=run.step,
                          lr=g["lr"], beta1=beta1, beta2=beta2, eps=g["eps"],
                          weight_decay=g["weight_decay"],
                          decoupled_weight_decay=bool(g.get("decoupled_weight_decay", False)),
                          amsgrad=amsgrad, maximize=bool(g["maximize"]), l1=g["l1"], l2=g["l2"],
-                         device=flat.place.is_device)
+                         device=run.place.is_device)
 
 
 class AdamW(Adam):
@@ -173,15 +174,15 @@ class RMSprop(Optimizer):
         _check_nonneg(g, "weight_decay", "weight_decay value")
         _check_nonneg(g, "alpha", "alpha value")
 
-    def _update(self, g, flat: _FlatGroup):
+    def _update(self, g, run: _Run | _FlatGroup):
         centered, mom = bool(g["centered"]), g["momentum"]
-        _k.run_rmsprop_step(flat.data, flat.grad, flat.buffer("square_avg"),
-                            flat.buffer("grad_avg") if centered else None,
-                            flat.buffer("momentum_buffer") if mom > 0 else None,
+        _k.run_rmsprop_step(run.data, run.grad, run.buffer("square_avg"),
+                            run.buffer("grad_avg") if centered else None,
+                            run.buffer("momentum_buffer") if mom > 0 else None,
                             lr=g["lr"], alpha=g["alpha"], eps=g["eps"],
                             weight_decay=g["weight_decay"], momentum=mom, centered=centered,
                             maximize=bool(g["maximize"]), l1=g["l1"], l2=g["l2"],
-                            device=flat.place.is_device)
+                            device=run.place.is_device)
 
 
 class Adagrad(Optimizer):
@@ -214,6 +215,8 @@ class Adagrad(Optimizer):
         _check_nonneg(g, "initial_accumulator_value", "initial_accumulator_value value")
         _check_nonneg(g, "eps", "epsilon value")
 
+    _eager_state = True   # torch creates every parameter's state (step 0, sum) up front
+
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         # torch creates Adagrad's state (step 0, sum) when a group is added, not on first step.
@@ -224,13 +227,13 @@ class Adagrad(Optimizer):
             return np.full(flat.n, float(group["initial_accumulator_value"]), dtype=flat.dtype)
         return super()._initial_buffer(group, flat, name)
 
-    def _update(self, g, flat: _FlatGroup):
-        _k.run_adagrad_step(flat.data, flat.grad,
-                            flat.buffer("sum", float(g["initial_accumulator_value"])),
-                            step=flat.step, lr=g["lr"], lr_decay=g["lr_decay"],
+    def _update(self, g, run: _Run | _FlatGroup):
+        _k.run_adagrad_step(run.data, run.grad,
+                            run.buffer("sum", float(g["initial_accumulator_value"])),
+                            step=run.step, lr=g["lr"], lr_decay=g["lr_decay"],
                             weight_decay=g["weight_decay"], eps=g["eps"],
                             maximize=bool(g["maximize"]), l1=g["l1"], l2=g["l2"],
-                            device=flat.place.is_device)
+                            device=run.place.is_device)
 
 
 class Adadelta(Optimizer):
@@ -261,8 +264,8 @@ class Adadelta(Optimizer):
         _check_nonneg(g, "eps", "epsilon value")
         _check_nonneg(g, "weight_decay", "weight_decay value")
 
-    def _update(self, g, flat: _FlatGroup):
-        _k.run_adadelta_step(flat.data, flat.grad, flat.buffer("square_avg"),
-                             flat.buffer("acc_delta"), lr=g["lr"], rho=g["rho"], eps=g["eps"],
+    def _update(self, g, run: _Run | _FlatGroup):
+        _k.run_adadelta_step(run.data, run.grad, run.buffer("square_avg"),
+                             run.buffer("acc_delta"), lr=g["lr"], rho=g["rho"], eps=g["eps"],
                              weight_decay=g["weight_decay"], maximize=bool(g["maximize"]),
-                             l1=g["l1"], l2=g["l2"], device=flat.place.is_device)
+                             l1=g["l1"], l2=g["l2"], device=run.place.is_device)

@@ -1,8 +1,10 @@
 """Learning-rate schedulers with ``torch.optim.lr_scheduler``'s semantics.
 
 A scheduler talks to its optimizer only through ``optimizer.param_groups`` (a list of dicts with
-torch's keys: ``"lr"``, and ``"momentum"`` or ``"betas"`` for :class:`OneCycleLR`), so it drives
-any fastreg optimizer, or any object shaped like one.
+torch's keys: ``"lr"``, and ``"momentum"`` or ``"betas"`` for :class:`OneCycleLR` and
+:class:`CyclicLR`), so it drives any fastreg optimizer, or any object shaped like one.
+:class:`SequentialLR` (one scheduler after another, at milestones) and :class:`ChainedScheduler`
+(several at once, factors multiplied) compose the others.
 
 Conventions copied from torch 2.x so that sequences match number for number:
 
@@ -12,8 +14,11 @@ Conventions copied from torch 2.x so that sequences match number for number:
   schedulers compose; ``step(epoch)`` (deprecated in torch, kept for compatibility) uses the
   *closed* form (lr as a function of ``base_lrs`` and ``epoch``) where one exists.
 * ``get_last_lr()`` is the list of lrs the last step wrote; ``state_dict()`` is every attribute
-  but the optimizer; :class:`ReduceLROnPlateau` takes ``step(metric)`` and takes no step at
-  construction.
+  but the optimizer (composites: their children's state_dicts; functions are not saved);
+  :class:`ReduceLROnPlateau` takes ``step(metric)`` and takes no step at construction.
+* The first ``scheduler.step()`` warns (torch's UserWarning and text) if the optimizer has not
+  stepped yet: fastreg's optimizers record their steps; another object's ``step`` method is
+  wrapped as torch wraps it; an object without one is not checked.
 
 Typical use, once per epoch (or per batch for :class:`OneCycleLR`)::
 
@@ -24,9 +29,11 @@ Typical use, once per epoch (or per batch for :class:`OneCycleLR`)::
 """
 from __future__ import annotations
 
+import functools
 import math
 import types
 import warnings
+import weakref
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -35,18 +42,24 @@ from typing import Any
 import numpy as np
 
 from .._checks import check_int, check_scalar
+from .optimizer import Optimizer
 
 __all__ = [
+    "ChainedScheduler",
     "ConstantLR",
     "CosineAnnealingLR",
     "CosineAnnealingWarmRestarts",
+    "CyclicLR",
     "ExponentialLR",
     "LRScheduler",
     "LambdaLR",
     "LinearLR",
     "MultiStepLR",
+    "MultiplicativeLR",
     "OneCycleLR",
+    "PolynomialLR",
     "ReduceLROnPlateau",
+    "SequentialLR",
     "StepLR",
 ]
 
@@ -54,6 +67,20 @@ _EPOCH_DEPRECATION_WARNING = (
     "The epoch parameter in `scheduler.step()` is deprecated (as in torch); call "
     "`scheduler.step()` without it. With an epoch, the closed form is used where available.")
 
+
+# torch 2.13's texts, word for word (tests and users grep for them).
+_STEP_ORDER_WARNING = (
+    "Detected call of `lr_scheduler.step()` before `optimizer.step()`. "
+    "In PyTorch 1.1.0 and later, you should call them in the opposite order: "
+    "`optimizer.step()` before `lr_scheduler.step()`.  Failure to do this "
+    "will result in PyTorch skipping the first value of the learning rate schedule. "
+    "See more details at "
+    "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate")
+_STEP_OVERRIDDEN_WARNING = (
+    "Seems like `optimizer.step()` has been overridden after learning rate scheduler "
+    "initialization. Please, make sure to call `optimizer.step()` before "
+    "`lr_scheduler.step()`. See more details at "
+    "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate")
 
 _REAL = (int, float, np.integer, np.floating)
 _INT = (int, np.integer)
@@ -97,6 +124,52 @@ def _group_values(optimizer, key: str) -> list:
     return [group[key] for group in optimizer.param_groups]
 
 
+def _track_optimizer_step(optimizer) -> None:
+    """Let the scheduler see whether ``optimizer.step()`` ran (for the step-order warning).
+
+    fastreg's optimizers record it themselves (``Optimizer.step`` sets ``_opt_called``). Any
+    other object with a ``step`` method gets its bound ``step`` wrapped, as torch does; an
+    object without one (only ``param_groups``) is not tracked and never warned about.
+    """
+    if isinstance(optimizer, Optimizer):
+        return
+    step = getattr(optimizer, "step", None)
+    if not callable(step) or getattr(step, "_wrapped_by_lr_sched", False):
+        return
+    func = getattr(step, "__func__", None)
+    if func is None:
+        return
+    opt_ref = weakref.ref(optimizer)
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        opt = opt_ref()
+        opt._opt_called = True
+        return func.__get__(opt, opt.__class__)(*args, **kwargs)
+
+    wrapper._wrapped_by_lr_sched = True
+    try:
+        optimizer.step = wrapper
+    except AttributeError:      # __slots__ or a read-only attribute: leave it untracked
+        pass
+
+
+def _warn_if_stepped_before_optimizer(optimizer) -> None:
+    """torch's warnings for the first ``scheduler.step()`` of a schedule (see LRScheduler.step)."""
+    if isinstance(optimizer, Optimizer):
+        called = getattr(optimizer, "_opt_called", False)
+    else:
+        step = getattr(optimizer, "step", None)
+        if not callable(step):
+            return
+        if not getattr(step, "_wrapped_by_lr_sched", False):
+            warnings.warn(_STEP_OVERRIDDEN_WARNING, UserWarning, stacklevel=3)
+            return
+        called = getattr(optimizer, "_opt_called", False)
+    if not called:
+        warnings.warn(_STEP_ORDER_WARNING, UserWarning, stacklevel=3)
+
+
 # --------------------------------------------------------------------------------------------
 # base class
 
@@ -132,6 +205,7 @@ class LRScheduler:
                                    f"when resuming a scheduler with last_epoch={last_epoch}")
         self.base_lrs: list[float] = _group_values(optimizer, "initial_lr")
         self.last_epoch = last_epoch
+        _track_optimizer_step(optimizer)
         self._initial_step()
 
     def _initial_step(self) -> None:
@@ -166,7 +240,13 @@ class LRScheduler:
         raise NotImplementedError
 
     def step(self, epoch: int | None = None) -> None:
-        """Advance one epoch (or jump to ``epoch``, deprecated) and write the new lrs."""
+        """Advance one epoch (or jump to ``epoch``, deprecated) and write the new lrs.
+
+        Call it after ``optimizer.step()``: the first call warns (torch's ``UserWarning``) when
+        the optimizer has not stepped yet, because the schedule's first value would be skipped.
+        """
+        if self._step_count == 1:
+            _warn_if_stepped_before_optimizer(self.optimizer)
         self._step_count += 1
         if epoch is not None:
             warnings.warn(_EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
@@ -185,7 +265,8 @@ class LRScheduler:
         self._last_lr = _group_values(self.optimizer, "lr")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(last_epoch={self.last_epoch}, lr={self.get_last_lr()})"
+        return (f"{type(self).__name__}(last_epoch={getattr(self, 'last_epoch', None)}, "
+                f"lr={self.get_last_lr()})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +327,26 @@ class LambdaLR(LRScheduler):
     def get_lr(self) -> list[float]:
         return [base_lr * fn(self.last_epoch)
                 for fn, base_lr in zip(self.lr_lambdas, self.base_lrs, strict=True)]
+
+
+class MultiplicativeLR(LambdaLR):
+    r"""Multiply the lr by ``lr_lambda(epoch)`` at every step (from epoch 1 on).
+
+    .. math:: \eta_t = \eta_{t-1} \cdot \lambda(t) \quad (t \ge 1),\qquad \eta_0 = \eta_{init}
+
+    Parameters
+    ----------
+    lr_lambda : callable or list of callables
+        ``epoch -> factor``; one per param group, or one for all. Saved in ``state_dict`` as
+        :class:`LambdaLR` saves its functions (callable objects by their ``__dict__``, plain
+        functions not at all).
+    """
+
+    def get_lr(self) -> list[float]:
+        if self._is_initial:
+            return _group_values(self.optimizer, "lr")
+        return [g["lr"] * fn(self.last_epoch)
+                for fn, g in zip(self.lr_lambdas, self.optimizer.param_groups, strict=True)]
 
 
 class ConstantLR(LRScheduler):
@@ -374,6 +475,34 @@ class ExponentialLR(LRScheduler):
         return [base_lr * self.gamma ** self.last_epoch for base_lr in self.base_lrs]
 
 
+class PolynomialLR(LRScheduler):
+    r"""Decay the lr polynomially to 0 over ``total_iters`` epochs, then keep it there.
+
+    .. math:: \eta_t = \eta_0 \left(1 - \frac{\min(t, T)}{T}\right)^{p}
+
+    ``step()`` applies the ratio :math:`\left(\frac{1 - t/T}{1 - (t-1)/T}\right)^p` to the
+    current lr (torch's chainable form), so it composes with other schedulers.
+    """
+
+    def __init__(self, optimizer, total_iters: int = 5, power: float = 1.0,
+                 last_epoch: int = -1) -> None:
+        # torch accepts total_iters=0 but its closed form then divides by zero.
+        self.total_iters = _check_int("total_iters", total_iters, low=1)
+        self.power = _check_real("power", power)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:
+        if self._is_initial or self.last_epoch > self.total_iters:
+            return _group_values(self.optimizer, "lr")
+        decay = ((1.0 - self.last_epoch / self.total_iters)
+                 / (1.0 - (self.last_epoch - 1) / self.total_iters)) ** self.power
+        return [g["lr"] * decay for g in self.optimizer.param_groups]
+
+    def _get_closed_form_lr(self) -> list[float]:
+        return [base_lr * (1.0 - min(self.total_iters, self.last_epoch) / self.total_iters)
+                ** self.power for base_lr in self.base_lrs]
+
+
 # --------------------------------------------------------------------------------------------
 # cosine schedules
 
@@ -467,6 +596,167 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
             group["lr"] = lr
         self._last_lr = _group_values(self.optimizer, "lr")
+
+
+# --------------------------------------------------------------------------------------------
+# cyclical
+
+class CyclicLR(LRScheduler):
+    r"""Cyclical learning rate (Smith 2017): the lr moves between ``base_lr`` and ``max_lr``
+    in triangles, stepped once per **batch**.
+
+    With :math:`S = s_{up} + s_{down}` and :math:`t` = ``last_epoch``:
+
+    .. math::
+        c = \lfloor 1 + t / S \rfloor,\quad x = 1 + t/S - c,\quad
+        h = \begin{cases} x / r & x \le r \\ (x - 1)/(r - 1) & x > r \end{cases}
+        \;(r = s_{up}/S),\qquad
+        \eta_t = \eta_{base} + (\eta_{max} - \eta_{base})\, h\, \sigma
+
+    where the amplitude scale :math:`\sigma` is 1 (``"triangular"``), :math:`2^{1-c}`
+    (``"triangular2"``: halved every cycle), :math:`\gamma^t` (``"exp_range"``), or
+    ``scale_fn(c)`` / ``scale_fn(t)`` (``scale_mode`` "cycle" / "iterations").
+
+    With ``cycle_momentum`` (default, as torch) the momentum moves the other way,
+    :math:`\mu_t = \mu_{max} - (\mu_{max} - \mu_{base})\, h\, \sigma`, written to
+    ``group["momentum"]`` (SGD, RMSprop) or ``group["betas"][0]`` (Adam, AdamW); for an optimizer
+    with neither (Adagrad, Adadelta) it raises: pass ``cycle_momentum=False``. Note SGD then
+    runs with momentum even if it was built with ``momentum=0``, as in torch.
+
+    Construction sets every group's lr to ``base_lr`` (and the momentum to ``max_momentum``).
+    """
+
+    def __init__(self, optimizer, base_lr: float | list[float], max_lr: float | list[float],
+                 step_size_up: int = 2000, step_size_down: int | None = None,
+                 mode: str = "triangular", gamma: float = 1.0,
+                 scale_fn: Callable[[float], float] | None = None, scale_mode: str = "cycle",
+                 cycle_momentum: bool = True, base_momentum: float | list[float] = 0.8,
+                 max_momentum: float | list[float] = 0.9, last_epoch: int = -1) -> None:
+        _check_optimizer(optimizer)
+        self.optimizer = optimizer
+        base_lrs = _format_param("base_lr", optimizer, base_lr)
+        self.max_lrs = _format_param("max_lr", optimizer, max_lr)
+        for name, values in (("base_lr", base_lrs), ("max_lr", self.max_lrs)):
+            for v in values:
+                _check_real(name, v, low=0.0)
+        up = float(_check_int("step_size_up", step_size_up, low=1))
+        down = up if step_size_down is None else float(
+            _check_int("step_size_down", step_size_down, low=1))
+        if scale_fn is None and mode not in ("triangular", "triangular2", "exp_range"):
+            raise ValueError("mode must be 'triangular', 'triangular2' or 'exp_range' when no "
+                             f"scale_fn is given, got {mode!r}")
+        if scale_fn is not None and not callable(scale_fn):
+            raise TypeError(f"scale_fn must be callable or None, got {type(scale_fn).__name__}")
+        if scale_mode not in ("cycle", "iterations"):
+            raise ValueError(f"scale_mode must be 'cycle' or 'iterations', got {scale_mode!r}")
+        self.gamma = _check_real("gamma", gamma, low=0.0)
+        if last_epoch == -1:
+            for lr, group in zip(base_lrs, optimizer.param_groups, strict=True):
+                group["lr"] = lr
+        self.total_size = up + down
+        self.step_ratio = up / self.total_size
+        self.mode = mode
+        self._scale_fn_custom = scale_fn
+        self.scale_mode = scale_mode
+        self._init_scale_fn()
+
+        self.cycle_momentum = bool(cycle_momentum)
+        if self.cycle_momentum:
+            # torch looks at optimizer.defaults; a stand-in may only have param_groups.
+            keys = getattr(optimizer, "defaults", None) or optimizer.param_groups[0]
+            if "momentum" not in keys and "betas" not in keys:
+                raise ValueError(f"{type(optimizer).__name__} has no momentum or beta1 (a "
+                                 "'momentum' or 'betas' param-group key) for CyclicLR to cycle; "
+                                 "pass cycle_momentum=False")
+            self.use_beta1 = "betas" in keys
+            self.base_momentums = _format_param("base_momentum", optimizer, base_momentum)
+            self.max_momentums = _format_param("max_momentum", optimizer, max_momentum)
+            for name, values in (("base_momentum", self.base_momentums),
+                                 ("max_momentum", self.max_momentums)):
+                for v in values:
+                    _check_real(name, v, low=0.0, high=1.0, high_open=self.use_beta1)
+            if last_epoch == -1:
+                for m_mom, b_mom, group in zip(self.max_momentums, self.base_momentums,
+                                               optimizer.param_groups, strict=True):
+                    if self.use_beta1:
+                        group["betas"] = (m_mom, *group["betas"][1:])
+                    else:
+                        group["momentum"] = m_mom
+                    group["max_momentum"] = m_mom
+                    group["base_momentum"] = b_mom
+        super().__init__(optimizer, last_epoch)
+        self.base_lrs = base_lrs
+
+    def _init_scale_fn(self) -> None:
+        """Pick the built-in amplitude scale of ``mode`` (not stored in ``state_dict``)."""
+        if self._scale_fn_custom is not None:
+            return
+        if self.mode == "triangular":
+            self._scale_fn_ref = self._triangular_scale_fn
+            self.scale_mode = "cycle"
+        elif self.mode == "triangular2":
+            self._scale_fn_ref = self._triangular2_scale_fn
+            self.scale_mode = "cycle"
+        else:
+            self._scale_fn_ref = functools.partial(self._exp_range_scale_fn, self.gamma)
+            self.scale_mode = "iterations"
+
+    def scale_fn(self, x: float) -> float:
+        """The amplitude scale σ at ``x`` (the cycle number or the iteration)."""
+        if self._scale_fn_custom is not None:
+            return self._scale_fn_custom(x)
+        return self._scale_fn_ref(x)
+
+    @staticmethod
+    def _triangular_scale_fn(x: float) -> float:
+        return 1.0
+
+    @staticmethod
+    def _triangular2_scale_fn(x: float) -> float:
+        return 1 / (2.0 ** (x - 1))
+
+    @staticmethod
+    def _exp_range_scale_fn(gamma: float, x: float) -> float:
+        return gamma ** x
+
+    def get_lr(self) -> list[float]:
+        cycle = math.floor(1 + self.last_epoch / self.total_size)
+        x = 1.0 + self.last_epoch / self.total_size - cycle
+        if x <= self.step_ratio:
+            scale_factor = x / self.step_ratio
+        else:
+            scale_factor = (x - 1) / (self.step_ratio - 1)
+        sigma = self.scale_fn(cycle if self.scale_mode == "cycle" else self.last_epoch)
+        lrs = [base_lr + (max_lr - base_lr) * scale_factor * sigma
+               for base_lr, max_lr in zip(self.base_lrs, self.max_lrs, strict=True)]
+        if self.cycle_momentum:
+            for group, b_mom, m_mom in zip(self.optimizer.param_groups, self.base_momentums,
+                                           self.max_momentums, strict=True):
+                mom = m_mom - (m_mom - b_mom) * scale_factor * sigma
+                if self.use_beta1:
+                    group["betas"] = (mom, *group["betas"][1:])
+                else:
+                    group["momentum"] = mom
+        return lrs
+
+    def state_dict(self) -> dict[str, Any]:
+        """As torch: the built-in scale function is not saved (``mode`` rebuilds it); a custom
+        ``scale_fn`` is saved as its ``__dict__`` if it is a callable object, else as None."""
+        state = super().state_dict()
+        state.pop("_scale_fn_ref", None)
+        fn = state.pop("_scale_fn_custom")
+        state["_scale_fn_custom"] = (None if fn is None or isinstance(fn, types.FunctionType)
+                                     else fn.__dict__.copy())
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore through :meth:`LRScheduler.load_state_dict`, then the scale function."""
+        state = dict(state_dict)
+        fn = state.pop("_scale_fn_custom", None)
+        super().load_state_dict(state)
+        if fn is not None and self._scale_fn_custom is not None:
+            self._scale_fn_custom.__dict__.update(fn)
+        self._init_scale_fn()
 
 
 # --------------------------------------------------------------------------------------------
@@ -722,3 +1012,151 @@ class ReduceLROnPlateau(LRScheduler):
         self.__dict__.update(state_dict)
         self._init_is_better(mode=self.mode, threshold=self.threshold,
                              threshold_mode=self.threshold_mode)
+
+
+# --------------------------------------------------------------------------------------------
+# composition
+
+def _check_schedulers(kind: str, schedulers, optimizer) -> list:
+    if isinstance(schedulers, LRScheduler) or not isinstance(schedulers, Iterable):
+        raise TypeError(f"{kind} expects a sequence of schedulers, got "
+                        f"{type(schedulers).__name__}")
+    schedulers = list(schedulers)
+    if len(schedulers) < 1:
+        raise ValueError(f"{kind} expects at least one scheduler, but got no scheduler.")
+    optimizer = schedulers[0].optimizer if optimizer is None and hasattr(
+        schedulers[0], "optimizer") else optimizer
+    for i, sched in enumerate(schedulers):
+        if not hasattr(sched, "optimizer"):
+            raise TypeError(f"{kind}: the scheduler at index {i} should have `optimizer` as its "
+                            f"attribute, got {type(sched).__name__}")
+        if isinstance(sched, ReduceLROnPlateau):
+            raise ValueError(f"{kind} does not support `ReduceLROnPlateau` scheduler as it "  # noqa: TRY004 (torch)
+                             "requires additional kwargs to be specified when calling `step`, "
+                             f"but got one at index {i} in the given schedulers sequence.")
+        if sched.optimizer is not optimizer:
+            raise ValueError(f"{kind} expects all schedulers to belong to the same optimizer, "
+                             f"but the scheduler {type(sched).__name__} at index {i} has "
+                             "another one")
+    return schedulers
+
+
+class _Composite(LRScheduler):
+    """state_dict / load_state_dict of a scheduler made of ``_schedulers`` (as torch)."""
+
+    _schedulers: list
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every attribute but the optimizer; the children as their own ``state_dict()``."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "_schedulers")}
+        state["_schedulers"] = [s.state_dict() for s in self._schedulers]
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore through :meth:`LRScheduler.load_state_dict`, then each child's state."""
+        state = dict(state_dict)
+        children = state.pop("_schedulers")
+        if len(children) != len(self._schedulers):
+            raise ValueError(f"the state holds {len(children)} schedulers, this "
+                             f"{type(self).__name__} has {len(self._schedulers)}")
+        super().load_state_dict(state)
+        for sched, child in zip(self._schedulers, children):
+            sched.load_state_dict(child)
+
+
+class SequentialLR(_Composite):
+    r"""Run ``schedulers[i]`` from epoch ``milestones[i-1]`` up to ``milestones[i]``.
+
+    At a milestone the next scheduler starts from its epoch 0 (its closed form at 0, e.g.
+    ``base_lr`` for an ExponentialLR), e.g. a warm-up then a decay::
+
+        warm = LinearLR(opt, start_factor=0.1, total_iters=5)
+        decay = CosineAnnealingLR(opt, T_max=95)
+        sched = SequentialLR(opt, [warm, decay], milestones=[5])
+
+    Construction resets every group's lr to ``initial_lr``, undoes the construction step of
+    every child and takes the epoch-0 step of the one active at epoch 0 (torch's order).
+    """
+
+    def __init__(self, optimizer, schedulers: Sequence[LRScheduler], milestones: Sequence[int],
+                 last_epoch: int = -1) -> None:
+        _check_optimizer(optimizer)
+        schedulers = _check_schedulers("SequentialLR", schedulers, optimizer)
+        milestones = list(milestones)
+        if len(milestones) != len(schedulers) - 1:
+            raise ValueError("Sequential Schedulers expects number of schedulers provided to be "
+                             "one more than the number of milestone points, but got number of "
+                             f"schedulers {len(schedulers)} and the number of milestones to be "
+                             f"equal to {len(milestones)}")
+        for m in milestones:
+            _check_int("milestones entry", m, low=0)
+        if milestones != sorted(milestones):
+            raise ValueError(f"milestones must be in increasing order, got {milestones}")
+        for i, sched in enumerate(schedulers[1:], 1):
+            if isinstance(sched, _Composite):
+                # it would be restarted with _update_lr(0), which a composite cannot do
+                # (torch 2.13 raises NotImplementedError there, at the milestone)
+                raise TypeError(f"SequentialLR cannot start the {type(sched).__name__} at "
+                                 f"index {i} at its milestone; only the first scheduler may "
+                                 "be a SequentialLR or ChainedScheduler")
+        if isinstance(last_epoch, bool) or not isinstance(last_epoch, int) or last_epoch < -1:
+            raise ValueError(f"last_epoch must be an integer >= -1, got {last_epoch!r}")
+        self._schedulers = schedulers
+        self._milestones = [int(m) for m in milestones]
+        self.last_epoch = last_epoch + 1
+        self.optimizer = optimizer
+        for i, group in enumerate(optimizer.param_groups):
+            if "initial_lr" not in group:
+                raise KeyError(f"param 'initial_lr' is not specified in param_groups[{i}]; "
+                               "build the schedulers on this optimizer first")
+            group["lr"] = group["initial_lr"]
+        self.recursive_undo()
+        idx = bisect_right(self._milestones, 0)
+        self._schedulers[idx]._initial_step()
+        self._last_lr = schedulers[idx].get_last_lr()
+
+    def recursive_undo(self, sched=None) -> None:
+        """Undo the construction step of every (nested) child: ``last_epoch -= 1``."""
+        scheds = self if sched is None else sched
+        if hasattr(scheds, "_schedulers"):
+            for s in scheds._schedulers:
+                self.recursive_undo(s)
+        elif hasattr(scheds, "last_epoch"):
+            scheds.last_epoch -= 1
+
+    def step(self) -> None:  # type: ignore[override]
+        """Advance one epoch: step the active child, or start the next one at a milestone."""
+        self.last_epoch += 1
+        idx = bisect_right(self._milestones, self.last_epoch)
+        scheduler = self._schedulers[idx]
+        if idx > 0 and self._milestones[idx - 1] == self.last_epoch:
+            scheduler._update_lr(0)
+        else:
+            scheduler.step()
+        self._last_lr = scheduler.get_last_lr()
+
+
+class ChainedScheduler(_Composite):
+    r"""Step several chainable schedulers together: each ``step()`` calls every child's
+    ``step()`` in order, so their factors multiply (e.g. ``ConstantLR`` warm-up times
+    ``ExponentialLR`` decay).
+
+    Parameters
+    ----------
+    schedulers : sequence of LRScheduler
+        Built on the same optimizer (not ``ReduceLROnPlateau``).
+    optimizer : optional
+        Defaults to the first scheduler's.
+    """
+
+    def __init__(self, schedulers: Sequence[LRScheduler], optimizer=None) -> None:
+        schedulers = _check_schedulers("ChainedScheduler", schedulers, optimizer)
+        self._schedulers = schedulers
+        self.optimizer = schedulers[0].optimizer if optimizer is None else optimizer
+        self._last_lr = _group_values(self._schedulers[-1].optimizer, "lr")
+
+    def step(self) -> None:  # type: ignore[override]
+        """Step every child once, in order."""
+        for scheduler in self._schedulers:
+            scheduler.step()
+        self._last_lr = _group_values(self._schedulers[-1].optimizer, "lr")

@@ -1,24 +1,32 @@
 """Optimizer base class: param groups, flat buffers, state_dict in torch's layout, penalties.
 
 Layout: for every param group the optimizer owns three kinds of flat, contiguous buffers of the
-group's dtype, each of length n = total size of the group's trainable parameters:
+group's dtype, each of length n = total size of the group's parameters (frozen ones included):
 
     data   the parameter values; every ``p.data`` is re-pointed at its view (reshaped)
     grad   the gradients; every ``p.grad`` is re-pointed at its view (modules accumulate into it)
     state  one buffer per state name (``exp_avg``, ``momentum_buffer``, ...), created on first use
 
-so that a step is one fused kernel call per group (fastreg/_kernels/optim/__init__.py), whatever the number
-of tensors. ``state_dict()`` slices the flat state back into per-parameter arrays keyed by
-parameter index with torch's state names, so a torch optimizer's state_dict (tensors converted with
-``.numpy()``) loads, and ours loads into torch after ``torch.as_tensor``.
+plus one step count per parameter (torch keeps one per parameter too). A step updates the
+parameters that require a gradient *at that step*, as runs of consecutive such parameters with
+equal step counts: one fused kernel call per run (fastreg/_kernels/optim/__init__.py), i.e. one
+per group in the usual case where nothing was frozen or unfrozen. A parameter frozen
+(``requires_grad=False``) when the optimizer is built keeps its place in the buffers, so once
+unfrozen it is stepped from a fresh state (step 1, zero moments), as torch does.
+``state_dict()`` slices the flat state back into per-parameter arrays keyed by parameter index
+with torch's state names (parameters never stepped have no entry, as in torch), so a torch
+optimizer's state_dict (tensors converted with ``.numpy()``) loads, and ours loads into torch
+after ``torch.as_tensor``.
 
 On the GPU: when the parameters are CUDA device arrays (``model.to("cuda")``) the flat buffers are
-device arrays and the step is one CUDA kernel per group. A model moved after the optimizer was
+device arrays and the step is one CUDA kernel per run. A model moved after the optimizer was
 built is followed: the next step (or ``zero_grad``) moves the group's buffers and state across.
 """
 from __future__ import annotations
 
 import copy
+import operator
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -48,26 +56,37 @@ class _Required:
 required = _Required()
 
 
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
+
+
 class _FlatGroup:
-    """The flat buffers of one param group and the views its parameters point at."""
+    """The flat buffers of one param group, the views its parameters point at, and one step
+    count per parameter.
+
+    It is also the :class:`_Run` of the whole group (same attributes: ``data``, ``grad``,
+    ``buffer``, ``has_buffer``, ``place``, ``step``, ``first``), which is what a step hands the
+    kernel in the steady state (``uniform``: every parameter has the same step count)."""
 
     __slots__ = (
         "data",
         "data_views",
         "dtype",
+        "first",
+        "fresh",
         "grad",
         "grad_views",
         "params",
         "place",
         "slices",
         "state",
-        "step",
+        "steps",
+        "uniform",
     )
 
     def __init__(self, params: list[Parameter]):
-        # Frozen parameters (requires_grad False) stay in the group, as in torch, but are not
-        # stepped: they never get a gradient.
-        self.params = [p for p in params if p.requires_grad]
+        # Frozen parameters (requires_grad False) get their place too: they are skipped while
+        # frozen and stepped once unfrozen (torch steps whatever has a gradient).
+        self.params = list(params)
         dtypes = {p.data.dtype for p in self.params}
         if len(dtypes) > 1:
             raise TypeError("all parameters of a param group must have one dtype (the group is "
@@ -82,8 +101,59 @@ class _FlatGroup:
             self.slices.append((n, n + p.data.size))
             n += p.data.size
         self.state: dict[str, np.ndarray] = {}
-        self.step = 0
+        self.steps = [0] * len(self.params)
+        # True until a parameter's first step: torch creates its state (e.g. SGD's momentum
+        # buffer as a copy of the gradient) then.
+        self.fresh = [True] * len(self.params)
+        self.uniform, self.first = True, True
         self._build(n, None)
+
+    @property
+    def step(self) -> int:
+        """The largest per-parameter step count (all equal unless parameters were frozen)."""
+        steps = self.steps
+        return steps[0] if self.uniform and steps else max(steps, default=0)
+
+    @step.setter
+    def step(self, value: int) -> None:
+        """Give every parameter the same step count, as a loaded state_dict does; the loaded
+        state buffers then count as created (nothing is fresh)."""
+        self.steps = [int(value)] * len(self.params)
+        self.fresh = [False] * len(self.params)
+        self.uniform = True
+
+    def all_active(self) -> bool:
+        """Whether every parameter requires a gradient now (the steady state)."""
+        return all(map(_REQUIRES_GRAD, self.params))
+
+    def advance(self) -> None:
+        """Count one step of every parameter (uniform groups: the whole group is one run)."""
+        n = len(self.steps)
+        self.first = self.fresh[0]
+        self.steps = [self.steps[0] + 1] * n
+        self.fresh = [False] * n
+
+    def runs(self) -> list[tuple[int, int]]:
+        """Index ranges ``[i, j)`` of the parameters a step updates now: consecutive parameters
+        with ``requires_grad`` True and equal step counts (one range in the usual case)."""
+        steps = self.steps
+        flags = [p.requires_grad for p in self.params]
+        if all(flags) and (not steps or steps.count(steps[0]) == len(steps)):
+            return [(0, len(steps))]            # the steady state: one kernel call
+        out, start = [], -1
+        for i, active in enumerate(flags):
+            if not active:
+                if start >= 0:
+                    out.append((start, i))
+                    start = -1
+            elif start < 0:
+                start = i
+            elif steps[i] != steps[start]:
+                out.append((start, i))
+                start = i
+        if start >= 0:
+            out.append((start, len(flags)))
+        return out
 
     def _placement(self):
         """Where the group's parameters live (all of them must agree)."""
@@ -169,6 +239,39 @@ class _FlatGroup:
             self.state[name] = buf
         return buf
 
+    def has_buffer(self, name: str) -> bool:
+        return name in self.state
+
+
+class _Run:
+    """Parameters ``[i, j)`` of a flat group that take one step together (one kernel call):
+    contiguous views of the data, grad and state buffers, and their common step count."""
+
+    __slots__ = ("data", "first", "flat", "grad", "hi", "lo", "place", "step", "whole")
+
+    def __init__(self, flat: _FlatGroup, i: int, j: int):
+        self.flat, self.place = flat, flat.place
+        steps = flat.steps
+        self.whole = i == 0 and j == len(steps)
+        if self.whole:
+            self.lo, self.hi = 0, flat.data.shape[0]
+            self.data, self.grad = flat.data, flat.grad
+        else:
+            self.lo, self.hi = lo, hi = flat.slices[i][0], flat.slices[j - 1][1]
+            self.data, self.grad = flat.data[lo:hi], flat.grad[lo:hi]
+        self.first = flat.fresh[i]          # no state yet: torch creates it on this step
+        self.step = steps[i] + 1
+        steps[i:j] = [self.step] * (j - i)
+        flat.fresh[i:j] = [False] * (j - i)
+
+    def buffer(self, name: str, fill: float = 0.0) -> np.ndarray:
+        """The run's view of state buffer ``name`` (see :meth:`_FlatGroup.buffer`)."""
+        buf = self.flat.buffer(name, fill)
+        return buf if self.whole else buf[self.lo:self.hi]
+
+    def has_buffer(self, name: str) -> bool:
+        return name in self.flat.state
+
 
 def _as_param_list(params, what: str) -> list[Parameter]:
     if isinstance(params, Parameter):
@@ -201,19 +304,32 @@ class Optimizer:
     Notes
     -----
     Each group's parameters are copied into one flat buffer at construction and every
-    ``p.data``/``p.grad`` is re-pointed at its view, so ``step()`` is one kernel call per group.
-    A group therefore has one dtype, a parameter belongs to one group, and a parameter whose
-    gradient was never written steps with a zero gradient (torch would skip it; with
-    ``zero_grad(set_to_none=False)`` torch behaves the same way). LR schedulers read and write
-    ``group["lr"]``, ``group["momentum"]``, ``group["betas"]`` and ``group["initial_lr"]``;
-    every step reads the current values.
+    ``p.data``/``p.grad`` is re-pointed at its view, so ``step()`` is one kernel call per group
+    (per run of parameters with equal step counts once some were frozen or unfrozen). A group
+    therefore has one dtype and a parameter belongs to one group (duplicates within a group are
+    dropped with torch's warning; across groups they raise, as in torch).
 
-    Subclasses set ``_kind`` (a name for error messages) and implement ``_check_group`` and
-    ``_update(group, flat)``.
+    Which parameters a step updates: those with ``requires_grad`` True at that step. torch
+    updates those whose ``grad`` is not None, which is the same set in a loop that calls
+    ``zero_grad()`` (set_to_none) and ``backward()``: a parameter frozen when the optimizer was
+    built and unfrozen later is stepped from then on, from a fresh state, and one frozen later
+    is skipped (its state kept). What remains different: a parameter that requires a gradient
+    but received none still steps with a zero gradient (weight decay and momentum act on it;
+    torch skips it unless ``zero_grad(set_to_none=False)``), a frozen parameter that still holds
+    an old gradient is not stepped (torch would step it), and a frozen parameter's ``grad`` is a
+    zero view rather than None. LR schedulers read and write ``group["lr"]``,
+    ``group["momentum"]``, ``group["betas"]`` and ``group["initial_lr"]``; every step reads the
+    current values.
+
+    Subclasses implement ``_check_group`` and ``_update(group, run)`` (one fused kernel call
+    over a :class:`_Run`: its ``data``, ``grad``, ``buffer(name)`` views and ``step``).
     """
 
     #: Whether the per-parameter state holds a "step" entry (torch: all but SGD).
     _has_step = True
+    #: Whether torch creates the state of every parameter when its group is added (Adagrad)
+    #: rather than at the parameter's first step.
+    _eager_state = False
 
     def __init__(self, params, defaults: dict[str, Any]):
         self.defaults = dict(defaults)
@@ -245,7 +361,16 @@ class Optimizer:
         if "params" not in param_group:
             raise ValueError("param_group must have a 'params' entry")
         group = dict(param_group)
-        group["params"] = _as_param_list(group["params"], "optimizer parameters")
+        params = _as_param_list(group["params"], "optimizer parameters")
+        unique = list({id(p): p for p in params}.values())
+        if len(unique) != len(params):
+            # torch's warning; torch then updates such a parameter once per occurrence, fastreg
+            # (one place per parameter in the flat buffer) once per step.
+            warnings.warn("optimizer contains a parameter group with duplicate parameters; "
+                          "in future, this will cause an error; "
+                          "see github.com/pytorch/pytorch/issues/40967 for more information",
+                          stacklevel=3)
+        group["params"] = unique
         for name, default in self.defaults.items():
             if default is required and name not in group:
                 raise ValueError("parameter group didn't specify a value of required "
@@ -255,11 +380,9 @@ class Optimizer:
         for key in ("l1", "l2"):
             if check_scalar(key, group[key]) < 0:          # a finite real, then torch's message
                 raise ValueError(f"Invalid {key} value: {group[key]}")
-        ids = [id(p) for p in group["params"]]
-        if len(ids) != len(set(ids)):
-            raise ValueError("optimizer contains a parameter group with duplicate parameters")
+        ids = {id(p) for p in group["params"]}
         seen = {id(p) for g in self.param_groups for p in g["params"]}
-        if seen & set(ids):
+        if seen & ids:
             raise ValueError("some parameters appear in more than one parameter group")
         flat = _FlatGroup(group["params"])
         self.param_groups.append(group)
@@ -286,21 +409,30 @@ class Optimizer:
         closure : callable, optional
             Re-evaluates the model and returns the loss (which ``step`` returns).
         """
+        self._opt_called = True     # read by the lr schedulers' step-order warning
         loss = closure() if closure is not None else None
         for group, flat in zip(self.param_groups, self._flat):
             if flat.n == 0:
                 continue
             flat.adopt()
-            flat.step += 1
-            self._update(group, flat)
+            if flat.uniform and flat.all_active():
+                flat.advance()
+                self._update(group, flat)       # one kernel call over the whole group
+                continue
+            for i, j in flat.runs():            # some frozen, or step counts differ
+                self._update(group, _Run(flat, i, j))
+            steps = flat.steps
+            flat.uniform = steps.count(steps[0]) == len(steps)
         return loss
 
-    def _update(self, group: dict[str, Any], flat: _FlatGroup) -> None:  # pragma: no cover
+    def _update(self, group: dict[str, Any], run: _Run | _FlatGroup) -> None:  # pragma: no cover
+        """One fused kernel call over ``run`` (its data, grad, state views and step count)."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------- penalties
     def penalty(self) -> float:
-        """Σ over groups of l1·Σ|w| + l2·Σw², the regularization term to add to a reported loss.
+        """Σ over groups of l1·Σ|w| + l2·Σw², the regularization term to add to a reported loss
+        (over the parameters that require a gradient: frozen ones are not stepped).
 
         The matching gradient is added inside the fused update, so a training loop never
         differentiates this term itself.
@@ -311,11 +443,13 @@ class Optimizer:
             if flat.n == 0 or (l1 == 0 and l2 == 0):
                 continue
             flat.adopt()
-            w = flat.data
-            if l1:
-                total += l1 * flat.place.sum_abs(w)
-            if l2:
-                total += l2 * flat.place.sum_squares(w)
+            for i, j in flat.runs():         # the parameters the step would update
+                lo, hi = flat.slices[i][0], flat.slices[j - 1][1]
+                w = flat.data if (lo, hi) == (0, flat.n) else flat.data[lo:hi]
+                if l1:
+                    total += l1 * flat.place.sum_abs(w)
+                if l2:
+                    total += l2 * flat.place.sum_squares(w)
         return total
 
     # ----------------------------------------------------------------- state
@@ -324,10 +458,14 @@ class Optimizer:
         """Per-parameter state as live views of the flat buffers (``"step"`` as a float)."""
         out: dict[Parameter, dict[str, Any]] = {}
         for flat in self._flat:
-            if not flat.state and (flat.step == 0 or not self._has_step):
+            if not flat.state and not self._has_step:
                 continue
-            for p, (lo, hi) in zip(flat.params, flat.slices):
-                st: dict[str, Any] = {"step": float(flat.step)} if self._has_step else {}
+            eager = self._eager_state and bool(flat.state)
+            for p, (lo, hi), step, fresh in zip(flat.params, flat.slices, flat.steps,
+                                                flat.fresh):
+                if not eager and (fresh or (step == 0 and not flat.state)):
+                    continue                # never stepped: torch has no state for it yet
+                st: dict[str, Any] = {"step": float(step)} if self._has_step else {}
                 for name, buf in flat.state.items():
                     st[name] = buf[lo:hi].reshape(p.data.shape)
                 out[p] = st
