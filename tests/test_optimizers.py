@@ -292,8 +292,8 @@ def test_load_state_dict_rejects_mismatches():
     with pytest.raises(ValueError, match="doesn't match the size"):
         fr.optim.Adam(_params(np.float64)[:3]).load_state_dict(sd)
     bad = copy.deepcopy(sd)
-    bad["state"][1]["step"] = 7.0
-    with pytest.raises(ValueError, match="same 'step'"):
+    bad["state"][1]["step"] = 7.5
+    with pytest.raises(ValueError, match="non-negative integer"):
         fr.optim.Adam(_params(np.float64)).load_state_dict(bad)
     bad = copy.deepcopy(sd)
     bad["state"][0]["exp_avg"] = np.zeros(4)

@@ -25,6 +25,7 @@ built is followed: the next step (or ``zero_grad``) moves the group's buffers an
 from __future__ import annotations
 
 import copy
+import math
 import operator
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -496,10 +497,9 @@ class Optimizer:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state produced by :meth:`state_dict` or by a torch optimizer of the same kind.
 
-        Tensors must be convertible with ``numpy.asarray`` (CPU tensors are). All parameters of a
-        group share one step count here, so their saved ``step`` values must agree; parameters
-        without saved state (torch skips parameters that never had a gradient) start from the
-        initial state.
+        Tensors must be convertible with ``numpy.asarray`` (CPU tensors are). Each parameter
+        keeps its saved ``step``; parameters without saved state (torch skips parameters that
+        never had a gradient) start from the initial state, fresh.
         """
         if not isinstance(state_dict, Mapping) or not isinstance(state_dict.get("state"), Mapping) \
                 or not isinstance(state_dict.get("param_groups"), (list, tuple)) or not all(
@@ -528,8 +528,9 @@ class Optimizer:
         loaded = []
         for gi, (g, sg, flat) in enumerate(zip(self.param_groups, saved_groups, self._flat)):
             ids = dict(zip((id(p) for p in g["params"]), sg["params"]))
-            steps, bufs = set(), {}
-            for p, (lo, hi) in zip(flat.params, flat.slices):
+            steps, bufs = [0] * len(flat.params), {}
+            fresh = [True] * len(flat.params)
+            for i, (p, (lo, hi)) in enumerate(zip(flat.params, flat.slices)):
                 try:
                     st = saved_state.get(ids[id(p)])
                 except TypeError:       # an unhashable index
@@ -540,11 +541,16 @@ class Optimizer:
                 if not isinstance(st, Mapping):
                     raise TypeError(f"state of parameter {ids[id(p)]} must be a dict, got "
                                     f"{type(st).__name__}")
+                fresh[i] = False
                 for name, value in st.items():
                     if value is None:
                         continue
                     if name == "step":
-                        steps.add(float(np.asarray(value)))
+                        v = float(np.asarray(value))
+                        if not (math.isfinite(v) and v >= 0 and v == int(v)):
+                            raise ValueError(f"state 'step' of parameter {ids[id(p)]} must be a "
+                                             f"non-negative integer, got {value!r}")
+                        steps[i] = int(v)
                         continue
                     arr = np.asarray(HOST.to_host(value))
                     if arr.size != hi - lo:
@@ -553,15 +559,14 @@ class Optimizer:
                     if name not in bufs:
                         bufs[name] = self._initial_buffer(new_groups[gi], flat, name)
                     bufs[name][lo:hi] = arr.ravel()
-            if len(steps) > 1:
-                raise ValueError(f"param group {gi}: fastreg steps a group as one flat buffer, "
-                                 f"so all its parameters need the same 'step', got "
-                                 f"{sorted(steps)}")
-            step = int(steps.pop()) if steps else 0
-            loaded.append((step, bufs))
-        for gi, (flat, (step, bufs)) in enumerate(zip(self._flat, loaded)):
+            loaded.append((steps, fresh, bufs))
+        for gi, (flat, (steps, fresh, bufs)) in enumerate(zip(self._flat, loaded)):
             flat.adopt()
-            flat.step, flat.state = step, {k: flat.place.put(v) for k, v in bufs.items()}
+            flat.state = {k: flat.place.put(v) for k, v in bufs.items()}
+            # per-parameter step counts (a parameter unfrozen mid-run has fewer steps); one
+            # without saved state starts fresh, as torch's
+            flat.steps, flat.fresh = list(steps), list(fresh)
+            flat.uniform = len(set(steps)) <= 1
             new_groups[gi]["params"] = self.param_groups[gi]["params"]
         self.param_groups[:] = new_groups
 
