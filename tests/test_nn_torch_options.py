@@ -352,3 +352,26 @@ def test_a_bias_assigned_to_a_bias_false_norm_must_have_the_weights_shape():
             m.bias = nn.Parameter(np.zeros(5, np.float32))
         m.bias = nn.Parameter(np.zeros(m.weight.shape, np.float32))
         assert "bias" in m.state_dict() and fr.io.architecture(m)["args"]["bias"] is True
+
+
+def test_new_loss_paths_on_a_device_input_equal_the_host(cuda, rng):
+    """reduction="none", ignored samples and probability targets run in NumPy on the host: a
+    device input gets device results back (the CUDA simulator unless a GPU is used)."""
+    z = rng.standard_normal((5, 4))
+    t = np.array([0, -100, 3, 1, 2])
+    for make, target in ((lambda: nn.CrossEntropyLoss(reduction="none"), t),
+                         (lambda: nn.CrossEntropyLoss(), t),
+                         (lambda: nn.CrossEntropyLoss(), rng.dirichlet(np.ones(4), 5)),
+                         (lambda: nn.MSELoss(reduction="none"), z * 0.3),
+                         (lambda: nn.BCEWithLogitsLoss(reduction="none"), np.abs(z) / 3)):
+        host, dev = make(), make().to("cuda")
+        v_host = host(z, target)
+        v_dev = dev(fr.cuda.to_device(z), target)
+        if isinstance(v_host, float):
+            assert v_dev == pytest.approx(v_host, rel=1e-12)
+        else:
+            assert fr.cuda.is_device_array(v_dev)
+            np.testing.assert_allclose(fr.cuda.to_host(v_dev), v_host, rtol=1e-12)
+        g_dev = dev.backward()
+        assert fr.cuda.is_device_array(g_dev)
+        np.testing.assert_allclose(fr.cuda.to_host(g_dev), host.backward(), rtol=1e-12)

@@ -707,7 +707,7 @@ class Dropout(Module):
 
     def extra_repr(self) -> str:
         extra = "" if self.mode == "inverted" else f", mode={self.mode!r}"
-        return f"p={self.p}, inplace={self.inplace}{extra}"
+        return f"p={self.p}{', inplace=True' if self.inplace else ''}{extra}"
 
     def inference_ops(self) -> tuple:
         """Eval: the identity (inverted), or a constant scale by ``1 - p`` (classic)."""

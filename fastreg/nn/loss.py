@@ -227,7 +227,9 @@ class CrossEntropyLoss(_Loss):
         if t.shape != want:
             raise ValueError(f"CrossEntropyLoss: class-index target must have shape {want} to "
                              f"match input {(C,) if unbatched else (N, C)}, got {t.shape}")
-        t = np.ascontiguousarray(t, dtype=np.int64).reshape(N)
+        t = np.ascontiguousarray(t, dtype=np.int64)
+        if unbatched:
+            t = t.reshape(1)
         ign = self.ignore_index
         ignored = False
         if N and (t.min() < 0 or t.max() >= C):
