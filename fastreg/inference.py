@@ -215,16 +215,17 @@ class Predictor:
                 self.stages.append(f"act {op.code}")
             elif kind is LayerNormOp:
                 C = op.features
-                if feat is not None and C != feat:
+                multi = tuple(op.shape)     # (N, *shape) input: its shape is checked per call
+                if feat is not None and not multi and C != feat:
                     raise ValueError(f"stage {len(self.stages)}: LayerNorm expects {C} "
                                      f"features, the previous stage gives {feat}")
-                if self.in_features is None and feat is None and not opaque:
+                if self.in_features is None and feat is None and not opaque and not multi:
                     self.in_features = C
-                feat = C
+                feat = None if multi else C
                 g = None if op.weight is None else np.ascontiguousarray(op.weight, dtype=dt)
                 b = None if op.bias is None else np.ascontiguousarray(op.bias, dtype=dt)
-                self._ops.append(("layernorm", g, b, float(op.eps), C))
-                self.stages.append(f"layernorm {C}")
+                self._ops.append(("layernorm", g, b, float(op.eps), C, multi))
+                self.stages.append(f"layernorm {multi or C}")
             elif kind is FlattenOp:
                 self._ops.append(("flatten",))
                 self.stages.append("flatten")
@@ -304,19 +305,24 @@ class Predictor:
             elif kind == "scale" or kind == "act":
                 f = self._elementwise_stage(op, n, feat)
             elif kind == "layernorm":
-                _, g, b, eps, C = op
+                _, g, b, eps, C, multi = op
                 out = np.empty((n, C), dt)
                 mean = np.empty(n, dt)
                 rstd = np.empty(n, dt)
-                known = feat == C       # else h comes from an opaque stage: check its width
+                known = feat == C and not multi     # else check h (from an opaque stage)
+                want = (n, *multi) if multi else (n, C)
 
-                def f(h, g=g, b=b, out=out, mean=mean, rstd=rstd, eps=eps, C=C, known=known):
-                    if not known and (h.shape != (n, C) or h.dtype != dt):
-                        raise ValueError(f"LayerNorm stage: expected a ({n}, {C}) {dt} input "
-                                         f"from the previous stage, got {h.shape} {h.dtype}")
+                def f(h, g=g, b=b, out=out, mean=mean, rstd=rstd, eps=eps, known=known,
+                      want=want, multi=bool(multi)):
+                    if not known:
+                        if tuple(h.shape) != want or h.dtype != dt:
+                            raise ValueError(f"LayerNorm stage: expected a {want} {dt} input "
+                                             f"from the previous stage, got {h.shape} "
+                                             f"{h.dtype}")
+                        h = np.ascontiguousarray(h).reshape(n, -1)
                     _norm.run_layernorm_forward(h, g, b, out, mean, rstd, eps, False, backend)
-                    return out
-                feat = C
+                    return out.reshape(want) if multi else out
+                feat = None if multi else C
             elif kind == "flatten":
                 def f(h):
                     return h.reshape(h.shape[0], -1)

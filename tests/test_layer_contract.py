@@ -34,11 +34,13 @@ def _examples(dt) -> dict[str, list]:
         "Linear": [nn.Linear(F, 5, dtype=dt), nn.Linear(F, 4, bias=False, dtype=dt)],
         "BatchNorm1d": [nn.BatchNorm1d(F, dtype=dt),
                         nn.BatchNorm1d(F, momentum=None, affine=False, dtype=dt),
-                        nn.BatchNorm1d(F, track_running_stats=False, dtype=dt)],
+                        nn.BatchNorm1d(F, track_running_stats=False, dtype=dt),
+                        nn.BatchNorm1d(F, bias=False, dtype=dt)],
         "LayerNorm": [nn.LayerNorm(F, dtype=dt),
-                      nn.LayerNorm(F, eps=1e-3, elementwise_affine=False, dtype=dt)],
+                      nn.LayerNorm(F, eps=1e-3, elementwise_affine=False, dtype=dt),
+                      nn.LayerNorm(F, bias=False, dtype=dt)],
         "Dropout": [nn.Dropout(0.3), nn.Dropout(0.3, mode="classic"),
-                    nn.Dropout(0.0, mode="classic")],
+                    nn.Dropout(0.0, mode="classic"), nn.Dropout(1.0, inplace=True)],
         "ReLU": [nn.ReLU()],
         "Sigmoid": [nn.Sigmoid()],
         "Tanh": [nn.Tanh()],
@@ -70,7 +72,8 @@ def _randomize(model, seed=0):
             m.num_batches_tracked[...] = 3
         if isinstance(m, (nn.BatchNorm1d, nn.LayerNorm)) and m.weight is not None:
             m.weight.data[...] = g.uniform(0.5, 1.5, m.weight.shape)
-            m.bias.data[...] = g.standard_normal(m.bias.shape)
+            if m.bias is not None:
+                m.bias.data[...] = g.standard_normal(m.bias.shape)
     return model
 
 

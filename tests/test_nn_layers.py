@@ -439,7 +439,7 @@ def test_non_contiguous_input_is_accepted(rng):
     np.testing.assert_allclose(lin(x), x @ lin.weight.data.T + lin.bias.data)
 
 
-@pytest.mark.parametrize("kw,exc", [({"p": 1.0}, ValueError), ({"p": -0.1}, ValueError),
+@pytest.mark.parametrize("kw,exc", [({"p": 1.5}, ValueError), ({"p": -0.1}, ValueError),
                                     ({"p": "a"}, TypeError), ({"p": 0.5, "mode": "x"}, ValueError)])
 def test_dropout_rejects_bad_arguments(kw, exc):
     with pytest.raises(exc):
@@ -454,7 +454,9 @@ def test_constructors_reject_bad_arguments():
     with pytest.raises(ValueError, match="momentum"):
         nn.BatchNorm1d(3, momentum=2.0)
     with pytest.raises(ValueError, match="normalized_shape"):
-        nn.LayerNorm((2, 3))
+        nn.LayerNorm((2, -3))
+    with pytest.raises(ValueError, match="normalized_shape"):
+        nn.LayerNorm(())
     with pytest.raises(ValueError, match="eps"):
         nn.LayerNorm(3, eps=-1)
 

@@ -1,4 +1,6 @@
 """Losses against NumPy float64 references and finite differences (torch-free)."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -97,16 +99,18 @@ def test_bad_targets_are_clear_errors():
         loss(z, np.array([0, 4, 1]))
     with pytest.raises(ValueError, match="shape"):
         loss(z, np.array([0, 1]))
-    with pytest.raises(TypeError, match="integer class indices"):
+    with pytest.raises(ValueError, match="probability target must have the input's shape"):
         loss(z, np.array([0.0, 1.0, 2.0]))
+    with pytest.raises(TypeError, match="integer class indices or float"):
+        loss(z, np.array(["a", "b", "c"]))
     with pytest.raises(TypeError, match="dtype"):
         loss(z.astype(np.int32), np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="label_smoothing"):
         nn.CrossEntropyLoss(label_smoothing=1.5)
     with pytest.raises(ValueError, match="reduction"):
-        nn.MSELoss(reduction="none")
-    with pytest.raises(ValueError, match="does not match"):
-        nn.MSELoss()(np.zeros((2, 2)), np.zeros(2))
+        nn.MSELoss(reduction="elementwise")
+    with pytest.raises(ValueError, match="does not broadcast"), pytest.warns(UserWarning):
+        nn.MSELoss()(np.zeros((2, 3)), np.zeros(2))
 
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -125,11 +129,18 @@ def test_random_loss_inputs_give_answer_or_clean_error(kind, n, c, xdt, tdt, tsh
     shape = {"match": (n, c), "rows": (n,), "wrong": (n + 1,)}[tshape]
     t = (np.arange(int(np.prod(shape))).reshape(shape) % c).astype(tdt)
     try:
-        v = loss(x, t)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)     # MSELoss broadcasting, as torch
+            v = loss(x, t)
     except (TypeError, ValueError):
         return
     assert isinstance(v, float) and np.isfinite(v)
-    if kind == "ce":
+    if kind == "ce" and t.dtype.kind == "i":
         assert v == pytest.approx(ce_ref(x, t.astype(int)), rel=1e-4)
     g = loss.backward()
     assert g.shape == x.shape and np.all(np.isfinite(g))
+    if kind == "ce" and t.dtype.kind == "f":          # probability targets: -sum t log p / N
+        z = x.astype(np.float64)
+        logp = z - z.max(1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+        assert v == pytest.approx(-(t * logp).sum() / n, rel=1e-4)

@@ -93,10 +93,12 @@ def check_tree(tree, path: str) -> dict:
             raise ModelFileError(f"{path}: unexpected field(s) {sorted(extra)} in {tname} at "
                                  f"{where}")
         args = n.get("args", {})
-        if not isinstance(args, dict) or set(args) != set(spec.args):
+        full = spec.complete_args(args) if isinstance(args, dict) else None
+        if full is None:
             got = sorted(args) if isinstance(args, dict) else type(args).__name__
             raise ModelFileError(f"{path}: {tname} at {where} needs arguments "
                                  f"{sorted(spec.args)}, got {got}")
+        args = full
         for k, arg in spec.args.items():
             if not arg.check(args[k]):
                 raise ModelFileError(f"{path}: {tname} at {where}: invalid {k}={args[k]!r}")
@@ -143,7 +145,7 @@ def build(tree: dict, path: str = "<architecture>"):
             seq = cls(OrderedDict((name, make(child)) for name, child in children))
             seq.fuse = n.get("fuse", True)
             return seq
-        return cls(**n["args"])
+        return cls(**spec_of(cls).complete_args(n["args"]))
 
     try:
         return make(tree)

@@ -44,9 +44,10 @@ from .._kernels.common.codes import ACT_IDENTITY
 from .._kernels.runtime.cuda import to_host
 
 __all__ = [
-    "LAYERS", "MAX_DIM", "ActivationOp", "AffineOp", "Arg", "FlattenOp", "ForwardOp",
-    "LayerNormOp", "LayerSpec", "LinearOp", "ScaleOp", "f64", "fold", "is_bool", "is_dim",
-    "is_dtype", "is_real", "is_real_or_none", "is_small_int", "is_str", "register_layer",
+    "LAYERS", "MAX_DIM", "REQUIRED", "ActivationOp", "AffineOp", "Arg", "FlattenOp",
+    "ForwardOp", "LayerNormOp", "LayerSpec", "LinearOp", "ScaleOp", "f64", "fold", "is_bool",
+    "is_dim", "is_dtype", "is_real", "is_real_or_none", "is_shape", "is_small_int", "is_str",
+    "register_layer",
     "spec_of",
 ]
 
@@ -78,6 +79,11 @@ def is_dtype(v) -> bool:
     return v in ("float32", "float64")
 
 
+def is_shape(v) -> bool:
+    """A normalized_shape: a dimension, or a non-empty list of at most 64 dimensions."""
+    return is_dim(v) or (type(v) is list and 1 <= len(v) <= 64 and all(is_dim(d) for d in v))
+
+
 def is_small_int(v) -> bool:
     """A dimension index (Flatten's start_dim/end_dim): |v| <= 64."""
     return type(v) is int and abs(v) <= 64
@@ -91,15 +97,26 @@ def is_str(v) -> bool:
 # the description
 # ---------------------------------------------------------------------------------------------
 
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+#: The ``Arg.default`` of an argument every file must hold.
+REQUIRED = _Required()
+
+
 class Arg(NamedTuple):
     """One constructor argument as a model file stores it.
 
     ``check(value) -> bool`` validates an untrusted value before the constructor sees it (the
     constructor's own checks still run); ``get(module)`` reads it back from an instance, by
-    default the attribute of the argument's name.
+    default the attribute of the argument's name. An argument added after files were written
+    has a ``default``: a file without it is read as if it held the default.
     """
     check: Callable[[object], bool]
     get: Callable[[object], object] | None = None
+    default: object = REQUIRED
 
 
 #: {state_dict key: (shape, dtype name)} of a layer, as a function of its saved arguments.
@@ -136,6 +153,21 @@ class LayerSpec(NamedTuple):
     fuses_activation: bool = False
     activation: bool = False
     container: bool = False
+
+    def complete_args(self, args: Mapping) -> dict | None:
+        """A file's arguments with the defaults of those it lacks filled in, in declaration
+        order; None when a required one is missing or an unknown one is present."""
+        if not set(args) <= set(self.args):
+            return None
+        out = {}
+        for name, a in self.args.items():
+            if name in args:
+                out[name] = args[name]
+            elif a.default is REQUIRED:
+                return None
+            else:
+                out[name] = a.default
+        return out
 
     def read_args(self, module) -> dict:
         """The JSON-able constructor arguments of ``module`` (what a model file stores)."""
@@ -215,11 +247,14 @@ class ActivationOp(NamedTuple):
 
 class LayerNormOp(NamedTuple):
     r""":math:`y = \gamma (x-\mu_n)/\sqrt{\sigma^2_n+\epsilon} + \beta` over C features;
-    ``weight``/``bias`` None without elementwise affine."""
+    ``weight``/``bias`` (C,) or None (no elementwise affine / ``bias=False``). ``shape`` is the
+    normalized_shape (product C) when it has several dimensions: the input is then
+    (N, *shape), normalized over all of them; () for a plain (N, C) input."""
     weight: np.ndarray | None
     bias: np.ndarray | None
     eps: float
     features: int
+    shape: tuple = ()
 
 
 class FlattenOp(NamedTuple):

@@ -42,6 +42,7 @@ from ._spec import (
     is_dtype,
     is_real,
     is_real_or_none,
+    is_shape,
     is_small_int,
     is_str,
     register_layer,
@@ -301,12 +302,27 @@ def _check_eps(eps) -> float:
     return float(eps)
 
 
+def _reads_bias(affine: str = "affine"):
+    """The ``bias`` argument of a norm layer: whether it has beta (a bias assigned later to a
+    ``bias=False`` layer counts), or the constructor's value without affine parameters."""
+    return lambda m: (m.bias is not None) if getattr(m, affine) else m._has_bias
+
+
+def _check_norm_bias(layer: Module, name: str, new, old) -> None:
+    # a bias added to a bias=False norm: the kernels read weight-shaped values from it
+    if name == "bias" and old is None and new is not None and layer.weight is not None:
+        w = layer._parameters["weight"].data
+        old = np.empty(w.shape, w.dtype)
+    Module._check_replacement(layer, name, new, old)
+
+
 def _batchnorm_state(a) -> dict:
     C, dt = (a["num_features"],), a["dtype"]
     s = {}
     if a["affine"]:
         s["weight"] = (C, dt)
-        s["bias"] = (C, dt)
+        if a["bias"]:
+            s["bias"] = (C, dt)
     if a["track_running_stats"]:
         s["running_mean"] = (C, dt)
         s["running_var"] = (C, dt)
@@ -316,17 +332,22 @@ def _batchnorm_state(a) -> dict:
 
 @register_layer
 class BatchNorm1d(Module):
-    r"""Batch normalization over the batch dimension of (N, C) input, as ``torch.nn.BatchNorm1d``.
+    r"""Batch normalization of (N, C) or (N, C, L) input, as ``torch.nn.BatchNorm1d``.
 
     .. math::
-        \mu_B = \frac1N\sum_n x_n,\quad \sigma^2_B = \frac1N\sum_n (x_n-\mu_B)^2,\quad
+        \mu_B = \frac1m\sum_i x_i,\quad \sigma^2_B = \frac1m\sum_i (x_i-\mu_B)^2,\quad
         y = \gamma\,\frac{x-\mu_B}{\sqrt{\sigma^2_B+\epsilon}} + \beta
 
+    per feature (channel) c, over the m = N rows of (N, C) input or the m = N L positions of
+    (N, C, L) input (as torch; the (N, C, L) case runs the (N L, C) kernels on a transposed
+    copy, host arrays only).
     Training uses batch statistics and updates the running estimates
     ``running_mean <- (1-m) running_mean + m mu_B`` and
-    ``running_var <- (1-m) running_var + m N/(N-1) sigma^2_B`` (unbiased); ``momentum=None``
+    ``running_var <- (1-m) running_var + m m/(m-1) sigma^2_B`` (unbiased); ``momentum=None``
     uses the cumulative average ``m = 1/num_batches_tracked``. Evaluation uses the running
-    estimates, or the batch statistics when ``track_running_stats=False`` (as torch).
+    estimates, or the batch statistics when ``track_running_stats=False`` (as torch). Batch
+    statistics need ``eps > 0`` (torch's "batch_norm eps must be positive during training";
+    ``eps = 0`` is accepted for evaluation with running statistics).
 
     Parameters
     ----------
@@ -341,16 +362,20 @@ class BatchNorm1d(Module):
     track_running_stats : bool
         Keep ``running_mean``, ``running_var``, ``num_batches_tracked`` buffers.
     dtype : numpy dtype, optional
+    bias : bool, keyword-only
+        With ``affine``, learn beta (torch 2.x's ``bias=``); False: ``bias`` is None, beta = 0.
     """
 
     layer_spec = LayerSpec(
         args={"num_features": Arg(is_dim), "eps": Arg(is_real), "momentum": Arg(is_real_or_none),
               "affine": Arg(is_bool), "track_running_stats": Arg(is_bool),
-              "dtype": Arg(is_dtype, lambda m: _dtype_name(m._dtype))},
+              "dtype": Arg(is_dtype, lambda m: _dtype_name(m._dtype)),
+              "bias": Arg(is_bool, _reads_bias(), default=True)},
         state=_batchnorm_state)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, dtype=None):
+                 affine: bool = True, track_running_stats: bool = True, dtype=None, *,
+                 bias: bool = True):
         super().__init__()
         if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) \
                 or num_features < 1:
@@ -363,9 +388,13 @@ class BatchNorm1d(Module):
         self.momentum = None if momentum is None else float(momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
+        self._has_bias = bool(bias)
         if self.affine:
             self.weight = Parameter(np.ones(C, dtype=dt))
-            self.bias = Parameter(np.zeros(C, dtype=dt))
+            if self._has_bias:
+                self.bias = Parameter(np.zeros(C, dtype=dt))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -382,7 +411,11 @@ class BatchNorm1d(Module):
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+                + ("" if self._has_bias else ", bias=False"))
+
+    def _check_replacement(self, name: str, new, old) -> None:
+        _check_norm_bias(self, name, new, old)
 
     def inference_ops(self) -> tuple:
         r"""Eval with running statistics is affine: :math:`y = s x + t`,
@@ -393,7 +426,9 @@ class BatchNorm1d(Module):
         shift = -f64(self.running_mean) * s
         if self.affine:
             g = f64(self.weight.data)
-            s, shift = s * g, shift * g + f64(self.bias.data)
+            s, shift = s * g, shift * g
+            if self.bias is not None:
+                shift = shift + f64(self.bias.data)
         return (AffineOp(s, shift),)
 
     def reset_running_stats(self) -> None:
@@ -402,27 +437,54 @@ class BatchNorm1d(Module):
             placement.of(self.running_var).fill(self.running_var, 1.0)
             self.num_batches_tracked.fill(0)
 
+    def _rows(self, x, key: str):
+        """(N, C, L) -> the (N L, C) rows the kernels normalize (a transposed copy)."""
+        if x.ndim == 2:
+            return x
+        if self._place.is_device:
+            raise ValueError(f"{self._describe()}: (N, C, L) input is supported for host arrays "
+                             f"only, got a device array of shape {x.shape}")
+        N, C, L = x.shape
+        rows = self._buffer(key, (N * L, C), x.dtype)
+        rows.reshape(N, L, C)[...] = x.transpose(0, 2, 1)
+        return rows
+
+    def _unrows(self, rows, shape, key: str):
+        """The (N L, C) kernel output back as (N, C, L) (into an owned buffer)."""
+        if len(shape) == 2:
+            return rows
+        N, C, L = shape
+        out = self._buffer(key, shape, rows.dtype)
+        out[...] = rows.reshape(N, L, C).transpose(0, 2, 1)
+        return out
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         dt = self._dtype
         x = _check_input(self, x, dt, min_ndim=2)
-        if x.ndim != 2 or x.shape[1] != self.num_features:
+        if x.ndim > 3 or x.shape[1] != self.num_features:
             raise ValueError(f"{self._describe()}: input has shape {x.shape}, expected "
-                             f"(N, {self.num_features}) (num_features={self.num_features})")
+                             f"(N, {self.num_features}) or (N, {self.num_features}, L) "
+                             f"(num_features={self.num_features})")
+        shape = tuple(x.shape)
+        x = self._rows(x, "x_rows")
         N, C = x.shape
         use_batch_stats = self.training or not self.track_running_stats
         if use_batch_stats and N < 2:
             raise ValueError(f"{self._describe()}: expected more than 1 value per channel when "
-                             f"training, got input size {x.shape}")
+                             f"training, got input size {shape}")
+        if use_batch_stats and not self.eps > 0:
+            raise ValueError(f"{self._describe()}: batch_norm eps must be positive during "
+                             f"training, but got {self.eps}")
         gamma = self.weight.data if self.affine else None     # None: gamma = 1, beta = 0
-        beta = self.bias.data if self.affine else None
+        beta = self.bias.data if self.affine and self.bias is not None else None
         out = self._buffer("out", x.shape, dt)
         _apart(self, out, x)
         dev = self._place.is_device
         if not use_batch_stats:                  # eval with running statistics
             _norm.run_batchnorm_forward_eval(x, gamma, beta, self.running_mean,
                                              self.running_var, out, self.eps, dev)
-            self._cache = (x, None, None)
-            return out
+            self._cache = (x, None, None, shape)
+            return self._unrows(out, shape, "out_ncl")
         mean = self._buffer("save_mean", (C,), dt)
         rstd = self._buffer("save_rstd", (C,), dt)
         m = 0.0
@@ -433,17 +495,18 @@ class BatchNorm1d(Module):
         # running_mean/var are None without track_running_stats: batch statistics only
         _norm.run_batchnorm_forward_train(x, gamma, beta, self.running_mean, self.running_var,
                                           out, mean, rstd, m, self.eps, dev)
-        self._cache = (x, mean, rstd)
-        return out
+        self._cache = (x, mean, rstd, shape)
+        return self._unrows(out, shape, "out_ncl")
 
     def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
-        x, mean, rstd = self._require_cache()
+        x, mean, rstd, shape = self._require_cache()
         dt = self._dtype
-        dy = _check_grad(self, grad_output, x.shape, dt)
+        dy = self._rows(_check_grad(self, grad_output, shape, dt), "dy_rows")
         gamma = self.weight.data if self.affine else None
         dgamma = self.weight.grad_buffer() if self.affine and self.weight.requires_grad \
             else None
-        dbeta = self.bias.grad_buffer() if self.affine and self.bias.requires_grad else None
+        b = self.bias
+        dbeta = b.grad_buffer() if self.affine and b is not None and b.requires_grad else None
         dx = self._buffer("dx", x.shape, dt)
         dev = self._place.is_device
         if mean is None:
@@ -452,59 +515,84 @@ class BatchNorm1d(Module):
                                               dx, dgamma, dbeta, self.eps, True, dev)
         else:
             _norm.run_batchnorm_backward(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, True, dev)
-        return dx if input_grad else None
+        return self._unrows(dx, shape, "dx_ncl") if input_grad else None
 
 
 def _layernorm_state(a) -> dict:
     if not a["elementwise_affine"]:
         return {}
-    C, dt = (a["normalized_shape"],), a["dtype"]
-    return {"weight": (C, dt), "bias": (C, dt)}
+    v = a["normalized_shape"]
+    shape, dt = ((v,) if type(v) is int else tuple(v)), a["dtype"]
+    return {"weight": (shape, dt), **({"bias": (shape, dt)} if a["bias"] else {})}
+
+
+def _check_normalized_shape(normalized_shape) -> tuple:
+    shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) \
+        else normalized_shape
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        shape = None
+    if not shape or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1
+                        for d in shape):
+        raise ValueError("normalized_shape must be a positive int or a non-empty sequence of "
+                         f"positive ints, got {normalized_shape!r}")
+    return tuple(int(d) for d in shape)
 
 
 @register_layer
 class LayerNorm(Module):
-    r"""Layer normalization over the last dimension, as ``torch.nn.LayerNorm``.
+    r"""Layer normalization over the last ``len(normalized_shape)`` dimensions, as
+    ``torch.nn.LayerNorm``.
+
+    With :math:`D` the trailing dimensions named by ``normalized_shape`` (C = their product
+    values per sample n):
 
     .. math::
-        \mu_n = \frac1C\sum_c x_{nc},\quad \sigma^2_n = \frac1C\sum_c (x_{nc}-\mu_n)^2,\quad
-        y_{nc} = \gamma_c\,\frac{x_{nc}-\mu_n}{\sqrt{\sigma^2_n+\epsilon}} + \beta_c
+        \mu_n = \frac1C\sum_{i\in D} x_{ni},\quad
+        \sigma^2_n = \frac1C\sum_{i\in D} (x_{ni}-\mu_n)^2,\quad
+        y_{ni} = \gamma_i\,\frac{x_{ni}-\mu_n}{\sqrt{\sigma^2_n+\epsilon}} + \beta_i
 
     Statistics are per sample, so any batch size works (including 1) and train/eval agree.
+    The kernels see the input as (N, C) rows (a view: no copy).
 
     Parameters
     ----------
-    normalized_shape : int or 1-tuple
-        C, the size of the last dimension (only the last dimension is supported).
+    normalized_shape : int or sequence of ints
+        The trailing input shape normalized over.
     eps : float
     elementwise_affine : bool
-        Learn ``weight`` (ones) and ``bias`` (zeros) of shape (C,).
+        Learn ``weight`` gamma (ones) and ``bias`` beta (zeros) of shape ``normalized_shape``.
+    bias : bool
+        With ``elementwise_affine``, learn beta (torch 2.x); False: ``bias`` is None, beta = 0.
     dtype : numpy dtype, optional
     """
 
     layer_spec = LayerSpec(
-        args={"normalized_shape": Arg(is_dim, lambda m: m.normalized_shape[0]),
+        args={"normalized_shape": Arg(is_shape, lambda m: m.normalized_shape[0]
+                                      if len(m.normalized_shape) == 1
+                                      else list(m.normalized_shape)),
               "eps": Arg(is_real), "elementwise_affine": Arg(is_bool),
-              "dtype": Arg(is_dtype, lambda m: _dtype_name(m._dtype))},
+              "dtype": Arg(is_dtype, lambda m: _dtype_name(m._dtype)),
+              "bias": Arg(is_bool, _reads_bias("elementwise_affine"), default=True)},
         state=_layernorm_state)
 
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
-                 dtype=None):
+                 bias: bool = True, dtype=None):
         super().__init__()
-        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) \
-            else tuple(normalized_shape)
-        if len(shape) != 1 or isinstance(shape[0], bool) or \
-                not isinstance(shape[0], (int, np.integer)) or shape[0] < 1:
-            raise ValueError("normalized_shape must be a positive int or a 1-tuple (fastreg "
-                             f"normalizes over the last dimension only), got {normalized_shape!r}")
+        shape = _check_normalized_shape(normalized_shape)
         dt = _resolve_dtype(dtype)
-        self.normalized_shape = (int(shape[0]),)
+        self.normalized_shape = shape
         self.eps = _check_eps(eps)
         self.elementwise_affine = bool(elementwise_affine)
-        C = self.normalized_shape[0]
+        self._has_bias = bool(bias)
+        self._features = math.prod(shape)
         if self.elementwise_affine:
-            self.weight = Parameter(np.ones(C, dtype=dt))
-            self.bias = Parameter(np.zeros(C, dtype=dt))
+            self.weight = Parameter(np.ones(shape, dtype=dt))
+            if self._has_bias:
+                self.bias = Parameter(np.zeros(shape, dtype=dt))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -513,25 +601,42 @@ class LayerNorm(Module):
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps:g}, "
-                f"elementwise_affine={self.elementwise_affine}")
+                f"elementwise_affine={self.elementwise_affine}"
+                + ("" if self._has_bias else ", bias=False"))
+
+    def _check_replacement(self, name: str, new, old) -> None:
+        _check_norm_bias(self, name, new, old)
 
     def inference_ops(self) -> tuple:
         affine = self.elementwise_affine
-        return (LayerNormOp(f64(self.weight.data) if affine else None,
-                            f64(self.bias.data) if affine else None, self.eps,
-                            self.normalized_shape[0]),)
+        b = self.bias if affine else None
+        multi = len(self.normalized_shape) > 1
+        return (LayerNormOp(f64(self.weight.data).reshape(-1) if affine else None,
+                            None if b is None else f64(b.data).reshape(-1), self.eps,
+                            self._features, self.normalized_shape if multi else ()),)
+
+    def _vec(self, p, grad: bool = False):
+        """A (C,) view of parameter p's data (or its grad buffer), None if absent/frozen."""
+        if p is None or (grad and not p.requires_grad):
+            return None
+        a = p.grad_buffer() if grad else p.data
+        return a if a.ndim == 1 else a.reshape(-1)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         dt = self._dtype
-        C = self.normalized_shape[0]
+        shape = self.normalized_shape
+        C = self._features
         x = _check_input(self, x, dt)
-        if tuple(x.shape)[-1] != C:
+        k = len(shape)
+        if tuple(x.shape)[x.ndim - k:] != shape or x.ndim < k:
             raise ValueError(f"{self._describe()}: input has shape {x.shape}, expected "
-                             f"(*, {C}) (normalized_shape={self.normalized_shape})")
+                             f"(*, {', '.join(map(str, shape))}) "
+                             f"(normalized_shape={self.normalized_shape})")
         x2 = x.reshape(-1, C)
         N = x2.shape[0]
-        gamma = self.weight.data if self.elementwise_affine else None
-        beta = self.bias.data if self.elementwise_affine else None
+        affine = self.elementwise_affine
+        gamma = self._vec(self.weight) if affine else None
+        beta = self._vec(self.bias) if affine else None
         out = self._buffer("out", x2.shape, dt)
         _apart(self, out, x2)
         mean = self._buffer("save_mean", (N,), dt)
@@ -546,9 +651,9 @@ class LayerNorm(Module):
         dt = self._dtype
         dy = _check_grad(self, grad_output, in_shape, dt).reshape(x2.shape)
         affine = self.elementwise_affine
-        gamma = self.weight.data if affine else None
-        dgamma = self.weight.grad_buffer() if affine and self.weight.requires_grad else None
-        dbeta = self.bias.grad_buffer() if affine and self.bias.requires_grad else None
+        gamma = self._vec(self.weight) if affine else None
+        dgamma = self._vec(self.weight, grad=True) if affine else None
+        dbeta = self._vec(self.bias, grad=True) if affine else None
         dx = self._buffer("dx", x2.shape, dt)
         _norm.run_layernorm_backward(dy, x2, gamma, mean, rstd, dx, dgamma, dbeta, True,
                                      self._place.is_device)
@@ -573,26 +678,38 @@ class Dropout(Module):
 
     Masks come from the Philox4x32-10 counter RNG keyed by ``fastreg.manual_seed`` (each call
     reserves fresh counter blocks), are stored as bits and reused by backward. ``p = 0`` and
-    inverted evaluation return the input itself (no copy, no kernel).
+    inverted evaluation return the input itself (no copy, no kernel). ``p = 1`` drops
+    everything: training returns zeros and a zero gradient (as torch; no mask is drawn), and
+    classic evaluation scales by ``1 - p = 0``. Any shape, 0-d included.
+
+    ``inplace`` is accepted (torch's argument; model files keep it) and does not change what is
+    computed: fastreg never writes a layer's result into its input. The output goes into the
+    layer's own buffer, reused across calls of the same shape, which already saves the per-call
+    allocation in-place operation saves in torch, and the input stays intact (a fused
+    Linear + activation before the Dropout reads its output in backward).
     """
 
-    layer_spec = LayerSpec(args={"p": Arg(is_real), "mode": Arg(is_str)})
+    layer_spec = LayerSpec(args={"p": Arg(is_real), "mode": Arg(is_str),
+                                 "inplace": Arg(is_bool, default=False)})
 
-    def __init__(self, p: float = 0.5, mode: str = "inverted"):
+    def __init__(self, p: float = 0.5, inplace: bool = False, mode: str = "inverted"):
         super().__init__()
         if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
             raise TypeError(f"p must be a real number, got {p!r}")
-        if not 0.0 <= float(p) < 1.0:
-            raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
         if mode not in DROPOUT_MODES:
             raise ValueError(f"mode must be one of {DROPOUT_MODES}, got {mode!r}")
+        if not isinstance(inplace, (bool, np.bool_)):
+            raise TypeError(f"inplace must be a bool, got {inplace!r}")
         self.p = float(p)
+        self.inplace = bool(inplace)
         self.mode = mode
         self._cache = None
 
     def extra_repr(self) -> str:
         extra = "" if self.mode == "inverted" else f", mode={self.mode!r}"
-        return f"p={self.p}{extra}"
+        return f"p={self.p}{', inplace=True' if self.inplace else ''}{extra}"
 
     def inference_ops(self) -> tuple:
         """Eval: the identity (inverted), or a constant scale by ``1 - p`` (classic)."""
@@ -601,25 +718,28 @@ class Dropout(Module):
         return (ScaleOp(1.0 - self.p),)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x = _check_input(self, x, _input_float_dtype(x))
+        x = _check_input(self, x, _input_float_dtype(x), min_ndim=0)
         p = self.p
         if p == 0.0 or (not self.training and self.mode == "inverted"):
             self._cache = ("identity", x.shape, x.dtype)
             return x
         out = self._buffer("out", x.shape, x.dtype)
         _apart(self, out, x)
-        if not self.training:                      # classic form at inference: scale by 1 - p
-            self._place.scale(x, out, 1.0 - p)
-            self._cache = ("scale", x.shape, x.dtype)
+        if not self.training or p == 1.0:          # classic inference: scale by 1 - p; p = 1
+            self._place.scale(x, out, 1.0 - p if not self.training else 0.0)
+            self._cache = ("scale", x.shape, x.dtype, 1.0 - p if not self.training else 0.0)
             return out
+        shape = x.shape
+        out = out.reshape(-1) if x.ndim == 0 else out
+        x = x.reshape(-1) if x.ndim == 0 else x
         n = x.size
         mask = self._buffer("mask", (_dropout.mask_nbytes(n),), np.uint8)
         seed, offset = _random.default_generator.reserve_philox(_dropout.philox_blocks(n))
         scale = 1.0 / (1.0 - p) if self.mode == "inverted" else 1.0
         _dropout.run_dropout_forward(x, out, mask, p, scale, seed, offset,
                                      self._place.is_device)
-        self._cache = ("mask", x.shape, x.dtype, mask, scale)
-        return out
+        self._cache = ("mask", shape, x.dtype, mask, scale)
+        return out.reshape(shape)
 
     def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
         cache = self._require_cache()
@@ -631,7 +751,10 @@ class Dropout(Module):
             return dy
         dx = self._buffer("dx", shape, dt)
         if kind == "scale":
-            self._place.scale(dy, dx, 1.0 - self.p)
+            self._place.scale(dy, dx, cache[3])
+        elif len(shape) == 0:
+            _dropout.run_dropout_backward(dy.reshape(-1), cache[3], dx.reshape(-1), cache[4],
+                                          self._place.is_device)
         else:
             _dropout.run_dropout_backward(dy, cache[3], dx, cache[4], self._place.is_device)
         return dx
@@ -662,11 +785,17 @@ class _Activation(Module):
         return (ActivationOp(self._code, float(self.slope)),)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x = _check_input(self, x, _input_float_dtype(x))
+        """y = f(x) for any shape, 0-d included (the kernels see a 0-d array as (1,))."""
+        x = _check_input(self, x, _input_float_dtype(x), min_ndim=0)
         dt = x.dtype
         out = self._buffer("out", x.shape, dt)
         _apart(self, out, x)
-        _elementwise.run_activation_forward(x, out, self._code, self.slope, self._place.is_device)
+        if x.ndim == 0:
+            _elementwise.run_activation_forward(x.reshape(1), out.reshape(1), self._code,
+                                                self.slope, self._place.is_device)
+        else:
+            _elementwise.run_activation_forward(x, out, self._code, self.slope,
+                                                self._place.is_device)
         self._cache = (x, out)
         return out
 
@@ -676,6 +805,10 @@ class _Activation(Module):
         if not input_grad:
             return None
         dx = self._buffer("dx", y.shape, y.dtype)
+        if y.ndim == 0:                            # the kernels see a 0-d array as (1,)
+            _elementwise.run_activation_backward(dy.reshape(1), y.reshape(1), dx.reshape(1),
+                                                 self._code, self.slope, self._place.is_device)
+            return dx
         _elementwise.run_activation_backward(dy, y, dx, self._code, self.slope,
                                              self._place.is_device)
         return dx
@@ -734,8 +867,9 @@ class LeakyReLU(_Activation):
         dx = self._buffer("dx", y.shape, y.dtype)
         # dy * ([x > 0] + slope [x <= 0]): the output-based kernel evaluated on the input x (the
         # checked function refuses slope <= 0 because it assumes y; shapes are checked above)
-        _elementwise.run_activation_backward(dy, x, dx, _codes.ACT_LEAKY_RELU,
-                                             self.negative_slope, self._place.is_device)
+        _elementwise.run_activation_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1),
+                                             _codes.ACT_LEAKY_RELU, self.negative_slope,
+                                             self._place.is_device)     # (-1): 0-d too
         return dx
 
 
