@@ -43,7 +43,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils import check_random_state, gen_batches, shuffle
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
@@ -442,10 +442,15 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn("Got `batch_size` less than 1 or larger than "
                               "sample size. It is going to be clipped")
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
+        # sklearn.utils.gen_batches (without its per-call parameter validation)
+        batches = [slice(lo, min(lo + batch_size, n_samples))
+                   for lo in range(0, n_samples, batch_size)]
         loss_name = self._loss_name()
         out_act = self.out_activation_
         model = self._model
         dense = not sp.issparse(X_train)
+        if not dense:
+            X_train = X_train.tocsr()      # row batches are cut from CSR
         epochs = range(self.max_iter)
         bar = None
         if self.progress:
@@ -460,9 +465,13 @@ class _BaseMLP(BaseEstimator):
             for _ in epochs:
                 model.train()
                 if self.shuffle:
-                    sample_idx = shuffle(sample_idx, random_state=self._random_state)
+                    # sklearn.utils.shuffle(sample_idx, random_state=rs) without its per-call
+                    # validation: the same permutation from the same draws
+                    perm = np.arange(n_samples)
+                    self._random_state.shuffle(perm)
+                    sample_idx = sample_idx[perm]
                 accumulated_loss = 0.0
-                for batch_slice in gen_batches(n_samples, batch_size):
+                for batch_slice in batches:
                     idx = sample_idx[batch_slice] if self.shuffle else batch_slice
                     Xb = X_train[idx]
                     if not dense:
