@@ -3,9 +3,9 @@ import pytest
 
 pytest.importorskip("sklearn", reason="scikit-learn is not installed (pip install 'fastreg[sklearn]')")
 
-from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from fastreg.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+from fastreg.sklearn import MLPClassifier, MLPRegressor
 
 
 @parametrize_with_checks([MLPClassifier(max_iter=100, random_state=0),

@@ -32,8 +32,10 @@ same ``random_state`` both libraries start from the same weights and see the sam
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 import warnings
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -117,7 +119,7 @@ def _resolve_dtype(dtype):
 class _BaseMLP(BaseEstimator):
     """Shared machinery of MLPClassifier and MLPRegressor (not for direct use)."""
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict] = {
         "hidden_layer_sizes": ["array-like", Interval(numbers.Integral, 1, None, closed="left")],
         "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
         "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
@@ -297,7 +299,7 @@ class _BaseMLP(BaseEstimator):
         if self._kind == "adam":
             # scikit-learn's ε is added to √v, torch's to √v̂ = √v / √(1-β₂ᵗ)
             self._adam_t += 1
-            eps = float(self.epsilon) / np.sqrt(1.0 - float(self.beta_2) ** self._adam_t)
+            eps = float(self.epsilon) / math.sqrt(1.0 - float(self.beta_2) ** self._adam_t)
             for g in groups:
                 g["eps"] = eps
         self._optimizer.step()
@@ -333,7 +335,7 @@ class _BaseMLP(BaseEstimator):
             sizes = [sizes]
         sizes = list(sizes)
         if np.any(np.array(sizes) <= 0):
-            raise ValueError("hidden_layer_sizes must be > 0, got %s." % sizes)
+            raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
         _resolve_dtype(self.dtype)
         for what in ("optimizer", "lr_scheduler"):
             if getattr(self, what) is not None:
@@ -505,7 +507,7 @@ class _BaseMLP(BaseEstimator):
                 self.t_ += n_samples
                 self.loss_curve_.append(self.loss_)
                 if self.verbose:
-                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+                    print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{self.loss_:.6g}")
@@ -520,20 +522,20 @@ class _BaseMLP(BaseEstimator):
                     self._set_lr(float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t)
                 if self._no_improvement_count > self.n_iter_no_change:
                     if early_stopping:
-                        msg = ("Validation score did not improve more than tol=%f for %d "
-                               "consecutive epochs." % (self.tol, self.n_iter_no_change))
+                        msg = (f"Validation score did not improve more than tol={self.tol:f} "
+                               f"for {self.n_iter_no_change} consecutive epochs.")
                     else:
-                        msg = ("Training loss did not improve more than tol=%f for %d "
-                               "consecutive epochs." % (self.tol, self.n_iter_no_change))
+                        msg = (f"Training loss did not improve more than tol={self.tol:f} "
+                               f"for {self.n_iter_no_change} consecutive epochs.")
                     if self._trigger_stopping(msg):
                         break
                     self._no_improvement_count = 0
                 if incremental:
                     break
                 if self.n_iter_ == self.max_iter:
-                    warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and "
-                                  "the optimization hasn't converged yet." % self.max_iter,
-                                  ConvergenceWarning)
+                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
+                                  "reached and the optimization hasn't converged yet.",
+                                  ConvergenceWarning, stacklevel=2)
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.")
         finally:
@@ -555,7 +557,7 @@ class _BaseMLP(BaseEstimator):
             return True
         self._set_lr(self._lr / 5.0)
         if self.verbose:
-            print(msg + " Setting learning rate to %f" % self._lr)
+            print(f"{msg} Setting learning rate to {self._lr:f}")
         return False
 
     def _update_no_improvement_count(self, early_stopping, X, y, sample_weight) -> None:
@@ -563,7 +565,7 @@ class _BaseMLP(BaseEstimator):
             val_score = self._score(X, y, sample_weight=sample_weight)
             self.validation_scores_.append(val_score)
             if self.verbose:
-                print("Validation score: %f" % self.validation_scores_[-1])
+                print(f"Validation score: {self.validation_scores_[-1]:f}")
             last = self.validation_scores_[-1]
             if last < (self.best_validation_score_ + self.tol):
                 self._no_improvement_count += 1
@@ -623,7 +625,7 @@ class _BaseMLP(BaseEstimator):
 
     # -- pickling: the optimizer travels as its state_dict ---------------------------------
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())   # (a copy: the live estimator keeps its optimizer)
         opt = state.pop("_optimizer", None)
         sched = state.pop("_scheduler", None)
         if opt is not None:
@@ -691,7 +693,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         A tqdm progress bar over epochs.
     """
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict] = {
         **_BaseMLP._parameter_constraints,
         "class_weight": [None, dict, StrOptions({"balanced"})],
     }
@@ -834,7 +836,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     parameters as in :class:`MLPClassifier` (without ``class_weight``).
     """
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict] = {
         **_BaseMLP._parameter_constraints,
         "loss": [StrOptions({"squared_error", "poisson"})],
     }
