@@ -111,6 +111,30 @@ def test_fit_equals_scikit_learn_step_for_step(which, kind, params, weighted, ca
         theirs.score(X, y, sample_weight=sw), abs=1e-10)
 
 
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_stops_after_n_iter_no_change_like_scikit_learn(early_stopping, capsys):
+    X, y = _data(n=60, kind="multiclass")
+    kw = {"hidden_layer_sizes": (6,), "max_iter": 40, "random_state": 0, "tol": 0.5,
+          "n_iter_no_change": 3, "early_stopping": early_stopping, "verbose": True}
+    theirs = sknn.MLPClassifier(**kw).fit(X, y)
+    out_theirs = capsys.readouterr().out
+    ours = MLPClassifier(**kw).fit(X, y)
+    assert capsys.readouterr().out.splitlines()[-1] == out_theirs.splitlines()[-1]
+    assert ours.n_iter_ == kw["n_iter_no_change"] + 2 < kw["max_iter"]   # 1 better, 4 not
+    _assert_same_fit(ours, theirs)
+
+
+def test_zero_weight_samples_and_batches_are_ignored():
+    X, y = _data(kind="regression")
+    sw = np.r_[np.zeros(11), np.ones(22)]
+    kw = {"hidden_layer_sizes": (4,), "max_iter": 3, "random_state": 0, "shuffle": False,
+          "batch_size": 11, "tol": 0.0}
+    a = MLPRegressor(**kw).fit(X, y, sample_weight=sw)
+    b = MLPRegressor(**kw).fit(X[11:], y[11:])
+    for p, q in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
+        np.testing.assert_allclose(p, q, rtol=1e-12)
+
+
 def test_warm_start_and_partial_fit_match_scikit_learn():
     X, y = _data(kind="multiclass")
     kw = {"hidden_layer_sizes": (6,), "max_iter": 3, "random_state": 0, "warm_start": True}

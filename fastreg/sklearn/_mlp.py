@@ -305,19 +305,21 @@ class _BaseMLP(BaseEstimator):
         self._optimizer.step()
 
     @contextlib.contextmanager
-    def _runtime(self):
-        """Thread count and dropout generator of this estimator, the global ones restored."""
+    def _runtime(self, rng: bool = True):
+        """Thread count (and, with ``rng``, the dropout generator stream) of this estimator for
+        the duration of a fit or predict; the global ones are restored afterwards."""
         saved_threads = dict(_config._state)
         gen = _random.default_generator
         saved_rng = gen.get_state()
         if self.n_threads is not None:
             _config.set_num_threads(int(self.n_threads))
-        if self.__dict__.get("_rng_state") is not None:
+        rng = rng and self.__dict__.get("_rng_state") is not None
+        if rng:
             gen.set_state(self._rng_state)
         try:
             yield
         finally:
-            if "_rng_state" in self.__dict__:
+            if rng:
                 self._rng_state = gen.get_state()
             gen.set_state(saved_rng)
             if self.n_threads is not None:
@@ -450,6 +452,8 @@ class _BaseMLP(BaseEstimator):
         loss_name = self._loss_name()
         out_act = self.out_activation_
         model = self._model
+        linears = self._linears()
+        alpha, l1 = float(self.alpha), float(self.l1)
         dense = not sp.issparse(X_train)
         if not dense:
             X_train = X_train.tocsr()      # row batches are cut from CSR
@@ -480,27 +484,28 @@ class _BaseMLP(BaseEstimator):
                         Xb = Xb.toarray()
                     yb = y_train[idx]
                     swb = None if sw_train is None else sw_train[idx]
+                    sw_sum = float(len(yb) if swb is None else swb.sum())
+                    if sw_sum <= 0:             # an all-zero-weight batch: nothing to learn
+                        continue
                     z = model(np.ascontiguousarray(Xb))
                     p = _out_activation(out_act, z)
-                    sw_sum = float(len(yb) if swb is None else swb.sum())
                     loss = _loss(loss_name, yb, p, swb)
                     reg = 0.0
-                    for lin in self._linears():
+                    for lin in linears:
                         w = lin.weight.data.ravel()
-                        reg += 0.5 * float(self.alpha) * float(np.dot(w, w))
-                        if self.l1:
-                            reg += float(self.l1) * float(np.abs(w).sum())
-                    loss += reg / sw_sum if sw_sum > 0 else 0.0
+                        if alpha:
+                            reg += 0.5 * alpha * float(np.dot(w, w))
+                        if l1:
+                            reg += l1 * float(np.abs(w).sum())
+                    loss += reg / sw_sum
                     delta = p
                     delta -= yb
                     if swb is not None:
                         delta *= swb.reshape(-1, 1)
-                    if sw_sum > 0:
-                        delta /= sw_sum
+                    delta /= sw_sum
                     self._optimizer.zero_grad()
                     model.backward(delta, input_grad=False)
-                    if sw_sum > 0:
-                        self._step(sw_sum)
+                    self._step(sw_sum)
                     accumulated_loss += loss * (batch_slice.stop - batch_slice.start)
                 self.n_iter_ += 1
                 self.loss_ = accumulated_loss / X_train.shape[0]
@@ -591,7 +596,7 @@ class _BaseMLP(BaseEstimator):
         model = self._model
         model.eval()
         out = []
-        with self._runtime():
+        with self._runtime(rng=False):          # eval mode draws no dropout masks
             for lo in range(0, X.shape[0], _PREDICT_CHUNK):
                 Xb = X[lo:lo + _PREDICT_CHUNK]
                 Xb = Xb.toarray() if sp.issparse(Xb) else Xb
