@@ -259,7 +259,12 @@ def test_fastreg_options_train_and_do_what_they_say():
                   {"n_threads": 1, "progress": False}):
         m = MLPClassifier(**kw, **extra).fit(X, y)
         assert m.score(X, y) > 0.7, extra
-    assert fr.get_num_threads() == fr._config._state["num_threads"]
+    # n_threads holds during fit (seen from inside an lr_lambda) and the global count comes back
+    before, seen = fr.get_num_threads(), []
+    lam = ("LambdaLR", {"lr_lambda": lambda e: seen.append(fr.get_num_threads()) or 1.0})
+    MLPClassifier(**kw, n_threads=1, lr_scheduler=lam).fit(X, y)
+    assert seen and set(seen) == {1}
+    assert fr.get_num_threads() == before
     # l1 and decoupled weight decay shrink the weights; alpha=0 + l1 adds |W| to the loss
     shrunk = MLPClassifier(**kw, l1=5.0, weight_decay=1.0).fit(X, y)
     assert np.abs(shrunk.coefs_[0]).sum() < 0.8 * np.abs(plain.coefs_[0]).sum()
@@ -394,3 +399,10 @@ def test_convergence_warning_as_scikit_learn():
         warnings.simplefilter("always")
         MLPClassifier(hidden_layer_sizes=(3,), max_iter=1).fit(X, y)
     assert any(issubclass(x.category, ConvergenceWarning) for x in w)
+
+
+def test_progress_bar_over_epochs(capsys):
+    pytest.importorskip("tqdm", reason="tqdm is not installed")
+    X, y = _data(kind="multiclass")
+    MLPClassifier(hidden_layer_sizes=(3,), max_iter=3, progress=True).fit(X, y)
+    assert "MLPClassifier" in capsys.readouterr().err
