@@ -278,6 +278,15 @@ def test_fastreg_options_train_and_do_what_they_say():
         np.testing.assert_allclose(best.coefs_[0], again.coefs_[0], rtol=1e-12)
 
 
+def test_batch_norm_never_sees_a_one_row_batch():
+    X, y = _data(kind="multiclass")            # 33 rows in batches of 16: 16, 17
+    m = MLPClassifier(hidden_layer_sizes=(5,), batch_norm=True, batch_size=16, max_iter=2,
+                      random_state=0).fit(X, y)
+    assert len(m.loss_curve_) == 2 and np.isfinite(m.loss_curve_).all()
+    with pytest.raises(ValueError, match="batch_norm=True needs at least 2 training samples"):
+        MLPClassifier(batch_norm=True).fit(X[:1], y[:1])
+
+
 def test_coefs_are_views_of_the_network_and_assignable():
     X, y = _data(kind="regression")
     m = MLPRegressor(hidden_layer_sizes=(3,), max_iter=2, random_state=0).fit(X, y)

@@ -449,6 +449,13 @@ class _BaseMLP(BaseEstimator):
         # sklearn.utils.gen_batches (without its per-call parameter validation)
         batches = [slice(lo, min(lo + batch_size, n_samples))
                    for lo in range(0, n_samples, batch_size)]
+        if self.batch_norm:
+            # batch statistics need two rows: a trailing one-row batch joins the previous one
+            if n_samples < 2:
+                raise ValueError(f"batch_norm=True needs at least 2 training samples, got "
+                                 f"{n_samples}")
+            if batches[-1].stop - batches[-1].start == 1:
+                batches[-2:] = [slice(batches[-2].start, n_samples)]
         loss_name = self._loss_name()
         out_act = self.out_activation_
         model = self._model
@@ -670,7 +677,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     dropout : float in [0, 1), default 0
         Dropout after each hidden activation (inverted; off at predict).
     batch_norm, layer_norm : bool, default False
-        BatchNorm1d / LayerNorm between each hidden Linear and its activation.
+        BatchNorm1d / LayerNorm between each hidden Linear and its activation (with batch norm
+        a trailing one-row batch joins the previous one: batch statistics need two rows).
     l1 : float >= 0, default 0
         L1 penalty scaled like ``alpha``: ``l1 · Σ|W| / Σwᵢ`` per batch (weights only).
     weight_decay : float >= 0, default 0
