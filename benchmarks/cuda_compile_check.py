@@ -13,7 +13,7 @@ script closes that gap on any machine that has the CUDA toolkit's libNVVM (no dr
 How it works, in two processes:
 
 1. record (NUMBA_ENABLE_CUDASIM=1): runs every public CUDA entry point of the five ops
-   (fastreg/_kernels/{matmul,norm,dropout,elementwise,optim}.py with device arrays, float32 and
+   (fastreg/_kernels/{matmul,norm,dropout,elementwise,optim,embedding}.py with device arrays, float32 and
    float64, with and without the optional arrays) on tiny inputs, recording the numba type of
    every argument of every kernel launch (the types the real CUDA dispatcher would compute).
    The signatures therefore follow the launchers; nothing is listed by hand except the matmul
@@ -46,7 +46,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OPS = ("matmul", "norm", "dropout", "elementwise", "optim")
+OPS = ("matmul", "norm", "dropout", "elementwise", "optim", "embedding")
 MODULES = tuple(f"fastreg._kernels.{op}.cuda" for op in OPS)
 
 #: Kernels that accumulate in float64 by design, even for float32 data: their f64 instructions
@@ -64,6 +64,9 @@ F64_OK = {
         "_bce_bwd_k": "BCE gradient in float64",
         "_colsum_k": "column sums in float64",
         "_colsum_final_k": "column sums in float64",
+    },
+    "embedding": {
+        "_renorm_kernel": "row p-norms in float64 (as the CPU kernels)",
     },
     "norm": {
         "_bn_train_stats": "batch statistics in float64",
@@ -135,6 +138,7 @@ def _drive():
 
     from fastreg._kernels import dropout as kd
     from fastreg._kernels import elementwise as ke
+    from fastreg._kernels import embedding as kemb
     from fastreg._kernels import matmul as km
     from fastreg._kernels import norm as kn
     from fastreg._kernels import optim as ko
@@ -199,6 +203,15 @@ def _drive():
         run("dropout_mask", kd.dropout_mask, mask, n, 0.25, 1234, 5)
         run("philox4x32_kernel", kd.philox4x32_kernel,
             rt.to_device(np.arange(8, dtype=np.uint32).reshape(2, 4)), (1, 2))
+
+        # embedding: gather, deterministic scatter-add (with padding and frequency scaling),
+        # max_norm renormalization
+        V, D = 6, 4
+        table, idx = dev((V, D), dt), rt.to_device(np.array([[0, 5, 5], [2, 0, 1]], np.int64))
+        run("embedding_forward", kemb.embedding_forward, table, idx, emp((2, 3, D), dt))
+        run("embedding_backward", kemb.embedding_backward, dev((2, 3, D), dt), idx,
+            dev((V, D), dt), padding_idx=1, scale_grad_by_freq=True)
+        run("embedding_renorm_", kemb.embedding_renorm_, table, idx, 0.5, 2.0)
 
         # elementwise: activations, losses, device utilities
         n = 11
