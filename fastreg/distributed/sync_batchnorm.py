@@ -49,8 +49,10 @@ class SyncBatchNorm(BatchNorm1d):
     In a world of one, and in evaluation mode, it is ``BatchNorm1d``. CPU only.
 
     It is not a registered layer type of model files (a file must load without MPI): save the
-    trained model after :func:`revert_sync_batchnorm` (``fit``'s checkpoints store its weights
-    by key and need nothing).
+    trained model after :func:`revert_sync_batchnorm` for a file ``fastreg.load`` rebuilds on
+    its own; a converted model saves as a custom module (state and class name) and loads into
+    a given instance, ``fastreg.load(path, model=...)``. ``fit``'s checkpoints store its weights
+    by key and need nothing.
     """
 
     def forward(self, x: np.ndarray) -> np.ndarray:
