@@ -569,10 +569,10 @@ def test_tuple_output_and_two_array_inputs():
     m = Two()
     x, z = _rng(0).standard_normal((3, 2)), _rng(1).standard_normal((3, 2))
     h, s = m(x, z)
-    gx, gz = m.backward((np.ones_like(h), None))
+    _gx, gz = m.backward((np.ones_like(h), None))
     np.testing.assert_allclose(gz, m.a(x))
     m(x, z)
-    gx2, gz2 = m.backward((np.ones_like(h), np.ones_like(s)))
+    _gx2, gz2 = m.backward((np.ones_like(h), np.ones_like(s)))
     np.testing.assert_allclose(gz2, 2 * gz)
 
 

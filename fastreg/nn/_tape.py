@@ -163,7 +163,7 @@ class Recorded:
     plain array (no gradient flows through it).
     """
 
-    __slots__ = ("data", "tape", "slot")
+    __slots__ = ("data", "slot", "tape")
     __array_priority__ = 1000.0
 
     def __init__(self, data, tape: Tape, slot: int):
@@ -436,7 +436,7 @@ class _OpNode:
 class _ModuleNode:
     """A module call: the module, its positional inputs' slots (None: not recorded), its output
     slots and structure, and the saved states of its modules when a later call reused them."""
-    __slots__ = ("module", "ins", "outs", "single", "saved", "out_meta")
+    __slots__ = ("ins", "module", "out_meta", "outs", "saved", "single")
 
     def __init__(self, module, ins):
         self.module = module
@@ -862,10 +862,10 @@ class Tape:
         seeds = [(self.outputs[1], self.outputs[2], self.outputs[3])] if kind == "single" \
             else self.outputs[1]
         gouts = (grad_output,) if kind == "single" else grad_output
-        if kind == "tuple":
-            if not isinstance(gouts, (tuple, list)) or len(gouts) != len(seeds):
-                raise ValueError(f"backward(): the forward returned {len(seeds)} outputs; pass "
-                                 f"a tuple of {len(seeds)} gradients (None for unused ones)")
+        if kind == "tuple" and (not isinstance(gouts, (tuple, list))
+                                or len(gouts) != len(seeds)):
+            raise ValueError(f"backward(): the forward returned {len(seeds)} outputs; pass "
+                             f"a tuple of {len(seeds)} gradients (None for unused ones)")
         for seed, g in zip(seeds, gouts):
             if seed is None or g is None:
                 continue

@@ -98,9 +98,9 @@ def _check_pair(name: str, pair, dtype, takes_indices: bool = False
     # the data is cast once here (not per batch) so a float64 dataset trains a float32 model;
     # integer indices for a model that starts with an Embedding stay integers
     if dtype is not None and X.dtype != dtype and (X.dtype in FLOAT_DTYPES
-                                                    or X.dtype.kind in "iub"):
-        if not (X.dtype.kind in "iu" and takes_indices):
-            X = X.astype(dtype)
+                                                    or X.dtype.kind in "iub") \
+            and not (X.dtype.kind in "iu" and takes_indices):
+        X = X.astype(dtype)
     return X, y
 
 
