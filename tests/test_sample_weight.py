@@ -134,3 +134,18 @@ def test_dataloader_yields_weights():
         np.testing.assert_array_equal(wb, w[idx])
         seen += idx
     assert sorted(seen) == list(range(10))
+
+
+def test_ignored_samples_leave_the_weighted_mean():
+    """CrossEntropyLoss(ignore_index): an ignored sample's weight is not in the denominator
+    (torch's weighted mean), so the loss equals the one over the kept samples only."""
+    rng = np.random.default_rng(2)
+    out = rng.standard_normal((6, 3))
+    t = np.array([0, 2, -100, 1, -100, 2])
+    w = rng.uniform(0.5, 2.0, 6)
+    keep = t != -100
+    loss, g = weighted_loss(nn.CrossEntropyLoss(), out, t, w)
+    ref, gref = weighted_loss(nn.CrossEntropyLoss(), out[keep], t[keep], w[keep])
+    assert loss == pytest.approx(ref, rel=1e-12)
+    np.testing.assert_allclose(g[keep], gref, rtol=1e-12)
+    assert not np.any(g[~keep])

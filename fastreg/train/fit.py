@@ -236,6 +236,10 @@ def weighted_loss(loss_fn, out, target, w, grad: bool = True):
         raise ValueError("sample weights need a fastreg loss with reduction='mean' (fit takes "
                          f"the weighted mean of its per-sample losses), got reduction={red!r}")
     w = np.asarray(w, dtype=np.float64)
+    ignore = getattr(loss_fn, "ignore_index", None)
+    t = np.asarray(to_host(target))
+    if ignore is not None and t.dtype.kind in "iu" and t.shape == w.shape:
+        w = np.where(t == ignore, 0.0, w)   # ignored samples leave the denominator, as torch's
     loss_fn.reduction = "none"
     try:
         per = loss_fn(out, target)
