@@ -17,6 +17,35 @@ DTYPES = (np.float32, np.float64)
 AWKWARD_SIZES = (1, 2, 7, 33, 257, 1000)
 
 
+_PTX_TEST = "test_cuda_compile.py::test_every_kernel_compiles_to_ptx"
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
+def pytest_collection_modifyitems(session, config, items):
+    """Run the CUDA PTX compile check last, its minutes of compiling started now in a
+    background process, so that it overlaps with the rest of the suite."""
+    ptx = [it for it in items if it.nodeid.endswith(_PTX_TEST)]
+    if not ptx or len(items) == 1:
+        return
+    for it in ptx:
+        items.remove(it)
+        items.append(it)
+        if not any(m.name == "skip" for m in it.iter_markers()) and not config.option.collectonly:
+            skipif = [m for m in it.iter_markers("skipif") if m.args and m.args[0]]
+            if not skipif:
+                it.module.start()
+                config._fastreg_ptx_module = it.module
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop a background compile whose test never ran (-x stop, interrupt)."""
+    mod = getattr(session.config, "_fastreg_ptx_module", None)
+    p = mod._RUN.pop("proc", None) if mod is not None else None
+    if p is not None and p.poll() is None:
+        p.kill()
+        p.communicate()
+
+
 @pytest.fixture(params=CPU_BACKENDS)
 def backend(request):
     return request.param
