@@ -42,8 +42,7 @@ def pytest_sessionfinish(session, exitstatus):
     mod = getattr(session.config, "_fastreg_ptx_module", None)
     p = mod._RUN.pop("proc", None) if mod is not None else None
     if p is not None and p.poll() is None:
-        p.kill()
-        p.communicate()
+        mod.kill(p)
 
 
 @pytest.fixture(params=CPU_BACKENDS)
