@@ -98,7 +98,8 @@ def build_compare(storage):
         if tech == "L2":        # one pruned and one failed strength
             _add(s, {pname: 5e-2}, None, {"technique": tech},
                  state=optuna.trial.TrialState.PRUNED, inter={0: 0.5, 1: 0.6})
-            _add(s, {pname: 7e-2}, None, {"technique": tech},
+            _add(s, {pname: 7e-2}, None, {"technique": tech,
+                                          "error": "loss is not finite (nan) at epoch 3"},
                  state=optuna.trial.TrialState.FAIL)
     s = _study(storage, "digits/final", "maximize", meta)
     for i, (tech, pname, x, params, valid, test) in enumerate(FINAL):
@@ -249,6 +250,7 @@ def test_header_counts_and_escaping(compare_report):
     n_done = sum(len(p[1]) for p in SEARCH.values()) + sum(len(f[4]) for f in FINAL)
     assert f"**{n_done} done**, 1 pruned, 1 failed, 1 running" in md
     assert "700 train / 150 validation / 150 test rows" in md
+    assert "## Failed trials\n\n- #4 of `digits/L2` (L2): loss is not finite (nan) at epoch 3" in md
     assert "my &lt;data&gt; &amp; &quot;co&quot;.csv" in html
     assert DATA not in html and "<data>" not in html
     assert r'- Data: my \<data\> & "co".csv' in md
@@ -416,3 +418,29 @@ def test_sqlite_file_path_is_accepted_as_storage(compare_report, tmp_path, no_fi
         assert len(list(csv.DictReader(fh))) == sum(len(f[4]) for f in FINAL)
     assert re.search(r"\*\*12 done\*\*, 0 pruned, 0 failed, 1 running",
                      _read(files["md"]))
+
+
+def test_regression_compare_ranks_lower_rmse_first(tmp_path, no_figures):
+    store = optuna.storages.InMemoryStorage()
+    meta = _meta("compare", "regression", "rmse", "minimize", ["none", "L2", "dropout"])
+    srch = _study(store, "reg/L2", "minimize", meta)
+    for x, v in [(1e-4, 2.0), (1e-2, 1.5)]:
+        _add(srch, {"l2": x}, v, _attrs("L2", {"name": "l2", "value": x}, 0, v, v + 0.1,
+                                        "rmse", 4, False, 1.0, True))
+    final = _study(store, "reg/final", "minimize", meta)
+    runs = {"none": (None, {}, [2.1, 2.3], [2.2, 2.6]),
+            "L2": ({"name": "l2", "value": 1e-2}, {"l2": 1e-2}, [1.4, 1.6], [1.5, 1.9]),
+            "dropout": ({"name": "dropout", "value": 0.2}, {"dropout": 0.2}, [1.2, 1.3],
+                        [2.0, 2.2])}
+    for tech, (strength, params, valid, test) in runs.items():
+        for seed, (v, t) in enumerate(zip(valid, test)):
+            _add(final, params, v, _attrs(tech, strength, seed, v, t, "rmse", 4, False, 1.0,
+                                          True))
+    md = _read(rep.write_report(store, None, tmp_path)["md"])
+    table = _md_table(md, "## Ranked techniques")
+    assert [r[1] for r in table] == ["L2", "dropout", "none (baseline)"]    # by test, ascending
+    assert table[0][4] == _pm([1.5, 1.9]) and table[0][5] == f"−{np.mean([2.2, 2.6]) - 1.7:.4f}"
+    assert table[0][7] == "0.0500"             # gap = test − train; train = test − 0.05 here
+    assert "(lower is better)" in md and "(for rmse: test − train)" in md
+    chosen = md.split("## Chosen configuration", 1)[1]
+    assert chosen.split("\n\n", 2)[1].split(". ", 1)[1].startswith("**dropout**")

@@ -62,6 +62,8 @@ TOP_CURVES = 5
 MIN_IMPORTANCE_TRIALS = 8
 #: Strength names drawn on a log x-axis when every value is > 0 (the λ's); others log when their
 #: positive values span >= 20x.
+#: Failed trials listed with their error.
+MAX_FAILURES = 10
 _LOG_STRENGTHS = frozenset({"l1", "l2", "weight_decay", "lr"})
 _LOG_SPAN_X = 20.0
 _STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -98,6 +100,7 @@ class TrialRecord:
     config: dict | None
     model_file: str | None
     intermediate: dict              # epoch -> validation metric (pruned trials)
+    error: str | None = None        # why a FAIL trial failed (the engine's "error" attribute)
 
 
 @dataclass
@@ -184,7 +187,8 @@ def _record(study_name: str, phase: str, t) -> TrialRecord:
         history=dict(hist) if isinstance(hist, dict) else {},
         config=ua.get("config") if isinstance(ua.get("config"), dict) else None,
         model_file=None if ua.get("model_file") in (None, "") else str(ua.get("model_file")),
-        intermediate={int(k): float(v) for k, v in (t.intermediate_values or {}).items()})
+        intermediate={int(k): float(v) for k, v in (t.intermediate_values or {}).items()},
+        error=None if ua.get("error") in (None, "") else str(ua.get("error")))
 
 
 def _storage_of(storage):
@@ -755,8 +759,8 @@ def _best_model_section(doc: _Doc, h: int, path: str | None):
     if path is None:
         doc.add(Para(["No model file is recorded for the chosen configuration."]))
         return
-    doc.add(Para(["The chosen configuration's model: ", Code(path),
-                  ". Predict with it (raw rows, the preprocessing is inside the file):"]))
+    doc.add(Para(["The best model (by validation): ", Code(path),
+                  ". Predict with it on rows with the training table's columns:"]))
     doc.add(CodeBlock(f"fastreg predict {shlex.quote(path)} YOUR_DATA.csv "
                       "--out predictions.csv", "sh"))
 
@@ -779,6 +783,20 @@ def _importance_section(doc: _Doc, run: Run, h: int):
         else:
             doc.add(Para([lead]))
         doc.add(Bullets(items=[[w] for w in why]))
+
+
+def _failures_section(doc: _Doc, run: Run, h: int):
+    """The failed trials that recorded why (e.g. a diverged loss), at most MAX_FAILURES."""
+    failed = [t for s in run.studies for t in s.trials if t.state == "FAIL" and t.error]
+    if not failed:
+        return
+    doc.add(Heading(h, ["Failed trials"]))
+    items = [[f"#{t.number} of ", Code(t.study), f" ({t.technique}): {t.error}"]
+             for t in failed[:MAX_FAILURES]]
+    if len(failed) > MAX_FAILURES:
+        items.append([(f"... and {len(failed) - MAX_FAILURES} more (their user attribute "
+                       '"error" in the storage)')])
+    doc.add(Bullets(items=items))
 
 
 def _run_report(doc: _Doc, run: Run, h: int, prefix: str, best_model: str | None) -> None:
@@ -854,6 +872,7 @@ def _run_report(doc: _Doc, run: Run, h: int, prefix: str, best_model: str | None
                      "λ's on a log axis; every panel has the same y-axis.")])
 
     _importance_section(doc, run, h)
+    _failures_section(doc, run, h)
     _best_model_section(doc, h, model)
 
 
