@@ -41,7 +41,8 @@ SEARCH = {
     "early stopping": ("patience", [(3, 0.910, 0.900), (10, 0.925, 0.921)]),
 }
 DIST = {"l2": FloatD(1e-5, 1e-1, log=True), "dropout": FloatD(0.0, 0.7),
-        "patience": IntD(1, 50), "lr": FloatD(1e-4, 1e-1, log=True)}
+        "patience": IntD(1, 50), "lr": FloatD(1e-4, 1e-1, log=True), "seed": IntD(0, 99),
+        "technique": optuna.distributions.CategoricalDistribution([f[0] for f in FINAL])}
 
 
 def _history(scale: float, epochs: int, metric: str, seed: int):
@@ -105,8 +106,9 @@ def build_compare(storage):
     for i, (tech, pname, x, params, valid, test) in enumerate(FINAL):
         strength = None if pname is None else {"name": pname, "value": x}
         for seed, (v, t) in enumerate(zip(valid, test)):
-            _add(s, params, v, _attrs(tech, strength, seed, v, t, "accuracy", 6, False,
-                                      0.5 + i, False))
+            # as the engine does: the final phase's grid has "seed" and "technique" as params
+            _add(s, {**params, "seed": seed, "technique": tech}, v,
+                 _attrs(tech, strength, seed, v, t, "accuracy", 6, False, 0.5 + i, False))
     _add(s, {}, None, {"technique": "none"}, state=optuna.trial.TrialState.RUNNING)
 
 

@@ -62,6 +62,9 @@ TOP_CURVES = 5
 MIN_IMPORTANCE_TRIALS = 8
 #: Strength names drawn on a log x-axis when every value is > 0 (the λ's); others log when their
 #: positive values span >= 20x.
+#: Parameters that name a run rather than configure it: not part of a technique's setting,
+#: not counted for the importances.
+RUN_PARAMS = frozenset({"seed", "technique"})
 #: Failed trials listed with their error.
 MAX_FAILURES = 10
 _LOG_STRENGTHS = frozenset({"l1", "l2", "weight_decay", "lr"})
@@ -287,13 +290,13 @@ def mean_std(values) -> tuple[float, float | None, int]:
 
 
 def fmt(v, digits: int = 4) -> str:
-    """Fixed float format: ``digits`` decimals in [1e-3, 1e4), else scientific; "–" if missing."""
+    """Fixed float format: ``digits`` decimals in [1e-4, 1e5), else scientific; "–" if missing."""
     f = _float(v)
     if f is None or math.isnan(f):
         return "–"
     if math.isinf(f):
         return "inf" if f > 0 else "-inf"
-    if f != 0 and (abs(f) < 1e-3 or abs(f) >= 1e4):
+    if f != 0 and (abs(f) < 1e-4 or abs(f) >= 1e5):
         return f"{f:.{digits - 1}e}"
     return f"{f:.{digits}f}"
 
@@ -329,9 +332,15 @@ def _better_key(maximize: bool):
     return key
 
 
+def _setting(params: dict) -> dict:
+    """The parameters that make a configuration: without those that only name the run (the
+    engine may search "seed" and "technique" as parameters of its final phase)."""
+    return {k: v for k, v in params.items() if k not in RUN_PARAMS}
+
+
 def _params_text(params: dict) -> str:
     return ", ".join(f"{k}={fmt_strength(v) if _float(v) is not None else v}"
-                     for k, v in sorted(params.items()))
+                     for k, v in sorted(_setting(params).items()))
 
 
 @dataclass
@@ -368,10 +377,11 @@ def _groups(trials: list) -> list[Group]:
     by = {}
     for t in trials:
         key = (t.phase, t.technique, t.strength_name, t.strength_value,
-               json.dumps(t.params, sort_keys=True, default=str))
+               json.dumps(_setting(t.params), sort_keys=True, default=str))
         by.setdefault(key, []).append(t)
     return [Group(technique=k[1], strength_name=k[2], strength_value=k[3],
-                  params=dict(v[0].params), phase=k[0], trials=sorted(v, key=lambda t: t.number))
+                  params=_setting(v[0].params), phase=k[0],
+                  trials=sorted(v, key=lambda t: t.number))
             for k, v in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]),
                                                            kv[0][3] if kv[0][3] is not None
                                                            else -math.inf, kv[0][4]))]
@@ -481,6 +491,10 @@ def _metric_label(metric: str) -> str:
     return metric.upper() if metric == "rmse" else metric
 
 
+def _shorten(text: str, width: int = 44) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def _curve_panels_compare(rows: list[CompareRow], key: str):
     """(panels, …) for the loss (key "loss") or the metric: one panel per technique in ranked
     order, the baseline's validation curve faint in every other panel."""
@@ -495,9 +509,10 @@ def _curve_panels_compare(rows: list[CompareRow], key: str):
         if not train and not valid:
             continue
         faint = [list(base_valid)] if base is not None and r is not base and base_valid else []
-        seed = "" if t.seed is None else f", seed {t.seed}"
+        what = ", ".join(x for x in (r.group.setting() if r.group.setting() != "–" else "",
+                                     "" if t.seed is None else f"seed {t.seed}") if x)
         panels.append(plots.Panel(
-            title=f"{r.group.technique} ({r.group.setting()}{seed})",
+            title=r.group.technique + ("\n" + _shorten(what) if what else ""),
             curves=[plots.Curve(train=train, valid=valid, color=plots.COLORS[i % 10],
                                 best_epoch=t.best_epoch,
                                 stop_epoch=t.epochs_run if t.stopped_early else None)],
@@ -554,8 +569,8 @@ def curve_figures(run: Run, rows: list | None = None) -> dict:
 
 
 def strength_panels(run: Run, rows: list[CompareRow]) -> list:
-    """Per technique with a strength: validation and test (mean ± std over seeds) vs strength,
-    from its strength search and the final re-run."""
+    """Per technique with a strength, in ranked order: validation and test (mean ± std over
+    seeds) vs strength, from its strength search and the final re-run."""
     metric = run.metric
     chosen = {r.group.technique: r.group.strength_value for r in rows}
     by_tech: dict = {}
@@ -564,8 +579,10 @@ def strength_panels(run: Run, rows: list[CompareRow]) -> list:
             continue
         by_tech.setdefault((t.technique, t.strength_name), {}).setdefault(
             t.strength_value, []).append(t)
+    rank = {r.group.technique: i for i, r in enumerate(rows)}
     panels = []
-    for (tech, name), by_value in sorted(by_tech.items()):
+    for (tech, name), by_value in sorted(by_tech.items(),
+                                         key=lambda kv: (rank.get(kv[0][0], len(rank)), kv[0])):
         xs = sorted(by_value)
         vm, vs, tm, ts = [], [], [], []
         for x in xs:
@@ -597,7 +614,8 @@ def importances(run: Run) -> tuple[list, list[str]]:
     done, why = [], []
     for s in run.studies:
         complete = [t for t in s.trials if t.state == "COMPLETE"]
-        common = set.intersection(*(set(t.params) for t in complete)) if complete else set()
+        common = (set.intersection(*(set(_setting(t.params)) for t in complete)) if complete
+                  else set())
         varying = sorted(p for p in common
                          if len({json.dumps(t.params[p], default=str) for t in complete}) > 1)
         if len(varying) < 2:
@@ -775,10 +793,9 @@ def _importance_section(doc: _Doc, run: Run, h: int):
         doc.add(Table(headers=["parameter", "importance"],
                       rows=[[[Code(p)], fmt(v)] for p, v in imp], align="lr"))
     if why:
-        lead = ("Not computed for: " if done else
-                "Parameter importances are not computed: ")
+        lead = "Not computed for:" if done else "Parameter importances are not computed:"
         if not done and run.mode == "compare":
-            doc.add(Para([lead + "each strength search varies one parameter (a search, ",
+            doc.add(Para([lead + " each strength search varies one parameter (a search, ",
                           Code("fastreg study --search N"), ", has importances)."]))
         else:
             doc.add(Para([lead]))

@@ -16,6 +16,7 @@ COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e3
           "#7f7f7f", "#bcbd22", "#17becf")
 _LOG_SPAN = 10.0          # a positive error/loss quantity spanning >= 10x is drawn on a log axis
 _PAD = 0.05               # fraction of the (log-)range added above and below
+_MAX_GRID_TICKS = 6       # a strength grid this small gets one labelled tick per value
 
 
 def load_matplotlib():
@@ -93,6 +94,7 @@ def curve_figure(panels: list, ylabel: str, train_label: str, valid_label: str,
                  log_allowed: bool, title: str):
     """One figure, one panel per entry, every panel with the same x and y limits."""
     Figure, FigureCanvasAgg = load_matplotlib()
+    from matplotlib.ticker import MaxNLocator
     series = []
     max_epoch = 1
     for p in panels:
@@ -107,7 +109,7 @@ def curve_figure(panels: list, ylabel: str, train_label: str, valid_label: str,
     ncols = min(4, len(panels)) or 1
     nrows = -(-len(panels) // ncols) or 1
     single = len(panels) == 1
-    fig = Figure(figsize=(8.0, 4.6) if single else (3.4 * ncols, 2.7 * nrows + 0.9))
+    fig = Figure(figsize=(8.0, 4.6) if single else (3.4 * ncols, 2.9 * nrows + 0.9))
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
     flat = [ax for row in axes for ax in row]
@@ -126,9 +128,10 @@ def curve_figure(panels: list, ylabel: str, train_label: str, valid_label: str,
                         ms=5, zorder=4)
             if c.stop_epoch is not None:
                 ax.axvline(c.stop_epoch, color=c.color, ls=":", lw=1.0, zorder=1)
-        ax.set_title(p.title, fontsize=9)
+        ax.set_title(p.title, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(True, color="#eeeeee", lw=0.6)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if single and any(c.label for c in p.curves):
             ax.legend(fontsize=7, loc="best", title="validation", title_fontsize=7)
     if log:
@@ -182,6 +185,13 @@ class StrengthPanel:
 def strength_figure(panels: list, metric_label: str, title: str):
     """One panel per technique; shared y (the metric), each panel its own x (λ, p, patience)."""
     Figure, FigureCanvasAgg = load_matplotlib()
+    from matplotlib.ticker import (
+        FixedFormatter,
+        FixedLocator,
+        MaxNLocator,
+        NullFormatter,
+        NullLocator,
+    )
     series = []
     for p in panels:
         series.append([m - (s or 0.0) for m, s in zip(p.valid_mean, p.valid_std)])
@@ -206,6 +216,14 @@ def strength_figure(panels: list, metric_label: str, title: str):
             ax.axvline(p.chosen, color="#555555", ls=":", lw=1.0)
         if p.log_x:
             ax.set_xscale("log")
+        if len(p.x) <= _MAX_GRID_TICKS:       # a small grid: ticks at its values, labelled
+            ax.xaxis.set_major_locator(FixedLocator(p.x))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_major_formatter(FixedFormatter([f"{x:.3g}" for x in p.x]))
+        elif p.log_x:
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        elif all(float(x).is_integer() for x in p.x):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(p.technique, fontsize=9)
         ax.set_xlabel(p.name, fontsize=8)
         ax.tick_params(labelsize=7)
@@ -231,9 +249,9 @@ def _layout(fig, nrows: int, ncols: int, wspace: float = 0.08) -> None:
     """Fixed margins in inches (tight_layout measures every text: slow, and not needed for
     panels of a known shape): room for the title above, the key below, the y label left."""
     w, h = fig.get_size_inches()
-    fig.subplots_adjust(left=0.75 / w, right=1 - 0.2 / w, top=1 - 0.55 / h,
+    fig.subplots_adjust(left=0.75 / w, right=1 - 0.2 / w, top=1 - 0.75 / h,
                         bottom=0.95 / h, wspace=wspace if ncols > 1 else 0.2,
-                        hspace=0.45 if nrows > 1 else 0.2)
+                        hspace=0.55 if nrows > 1 else 0.2)
 
 
 def axes_ylims(fig) -> list[tuple[float, float]]:
