@@ -209,7 +209,8 @@ def test_compare_table_is_ranked_by_test_mean_with_mean_std_and_delta(compare_re
     es_best = max(SEARCH["early stopping"][1], key=lambda p: p[1])
     exp["early stopping"] = (es_best[2], f"{es_best[2]:.4f} ± –", f"{es_best[1]:.4f} ± –")
     order = sorted(exp, key=lambda t: -exp[t][0])
-    assert [row[1].replace(" (baseline)", "").replace(" †", "") for row in table] == order
+    names = [row[1].replace(" (baseline)", "").replace(" †", "") for row in table]
+    assert names == [f"**{t}**" if t == "dropout" else t for t in order]   # bold: chosen
     base = exp["none"][0]
     for rank, row in enumerate(table, 1):
         tech = order[rank - 1]
@@ -221,6 +222,7 @@ def test_compare_table_is_ranked_by_test_mean_with_mean_std_and_delta(compare_re
         else:
             d = exp[tech][0] - base
             assert row[5] == ("+" if d >= 0 else "−") + f"{abs(d):.4f}", tech
+    assert "Bold: the chosen configuration (the best validation mean)." in md
     es_row = table[order.index("early stopping")]
     assert es_row[1] == "early stopping †" and es_row[2] == "`patience=10`" and es_row[3] == "1"
     assert table[order.index("L2")][2] == "`l2=0.001`"
@@ -440,7 +442,7 @@ def test_regression_compare_ranks_lower_rmse_first(tmp_path, no_figures):
                                           True))
     md = _read(rep.write_report(store, None, tmp_path)["md"])
     table = _md_table(md, "## Ranked techniques")
-    assert [r[1] for r in table] == ["L2", "dropout", "none (baseline)"]    # by test, ascending
+    assert [r[1] for r in table] == ["L2", "**dropout**", "none (baseline)"]  # by test, asc.
     assert table[0][4] == _pm([1.5, 1.9]) and table[0][5] == f"−{np.mean([2.2, 2.6]) - 1.7:.4f}"
     assert table[0][7] == "0.0500"             # gap = test − train; train = test − 0.05 here
     assert "(lower is better)" in md and "(for rmse: test − train)" in md

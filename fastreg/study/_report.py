@@ -265,9 +265,9 @@ def read_runs(storage, names: list[str] | None = None,
         for r in recs:
             counts[r.state] = counts.get(r.state, 0) + 1
         if not isinstance(meta, dict):
-            # a study without fastreg's attributes: report its values as they are
+            # a study fastreg did not write: its trials ranked by their values, as a search
             run.meta.setdefault("direction", study.direction.name.lower())
-            run.meta.setdefault("mode", "search" if phase == "search" else "compare")
+            run.meta.setdefault("mode", "search")
         run.studies.append(StudyInfo(name=n, phase=phase, counts=counts, trials=recs,
                                      study=study))
     return [runs[k] for k in sorted(runs)]
@@ -715,14 +715,15 @@ def _compare_section(doc: _Doc, run: Run, h: int, rows: list[CompareRow]):
         name = g.technique + (" (baseline)" if is_base else "")
         if r.source != "final":
             name += " †"
-        table_rows.append([str(i), name, [Code(g.setting())] if g.setting() != "–" else "–",
+        chosen = r is chosen_row(rows, run.maximize)
+        table_rows.append([str(i), [Bold(name)] if chosen else name, [Code(g.setting())] if g.setting() != "–" else "–",
                            str(r.test[2]), fmt_pm(r.test[0], r.test[1]),
                            "baseline" if is_base else fmt_signed(r.delta),
                            fmt_pm(r.valid[0], r.valid[1]), fmt(r.gap), fmt(r.epochs, 1),
                            fmt(r.best_epoch, 1), fmt(r.seconds, 2)])
-        classes.append("baseline" if is_base else "")
+        classes.append("chosen" if chosen else "baseline" if is_base else "")
     doc.add(Table(headers=headers, rows=table_rows, align="rllrrrrrrrr", row_classes=classes))
-    notes = []
+    notes = ["Bold: the chosen configuration (the best validation mean)."]
     if not has_base:
         notes.append(f"No baseline: the studies have no complete run of technique "
                      f"{BASELINE!r}, so there is no Δ.")
