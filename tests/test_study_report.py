@@ -426,7 +426,7 @@ def test_sqlite_file_path_is_accepted_as_storage(compare_report, tmp_path, no_fi
 
 def test_regression_compare_ranks_lower_rmse_first(tmp_path, no_figures):
     store = optuna.storages.InMemoryStorage()
-    meta = _meta("compare", "regression", "rmse", "minimize", ["none", "L2", "dropout"])
+    meta = _meta("compare", "regression", "rmse", "minimize", ["none", "L2", "drop<out>"])
     srch = _study(store, "reg/L2", "minimize", meta)
     for x, v in [(1e-4, 2.0), (1e-2, 1.5)]:
         _add(srch, {"l2": x}, v, _attrs("L2", {"name": "l2", "value": x}, 0, v, v + 0.1,
@@ -434,17 +434,19 @@ def test_regression_compare_ranks_lower_rmse_first(tmp_path, no_figures):
     final = _study(store, "reg/final", "minimize", meta)
     runs = {"none": (None, {}, [2.1, 2.3], [2.2, 2.6]),
             "L2": ({"name": "l2", "value": 1e-2}, {"l2": 1e-2}, [1.4, 1.6], [1.5, 1.9]),
-            "dropout": ({"name": "dropout", "value": 0.2}, {"dropout": 0.2}, [1.2, 1.3],
-                        [2.0, 2.2])}
+            "drop<out>": ({"name": "dropout", "value": 0.2}, {"dropout": 0.2}, [1.2, 1.3],
+                          [2.0, 2.2])}      # a technique name that needs escaping
     for tech, (strength, params, valid, test) in runs.items():
         for seed, (v, t) in enumerate(zip(valid, test)):
             _add(final, params, v, _attrs(tech, strength, seed, v, t, "rmse", 4, False, 1.0,
                                           True))
-    md = _read(rep.write_report(store, None, tmp_path)["md"])
+    files = rep.write_report(store, None, tmp_path)
+    md, html = _read(files["md"]), _read(files["html"])
     table = _md_table(md, "## Ranked techniques")
-    assert [r[1] for r in table] == ["L2", "**dropout**", "none (baseline)"]  # by test, asc.
+    assert [r[1] for r in table] == ["L2", r"**drop\<out\>**", "none (baseline)"]  # by test
+    assert "<strong>drop&lt;out&gt;</strong>" in html and "drop<out>" not in html
     assert table[0][4] == _pm([1.5, 1.9]) and table[0][5] == f"−{np.mean([2.2, 2.6]) - 1.7:.4f}"
     assert table[0][7] == "0.0500"             # gap = test − train; train = test − 0.05 here
     assert "(lower is better)" in md and "(for rmse: test − train)" in md
     chosen = md.split("## Chosen configuration", 1)[1]
-    assert chosen.split("\n\n", 2)[1].split(". ", 1)[1].startswith("**dropout**")
+    assert chosen.split("\n\n", 2)[1].split(". ", 1)[1].startswith(r"**drop\<out\>**")
