@@ -21,6 +21,9 @@ from fastreg.study import _report as rep
 from fastreg.study import _report_plots as plots
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+needs_matplotlib = pytest.mark.skipif(
+    plots.load_matplotlib() is None,
+    reason="matplotlib is not installed (pip install 'fastreg[study]'): the report has no figures")
 FloatD = optuna.distributions.FloatDistribution
 IntD = optuna.distributions.IntDistribution
 
@@ -260,6 +263,7 @@ def test_header_counts_and_escaping(compare_report):
     assert r'- Data: my \<data\> & "co".csv' in md
 
 
+@needs_matplotlib
 def test_html_is_self_contained_and_every_technique_and_plot_is_there(compare_report):
     _, _, files = compare_report
     md = _read(files["md"])
@@ -279,6 +283,7 @@ def test_html_is_self_contained_and_every_technique_and_plot_is_there(compare_re
     assert "without the L1/L2 penalty" in md                # ... and said in its caption
 
 
+@needs_matplotlib
 def test_learning_curves_share_one_y_range_covering_every_curve(compare_report):
     url, _, _ = compare_report
     run = rep.read_runs(url)[0]
@@ -326,6 +331,7 @@ def test_importances_sentence_when_not_computable(compare_report):
     assert "digits/final: 2 parameter(s) vary" not in imp   # final varies none in common
 
 
+@needs_matplotlib
 def test_search_report_top_trials_importances_and_pruned_counts(search_report):
     url, _, files = search_report
     md = _read(files["md"])
@@ -381,6 +387,7 @@ def test_without_matplotlib_the_report_has_tables_only(compare_report, tmp_path,
     assert "data:image/png" not in _read(files["html"])
 
 
+@needs_matplotlib
 def test_several_runs_in_one_storage_get_sections_and_prefixed_figures(tmp_path, monkeypatch):
     url = optuna.storages.InMemoryStorage()
     build_compare(url)
