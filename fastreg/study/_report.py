@@ -15,15 +15,19 @@ How each number is chosen (stated in the report too):
 
 - a technique's row (compare mode) is its runs at ONE strength: the strength of the ``final``
   study (re-run over seeds); while that study has no complete trial, the strength whose runs have
-  the best validation mean in the technique's strength search. Per row, over its n seeds:
+  the best validation mean in the technique's strength search (a tie: the smaller strength).
+  A technique's seeds are one row: the parameters "seed" and "technique" (which the engine may
+  search in its final phase) name a run, not a setting. Per row, over its n seeds:
   mean, and the sample standard deviation s = sqrt(Σ(x − x̄)² / (n − 1)) (shown as "–" for n = 1);
 - rows are RANKED by the test mean (descending for accuracy, ascending for rmse); the difference
   vs the baseline (technique "none") is test mean − baseline test mean;
-- the CHOSEN configuration is the row with the best VALIDATION mean (search mode: the trial with
-  the best validation value) — the test split never chooses anything;
+- the CHOSEN configuration (bold in the table) is the row with the best VALIDATION mean (search
+  mode: the trial with the best validation value) — the test split never chooses anything;
 - learning curves show one run per technique (its lowest seed), train dashed, validation solid,
-  the best epoch dotted, an early stop as a vertical dotted line; every panel of a figure has the
-  same y-limits. The train loss is the DATA term only (no penalty), as the trials record it.
+  the best epoch as a dot, an early stop as a vertical dotted line; every panel of a figure has
+  the same y-limits. The train loss is the DATA term only (no penalty), as the trials record it;
+- importances: Optuna's fANOVA (seed 0) per study with >= 8 complete trials and >= 2 varying
+  parameters, else a sentence saying why not.
 
 The output depends only on the storage: studies and trials are read in sorted order, floats are
 printed with fixed formats and the PNGs carry no time stamp, so a regenerated report is
