@@ -347,7 +347,15 @@ def test_search_report_top_trials_importances_and_pruned_counts(search_report):
     assert {r[0] for r in rows} == {"`dropout`", "`l2`", "`lr`"}
     assert rows[0][0] == "`dropout`"                        # the value is made of dropout
     assert "not computed" not in imp
-    assert {"curves_loss", "curves_rmse"} <= set(files) and "strength" not in files
+    assert set(files) == {"csv", "md", "html", "curves_loss", "curves_rmse", "params"}
+    panels = rep.search_param_panels(rep.read_runs(url)[0])
+    assert [(p.name, p.log_x) for p in panels] == [("dropout", False), ("l2", True),
+                                                   ("lr", True)]   # log where searched so
+    for p in panels:
+        assert p.x == sorted(t.params[p.name] for t in done)
+        assert p.chosen == done[0].params[p.name]
+        assert sorted(zip(p.x, p.valid_mean)) == sorted((t.params[p.name], t.value)
+                                                        for t in done)
     assert "Chosen by the VALIDATION metric" in md
     assert f"Trial #{done[0].number}: validation rmse {done[0].value:.4f}" in md
 
@@ -399,7 +407,7 @@ def test_several_runs_in_one_storage_get_sections_and_prefixed_figures(tmp_path,
     assert "## Run `digits`" in md and "## Run `house`" in md
     assert "### Ranked techniques" in md and "### Top 3 trials" in md
     assert drawn == ["digits_curves_loss", "digits_curves_accuracy", "digits_strength",
-                     "house_curves_loss", "house_curves_rmse"]
+                     "house_curves_loss", "house_curves_rmse", "house_params"]
     only = rep.write_report(url, None, tmp_path / "p", study_prefix="house/")
     assert "digits" not in _read(only["md"])
 

@@ -108,6 +108,7 @@ class TrialRecord:
     model_file: str | None
     intermediate: dict              # epoch -> validation metric (pruned trials)
     error: str | None = None        # why a FAIL trial failed (the engine's "error" attribute)
+    log_params: frozenset = frozenset()   # parameters searched on a log scale
 
 
 @dataclass
@@ -195,7 +196,9 @@ def _record(study_name: str, phase: str, t) -> TrialRecord:
         config=ua.get("config") if isinstance(ua.get("config"), dict) else None,
         model_file=None if ua.get("model_file") in (None, "") else str(ua.get("model_file")),
         intermediate={int(k): float(v) for k, v in (t.intermediate_values or {}).items()},
-        error=None if ua.get("error") in (None, "") else str(ua.get("error")))
+        error=None if ua.get("error") in (None, "") else str(ua.get("error")),
+        log_params=frozenset(k for k, d in (t.distributions or {}).items()
+                             if getattr(d, "log", False)))
 
 
 def _storage_of(storage):
@@ -605,6 +608,33 @@ def strength_panels(run: Run, rows: list[CompareRow]) -> list:
     return panels
 
 
+def search_param_panels(run: Run) -> list:
+    """Search mode: per numeric parameter that varies (sorted by name), each complete trial's
+    validation and test metric against its value; log x where the parameter was searched on a
+    log scale; the chosen (best validation) trial's value marked."""
+    metric = run.metric
+    ranked = search_ranking(run)
+    if not ranked:
+        return []
+    best = ranked[0]
+    panels = []
+    for name in sorted({p for t in ranked for p in _setting(t.params)}):
+        pts = [(_float(t.params[name]), t.number, t) for t in ranked
+               if name in t.params and not isinstance(t.params[name], bool)
+               and _float(t.params[name]) is not None]
+        if len({x for x, _, _ in pts}) < 2:
+            continue
+        pts.sort(key=lambda p: (p[0], p[1]))
+        xs = [x for x, _, _ in pts]
+        log_x = all(x > 0 for x in xs) and any(name in t.log_params for _, _, t in pts)
+        panels.append(plots.StrengthPanel(
+            technique=name, name=name, x=xs,
+            valid_mean=[t.valid.get(metric, t.value) for _, _, t in pts],
+            valid_std=[None] * len(pts), test_mean=[t.test.get(metric) for _, _, t in pts],
+            test_std=[None] * len(pts), chosen=_float(best.params.get(name)), log_x=log_x))
+    return panels
+
+
 # ---------------------------------------------------------------------------------------------
 # importances
 # ---------------------------------------------------------------------------------------------
@@ -879,7 +909,19 @@ def _run_report(doc: _Doc, run: Run, h: int, prefix: str, best_model: str | None
                       if is_loss else "")]
             doc.figure(prefix + key, figs[key], alt=key.replace("_", " "), caption=cap)
 
-        if run.mode != "search":
+        if run.mode == "search":
+            panels = search_param_panels(run)
+            if panels:
+                doc.add(Heading(h, ["Parameters vs score"]))
+                fig = plots.strength_figure(panels, _metric_label(metric),
+                                            f"{_metric_label(metric)} vs each parameter",
+                                            per_trial=True)
+                doc.figure(prefix + "params", fig, alt="parameters vs score", caption=[
+                    (f"Validation (circles) and test (squares) {metric} of every complete "
+                     "trial against each numeric parameter that varies; the dotted line is the "
+                     "chosen trial's value. Parameters searched on a log scale on a log axis; "
+                     "every panel has the same y-axis.")])
+        else:
             doc.add(Heading(h, ["Strength vs score"]))
             panels = strength_panels(run, rows)
             if not panels:

@@ -136,7 +136,7 @@ def curve_figure(panels: list, ylabel: str, train_label: str, valid_label: str,
             ax.legend(fontsize=7, loc="best", title="validation", title_fontsize=7)
     if log:
         flat[0].set_yscale("log")
-        _log_ticks(flat[0].yaxis)
+        _log_ticks(flat[0].yaxis, *ylim)
     if ylim is not None:
         for ax in flat:
             ax.set_ylim(*ylim)
@@ -183,8 +183,11 @@ class StrengthPanel:
     log_x: bool = False
 
 
-def strength_figure(panels: list, metric_label: str, title: str):
-    """One panel per technique; shared y (the metric), each panel its own x (λ, p, patience)."""
+def strength_figure(panels: list, metric_label: str, title: str, per_trial: bool = False):
+    """One panel per technique; shared y (the metric), each panel its own x (λ, p, patience).
+
+    ``per_trial``: the points are single trials (a search's parameter against its score), drawn
+    unconnected, the chosen trial's value marked."""
     Figure, FigureCanvasAgg = load_matplotlib()
     from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator, NullLocator
     series = []
@@ -203,20 +206,24 @@ def strength_figure(panels: list, metric_label: str, title: str):
     for ax in flat[len(panels):]:
         ax.set_visible(False)
     for ax, p in zip(flat, panels):
-        ax.errorbar(p.x, p.valid_mean, yerr=[s or 0.0 for s in p.valid_std], color=COLORS[0],
-                    marker="o", ms=4, lw=1.4, capsize=2)
-        ax.errorbar(p.x, p.test_mean, yerr=[s or 0.0 for s in p.test_std], color=COLORS[1],
-                    marker="s", ms=4, lw=1.2, ls="--", capsize=2)
+        if per_trial:
+            ax.plot(p.x, p.valid_mean, "o", color=COLORS[0], ms=4, alpha=0.8)
+            ax.plot(p.x, p.test_mean, "s", color=COLORS[1], ms=3, alpha=0.6)
+        else:
+            ax.errorbar(p.x, p.valid_mean, yerr=[s or 0.0 for s in p.valid_std],
+                        color=COLORS[0], marker="o", ms=4, lw=1.4, capsize=2)
+            ax.errorbar(p.x, p.test_mean, yerr=[s or 0.0 for s in p.test_std],
+                        color=COLORS[1], marker="s", ms=4, lw=1.2, ls="--", capsize=2)
         if p.chosen is not None:
             ax.axvline(p.chosen, color="#555555", ls=":", lw=1.0)
         if p.log_x:
             ax.set_xscale("log")
-        if len(p.x) <= _MAX_GRID_TICKS:       # a small grid: ticks at its values, labelled
+        if not per_trial and len(p.x) <= _MAX_GRID_TICKS:   # a small grid: labelled ticks
             ax.xaxis.set_major_locator(FixedLocator(p.x))
             ax.xaxis.set_minor_locator(NullLocator())
             ax.xaxis.set_major_formatter(FixedFormatter([f"{x:.3g}" for x in p.x]))
         elif p.log_x:
-            _log_ticks(ax.xaxis)
+            _log_ticks(ax.xaxis, min(p.x), max(p.x))
         elif all(float(x).is_integer() for x in p.x):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(p.technique, fontsize=9, y=1.01)
@@ -228,23 +235,28 @@ def strength_figure(panels: list, metric_label: str, title: str):
     for row in axes:
         row[0].set_ylabel(metric_label, fontsize=8)
     from matplotlib.lines import Line2D
-    handles = [Line2D([], [], color=COLORS[0], marker="o", ms=4, lw=1.4,
-                      label="validation (mean ± std over seeds)"),
-               Line2D([], [], color=COLORS[1], marker="s", ms=4, lw=1.2, ls="--",
-                      label="test (mean ± std over seeds)"),
+    each = "one point per trial" if per_trial else "mean ± std over seeds"
+    handles = [Line2D([], [], color=COLORS[0], marker="o", ms=4,
+                      ls="none" if per_trial else "-", lw=1.4, label=f"validation ({each})"),
+               Line2D([], [], color=COLORS[1], marker="s", ms=4,
+                      ls="none" if per_trial else "--", lw=1.2, label=f"test ({each})"),
                Line2D([], [], color="#555555", ls=":", lw=1.0,
-                      label="chosen strength (by validation)")]
+                      label=("the chosen trial" if per_trial else "chosen strength")
+                      + " (by validation)")]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=10)
     _layout(fig, nrows, ncols, wspace=0.12)
     return fig
 
 
-def _log_ticks(axis) -> None:
-    """Labelled ticks at 1, 2, 5 x 10^k and no minor ticks: readable over less than a decade,
-    and far fewer tick artists (matplotlib's minor log ticks dominate the drawing time)."""
+def _log_ticks(axis, lo: float, hi: float) -> None:
+    """Labelled ticks at 1, 2, 5 x 10^k over at most 2 decades (readable over less than one),
+    at powers of 10 (at most 6 of them) over more; no minor ticks: far fewer tick artists
+    (matplotlib's minor log ticks dominate the drawing time)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
-    axis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 0.0
+    subs = (1.0, 2.0, 5.0) if decades <= 2 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10.0, subs=subs, numticks=7))
     axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
     axis.set_minor_locator(NullLocator())
 
