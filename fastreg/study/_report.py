@@ -879,7 +879,8 @@ def _run_report(doc: _Doc, run: Run, h: int, prefix: str, best_model: str | None
         key = _better_key(run.maximize)
         chosen_trial = min(g.trials, key=lambda t: (key(t.valid.get(metric)), t.seed or 0,
                                                     t.number))
-        summary = [Bold(g.technique), (f" at {g.setting()}: validation {metric} "
+        at = "" if g.setting() == "–" else f" at {g.setting()}"
+        summary = [Bold(g.technique), (f"{at}: validation {metric} "
                                        f"{fmt_pm(ch.valid[0], ch.valid[1])}, test {metric} "
                                        f"{fmt_pm(ch.test[0], ch.test[1])} over {ch.test[2]} "
                                        "seed(s).")]
