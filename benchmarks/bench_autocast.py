@@ -330,4 +330,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, ROOT)        # this checkout's fastreg, not an installed one
     main()
