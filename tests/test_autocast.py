@@ -236,6 +236,10 @@ def test_master_weights_grads_and_optimizer_state_stay_float32():
 
 def test_nesting_enabled_false_decorator_and_threads():
     assert not fr.is_autocast_enabled()
+    fr.manual_seed(0)
+    lin = fr.nn.Linear(33, 7)
+    x = _batch()[0]
+    want32 = lin(x).copy()
     with fr.autocast("bf16"):
         assert fr.is_autocast_enabled()
         with fr.autocast(enabled=False):
@@ -245,10 +249,16 @@ def test_nesting_enabled_false_decorator_and_threads():
             assert not fr.is_autocast_enabled()
         assert fr.is_autocast_enabled()
         seen = []
-        th = threading.Thread(target=lambda: seen.append(fr.is_autocast_enabled()))
+
+        def other_thread():
+            seen.append(fr.is_autocast_enabled())
+            seen.append(lin(x).copy())
+        th = threading.Thread(target=other_thread)
         th.start()
         th.join()
-        assert seen == [False]            # per thread, as torch's
+        assert seen[0] is False           # per thread, as torch's: float32 products there
+        assert np.array_equal(seen[1], want32)
+        assert not np.array_equal(lin(x), want32)     # bf16 here
     assert not fr.is_autocast_enabled()
 
     @fr.autocast("bf16")

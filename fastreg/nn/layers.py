@@ -195,6 +195,8 @@ class Linear(Module):
     Input (N, K) or (*, K); output (N, M). Backward: ``dW += dy^T x``, ``db += sum_n dy``,
     ``dx = dy W``. Inside ``Sequential`` a following ReLU / LeakyReLU(slope > 0) / Sigmoid / Tanh
     is fused into the same kernel call (its backward then uses the activation's output).
+    Under ``fastreg.autocast("bf16")`` a float32 Linear runs the three products with
+    bf16-rounded operands and float32 accumulation (:mod:`fastreg.amp`).
     """
 
     layer_spec = LayerSpec(
