@@ -22,15 +22,20 @@ __version__ = "0.1.0"
 
 #: ``onnx`` is fastreg.onnx, which imports the onnx package only when its functions run;
 #: ``distributed`` imports mpi4py only in ``init()``.
-_SUBMODULES = ("nn", "optim", "data", "train", "inference", "io", "cuda", "distributed", "onnx")
+_SUBMODULES = ("nn", "optim", "data", "train", "inference", "io", "cuda", "distributed", "onnx",
+               "amp")
 #: Names re-exported from fastreg.io, imported on first access.
 _IO_NAMES = ("save", "load", "ModelFileError", "from_torch_state_dict")
 #: Names re-exported from fastreg.nn._tape (gradient modes, cat), imported on first access.
 _TAPE_NAMES = ("no_grad", "enable_grad", "is_grad_enabled", "set_grad_enabled", "cat")
+#: Names re-exported from fastreg.amp (bf16 mixed precision), imported on first access.
+_AMP_NAMES = ("autocast", "is_autocast_enabled")
 
 __all__ = [
     "Generator",
     "ModelFileError",
+    "amp",
+    "autocast",
     "cat",
     "cuda",
     "data",
@@ -43,6 +48,7 @@ __all__ = [
     "inference",
     "initial_seed",
     "io",
+    "is_autocast_enabled",
     "is_grad_enabled",
     "load",
     "manual_seed",
@@ -70,6 +76,10 @@ def __getattr__(name):
         return value
     if name in _TAPE_NAMES:
         value = getattr(importlib.import_module("fastreg.nn._tape"), name)
+        globals()[name] = value
+        return value
+    if name in _AMP_NAMES:
+        value = getattr(importlib.import_module("fastreg.amp"), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'fastreg' has no attribute {name!r}")

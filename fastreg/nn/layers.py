@@ -20,12 +20,14 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import _config, _random
+from .. import amp as _amp
 from .._kernels import dropout as _dropout
 from .._kernels import elementwise as _elementwise
 from .._kernels import matmul as _matmul
 from .._kernels import norm as _norm
 from .._kernels import placement
 from .._kernels.common import codes as _codes
+from .._kernels.matmul import bf16 as _matmul_bf16
 from ._spec import (
     ActivationOp,
     AffineOp,
@@ -51,6 +53,8 @@ from ._spec import (
 from ._tape import call_backward
 from .module import Module
 from .parameter import Parameter
+
+_F32 = np.dtype(np.float32)
 
 __all__ = [
     "BatchNorm1d",
@@ -191,6 +195,8 @@ class Linear(Module):
     Input (N, K) or (*, K); output (N, M). Backward: ``dW += dy^T x``, ``db += sum_n dy``,
     ``dx = dy W``. Inside ``Sequential`` a following ReLU / LeakyReLU(slope > 0) / Sigmoid / Tanh
     is fused into the same kernel call (its backward then uses the activation's output).
+    Under ``fastreg.autocast("bf16")`` a float32 Linear runs the three products with
+    bf16-rounded operands and float32 accumulation (:mod:`fastreg.amp`).
     """
 
     layer_spec = LayerSpec(
@@ -264,12 +270,18 @@ class Linear(Module):
             activation = _codes.activation_code(activation)
             slope = _check_slope(slope)
         b = None if bias is None else bias.data
-        _matmul.run_linear_forward(x2, W, b, out, activation, slope, self._place.is_device)
-        self.__dict__["_cache"] = (x2, shape, out, activation, slope)
+        dev = self._place.is_device
+        # autocast: float32 host layers only (torch leaves float64 alone; CPU autocast, CUDA)
+        bf16 = _amp._state.enabled and W.dtype == _F32 and not dev
+        if bf16:
+            _matmul.run_linear_forward_bf16(x2, W, b, out, activation, slope)
+        else:
+            _matmul.run_linear_forward(x2, W, b, out, activation, slope, dev)
+        self.__dict__["_cache"] = (x2, shape, out, activation, slope, bf16)
         return out.reshape(*shape[:-1], self.out_features) if x.ndim != 2 else out
 
     def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
-        x2, in_shape, y, act, slope = self._require_cache()
+        x2, in_shape, y, act, slope, bf16 = self._require_cache()
         dy = _check_grad(self, grad_output, (*in_shape[:-1], self.out_features), y.dtype)
         dy = dy.reshape(y.shape)
         dev = self._place.is_device
@@ -280,6 +292,17 @@ class Linear(Module):
             dy = dz
         W, b = self.weight, self.bias
         db = b.grad_buffer() if (b is not None and b.requires_grad) else None
+        if bf16:    # recorded under autocast: the products of fastreg.amp's backward
+            dy = np.ascontiguousarray(dy)
+            if W.requires_grad:
+                _matmul.run_linear_backward_weight_bf16(dy, x2, W.grad_buffer(), db, True)
+            elif db is not None:
+                db += _matmul_bf16.round_bf16(_matmul_bf16.round_bf16(dy).sum(0))
+            if not input_grad:
+                return None
+            dx = self._buffer("dx", x2.shape, y.dtype)
+            _matmul.run_linear_backward_input_bf16(dy, W.data, dx)
+            return dx.reshape(in_shape)
         if W.requires_grad:
             _matmul.run_linear_backward_weight(dy, x2, W.grad_buffer(), db, True, dev)
         elif db is not None:

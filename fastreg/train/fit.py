@@ -319,7 +319,7 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
         seed: int | None = None, scheduler_interval: str | None = None,
         drop_last: bool | None = None, checkpoint: str | os.PathLike | None = None,
         resume: bool = False, distributed: bool | None = None, sample_weight=None,
-        class_weight=None) -> History:
+        class_weight=None, precision: str = "float32") -> History:
     """Train ``model`` with mini-batch gradient descent and return its :class:`History`.
 
     Each epoch visits every training sample once in a fresh random order (``DataLoader``,
@@ -384,6 +384,12 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
         Weights per class (integer targets), multiplied into the sample weights of ``train`` and
         ``valid``: "balanced" gives class c ``n / (n_classes * count(c))`` computed on the
         training labels, as scikit-learn; a dict maps class to weight (missing classes: 1).
+    precision : {"float32", "bf16"}
+        "bf16": each training step's forward runs under :class:`fastreg.autocast` ("bf16")
+        (Linear products with bf16-rounded operands and float32 accumulation, their backward
+        too; norms, activations, losses, the master weights and the optimizer state stay
+        float32; see :mod:`fastreg.amp`). Needs a float32 model. Validation runs in float32.
+        "float32" (default): no autocast.
     distributed : bool, optional
         Data-parallel training over MPI (:mod:`fastreg.distributed`; launch with
         ``mpiexec -n N python train.py``). None (default): on when the process was started by
@@ -417,6 +423,7 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
     if not callable(getattr(model, "backward", None)):
         raise TypeError(f"model must be a fastreg.nn.Module, got {type(model).__name__}")
     dtype = _model_dtype(model)
+    amp = _autocast_for(precision, dtype)
     train, valid = _from_pandas(model, train, valid, dtype)    # DataFrame/Series -> arrays
     X, y = _check_pair("train", train, dtype, _takes_indices(model))
     Xv = yv = wv = None
@@ -509,7 +516,8 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
                 xb, yb = batch[0], batch[1]
                 if skip_single and len(xb) == 1:
                     continue
-                out = model(xb)
+                with amp:
+                    out = model(xb)
                 if w is None:
                     loss = loss_fn(out, yb)
                 else:
@@ -587,6 +595,17 @@ def fit(model, loss_fn, optimizer, train: tuple, valid: tuple | None = None, epo
         history.wall_time = time.perf_counter() - t_start
     _finish(history, trainer, callbacks, epochs)
     return history
+
+
+def _autocast_for(precision, dtype):
+    """The autocast context of ``fit(precision=...)`` (a disabled one for "float32")."""
+    from ..amp import PRECISIONS, autocast
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16" and dtype is not None and np.dtype(dtype) != np.float32:
+        raise ValueError(f"precision='bf16' needs a float32 model (autocast leaves float64 "
+                         f"layers alone, as torch), got a {np.dtype(dtype)} model")
+    return autocast("bf16", enabled=precision == "bf16")
 
 
 def _distributed(flag):

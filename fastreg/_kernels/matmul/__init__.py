@@ -229,3 +229,54 @@ def run_linear_backward_weight(dy, x, dweight, dbias, accumulate: bool, device: 
     """Trusted :func:`linear_backward_weight`."""
     _dispatch.kernel("matmul", "linear_backward_weight", backend, device)(dy, x, dweight, dbias,
                                                                           accumulate)
+
+
+# ---------------------------------------------------------------------------------------------
+# bf16 autocast products (trusted, float32 host arrays only): the operands rounded to bf16 (ties
+# to even), float32 accumulation, and with ``round_out`` the result rounded to bf16 once before
+# it is accumulated / activated -- torch's CPU autocast of a Linear (see fastreg.amp). Cython:
+# bf16.h (rounds while packing); numba / blas: bf16.fallback (rounded copies + their float32
+# kernels).
+# ---------------------------------------------------------------------------------------------
+
+_BF16_NAMES = ("linear_forward_bf16", "linear_backward_input_bf16", "linear_backward_weight_bf16")
+_F32_NAMES = ("linear_forward", "linear_backward_input", "linear_backward_weight")
+_bf16_kernels_cache: dict[str, tuple] = {}
+
+
+def _bf16_kernels(backend: str | None) -> tuple:
+    # load the float32 kernel first: it applies "auto"'s numba fallback when Cython is not built
+    _dispatch.kernel("matmul", "linear_forward", backend)
+    be = _dispatch.resolve("matmul", backend)
+    ks = _bf16_kernels_cache.get(be)
+    if ks is None:
+        if be == "cython":
+            ks = tuple(_dispatch.kernel("matmul", n, be) for n in _BF16_NAMES)
+        else:
+            from .bf16 import fallback
+            ks = fallback(*(_dispatch.kernel("matmul", n, be) for n in _F32_NAMES))
+        _bf16_kernels_cache[be] = ks
+    return ks
+
+
+def run_linear_forward_bf16(x, weight, bias, out, act: int, slope: float, round_out: bool = True,
+                            backend: str | None = None):
+    """Trusted bf16 :func:`linear_forward`: ``out = act(bf16(bf16(x) @ bf16(W).T + bf16(b)))``
+    (the outer bf16 only with ``round_out``)."""
+    _bf16_kernels(backend)[0](x, weight, bias, out, act, slope, round_out)
+    return out
+
+
+def run_linear_backward_input_bf16(dy, weight, dx, round_out: bool = True,
+                                   backend: str | None = None):
+    """Trusted bf16 :func:`linear_backward_input`: ``dx = bf16(bf16(dy) @ bf16(W))``."""
+    _bf16_kernels(backend)[1](dy, weight, dx, round_out)
+    return dx
+
+
+def run_linear_backward_weight_bf16(dy, x, dweight, dbias, accumulate: bool,
+                                    round_out: bool = True, backend: str | None = None) -> None:
+    """Trusted bf16 :func:`linear_backward_weight`: ``dW (+)= bf16(bf16(dy).T @ bf16(x))``,
+    ``db (+)= bf16(sum_n bf16(dy))``; with ``accumulate`` the rounded product is added to what
+    ``dW``/``db`` held (torch: the bf16 gradient cast to float32 and added to ``.grad``)."""
+    _bf16_kernels(backend)[2](dy, x, dweight, dbias, accumulate, round_out)

@@ -74,3 +74,56 @@ def linear_backward_weight(dy, x, dweight, dbias, bint accumulate):
     """dweight[M, K] (+)= dy.T @ x; dbias[M] (+)= dy.sum(0), in the same pass over dy."""
     cdef Py_ssize_t N = dy.shape[0], M = dy.shape[1], K = x.shape[1]
     _gemm(dy.dtype, M, K, N, dy, 1, M, x, K, 1, dweight, K, accumulate, None, 0, 0.0, dbias)
+
+
+# ---------------------------------------------------------------------------------------------
+# bf16 autocast products (bf16.h): float32 arrays, operands rounded to bf16 while packed, float32
+# accumulation; round_out rounds each result to bf16 once (before it is accumulated and before the
+# activation), as torch's bf16 addmm / mm outputs. Same shapes and strides as the three above.
+# ---------------------------------------------------------------------------------------------
+
+cdef extern from "bf16.h" nogil:
+    int fr_gemm_bf16(int m, int n, int k, const float *A, Py_ssize_t rsa, Py_ssize_t csa,
+                     const float *B, Py_ssize_t rsb, Py_ssize_t csb, float *C, Py_ssize_t ldc,
+                     int accumulate, const float *bias, int act, float slope, float *rowsum,
+                     int round_out, int nthreads)
+
+
+cdef int _gemm_bf16(int m, int n, int k, object A, Py_ssize_t rsa, Py_ssize_t csa,
+                    object B, Py_ssize_t rsb, Py_ssize_t csb, object C, Py_ssize_t ldc,
+                    int accumulate, object bias, int act, double slope, object rowsum,
+                    int round_out) except -1:
+    cdef const float *pa = <const float*>_ptr(A)
+    cdef const float *pb = <const float*>_ptr(B)
+    cdef float *pc = <float*>_ptr(C)
+    cdef const float *pbias = <const float*>_ptr(bias)
+    cdef float *prow = <float*>_ptr(rowsum)
+    cdef int nt = get_num_threads()
+    cdef int rc
+    with nogil:
+        rc = fr_gemm_bf16(m, n, k, pa, rsa, csa, pb, rsb, csb, pc, ldc, accumulate, pbias, act,
+                          <float>slope, prow, round_out, nt)
+    if rc != 0:
+        raise MemoryError("fastreg matmul (bf16): could not allocate the packing scratch")
+    return 0
+
+
+def linear_forward_bf16(x, weight, bias, out, int act, double slope, bint round_out):
+    """out = act(bf16(bf16(x) @ bf16(weight).T + bf16(bias))) (float32 arrays, validated)."""
+    cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = weight.shape[0]
+    _gemm_bf16(N, M, K, x, K, 1, weight, 1, K, out, M, 0, bias, act, slope, None, round_out)
+    return out
+
+
+def linear_backward_input_bf16(dy, weight, dx, bint round_out):
+    """dx = bf16(bf16(dy) @ bf16(weight)) (overwrites dx)."""
+    cdef Py_ssize_t N = dy.shape[0], M = dy.shape[1], K = weight.shape[1]
+    _gemm_bf16(N, K, M, dy, M, 1, weight, K, 1, dx, K, 0, None, 0, 0.0, None, round_out)
+    return dx
+
+
+def linear_backward_weight_bf16(dy, x, dweight, dbias, bint accumulate, bint round_out):
+    """dweight (+)= bf16(bf16(dy).T @ bf16(x)); dbias (+)= bf16(sum_n bf16(dy))."""
+    cdef Py_ssize_t N = dy.shape[0], M = dy.shape[1], K = x.shape[1]
+    _gemm_bf16(M, K, N, dy, 1, M, x, K, 1, dweight, K, accumulate, None, 0, 0.0, dbias,
+               round_out)
