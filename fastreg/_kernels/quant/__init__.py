@@ -33,8 +33,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["INT8_K_ALIGN", "BF16_K_ALIGN", "MAX_K_INT8", "backend", "bf16_to_float32",
-           "pack_bf16", "pack_int8", "quantize_int8", "to_bf16"]
+__all__ = [
+    "BF16_K_ALIGN",
+    "INT8_K_ALIGN",
+    "MAX_K_INT8",
+    "backend",
+    "bf16_to_float32",
+    "pack_bf16",
+    "pack_int8",
+    "quantize_int8",
+    "to_bf16",
+]
 
 #: K is padded to a multiple of these in the packed weights (one SIMD chunk of the kernels).
 INT8_K_ALIGN = 32
