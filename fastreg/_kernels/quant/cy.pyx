@@ -25,7 +25,7 @@ cdef extern from "quant.h" nogil:
                       const int32_t *cs, const float *bias, float *out, int32_t *acc_out,
                       int act, float slope, int nthreads, int portable)
     void fr_bf16_pack(int m, int k, int kp, const uint16_t *wb, uint16_t *packed)
-    void fr_bf16_linear(int n, int m, int k, int kp, const float *x, const uint16_t *packed,
+    int fr_bf16_linear(int n, int m, int k, int kp, const float *x, const uint16_t *packed,
                         const float *bias, float *out, int act, float slope, int nthreads,
                         int portable)
 
@@ -104,6 +104,9 @@ def bf16_linear(x, packed, bias, out, int kp, int act, double slope, int portabl
     cdef const uint16_t *pw = <const uint16_t*>_ptr(packed)
     cdef const float *pb = <const float*>_ptr(bias)
     cdef float *po = <float*>_ptr(out)
+    cdef int rc
     with nogil:
-        fr_bf16_linear(n, m, k, kp, px, pw, pb, po, act, <float>slope, nt, portable)
+        rc = fr_bf16_linear(n, m, k, kp, px, pw, pb, po, act, <float>slope, nt, portable)
+    if rc != 0:
+        raise MemoryError("fastreg quant: could not allocate the bf16 widening scratch")
     return out

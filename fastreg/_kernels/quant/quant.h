@@ -17,7 +17,8 @@
  * float32 FMA accumulation (lane l takes k = l mod 8, in increasing k; the tail of x is read as
  * zeros), reduced as ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)), then + b[j] and the activation.
  * The portable path performs the same operations in the same order (fmaf), so both paths agree
- * bit for bit.  (AVX-512 BF16's vdpbf16ps would need bf16 *activations*, which changes the
+ * bit for bit.  From FR_BF16_WIDEN_MIN_ROWS rows on, each thread widens a block's weights to
+ * float32 once (exact) and reuses them for every row: the same FMAs, the same bits.  (AVX-512 BF16's vdpbf16ps would need bf16 *activations*, which changes the
  * numbers: it is deliberately not used.)
  *
  * Packed weight layouts (built once, at compile time, by fr_q8_pack / fr_bf16_pack): M rounded
@@ -35,6 +36,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include "prelude.h"
 #if defined(__AVX2__)
@@ -393,33 +395,98 @@ static inline void fr_bf16_tile(int r, int k, int nk, const float *x0, const flo
     }
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+/* fr_bf16_tile's AVX2 loop on weights already widened to float32 (the same layout, 32 floats a
+ * chunk): the same FMAs in the same order, so the same bits; used when a block's weights are
+ * reused by many rows (the widening is then paid once per block, not once per row pair). */
+static inline void fr_bf16_tile_wide(int r, int k, int nk, const float *x0, const float *x1,
+                                     const float *wf, float acc[2][4]) {
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
+    __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    const int kf = k / 8;
+    for (int c = 0; c < nk; c++) {
+        const float *w = wf + (ptrdiff_t)c * 32;
+        __m256 xv0, xv1;
+        if (c < kf) {
+            xv0 = _mm256_loadu_ps(x0 + c * 8);
+            xv1 = _mm256_loadu_ps(x1 + c * 8);
+        } else {
+            const int rem = k - c * 8;
+            const __m256i mask = _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            xv0 = _mm256_maskload_ps(x0 + c * 8, mask);
+            xv1 = _mm256_maskload_ps(x1 + c * 8, mask);
+        }
+        __m256 w0 = _mm256_loadu_ps(w), w1 = _mm256_loadu_ps(w + 8);
+        __m256 w2 = _mm256_loadu_ps(w + 16), w3 = _mm256_loadu_ps(w + 24);
+        a00 = _mm256_fmadd_ps(xv0, w0, a00);
+        a01 = _mm256_fmadd_ps(xv0, w1, a01);
+        a02 = _mm256_fmadd_ps(xv0, w2, a02);
+        a03 = _mm256_fmadd_ps(xv0, w3, a03);
+        if (r == 2) {
+            a10 = _mm256_fmadd_ps(xv1, w0, a10);
+            a11 = _mm256_fmadd_ps(xv1, w1, a11);
+            a12 = _mm256_fmadd_ps(xv1, w2, a12);
+            a13 = _mm256_fmadd_ps(xv1, w3, a13);
+        }
+    }
+    acc[0][0] = fr_hsum_ps(a00); acc[0][1] = fr_hsum_ps(a01);
+    acc[0][2] = fr_hsum_ps(a02); acc[0][3] = fr_hsum_ps(a03);
+    acc[1][0] = fr_hsum_ps(a10); acc[1][1] = fr_hsum_ps(a11);
+    acc[1][2] = fr_hsum_ps(a12); acc[1][3] = fr_hsum_ps(a13);
+}
+#endif
+
+/* Rows at or above this count widen each weight block to float32 once (per thread scratch). */
+#define FR_BF16_WIDEN_MIN_ROWS 8
+
 /* out[n, m] = act(x[n, k] @ W^T + b) with W the packed bf16 weights (mp, kp). */
-static void fr_bf16_linear(int n, int m, int k, int kp, const float *x, const uint16_t *packed,
-                           const float *bias, float *out, int act, float slope, int nthreads,
-                           int portable) {
+static int fr_bf16_linear(int n, int m, int k, int kp, const float *x, const uint16_t *packed,
+                          const float *bias, float *out, int act, float slope, int nthreads,
+                          int portable) {
     const int nb = (m + 3) / 4, nk = kp / 8;
     const double macs = (double)n * m * kp;
     int nt = macs >= FR_Q_PAR_MIN_MACS ? nthreads : 1;
     if (nt > nb) nt = nb;
     if (nt < 1) nt = 1;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int jb = 0; jb < nb; jb++) {
-        const uint16_t *wb = packed + (ptrdiff_t)jb * kp * 4;
-        const int j0 = jb * 4, jn = m - j0 < 4 ? m - j0 : 4;
-        for (int i = 0; i < n; i += 2) {
-            const int r = n - i < 2 ? n - i : 2;
-            float acc[2][4];
-            const float *x0 = x + (ptrdiff_t)i * k;
-            fr_bf16_tile(r, k, nk, x0, r == 2 ? x0 + k : x0, wb, acc, portable);
-            for (int ii = 0; ii < r; ii++) {
-                float *o = out + (ptrdiff_t)(i + ii) * m + j0;
-                for (int jj = 0; jj < jn; jj++) {
-                    const float v = acc[ii][jj] + (bias ? bias[j0 + jj] : 0.0f);
-                    o[jj] = fr_q_act(v, act, slope);
+    int widen = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    widen = !portable && n >= FR_BF16_WIDEN_MIN_ROWS;
+#endif
+    int failed = 0;
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(|| : failed)
+    {
+        float *wf = widen ? (float *)malloc((size_t)kp * 4 * sizeof(float)) : NULL;
+        if (widen && !wf) failed = 1;
+#pragma omp for schedule(static)
+        for (int jb = 0; jb < nb; jb++) {
+            if (widen && !wf) continue;
+            const uint16_t *wb = packed + (ptrdiff_t)jb * kp * 4;
+            const int j0 = jb * 4, jn = m - j0 < 4 ? m - j0 : 4;
+            if (wf)
+                for (ptrdiff_t t = 0; t < (ptrdiff_t)kp * 4; t++) wf[t] = fr_bf16_to_f32(wb[t]);
+            for (int i = 0; i < n; i += 2) {
+                const int r = n - i < 2 ? n - i : 2;
+                float acc[2][4];
+                const float *x0 = x + (ptrdiff_t)i * k;
+#if defined(__AVX2__) && defined(__FMA__)
+                if (wf)
+                    fr_bf16_tile_wide(r, k, nk, x0, r == 2 ? x0 + k : x0, wf, acc);
+                else
+#endif
+                    fr_bf16_tile(r, k, nk, x0, r == 2 ? x0 + k : x0, wb, acc, portable);
+                for (int ii = 0; ii < r; ii++) {
+                    float *o = out + (ptrdiff_t)(i + ii) * m + j0;
+                    for (int jj = 0; jj < jn; jj++) {
+                        const float v = acc[ii][jj] + (bias ? bias[j0 + jj] : 0.0f);
+                        o[jj] = fr_q_act(v, act, slope);
+                    }
                 }
             }
         }
+        free(wf);
     }
+    return failed ? -1 : 0;
 }
 
 #endif
