@@ -73,21 +73,22 @@ def q8_quantize_rows(x, xq, sx, zp, int portable=0):
         fr_q8_quantize_rows(n, k, kp, px, pq, ps, pz, portable)
 
 
-def q8_linear(x, xq, sx, zp, packed, sw, cs, bias, out, int act, double slope, acc=None,
-              int portable=0):
+def q8_linear(cnp.ndarray x, cnp.ndarray xq, cnp.ndarray sx, cnp.ndarray zp,
+              cnp.ndarray packed, cnp.ndarray sw, cnp.ndarray cs, cnp.ndarray bias,
+              cnp.ndarray out, int act, double slope, cnp.ndarray acc=None, int portable=0):
     """out = act(dequantized (quantize(x) @ Wq^T) + bias): quantizes x into the scratch
     xq, sx, zp, then runs the int8 GEMM (acc, when given, receives the int32 accumulators)."""
     cdef int n = x.shape[0], k = x.shape[1], kp = xq.shape[1], m = out.shape[1]
     cdef int nt = get_num_threads()
-    cdef const float *px = <const float*>_ptr(x)
-    cdef uint8_t *pq = <uint8_t*>_ptr(xq)
-    cdef float *ps = <float*>_ptr(sx)
-    cdef int32_t *pz = <int32_t*>_ptr(zp)
-    cdef const int8_t *pw = <const int8_t*>_ptr(packed)
-    cdef const float *psw = <const float*>_ptr(sw)
-    cdef const int32_t *pcs = <const int32_t*>_ptr(cs)
+    cdef const float *px = <const float*>cnp.PyArray_DATA(x)
+    cdef uint8_t *pq = <uint8_t*>cnp.PyArray_DATA(xq)
+    cdef float *ps = <float*>cnp.PyArray_DATA(sx)
+    cdef int32_t *pz = <int32_t*>cnp.PyArray_DATA(zp)
+    cdef const int8_t *pw = <const int8_t*>cnp.PyArray_DATA(packed)
+    cdef const float *psw = <const float*>cnp.PyArray_DATA(sw)
+    cdef const int32_t *pcs = <const int32_t*>cnp.PyArray_DATA(cs)
     cdef const float *pb = <const float*>_ptr(bias)
-    cdef float *po = <float*>_ptr(out)
+    cdef float *po = <float*>cnp.PyArray_DATA(out)
     cdef int32_t *pa = <int32_t*>_ptr(acc)
     with nogil:
         fr_q8_quantize_rows(n, k, kp, px, pq, ps, pz, portable)
@@ -96,14 +97,15 @@ def q8_linear(x, xq, sx, zp, packed, sw, cs, bias, out, int act, double slope, a
     return out
 
 
-def bf16_linear(x, packed, bias, out, int kp, int act, double slope, int portable=0):
+def bf16_linear(cnp.ndarray x, cnp.ndarray packed, cnp.ndarray bias, cnp.ndarray out, int kp,
+                int act, double slope, int portable=0):
     """out = act(x @ W^T + bias) with W the packed bf16 weights."""
     cdef int n = x.shape[0], k = x.shape[1], m = out.shape[1]
     cdef int nt = get_num_threads()
-    cdef const float *px = <const float*>_ptr(x)
-    cdef const uint16_t *pw = <const uint16_t*>_ptr(packed)
+    cdef const float *px = <const float*>cnp.PyArray_DATA(x)
+    cdef const uint16_t *pw = <const uint16_t*>cnp.PyArray_DATA(packed)
     cdef const float *pb = <const float*>_ptr(bias)
-    cdef float *po = <float*>_ptr(out)
+    cdef float *po = <float*>cnp.PyArray_DATA(out)
     cdef int rc
     with nogil:
         rc = fr_bf16_linear(n, m, k, kp, px, pw, pb, po, act, <float>slope, nt, portable)
