@@ -164,13 +164,15 @@ class QuantizedPredictor(Predictor):
     """A :class:`~fastreg.inference.Predictor` whose Linear stages run with ``weights="int8"``
     or ``"bf16"`` (see :mod:`fastreg._quant`); float32 activations in and out. Thread-safe as
     the float predictor (per-thread buffers). ``weights`` names the scheme; ``describe()``
-    says what each stage runs; ``fr.save(predictor, path)`` stores it (see the module
-    docstring)."""
+    says what each stage runs; ``metadata`` is the model's (a loaded model's feature names,
+    classes...), saved with it by ``fr.save(predictor, path)`` (see the module docstring)."""
 
     def __init__(self, model, weights: str, _prepared: list | None = None):
         _q.backend()                        # a clear ImportError before any work
         super().__init__(model, dtype=np.float32)
         self.weights = weights
+        meta = getattr(model, "metadata", None)     # what fr.load attached (features, classes)
+        self.metadata = dict(meta) if isinstance(meta, dict) else {}
         folded = _fold(_ops(model))
         if len(folded) != len(self._ops):   # one float stage per folded op (inference.py)
             raise RuntimeError("compile: the float predictor's stages do not match the folded "

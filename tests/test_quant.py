@@ -228,6 +228,9 @@ def test_save_load_round_trip_is_bit_for_bit(tmp_path, weights):
     assert type(q) is type(p) and q.weights == weights and q.stages == p.stages
     assert q.metadata == {"classes": [0, 1, 2]}
     np.testing.assert_array_equal(q(x), y)
+    object.__setattr__(m, "metadata", {"features": ["a"] * 20})   # as fr.load attaches it
+    fr.save(fr.inference.compile(m, weights=weights), tmp_path / "m.fr")
+    assert fr.load(tmp_path / "m.fr").metadata == {"features": ["a"] * 20}
     assert str(_random.default_generator.get_state()) == str(before)   # saving draws nothing
     # the file is a version-2 model file: a version-1 reader refuses it with a clear error
     from fastreg.io.container import open_container
