@@ -35,6 +35,7 @@
 #define FASTREG_QUANT_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -196,7 +197,7 @@ static inline int32_t fr_hsum_epi32(__m256i v) {
 /* acc += xq . w over 32 bytes: u8 x s8 products, pairs into int16 (cannot saturate: 7-bit xq),
  * then into int32 (VNNI: one vpdpbusd, exact). */
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-#define FR_Q8_DOT(acc, xv, wv, ones) (acc) = _mm256_dpbusd_epi32((acc), (xv), (wv))
+#define FR_Q8_DOT(acc, xv, wv, ones) ((void)(ones), (acc) = _mm256_dpbusd_epi32((acc), (xv), (wv)))
 #else
 #define FR_Q8_DOT(acc, xv, wv, ones) \
     (acc) = _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((xv), (wv)), (ones)))
