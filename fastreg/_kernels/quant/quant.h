@@ -50,8 +50,11 @@
 #define FR_QACT_SIGMOID 3
 #define FR_QACT_TANH 4
 
-/* Below this many multiply-adds a call runs on one thread (an OpenMP fork costs ~1-2 us). */
-#define FR_Q_PAR_MIN_MACS 65536.0
+/* Below this many multiply-adds a call runs on one thread: the float GEMV's threshold (matmul's
+ * FR_PAR_MIN_FLOPS_GEMV, 4 MFLOP).  An OpenMP fork per layer costs ~1-2 us on a quiet machine
+ * but milliseconds on an oversubscribed one (measured: 2-thread batch 1 went from 0.12 to 4.6 ms
+ * with a 64K threshold), so batch-1 layers of MLP size stay on one thread. */
+#define FR_Q_PAR_MIN_MACS 2.0e6
 
 static inline float fr_q_act(float v, int act, float slope) {
     switch (act) {
