@@ -337,3 +337,16 @@ def test_digits_accuracy_int8_and_bf16():
         agree = (pred == base).mean()
         drop = acc - (pred == y[te]).mean()
         assert agree >= 0.995 and drop <= 0.002, (weights, agree, drop)
+
+
+def test_loading_a_quantized_file_never_imports_numba(tmp_path):
+    import subprocess
+    import sys
+    m = fr.nn.Sequential(fr.nn.Linear(8, 4), fr.nn.ReLU(), fr.nn.Linear(4, 2)).eval()
+    path = tmp_path / "q.fr"
+    fr.save(fr.inference.compile(m, weights="int8"), path)
+    code = ("import sys, numpy as np, fastreg as fr; p = fr.load(sys.argv[1]); "
+            "p(np.ones((3, 8), np.float32)); print('numba' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                       check=True)
+    assert r.stdout.strip() == "False"
