@@ -243,6 +243,29 @@ def test_save_load_round_trip_is_bit_for_bit(tmp_path, weights):
         fr.save(fr.inference.compile(m), tmp_path / "f.fr")
 
 
+def test_save_load_keeps_unfolded_stages_bit_for_bit(tmp_path):
+    # an affine stage (BatchNorm before an activation), a classic-Dropout scale and a LayerNorm
+    # without affine parameters are stored as stand-in layers that fold back to the same values
+    nn = fr.nn
+    fr.manual_seed(7)
+    m = nn.Sequential(nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 5), nn.Sigmoid(),
+                      nn.Dropout(0.3, mode="classic"), nn.BatchNorm1d(5),
+                      nn.LayerNorm(5, elementwise_affine=False), nn.Linear(5, 2))
+    rng = np.random.default_rng(7)
+    for bn in (m[0], m[5]):
+        bn.running_mean[...] = rng.normal(0, 0.5, bn.num_features)
+        bn.running_var[...] = rng.uniform(0.5, 2, bn.num_features)
+        bn.weight.data[...] = rng.normal(1, 0.3, bn.num_features)
+    m.eval()
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    p = fr.inference.compile(m, weights="int8")
+    assert p.stages[:4] == ["affine 6", "act 1", "linear+sigmoid 6->5 int8", "scale 0.7"]
+    fr.save(p, tmp_path / "p.fr")
+    q = fr.load(tmp_path / "p.fr")
+    assert q.stages == p.stages
+    np.testing.assert_array_equal(q(x), p(x))
+
+
 def _rewrite(src, dst, edit):
     import json
     import zipfile
