@@ -77,6 +77,28 @@ def test_int8_kernel_equals_integer_reference_bit_for_bit(N):
                 assert np.array_equal(a, c), (N, K, M)     # AVX2 == portable C, bit for bit
 
 
+@pytest.mark.parametrize("weights", ["int8", "bf16"])
+def test_epilogues_of_simd_and_portable_paths_are_the_same_bits(weights):
+    # every activation, full and partial 4-column blocks, a NaN row and -0.0 outputs
+    rng = np.random.default_rng(20)
+    x = rng.standard_normal((7, 33)).astype(np.float32)
+    x[2, 5] = np.nan
+    x[4] = 0.0
+    W = rng.standard_normal((9, 33)).astype(np.float32)
+    b = rng.standard_normal(9).astype(np.float32)
+    b[3] = -0.0
+    for act in range(5):
+        if weights == "int8":
+            q, s = Q.quantize_int8(W)
+            a = run_int8(x, q, s, b, act, 0.05)[0]
+            c = run_int8(x, q, s, b, act, 0.05, portable=1)[0]
+        else:
+            bits = Q.to_bf16(W)
+            a, c = run_bf16(x, bits, b, act, 0.05), run_bf16(x, bits, b, act, 0.05, portable=1)
+        assert np.isnan(a[2]).all()
+        np.testing.assert_array_equal(a.view(np.uint32), c.view(np.uint32))
+
+
 @pytest.mark.parametrize("N", BATCHES)
 def test_bf16_kernel_equals_float64_reference_with_rounded_weights(N):
     rng = np.random.default_rng(10 + N)

@@ -190,11 +190,10 @@ static void fr_q8_pack(int m, int k, int kp, const int8_t *wq, int8_t *packed, i
 }
 
 #if defined(__AVX2__)
-static inline int32_t fr_hsum_epi32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
+/* [sum(a0), sum(a1), sum(a2), sum(a3)] (exact int32 sums of the 8 lanes each) */
+static inline __m128i fr_hsum4_epi32(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
+    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
 /* acc += xq . w over 32 bytes: u8 x s8 products, pairs into int16 (cannot saturate: 7-bit xq),
@@ -243,10 +242,8 @@ static inline void fr_q8_tile(int r, int nk, const uint8_t *x0, const uint8_t *x
                 FR_Q8_DOT(a03, xv0, _mm256_loadu_si256((const __m256i *)(w + 96)), ones);
             }
         }
-        acc[0][0] = fr_hsum_epi32(a00); acc[0][1] = fr_hsum_epi32(a01);
-        acc[0][2] = fr_hsum_epi32(a02); acc[0][3] = fr_hsum_epi32(a03);
-        acc[1][0] = fr_hsum_epi32(a10); acc[1][1] = fr_hsum_epi32(a11);
-        acc[1][2] = fr_hsum_epi32(a12); acc[1][3] = fr_hsum_epi32(a13);
+        _mm_storeu_si128((__m128i *)acc[0], fr_hsum4_epi32(a00, a01, a02, a03));
+        _mm_storeu_si128((__m128i *)acc[1], fr_hsum4_epi32(a10, a11, a12, a13));
         return;
     }
 #endif
@@ -288,6 +285,26 @@ static void fr_q8_linear(int n, int m, int kp, const uint8_t *xq, const float *s
                 const float s = sx[i + ii];
                 const int32_t z = zp[i + ii];
                 float *o = out + (ptrdiff_t)(i + ii) * m + j0;
+#if defined(__AVX2__) && defined(__FMA__)
+                if (!portable && jn == 4) {
+                    /* the scalar epilogue below, 4 columns at once: the same operations
+                     * (int32 multiply-subtract, RNE conversion, one fused multiply-add) */
+                    const __m128i d = _mm_sub_epi32(
+                        _mm_loadu_si128((const __m128i *)acc[ii]),
+                        _mm_mullo_epi32(_mm_set1_epi32(z),
+                                        _mm_loadu_si128((const __m128i *)(cs + j0))));
+                    __m128 v = _mm_fmadd_ps(
+                        _mm_cvtepi32_ps(d), _mm_mul_ps(_mm_set1_ps(s), _mm_loadu_ps(sw + j0)),
+                        bias ? _mm_loadu_ps(bias + j0) : _mm_setzero_ps());
+                    if (act == FR_QACT_RELU)
+                        v = _mm_max_ps(_mm_setzero_ps(), v);   /* = v < 0 ? 0 : v, NaN kept */
+                    _mm_storeu_ps(o, v);
+                    if (act != FR_QACT_IDENTITY && act != FR_QACT_RELU)
+                        for (int jj = 0; jj < 4; jj++) o[jj] = fr_q_act(o[jj], act, slope);
+                    if (acc_out) memcpy(acc_out + (ptrdiff_t)(i + ii) * m + j0, acc[ii], 16);
+                    continue;
+                }
+#endif
                 for (int jj = 0; jj < jn; jj++) {
                     const int j = j0 + jj;
                     const float t = (float)(acc[ii][jj] - z * cs[j]);
