@@ -362,6 +362,7 @@ def test_quantized_predictor_is_thread_safe():
 
 
 def test_digits_accuracy_int8_and_bf16():
+    pytest.importorskip("sklearn", reason="the bundled digits come with scikit-learn")
     from fastreg.demo import load_digits_data
     X, y, _ = load_digits_data(0)
     g = np.random.default_rng(0)
