@@ -429,7 +429,7 @@ class Predictor:
         return f"Predictor(dtype={self.dtype}, stages={self.stages})"
 
 
-def compile(model, dtype=None) -> Predictor:
+def compile(model, dtype=None, weights: str | None = None) -> Predictor:
     """Compile ``model`` into a fast inference :class:`Predictor` (eval-mode semantics).
 
     The predictor computes what ``model.eval()(x)`` computes -- BatchNorm1d with running
@@ -446,9 +446,17 @@ def compile(model, dtype=None) -> Predictor:
         run through their own ``forward``.
     dtype : float32 or float64, optional
         Compute dtype; defaults to the model's parameter dtype.
+    weights : {"float32", "bf16", "int8"}, optional
+        Store and run the Linear layers' weights in this precision (activations float32);
+        default: the model's dtype, as above. ``"int8"``: per-channel int8 weights with
+        activations quantized per call; ``"bf16"``: bfloat16 weights, float32 accumulation
+        (see :mod:`fastreg._quant`; ``fr.save(predictor, path)`` stores the result).
 
     Returns
     -------
     Predictor
     """
+    if weights is not None:     # quantized serving lives in fastreg._quant
+        from ._quant import compile_weights
+        return compile_weights(model, dtype, weights)
     return Predictor(model, dtype=dtype)

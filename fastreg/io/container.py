@@ -202,8 +202,9 @@ class Container:
                                  f"({type(exc).__name__}: {exc})") from None
 
 
-def open_container(path, kind: str, version: int) -> tuple[Container, object]:
-    """(container, open file) of ``path``, whose header must say ``kind`` and ``version``.
+def open_container(path, kind: str, version: int | tuple) -> tuple[Container, object]:
+    """(container, open file) of ``path``, whose header must say ``kind`` and ``version`` (or
+    one of the versions, a tuple).
 
     Only regular files are read (``/dev/zero``, FIFOs, sockets and directories are refused
     with :class:`ModelFileError` before anything is read); errors opening the file (missing,
@@ -229,9 +230,11 @@ def open_container(path, kind: str, version: int) -> tuple[Container, object]:
         if fmt != kind:
             raise ModelFileError(f"{path_s}: format is {repr(fmt)[:80]}, expected {kind!r}")
         ver = c.header.get("format_version")
-        if ver != version or type(ver) is not int:
+        versions = version if isinstance(version, tuple) else (version,)
+        if ver not in versions or type(ver) is not int:
             raise ModelFileError(f"{path_s}: format version {repr(ver)[:80]} is not supported "
-                                 f"(this fastreg reads version {version}); upgrade fastreg or "
+                                 f"(this fastreg reads version "
+                                 f"{' or '.join(map(str, versions))}); upgrade fastreg or "
                                  "re-save the model")
     except BaseException:
         f.close()

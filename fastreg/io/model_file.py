@@ -46,6 +46,9 @@ __all__ = ["FORMAT_VERSION", "MODEL_FORMAT", "ModelFileError", "attach_predict",
 
 #: Version of the model file format written by :func:`save` (readers accept exactly this).
 FORMAT_VERSION = 1
+#: Version of a compiled quantized predictor's file (``save(predictor)``, see fastreg._quant):
+#: readers of version 1 refuse it.
+PREDICTOR_FORMAT_VERSION = 2
 MODEL_FORMAT = "fastreg-model"
 #: The dtype names a tensor table may hold (numeric: bool, integers, floats).
 _DTYPE_NAMES = frozenset(np.dtype(c).name for c in "?bBhHiIlLqQefd")
@@ -86,6 +89,10 @@ def save(model, path: str | os.PathLike, metadata: dict | None = None) -> None:
         DataFrame adds ``"features"`` (its column names) unless given; the loaded model's
         ``predict(df)`` then matches a DataFrame's columns by name.
     """
+    from ..inference import Predictor
+    if isinstance(model, Predictor):
+        from .._quant import save_predictor  # a compiled quantized predictor: version 2
+        return save_predictor(model, path, metadata)
     try:
         arch = architecture(model)
     except TypeError:
@@ -202,6 +209,8 @@ def load(path: str | os.PathLike, *, eval: bool = True, model=None):
     Returns
     -------
     fastreg.nn.Module
+        (A file written by ``save(predictor, path)`` of a predictor compiled with
+        ``weights="int8"``/``"bf16"`` loads as that predictor, with ``.metadata``.)
         The rebuilt model (or ``model``), with ``model.metadata`` (the dict given to
         :func:`save`, or {}). Unless its class defines one, it gets a ``predict(x)`` method: a
         :func:`fastreg.inference.compile` predictor (BatchNorm folded, Dropout dropped, Cython
@@ -221,10 +230,12 @@ def load(path: str | os.PathLike, *, eval: bool = True, model=None):
     if model is not None and not _is_module(model):
         raise TypeError(f"model must be a fastreg.nn.Module instance, got "
                         f"{type(model).__name__}")
-    c, f = open_container(path, MODEL_FORMAT, FORMAT_VERSION)
+    c, f = open_container(path, MODEL_FORMAT, (FORMAT_VERSION, PREDICTOR_FORMAT_VERSION))
     with f:
         p = c.path
         arch = c.header.get("architecture")
+        if c.header["format_version"] == PREDICTOR_FORMAT_VERSION:   # a quantized predictor
+            return _load_predictor(c, model)
         table = _tensor_table(c)
         if model is not None:
             _check_instance(c, model, table)
@@ -260,6 +271,20 @@ def load(path: str | os.PathLike, *, eval: bool = True, model=None):
     object.__setattr__(model, "metadata", metadata)
     attach_predict(model)
     return model
+
+
+def _load_predictor(c, model):
+    """A compiled quantized predictor saved by ``save(predictor, path)`` (fastreg._quant)."""
+    if model is not None:
+        raise ModelFileError(f"{c.path}: holds a compiled quantized predictor, not a model; "
+                             "load it without model=")
+    metadata = c.header.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{c.path}: metadata must be a JSON object")
+    from .._quant import read_predictor
+    pred = read_predictor(c, check_tree(c.header.get("architecture"), c.path))
+    pred.metadata = metadata
+    return pred
 
 
 def attach_predict(model) -> None:
