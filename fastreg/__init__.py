@@ -55,6 +55,7 @@ __all__ = [
     "set_default_dtype",
     "set_grad_enabled",
     "set_num_threads",
+    "study",
     "train",
 ]
 
@@ -70,6 +71,10 @@ def __getattr__(name):
         return value
     if name in _TAPE_NAMES:
         value = getattr(importlib.import_module("fastreg.nn._tape"), name)
+        globals()[name] = value
+        return value
+    if name == "study":   # the package fastreg.study, callable: fastreg.study(data, ...)
+        value = importlib.import_module("fastreg.study")
         globals()[name] = value
         return value
     raise AttributeError(f"module 'fastreg' has no attribute {name!r}")
