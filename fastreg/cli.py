@@ -213,6 +213,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="strength grid points per technique: 4, 3, 2")
     st.add_argument("--quick", action="store_true",
                     help="smoke test: --grid tiny, 3 epochs, 1 seed")
+    st.add_argument("--techniques", nargs="+", default=None, metavar="NAME",
+                    help="compare only these techniques (and 'none'), e.g. L2 dropout "
+                         "'early stopping'")
     st.add_argument("--jobs", type=int, default=1,
                     help="local worker processes (each cores/N threads)")
     st.add_argument("--dask", default=None, metavar="ADDR|local:N",
@@ -330,7 +333,8 @@ def _study(args) -> int:
                   grid=grid, jobs=args.jobs, dask=args.dask, storage=args.storage,
                   study_name=args.study_name, out=args.out, seed=args.seed,
                   progress=not args.no_progress, read_options=read, impute=args.impute,
-                  drop=args.drop, features=args.features, heartbeat=hb)
+                  drop=args.drop, features=args.features, heartbeat=hb,
+                  techniques=args.techniques)
     return 130 if res.interrupted else 0
 
 

@@ -227,7 +227,10 @@ def study(data, target: str | None = None, y=None, *, labels: str | None = None,
     import optuna
     studies = [optuna.load_study(study_name=n, storage=eng.storage) for n in eng.names]
     res = _run.results_frame(eng.storage, eng.names, prep, mode)
-    best = _run.best_model(eng.storage, eng.names, prep, mode, out)
+    chosen = None
+    if mode == "compare" and len(res) and "chosen" in res:
+        chosen = res.loc[res["chosen"], "technique"].iloc[0]
+    best = _run.best_model(eng.storage, eng.names, prep, mode, out, chosen)
     files = {}
     if report:
         files = write_report(url, list(eng.names), out, best)

@@ -38,10 +38,21 @@ def make_storage(url: str, heartbeat=HEARTBEAT, quiet: bool = True):
         warnings.simplefilter("ignore")
         if quiet:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-        return RDBStorage(url, heartbeat_interval=int(heartbeat[0]),
-                          grace_period=int(heartbeat[1]),
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                              max_retry=MAX_RETRY), **kw)
+        storage = RDBStorage(url, heartbeat_interval=int(heartbeat[0]),
+                             grace_period=int(heartbeat[1]),
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                 max_retry=MAX_RETRY), **kw)
+    if url.startswith("sqlite"):          # WAL: readers do not block the writer; fewer fsyncs
+        from sqlalchemy import event
+
+        @event.listens_for(storage.engine, "connect")
+        def _pragmas(conn, _record):
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+        storage.engine.dispose()          # connections made before the listener: reopened
+    return storage
 
 
 def check_storage(url: str) -> None:
@@ -658,7 +669,7 @@ def results_frame(storage, names, prep, mode):
         drop=True)
 
 
-def best_model(storage, names, prep, mode, out_dir):
+def best_model(storage, names, prep, mode, out_dir, technique=None):
     """Copy the model of the configuration chosen by VALIDATION to ``<out>/best_model.fr``:
     compare: the technique with the best mean validation metric over its seeds, its best-
     validation seed; search: the best trial. Returns the path or None."""
@@ -678,12 +689,11 @@ def best_model(storage, names, prep, mode, out_dir):
                   os.path.exists(t.user_attrs["model_file"])]
     if not cands:
         return None
-    if mode == "compare":
-        by = {}
-        for t in cands:
-            by.setdefault(t.user_attrs["technique"], []).append(t)
-        tech = max(by, key=lambda k: sign * sum(t.value for t in by[k]) / len(by[k]))
-        cands = sorted(by[tech], key=lambda t: t.user_attrs["seed"])
+    if mode == "compare":                # the technique results_frame marks "chosen"
+        cands = sorted([t for t in cands if t.user_attrs["technique"] == technique],
+                       key=lambda t: t.user_attrs["seed"])
+        if not cands:
+            return None
     best = max(cands, key=lambda t: sign * t.value)      # first of equals (lowest seed)
     path = os.path.join(out_dir, "best_model.fr")
     shutil.copyfile(best.user_attrs["model_file"], path)
