@@ -263,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CSVError, UsageError) as exc:
         _error(args.command, exc)
         return 2
+    except KeyboardInterrupt:         # Ctrl-C outside the study's trials (loading, startup)
+        print(f"fastreg {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:           # e.g. `fastreg predict m.fr d.csv | head`
         try:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit

@@ -185,7 +185,7 @@ def study(data, target: str | None = None, y=None, *, labels: str | None = None,
                    features=features)
     os.makedirs(out, exist_ok=True)
     url = storage or f"sqlite:///{os.path.join(out, 'study.db')}"
-    _run.check_storage(url)
+    _run.check_storage(url, hb)
     name = study_name or (_safe_name(data) if isinstance(data, (str, os.PathLike))
                           else "study")
     if techniques is not None:

@@ -27,8 +27,19 @@ class _NoWork(Exception):
     """No WAITING trial left in a queue study: the worker moves on."""
 
 
+_STORAGES: dict = {}
+
+
 def make_storage(url: str, heartbeat=HEARTBEAT, quiet: bool = True):
-    """An optuna RDBStorage with heartbeats and the retry of stale trials."""
+    """An optuna RDBStorage with heartbeats and the retry of stale trials (one per URL and
+    heartbeat in a process: opening one checks the schema, ~0.3 s)."""
+    key = (url, tuple(heartbeat))
+    if key not in _STORAGES:
+        _STORAGES[key] = _make_storage(url, heartbeat, quiet)
+    return _STORAGES[key]
+
+
+def _make_storage(url: str, heartbeat, quiet: bool):
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     kw = {}
@@ -37,7 +48,9 @@ def make_storage(url: str, heartbeat=HEARTBEAT, quiet: bool = True):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if quiet:
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            # ERROR: no per-trial "failed" tracebacks (an interrupted or diverged trial is
+            # counted as failed by the progress line and the summary)
+            optuna.logging.set_verbosity(optuna.logging.ERROR)
         storage = RDBStorage(url, heartbeat_interval=int(heartbeat[0]),
                              grace_period=int(heartbeat[1]),
                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
@@ -55,7 +68,7 @@ def make_storage(url: str, heartbeat=HEARTBEAT, quiet: bool = True):
     return storage
 
 
-def check_storage(url: str) -> None:
+def check_storage(url: str, heartbeat=HEARTBEAT) -> None:
     """Raise StudyError naming ``storage`` when the URL is malformed or the database cannot be
     opened (before any trial)."""
     if not isinstance(url, str) or not url:
@@ -71,7 +84,7 @@ def check_storage(url: str) -> None:
         if not os.path.isdir(d):
             raise StudyError(f"storage {url!r}: folder {d!r} does not exist")
     try:
-        make_storage(url)
+        make_storage(url, heartbeat)
     except Exception as exc:  # noqa: BLE001
         raise StudyError(f"storage {url!r}: cannot open ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -627,6 +640,8 @@ def results_frame(storage, names, prep, mode):
     from optuna.trial import TrialState
     metric = prep.metric
     rows = []
+    if mode == "compare" and not any(n.endswith("/final") for n in names):
+        mode = "search"      # interrupted in phase 1: list its trials, one row per config
     for name in names:
         if mode == "compare" and not name.endswith("/final"):
             continue
