@@ -147,6 +147,11 @@ def test_regression_table_and_cli_predict(tmp_path, capsys):
                      str(tmp_path / "p.csv")]) == 0
     p = pd.read_csv(tmp_path / "p.csv")["prediction"].to_numpy()
     assert np.sqrt(np.mean((p - df["y"].to_numpy()) ** 2)) < df["y"].std()
+    # the report again, from the storage alone
+    os.remove(out / "results.csv")
+    assert cli.main(["study", "--report-only", str(out)]) == 0
+    rows = pd.read_csv(out / "results.csv")
+    assert {"none", "L2", "dropout", "combined"} <= set(rows["technique"])
 
 
 def _run_cli(args, **kw):

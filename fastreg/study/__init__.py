@@ -200,6 +200,10 @@ def study(data, target: str | None = None, y=None, *, labels: str | None = None,
                       techniques=techniques)
     echo(f"data: {prep.description}; split train {len(prep.train)}, valid {len(prep.valid)}, "
          f"test {len(prep.test)}{f' ({cv}-fold cv)' if cv else ''}")
+    if dask is not None and not dask.startswith("local:") and url.startswith("sqlite"):
+        echo(f"warning: --dask {dask} with a SQLite storage: every Dask worker must reach "
+             f"{url} on a shared disk; a cluster on several machines needs a server database "
+             "(--storage postgresql://...)")
     echo(f"storage: {url}; study {name!r} ({mode}); workers: "
          f"{'dask ' + dask if dask else f'{jobs} process(es)'}")
     bar = _run.Progress(eng, progress)

@@ -296,7 +296,8 @@ def _prepare_arrays(X, y, task, valid, test, cv, seed, desc) -> Prepared:
                     description=f"{desc}: {X.shape[0]} images {'x'.join(map(str, X.shape[1:]))}"
                                 f", {task}")
     if task == "regression":
-        m, s = float(yv[np.concatenate([tr, va])].mean()), float(yv.std() or 1.0)
+        fit_rows = np.concatenate([tr, va])              # never the test rows
+        m, s = float(yv[fit_rows].mean()), float(yv[fit_rows].std() or 1.0)
         prep.target_mean, prep.target_scale = m, s
         prep.y = ((yv - m) / s).astype(np.float32).reshape(-1, 1)
     return prep
