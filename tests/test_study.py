@@ -14,14 +14,14 @@ import pytest
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("pandas")
 
-import fastreg as fr  # noqa: E402
-from fastreg import cli  # noqa: E402
-from fastreg.study import StudyError, _trial  # noqa: E402
-from fastreg.study._data import prepare  # noqa: E402
+import fastreg as fr
+from fastreg import cli
+from fastreg.study import StudyError, _trial
+from fastreg.study._data import prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = dict(epochs=2, hidden=(32,), grid="tiny", lr=3e-3, batch_size=64, progress=False,
-            heartbeat=(1, 3), echo=lambda *a: None)
+FAST = {"epochs": 2, "hidden": (32,), "grid": "tiny", "lr": 3e-3, "batch_size": 64,
+        "progress": False, "heartbeat": (1, 3), "echo": lambda *a: None}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_import_fastreg_stays_light():
             "heavy = [k for k in ('optuna', 'pandas', 'dask', 'distributed', 'sqlalchemy', "
             "'numba') if k in sys.modules]; print(heavy)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+                       timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
 
@@ -104,8 +104,10 @@ def test_compare_end_to_end_on_digits(digits, tmp_path):
     chosen = res.results.loc[res.results["chosen"], "technique"].item()
     v = res.results[["technique", "valid_accuracy"]].to_numpy().tolist()
     assert max(x[1] for x in v) == res.results.loc[res.results["chosen"], "valid_accuracy"].item()
-    same = [t for t in final if open(t.user_attrs["model_file"], "rb").read() ==
-            open(res.best_model, "rb").read()]
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
+    same = [t for t in final if read(t.user_attrs["model_file"]) == read(res.best_model)]
     assert chosen in [t.user_attrs["technique"] for t in same], (chosen, v)
     acc = same[0].user_attrs["test"]["accuracy"]
     assert abs(np.mean(pred == y[test]) - acc) <= 1 / len(test)
@@ -177,7 +179,7 @@ def test_resume_after_kill_9(digits, tmp_path):
             names = [s.study_name for s in optuna.get_all_study_summaries(url)]
             done = {(n, t.number): (t.value, t.user_attrs["seconds"]) for n in names
                     for t in _complete(url, n)}
-        except Exception:  # noqa: BLE001 - the database is being created
+        except Exception:  # noqa: BLE001, S112 - the database is being created
             continue
         if len(done) >= 4:
             os.kill(p.pid, signal.SIGKILL)

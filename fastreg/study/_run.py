@@ -113,7 +113,7 @@ def _suggest_fixed(trial, name, value):
         choices = {"norm": ["none", "batch", "layer"], "schedule": ["none", "onecycle"]}.get(
             name, [value])
         return trial.suggest_categorical(name, choices)
-    if isinstance(value, bool) or isinstance(value, int):
+    if isinstance(value, (bool, int)):
         return trial.suggest_int(name, int(value), int(value))
     return trial.suggest_float(name, float(value), float(value))
 
@@ -316,8 +316,8 @@ class Engine:
         p = self.prep
         return {"mode": self.mode, "task": p.task, "metric": p.metric,
                 "direction": p.direction, "data": p.description,
-                "n_train": int(len(p.train)), "n_valid": int(len(p.valid)),
-                "n_test": int(len(p.test)),
+                "n_train": len(p.train), "n_valid": len(p.valid),
+                "n_test": len(p.test),
                 "techniques": (self.techniques + ["combined"]) if self.mode == "compare"
                 else ["search"],
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -428,7 +428,6 @@ class Engine:
                          "(workers keep dying?)")
 
     def _worker_args(self, names):
-        search = {"n": self.n_trials, "deadline": self.deadline}
         return (self.storage_url, self.heartbeat, names, self.specs, self.prep, self.out_dir)
 
     def _launch(self, names):
@@ -625,7 +624,7 @@ class Progress:
         while not self._stop.wait(1.0):
             try:
                 c, text = self._line()
-            except Exception:  # noqa: BLE001 - a busy database: try again next second
+            except Exception:  # noqa: BLE001, S112 - a busy database: try again next second
                 continue
             if c is None:
                 continue
@@ -646,7 +645,7 @@ class Progress:
                 if c is not None:
                     self._bar.n = min(self.total or 10 ** 9, c["complete"] + c["pruned"])
                     self._bar.set_postfix_str(text, refresh=True)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001, S110 - the last refresh is cosmetic
                 pass
             self._bar.close()
 
@@ -742,8 +741,8 @@ def best_model(storage, names, prep, mode, out_dir, technique=None):
 def format_table(df, metric) -> str:
     if df is None or df.empty:
         return "(no finished trials)"
-    lines = [f"{'technique':<15} {'strength':>20} {'valid':>8} {'test':>8} {'± std':>7} "
-             f"{'gap':>7} {'epochs':>6} {'best':>5} {'s':>6}"]
+    lines = [(f"{'technique':<15} {'strength':>20} {'valid':>8} {'test':>8} {'± std':>7} "
+              f"{'gap':>7} {'epochs':>6} {'best':>5} {'s':>6}")]
     lines.append("-" * len(lines[0]))
     for _, r in df.iterrows():
         st = "" if r.get("strength") in (None, "") or (isinstance(r.get("strength"), float)

@@ -103,6 +103,7 @@ class Augment(Callback):
 
 def _build(prep, config, seed, n_steps):
     import fastreg as fr
+
     from ..demo import build_mlp
     fr.manual_seed(seed)                   # same initial weights for the same shapes and seed
     model = build_mlp(prep.X.shape[1], prep.n_out, hidden=tuple(config["hidden"]),
@@ -201,6 +202,7 @@ def save_model(prep, model, path: str) -> None:
     file's model takes raw feature values -- imputed and one-hot by the stored preprocessor --
     or raw flattened pixels, and predicts raw targets), metadata for ``fastreg predict``."""
     import fastreg as fr
+
     from ..data.preprocess import TablePreprocessor
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     meta = {"task": prep.task, "classes": prep.classes, "target": prep.target}
