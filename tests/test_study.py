@@ -258,3 +258,38 @@ def test_empty_table_and_bad_arrays(tmp_path):
     with pytest.raises(StudyError, match="labels"):
         np.save(tmp_path / "x.npy", np.zeros((20, 4, 4)))
         fr.study(str(tmp_path / "x.npy"), out=str(tmp_path / "o"))
+
+
+def test_search_mode_runs_n_trials_of_the_joint_space(digits, tmp_path):
+    res = fr.study(digits, mode="search", n_trials=4, out=str(tmp_path), **FAST)
+    assert res.names == ["study/search"]
+    st = res.studies[0]
+    assert st.user_attrs["fastreg"]["mode"] == "search"
+    done = st.get_trials(states=(optuna.trial.TrialState.COMPLETE,
+                                 optuna.trial.TrialState.PRUNED))
+    assert len(done) == 4
+    for t in done:
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert t.user_attrs["technique"] == "search" and t.user_attrs["strength"] is None
+            assert {"lr", "l2", "dropout", "norm", "augment"} <= set(t.params)
+            assert t.value == t.user_attrs["valid"]["accuracy"]
+    assert res.best_model is not None and len(res.results) == len(
+        [t for t in done if t.state == optuna.trial.TrialState.COMPLETE])
+    # re-running continues: the 4 trials are there, none is added
+    again = fr.study(digits, mode="search", n_trials=4, out=str(tmp_path), **FAST)
+    assert len(again.studies[0].trials) == len(st.trials)
+
+
+def test_cv_trains_every_fold_and_averages(digits, tmp_path):
+    res = fr.study(digits, cv=2, seeds=1, techniques=["L2"], out=str(tmp_path), **FAST)
+    final = _complete(res.storage, "study/final")
+    assert len(final) == 3
+    for t in final:
+        folds = t.user_attrs["folds"]
+        assert len(folds) == 2
+        for split in ("train", "valid", "test"):
+            assert t.user_attrs[split]["accuracy"] == pytest.approx(
+                np.mean([f[split]["accuracy"] for f in folds]))
+        assert t.value == pytest.approx(t.user_attrs["valid"]["accuracy"])
+    info = res.studies[0].user_attrs["fastreg"]
+    assert info["n_test"] == 60 and info["n_train"] + info["n_valid"] == 240
