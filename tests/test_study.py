@@ -293,3 +293,26 @@ def test_cv_trains_every_fold_and_averages(digits, tmp_path):
         assert t.value == pytest.approx(t.user_attrs["valid"]["accuracy"])
     info = res.studies[0].user_attrs["fastreg"]
     assert info["n_test"] == 60 and info["n_train"] + info["n_valid"] == 240
+
+
+@pytest.mark.slow
+def test_two_study_commands_cooperate_on_one_storage(digits, tmp_path):
+    """Optuna's RDB mode, as on several machines with PostgreSQL: two `fastreg study`
+    processes started together on one SQLite file finish the study, each configuration once."""
+    X, y = digits
+    data = tmp_path / "d.npz"
+    np.savez(data, X=X[:200], y=y[:200])
+    url = f"sqlite:///{tmp_path}/shared.db"
+    procs = [_run_cli([str(data), "--grid", "tiny", "--epochs", "2", "--seeds", "2",
+                       "--hidden", "16", "--storage", url, "--out", str(tmp_path / f"o{i}"),
+                       "--heartbeat", "1", "--no-progress", "--techniques", "L2"])
+             for i in range(2)]
+    for p in procs:
+        text, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, text
+    names = [s.study_name for s in optuna.get_all_study_summaries(url)]
+    assert sorted(names) == ["d/L2", "d/final", "d/none"]
+    for n in names:
+        keys = [json.dumps(t.params, sort_keys=True) for t in _complete(url, n)]
+        assert len(keys) == len(set(keys)), n
+    assert len(_complete(url, "d/final")) == 3 * 2

@@ -40,11 +40,26 @@ def make_storage(url: str, heartbeat=HEARTBEAT, quiet: bool = True):
 
 
 def _make_storage(url: str, heartbeat, quiet: bool):
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     kw = {}
     if url.startswith("sqlite"):
         kw["engine_kwargs"] = {"connect_args": {"timeout": 300}}
+    for attempt in range(5):
+        try:
+            return _open_storage(url, heartbeat, quiet, kw)
+        except Exception as exc:
+            # two processes creating the schema of a new database at once: one wins, the
+            # other's CREATE TABLE / INSERT of the schema version fails; it is there a moment
+            # later
+            text = type(exc).__name__ + str(exc)
+            if not ("IntegrityError" in text or "already exists" in text) or attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _open_storage(url, heartbeat, quiet, kw):
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if quiet:
@@ -277,10 +292,39 @@ def _existing_keys(study) -> set:
     keys = set()
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.FAIL and "error" not in t.user_attrs:
-            continue        # a killed/interrupted trial: retried (by the heartbeat callback or here)
+            continue        # killed/interrupted (retried) or a closed duplicate
         params = t.system_attrs.get("fixed_params", t.params)
         keys.add(_trial_key(params))
     return keys
+
+
+def _dedupe_waiting(study) -> int:
+    """Several ``fastreg study`` processes on one storage may enqueue the same configuration at
+    the same moment (check, then enqueue: not atomic). Keep the oldest trial of each
+    configuration; claim every younger WAITING copy (WAITING -> RUNNING is atomic in the
+    storage, so two processes never both claim one) and close it as FAIL with user_attrs
+    "duplicate" (the number of the trial kept). Returns the number closed."""
+    from optuna.trial import TrialState
+    storage, n = study._storage, 0
+    first: dict = {}
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if t.state == TrialState.FAIL:
+            continue
+        key = _trial_key(t.system_attrs.get("fixed_params", t.params))
+        if key not in first:
+            first[key] = t.number
+            continue
+        if t.state != TrialState.WAITING:
+            continue
+        try:
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                continue
+        except Exception:  # noqa: BLE001, S112 - popped or finished by another process
+            continue
+        storage.set_trial_user_attr(t._trial_id, "duplicate", first[key])
+        storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        n += 1
+    return n
 
 
 def _jsonish(v):
@@ -358,6 +402,8 @@ class Engine:
             if _trial_key(params) not in have:
                 study.enqueue_trial(params)
                 n += 1
+        if n:
+            _dedupe_waiting(study)
         return n
 
     # -- running ----------------------------------------------------------------------------
