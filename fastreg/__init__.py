@@ -61,6 +61,7 @@ __all__ = [
     "set_default_dtype",
     "set_grad_enabled",
     "set_num_threads",
+    "study",
     "train",
 ]
 
@@ -80,6 +81,10 @@ def __getattr__(name):
         return value
     if name in _AMP_NAMES:
         value = getattr(importlib.import_module("fastreg.amp"), name)
+        globals()[name] = value
+        return value
+    if name == "study":   # the package fastreg.study, callable: fastreg.study(data, ...)
+        value = importlib.import_module("fastreg.study")
         globals()[name] = value
         return value
     raise AttributeError(f"module 'fastreg' has no attribute {name!r}")

@@ -1,6 +1,10 @@
 """The ``fastreg`` command line (also ``python -m fastreg``).
 
-    fastreg demo [--out DIR] [--epochs N] [--seed S] [--quick]
+    fastreg demo [--out DIR] [--epochs N] [--seed S] [--seeds K] [--jobs N] [--quick]
+    fastreg study data.csv --target COL [--compare | --search N] [--timeout S] [--seeds 3]
+                  [--cv K] [--epochs N] [--jobs N] [--dask ADDR|local:N] [--storage URL]
+                  [--study-name NAME] [--out DIR] [--report-only DIR] [--no-progress] ...
+                  (see fastreg.study)
     fastreg train data.csv|data.parquet --target COL [--sep ';'] [--drop COL...]
                   [--features COL...] [--impute median|mean|none] [--task ...]
                   [--hidden 256,128] [--dropout 0.2]
@@ -114,12 +118,18 @@ def _parser() -> argparse.ArgumentParser:
                                  "regularized MLPs on the CPU")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="regularization study on the digits dataset")
-    d.add_argument("--out", default=".", help="folder for the loss-curve PNG (default .)")
-    d.add_argument("--epochs", type=int, default=None, help="max epochs per variant")
+    d = sub.add_parser("demo", help="a fast regularization study (--compare) on the bundled "
+                       "digits")
+    d.add_argument("--out", default="fastreg_demo",
+                   help="folder of the study (storage, report, best model)")
+    d.add_argument("--epochs", type=int, default=None, help="max epochs per trial (default 8; "
+                   "--quick: 3)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--quick", action="store_true", help="a few epochs only (smoke test)")
-    d.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    d.add_argument("--seeds", type=int, default=None, help="seeds per technique (default 2; "
+                   "--quick: 1)")
+    d.add_argument("--jobs", type=int, default=1, help="local worker processes")
+    d.add_argument("--quick", action="store_true", help="a smoke test: 3 epochs, 1 seed")
+    d.add_argument("--no-plot", action="store_true", help="no report (the table only)")
     d.add_argument("--no-progress", action="store_true")
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -174,6 +184,61 @@ def _parser() -> argparse.ArgumentParser:
                    help="for an .onnx file: the tensor to import up to (fastreg.onnx.load's "
                         "output=, e.g. a skl2onnx classifier's logits)")
 
+    st = sub.add_parser("study", help="the regularization study (Optuna) on a table or images",
+                        formatter_class=fmt)
+    st.add_argument("data", nargs="?", default=None,
+                    help="CSV/Parquet table (with --target), .npy images (N,H,W[,C]) with "
+                         "--labels, or .npz holding X and y")
+    st.add_argument("--target", default=None, help="target column of a table")
+    st.add_argument("--labels", default=None, help=".npy of labels for .npy images")
+    st.add_argument("--task", choices=TASKS, default="auto",
+                    help="auto: classification for text or few integer targets")
+    mode = st.add_mutually_exclusive_group()
+    mode.add_argument("--compare", action="store_true",
+                      help="(default) every technique alone at a searched strength, and the "
+                           "combination, over --seeds seeds")
+    mode.add_argument("--search", type=int, default=None, metavar="N",
+                      help="TPE search of the joint space for N trials")
+    st.add_argument("--timeout", type=float, default=None, metavar="S",
+                    help="stop starting trials after S seconds (--search)")
+    st.add_argument("--seeds", type=int, default=3, help="seeds per technique (compare)")
+    st.add_argument("--cv", type=int, default=None, metavar="K",
+                    help="K-fold cross-validation instead of one validation split")
+    st.add_argument("--epochs", type=int, default=30, help="max epochs per trial")
+    st.add_argument("--hidden", type=_parse_hidden, default=(256, 128),
+                    help="hidden layer sizes")
+    st.add_argument("--lr", type=float, default=1e-3, help="base learning rate (Adam)")
+    st.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
+    st.add_argument("--grid", choices=("full", "small", "tiny"), default="full",
+                    help="strength grid points per technique: 4, 3, 2")
+    st.add_argument("--quick", action="store_true",
+                    help="smoke test: --grid tiny, 3 epochs, 1 seed")
+    st.add_argument("--techniques", nargs="+", default=None, metavar="NAME",
+                    help="compare only these techniques (and 'none'), e.g. L2 dropout "
+                         "'early stopping'")
+    st.add_argument("--jobs", type=int, default=1,
+                    help="local worker processes (each cores/N threads)")
+    st.add_argument("--dask", default=None, metavar="ADDR|local:N",
+                    help="run trials on a Dask cluster (scheduler address, or local:N)")
+    st.add_argument("--storage", default=None, metavar="URL",
+                    help="Optuna storage, an SQLAlchemy URL (default sqlite:///OUT/study.db)")
+    st.add_argument("--study-name", default=None, help="study name prefix (default: the "
+                    "data file's name)")
+    st.add_argument("--out", default="study_out", help="output folder")
+    st.add_argument("--report-only", default=None, metavar="DIR",
+                    help="only (re)write the report of the study in DIR from its storage")
+    st.add_argument("--seed", type=int, default=0, help="split seed and first trial seed")
+    st.add_argument("--heartbeat", type=int, default=None, metavar="S",
+                    help="trial heartbeat (s); a silent trial is failed and retried after 4*S")
+    st.add_argument("--no-progress", action="store_true")
+    _table_options(st)
+    st.add_argument("--drop", nargs="+", default=[], metavar="COL",
+                    help="columns not used as features (IDs, leaks)")
+    st.add_argument("--features", nargs="+", default=None, metavar="COL",
+                    help="the feature columns (default: all but the target and --drop)")
+    st.add_argument("--impute", choices=IMPUTE, default="median",
+                    help="fill of missing numeric cells")
+
     b = sub.add_parser("bench", help="fastreg : peer speed-up table (torch, scikit-learn)",
                        add_help=False)
     b.add_argument("args", nargs=argparse.REMAINDER)
@@ -191,11 +256,16 @@ def main(argv: list[str] | None = None) -> int:
             return _demo(args)
         if args.command == "train":
             return _train(args)
+        if args.command == "study":
+            return _study(args)
         if args.command == "predict":
             return _predict(args)
     except (CSVError, UsageError) as exc:
         _error(args.command, exc)
         return 2
+    except KeyboardInterrupt:         # Ctrl-C outside the study's trials (loading, startup)
+        print(f"fastreg {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:           # e.g. `fastreg predict m.fr d.csv | head`
         try:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
@@ -203,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 0
     except (ValueError, TypeError, OSError) as exc:
-        if type(exc).__name__ in ("ModelFileError", "TableError") or isinstance(exc, OSError):
+        if type(exc).__name__ in ("ModelFileError", "TableError", "StudyError") or \
+                isinstance(exc, OSError):
             _error(args.command, exc)
             return 2
         raise
@@ -223,13 +294,51 @@ def _error(command: str, exc: BaseException) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def _demo(args) -> int:
+    """A fast --compare study on the bundled digits (8x8 images, so augmentation is in)."""
     from .demo import run_demo
-    if args.epochs is not None and args.epochs < 1:
-        print("fastreg demo: error: --epochs must be >= 1", file=sys.stderr)
-        return 2
-    run_demo(out_dir=args.out, epochs=args.epochs, seed=args.seed, quick=args.quick,
-             progress=not args.no_progress, plot=not args.no_plot)
-    return 0
+    for name in ("epochs", "seeds", "jobs"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            print(f"fastreg demo: error: --{name} must be >= 1, got {v}", file=sys.stderr)
+            return 2
+    res = run_demo(out_dir=args.out, epochs=args.epochs, seed=args.seed, quick=args.quick,
+                   progress=not args.no_progress, plot=not args.no_plot, seeds=args.seeds,
+                   jobs=args.jobs)
+    return 130 if res.interrupted else 0
+
+
+def _study(args) -> int:
+    import fastreg.study as S
+    if args.report_only is not None:
+        files = S.report_only(args.report_only, storage=args.storage,
+                              study_name=args.study_name)
+        for k, p in files.items():
+            print(f"{k}: {p}")
+        return 0
+    if args.data is None:
+        raise UsageError("DATA is required (a CSV/Parquet table, .npy images or .npz), or "
+                         "--report-only DIR")
+    epochs, seeds, grid = args.epochs, args.seeds, args.grid
+    if args.quick:
+        epochs, seeds, grid = min(epochs, 3), 1, "tiny"
+    hb = None
+    if args.heartbeat is not None:
+        if args.heartbeat < 1:
+            raise UsageError(f"--heartbeat must be >= 1 second, got {args.heartbeat}")
+        hb = (args.heartbeat, 4 * args.heartbeat)
+    read = {"sep": args.sep, "decimal": args.decimal, "encoding": args.encoding,
+            "na": args.na}
+    res = S.study(args.data, target=args.target, labels=args.labels, task=args.task,
+                  mode="search" if args.search is not None or (
+                      args.timeout is not None and not args.compare) else "compare",
+                  n_trials=args.search, timeout=args.timeout, seeds=seeds, cv=args.cv,
+                  epochs=epochs, hidden=args.hidden, lr=args.lr, batch_size=args.batch_size,
+                  grid=grid, jobs=args.jobs, dask=args.dask, storage=args.storage,
+                  study_name=args.study_name, out=args.out, seed=args.seed,
+                  progress=not args.no_progress, read_options=read, impute=args.impute,
+                  drop=args.drop, features=args.features, heartbeat=hb,
+                  techniques=args.techniques)
+    return 130 if res.interrupted else 0
 
 
 def _bench(argv: list[str]) -> int:

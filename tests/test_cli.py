@@ -41,47 +41,45 @@ def _read(path):
 # demo
 # ---------------------------------------------------------------------------------------------
 
-def test_demo_quick_prints_the_table_and_writes_the_png(tmp_path, capsys):
+def test_demo_quick_runs_a_compare_study_and_writes_its_table(tmp_path, capsys):
     pytest.importorskip("sklearn")
-    assert cli.main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    pytest.importorskip("optuna")
+    pytest.importorskip("pandas")
+    out_dir = tmp_path / "demo"
+    assert cli.main(["demo", "--quick", "--epochs", "2", "--out", str(out_dir),
+                     "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "scikit-learn digits" in out
-    for name in ("none", "L2", "L1", "dropout", "batch norm", "layer norm",
-                 "all + early stop"):
+    for name in ("none", "L2", "L1", "weight decay", "dropout", "batch norm", "layer norm",
+                 "early stopping", "lr schedule", "augmentation", "combined"):
         assert f"\n{name} " in out
-    for col in ("train", "valid", "test", "gap", "epochs", "best", "seconds"):
+    for col in ("valid", "test", "gap", "epochs", "best"):
         assert col in out
     rows = [line.split() for line in out.splitlines() if line.startswith("none ")]
-    train, valid, test = map(float, rows[0][1:4])
-    assert 0.5 < test <= 1 and 0.5 < valid <= 1 and train >= 0.8
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        assert "matplotlib is not installed" in out
-    else:
-        png = tmp_path / "fastreg_demo_curves.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    valid, test = map(float, rows[0][1:3])
+    assert 0.5 < test <= 1 and 0.5 < valid <= 1
+    assert (out_dir / "best_model.fr").exists() and (out_dir / "results.csv").exists()
+    # running it again continues the study: nothing is trained again
+    assert cli.main(["demo", "--quick", "--epochs", "2", "--out", str(out_dir),
+                     "--no-progress"]) == 0
+    assert capsys.readouterr().out.count("\nnone ") == 1
 
 
-def test_demo_falls_back_to_generated_data_and_skips_png_without_matplotlib(tmp_path,
-                                                                           monkeypatch):
+def test_demo_data_falls_back_to_a_generated_stand_in(monkeypatch):
     from fastreg import demo
     monkeypatch.setitem(sys.modules, "sklearn", None)
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    lines = []
-    rows = demo.run_demo(str(tmp_path), epochs=2, progress=False, out=lines.append)
-    text = "\n".join(lines)
-    assert "notice: using a generated stand-in" in text
-    assert "matplotlib is not installed" in text
-    assert not (tmp_path / "fastreg_demo_curves.png").exists()
-    assert [r["variant"] for r in rows] == [v[0] for v in demo.VARIANTS]
-    assert all(r["epochs"] <= 2 for r in rows)
+    X, y, source = demo.load_digits_data()
+    assert source.startswith("generated stand-in")
+    assert X.shape == (1797, 64) and X.dtype == np.float32 and 0 <= X.min() and X.max() <= 1
+    assert set(np.unique(y)) <= set(range(10))
 
 
 def test_demo_rejects_bad_epochs(capsys):
     assert cli.main(["demo", "--epochs", "0"]) == 2
     assert "--epochs" in capsys.readouterr().err
+    assert cli.main(["demo", "--seeds", "0"]) == 2
+    assert "--seeds must be >= 1, got 0" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,5 +222,5 @@ def test_python_dash_m_fastreg(tmp_path, class_csv):
     helped = subprocess.run([sys.executable, "-m", "fastreg", "--help"], capture_output=True,
                             text=True, timeout=60, check=False)
     assert helped.returncode == 0
-    for cmd in ("demo", "train", "predict", "bench"):
+    for cmd in ("demo", "study", "train", "predict", "bench"):
         assert cmd in helped.stdout
