@@ -400,7 +400,7 @@ def test_packed_weight_forward_every_activation(activation, shape, dtype, cy_mm,
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("N", [1, 2, 7, 33])
 def test_linear_chain_matches_reference(N, threads, dtype, cy_mm, rng):
-    dims = (257, 600, 33, 7, 1)     # the 600 x 257 layer makes the batch-1 chain fork
+    dims = (257, 600, 33, 7, 1)
     acts = [ACTIVATIONS[a] for a in ("relu", "leaky_relu", "tanh", "identity")]
     ws = [rand(rng, (dims[i + 1], dims[i]), dtype) for i in range(4)]
     bs = [rand(rng, dims[i + 1], dtype) for i in range(3)] + [None]
@@ -412,11 +412,13 @@ def test_linear_chain_matches_reference(N, threads, dtype, cy_mm, rng):
                            a, 0.1)
     before = fastreg.get_num_threads()
     fastreg.set_num_threads(threads)
+    min_flops = cy_mm.set_chain_parallel_min_flops(0.0)    # the few-rows chain forks
     try:
         got = chain.fast(x)
         row = chain.fast(x[-1])
     finally:
         fastreg.set_num_threads(before)
+        cy_mm.set_chain_parallel_min_flops(min_flops)
     rtol, atol = tol(dtype, f32=1e-4, f64=1e-11)
     np.testing.assert_allclose(got, h, rtol=rtol, atol=atol * np.abs(h).max())
     np.testing.assert_array_equal(row, got[-1])

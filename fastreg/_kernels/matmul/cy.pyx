@@ -41,6 +41,7 @@ cdef extern from "kernel.h" nogil:
     int fr_chain_f64(int m, int nl, const int *dims, const double *const *Wp,
                      const double *const *bias, const int *act, const double *slope,
                      const double *x, double *out, int nthreads)
+    double fr_chain_par_min_flops
     int fr_chain_parallel_f32(int m, int nl, const int *dims)
     int fr_chain_parallel_f64(int m, int nl, const int *dims)
 
@@ -126,6 +127,15 @@ def linear_forward_packed(x, packed, Py_ssize_t M, bias, out, int act, double sl
 
 #: Below this much work per call a chain keeps the GIL (a few us of compute).
 cdef double _NOGIL_MIN_FLOPS = 2.0e4
+
+
+def set_chain_parallel_min_flops(double flops):
+    """FLOPs per row from which a batch <= 4 LinearChain call forks (default 4e6: the 784-512-256-10
+    MLP's 1.07 MFLOP stays on one thread); returns the previous value."""
+    global fr_chain_par_min_flops
+    cdef double old = fr_chain_par_min_flops
+    fr_chain_par_min_flops = flops
+    return old
 
 
 cdef class LinearChain:

@@ -13,9 +13,6 @@
 #define FR_PAR_MIN_FLOPS_GEMV 4.0e6
 /* Up to this many output rows the product is a few GEMVs: no packing, no tile padding. */
 #define FR_SMALL_M 4
-/* A chain of GEMVs (fr_chain) forks once for all its layers and streams each thread's share of
- * the weights: worth it from ~0.5 MFLOP (256 KB of float32 weights, ~10 us on one core). */
-#define FR_PAR_MIN_FLOPS_CHAIN 5.0e5
 
 static inline FR_T FN(fr_act)(FR_T v, int act, FR_T slope) {
     switch (act) {
@@ -541,7 +538,7 @@ static int FN(fr_chain_parallel)(int m, int nl, const int *dims) {
         flops += f;
         if (f > layer_max) layer_max = f;
     }
-    if (m <= FR_SMALL_M) return flops >= FR_PAR_MIN_FLOPS_CHAIN * m;
+    if (m <= FR_SMALL_M) return flops >= fr_chain_par_min_flops * m;
     return layer_max >= FR_PAR_MIN_FLOPS;
 }
 
@@ -551,7 +548,7 @@ static int FN(fr_chain_parallel)(int m, int nl, const int *dims) {
  * The intermediate h_l live in per-calling-thread scratch: concurrent calls from different
  * threads never share them, and nothing is allocated once the scratch has grown.
  * m <= FR_SMALL_M (serving a few samples): the chain is a sequence of GEMVs bound by reading the
- * weights. When it is worth a fork (FR_PAR_MIN_FLOPS_CHAIN per row), one parallel region covers
+ * weights. When it is worth a fork (fr_chain_par_min_flops per row, kernel.h), one parallel region covers
  * the whole chain: each layer's output panels (NR rows of W each) are split statically across
  * the threads -- each thread streams only its own rows of W, which then stay in its core's
  * cache from call to call -- and a barrier separates the layers (one fork per call, not one per
@@ -577,7 +574,7 @@ static int FN(fr_chain)(int m, int nl, const int *dims, const FR_T *const *Wp,
     if (m <= FR_SMALL_M) {
         for (int l = 0; l <= nl; l++)
             if (dims[l] <= 0) goto blocked;     /* empty products: fr_gemm's edge cases */
-        const int nt = flops >= FR_PAR_MIN_FLOPS_CHAIN * m ? nthreads : 1;
+        const int nt = flops >= fr_chain_par_min_flops * m ? nthreads : 1;
         if (nt == 1) {  /* no parallel region at all: even an if(0) one costs a GOMP call */
             const FR_T *h = x;
             for (int l = 0; l < nl; l++) {
@@ -629,4 +626,3 @@ blocked:;
 #undef FR_PAR_MIN_FLOPS
 #undef FR_PAR_MIN_FLOPS_GEMV
 #undef FR_SMALL_M
-#undef FR_PAR_MIN_FLOPS_CHAIN

@@ -67,6 +67,14 @@ static void *fr_get_scratch(size_t bytes) {
     return fr_scratch;
 }
 
+/* FLOPs per row from which a few-rows fr_chain forks (one region, a barrier per layer). Same
+ * rule as a single GEMV (FR_PAR_MIN_FLOPS_GEMV): on a quiet machine splitting the 784-512-256-10
+ * chain's 2.1 MB across two cores may pay, but when other processes hold the cores each barrier
+ * waits for an OS time slice (measured: 0.6-1.4 ms instead of 60-90 us on the busy 2-core
+ * machine). Settable (LinearChain's set_parallel_min_flops) for benchmarks and deployments on
+ * dedicated cores. */
+static double fr_chain_par_min_flops = 4.0e6;
+
 /* The activations between the layers of fr_chain: a second per-thread scratch, since fr_gemm
  * uses the first one while they are live. */
 static __thread void *fr_chain_scratch = NULL;
