@@ -566,7 +566,8 @@ static int FN(fr_chain)(int m, int nl, const int *dims, const FR_T *const *Wp,
     }
     FR_T *buf = NULL;
     if (nl > 1) {
-        buf = (FR_T *)fr_get_chain_scratch(2 * (size_t)m * wmax * sizeof(FR_T));
+        /* (+ 1: a zero-width hidden layer still gets a non-NULL scratch) */
+        buf = (FR_T *)fr_get_chain_scratch((2 * (size_t)m * wmax + 1) * sizeof(FR_T));
         if (!buf) return -1;
     }
     FR_T *bufs[2] = {buf, buf ? buf + (size_t)m * wmax : NULL};
