@@ -16,8 +16,15 @@ What compiling does (all in float64, then cast once to the model's dtype):
   same way (classic form);
 * an activation right after a Linear is fused into the GEMM epilogue
   (``linear_forward(..., activation=...)``);
-* buffers are preallocated per batch size (a few sizes are cached), and each call validates
-  only its input: the stages call the backend kernels resolved once through
+* each run of consecutive Linear stages becomes one ``LinearChain`` (Cython backend,
+  ``fastreg/_kernels/matmul/cy.pyx``): ``h_{l+1} = act_l(h_l W_l^T + b_l)`` for the whole run in
+  one C call, every ``W_l`` packed once here into the GEMM's panel layout (no per-call packing),
+  the intermediate ``h_l`` in per-thread C scratch. When the whole model is one such chain, a call
+  whose input is exactly right (an aligned C-contiguous ndarray of the model's dtype, (N, K) or
+  (K,)) is checked and run by the chain's C fast path (one output allocation, no Python per
+  layer); any other input takes the checked path below (cast, or a clear error);
+* other stages keep buffers preallocated per batch size (a few sizes are cached); each call
+  validates only its input, and the stages call the backend kernels resolved once through
   ``_dispatch.kernel`` (GEMM, activation) or the families' trusted ``run_*`` entry points.
 
 The predictor never imports numba (it names the "cython" backend explicitly), so an inference
