@@ -4,7 +4,8 @@
 Dropout dropped, bias + ReLU fused, Cython kernels) against the plain eval-mode module on the
 numba and cython backends, by dtype, size ("mlp" = 784-512-256-10, "large" =
 1024-2048-2048-10) and batch (1 = latency, 1024 = throughput). ``ModelFile`` times save and
-load of the mlp; ``ColdStart`` times fresh interpreters (import; import + load + first predict).
+load of the mlp; ``PredictorOverhead`` the per-call cost around the kernels (1x1 model);
+``ColdStart`` times fresh interpreters (import; import + load + first predict).
 """
 import os
 import sys
@@ -39,7 +40,7 @@ def _model(dims, dtype, seed=0):
 
 class Predict:
     params = (["compiled", "module-numba", "module-cython"], ["float32", "float64"],
-              ["mlp", "large"], [1, 1024])
+              ["mlp", "large"], [1, 64, 1024])
     param_names = ("engine", "dtype", "size", "batch")
     timeout = 120
 
@@ -59,6 +60,24 @@ class Predict:
 
     def time_predict(self, *args):
         self.fn(self.x)
+
+
+class PredictorOverhead:
+    """Per-call cost of an already-compiled predictor around its kernels: a 1x1 Linear at batch
+    1 (the product is a few instructions, so this is the input check, the output allocation and
+    the calls). Issue goal: <= 2 us of Python per call."""
+    params = (["batch", "sample", "out"],)
+    param_names = ("call",)
+
+    def setup(self, call):
+        fr.set_num_threads(1)
+        self.pred = inference.compile(nn.Sequential(nn.Linear(1, 1)).eval())
+        self.x = np.ones((1, 1), np.float32) if call != "sample" else np.ones(1, np.float32)
+        self.out = np.empty((1, 1), np.float32) if call == "out" else None
+        self.pred(self.x, out=self.out)
+
+    def time_call(self, call):
+        self.pred(self.x, out=self.out)
 
 
 class ModelFile:

@@ -202,6 +202,12 @@ class QuantizedPredictor(Predictor):
             raise ValueError(f"{len(prepared)} quantized weights left over: the model has "
                              f"fewer Linear layers than the file")
 
+    def _build_chains(self) -> None:
+        """No float :class:`LinearChain`: the Linear stages run the quantized kernels (a chain
+        built from the float weights would serve float32 results), one stage per op."""
+        self._chains = {}
+        self._fast = None
+
     def _plan(self, n: int) -> list:
         stages = super()._plan(n)
         for i, ql in self._qlinear.items():

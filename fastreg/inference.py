@@ -16,8 +16,15 @@ What compiling does (all in float64, then cast once to the model's dtype):
   same way (classic form);
 * an activation right after a Linear is fused into the GEMM epilogue
   (``linear_forward(..., activation=...)``);
-* buffers are preallocated per batch size (a few sizes are cached), and each call validates
-  only its input: the stages call the backend kernels resolved once through
+* each run of consecutive Linear stages becomes one ``LinearChain`` (Cython backend,
+  ``fastreg/_kernels/matmul/cy.pyx``): ``h_{l+1} = act_l(h_l W_l^T + b_l)`` for the whole run in
+  one C call, every ``W_l`` packed once here into the GEMM's panel layout (no per-call packing),
+  the intermediate ``h_l`` in per-thread C scratch. When the whole model is one such chain, a call
+  whose input is exactly right (an aligned C-contiguous ndarray of the model's dtype, (N, K) or
+  (K,)) is checked and run by the chain's C fast path (one output allocation, no Python per
+  layer); any other input takes the checked path below (cast, or a clear error);
+* other stages keep buffers preallocated per batch size (a few sizes are cached); each call
+  validates only its input, and the stages call the backend kernels resolved once through
   ``_dispatch.kernel`` (GEMM, activation) or the families' trusted ``run_*`` entry points.
 
 The predictor never imports numba (it names the "cython" backend explicitly), so an inference
@@ -241,11 +248,41 @@ class Predictor:
         # per-thread plans (buffers): concurrent calls never share an output buffer
         self._local = threading.local()
         self._module_lock = threading.Lock()
+        self._build_chains()
+
+    def _build_chains(self) -> None:
+        """Group runs of consecutive linear stages into one :class:`LinearChain` each (weights
+        packed once, the whole run one kernel call); ``_fast``: the chain's checked fast call
+        when the whole model is one chain, else None. Needs the Cython extensions (else the
+        stages run one GEMM each through ``_linear``)."""
+        self._chains = {}       # index of a run's first op -> (end index, LinearChain)
+        self._fast = None
+        try:
+            from ._kernels.matmul import cy as _cy
+        except ImportError:
+            return
+        if self.backend != "cython":
+            return
+        ops, i = self._ops, 0
+        while i < len(ops):
+            if ops[i][0] != "linear":
+                i += 1
+                continue
+            j = i
+            while j < len(ops) and ops[j][0] == "linear":
+                j += 1
+            run = ops[i:j]
+            self._chains[i] = (j, _cy.LinearChain([o[1] for o in run], [o[2] for o in run],
+                                                  [o[3] for o in run], [o[4] for o in run]))
+            i = j
+        whole = self._chains.get(0)
+        if whole is not None and whole[0] == len(ops) and self.in_features is not None:
+            self._fast = whole[1].fast
 
     # -- pickling: the folded weights travel; kernels, per-thread plans and the lock are rebuilt
     def __getstate__(self):
         d = dict(self.__dict__)
-        for k in ("_local", "_module_lock", "_linear", "_act"):
+        for k in ("_local", "_module_lock", "_linear", "_act", "_chains", "_fast"):
             d.pop(k, None)
         return d
 
@@ -256,6 +293,7 @@ class Predictor:
         self._act = _dispatch.kernel("elementwise", "activation_forward", self.backend)
         self._local = threading.local()
         self._module_lock = threading.Lock()
+        self._build_chains()
 
     @property
     def _plans(self) -> OrderedDict:
@@ -274,9 +312,30 @@ class Predictor:
         backend = self.backend
         stages = []
         feat = self.in_features
-        for op in self._ops:
+        chains = self._chains
+        skip_to = 0
+        for i, op in enumerate(self._ops):
+            if i < skip_to:
+                continue
             kind = op[0]
-            if kind == "linear":
+            if i in chains:             # a run of linear stages: one chain call
+                skip_to, chain = chains[i]
+                K, M = chain.in_features, chain.out_features
+                out = np.empty((n, M), dt)
+                if feat == K:
+
+                    def f(h, run=chain.run, out=out):
+                        return run(h, out)
+                else:                   # after an opaque stage: check before the kernel
+
+                    def f(h, run=chain.run, out=out, K=K):
+                        if h.shape != (n, K) or h.dtype != dt or not h.flags.c_contiguous:
+                            raise ValueError(f"Linear stage: expected a ({n}, {K}) {dt} input "
+                                             f"from the previous stage, got {h.shape} "
+                                             f"{h.dtype}")
+                        return run(h, out)
+                feat = M
+            elif kind == "linear":
                 _, W, b, act, slope = op
                 out = np.empty((n, W.shape[0]), dt)
                 if feat == W.shape[1]:      # h is the previous stage's (n, K) output
@@ -390,6 +449,11 @@ class Predictor:
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Predict: the model's eval-mode output for ``x``, (N, K) -> (N, M) or (K,) -> (M,)."""
+        fast = self._fast
+        if fast is not None:    # one C call for an exact input (see LinearChain.fast)
+            y = fast(x, out)
+            if y is not None:
+                return y
         single = False
         if type(x) is np.ndarray and x.ndim == 1:
             x = x.reshape(1, -1)

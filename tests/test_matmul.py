@@ -349,3 +349,81 @@ def test_linear_forward_random_inputs_correct_or_clean_error(N, K, M, dx, dw, do
         return
     want, scale = ref_forward(x, w, b, act, 0.1)
     assert_close(out, want, scale, np.dtype(dx))
+
+
+# ---------------------------------------------------------------- pre-packed weights (inference)
+# The Cython backend's packed entry points: the weight packed once (cy.pack_weight) and read by
+# linear_forward_packed / LinearChain instead of being packed on every call.
+_PACKED_SHAPES = [(_A[i], _A[(i + 1) % 5], _A[(i + 2) % 5]) for i in range(5)] + [
+    (1, 1, 1), (4, 600, 70), (5, 600, 70), (300, 1100, 530)]
+
+
+@pytest.fixture
+def cy_mm():
+    return pytest.importorskip("fastreg._kernels.matmul.cy",
+                               reason="the Cython extensions are not built")
+
+
+@pytest.mark.parametrize("shape", _PACKED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_packed_weight_forward_matches_reference_and_per_call_packing(shape, dtype, cy_mm, rng):
+    N, K, M = shape
+    x, w, b = rand(rng, (N, K), dtype), rand(rng, (M, K), dtype), rand(rng, M, dtype)
+    packed = cy_mm.pack_weight(w)
+    assert packed.shape == (cy_mm.packed_size(dtype, M, K),) and packed.dtype == dtype
+    out = np.full((N, M), np.nan, dtype)
+    assert cy_mm.linear_forward_packed(x, packed, M, b, out, ACTIVATIONS["relu"], 0.0) is out
+    want, scale = ref_forward(x, w, b, "relu")
+    assert_close(out, want, scale, dtype)
+    # same summation order as the per-call packing GEMM, and a row's result does not depend on
+    # the batch it is in (the few-rows path sums like the blocked one)
+    per_call = np.empty_like(out)
+    cy_mm.linear_forward(x, w, b, per_call, ACTIVATIONS["relu"], 0.0)
+    if N > 4:
+        np.testing.assert_array_equal(out, per_call)
+    one = np.empty((1, M), dtype)
+    cy_mm.linear_forward_packed(x[-1:].copy(), packed, M, b, one, ACTIVATIONS["relu"], 0.0)
+    np.testing.assert_array_equal(one[0], out[-1])
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("shape", [(33, 257, 70), (1, 257, 33)], ids=["blocked", "gemv"])
+def test_packed_weight_forward_every_activation(activation, shape, dtype, cy_mm, rng):
+    N, K, M = shape
+    x, w, b = rand(rng, (N, K), dtype), rand(rng, (M, K), dtype), rand(rng, M, dtype)
+    out = np.empty((N, M), dtype)
+    cy_mm.linear_forward_packed(x, cy_mm.pack_weight(w), M, b, out, ACTIVATIONS[activation],
+                                -0.2)
+    want, scale = ref_forward(x, w, b, activation, -0.2)
+    assert_close(out, want, scale, dtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("N", [1, 2, 7, 33])
+def test_linear_chain_matches_reference(N, threads, dtype, cy_mm, rng):
+    dims = (257, 600, 33, 7, 1)
+    acts = [ACTIVATIONS[a] for a in ("relu", "leaky_relu", "tanh", "identity")]
+    ws = [rand(rng, (dims[i + 1], dims[i]), dtype) for i in range(4)]
+    bs = [rand(rng, dims[i + 1], dtype) for i in range(3)] + [None]
+    chain = cy_mm.LinearChain(ws, bs, acts, [0.0, 0.1, 0.0, 0.0])
+    x = rand(rng, (N, dims[0]), dtype)
+    h = x.astype(np.float64)
+    for w, b, a in zip(ws, bs, ("relu", "leaky_relu", "tanh", "identity")):
+        h, _ = ref_forward(h, w.astype(np.float64), None if b is None else b.astype(np.float64),
+                           a, 0.1)
+    before = fastreg.get_num_threads()
+    fastreg.set_num_threads(threads)
+    min_flops = cy_mm.set_chain_parallel_min_flops(0.0)    # the few-rows chain forks
+    try:
+        got = chain.fast(x)
+        row = chain.fast(x[-1])
+    finally:
+        fastreg.set_num_threads(before)
+        cy_mm.set_chain_parallel_min_flops(min_flops)
+    rtol, atol = tol(dtype, f32=1e-4, f64=1e-11)
+    np.testing.assert_allclose(got, h, rtol=rtol, atol=atol * np.abs(h).max())
+    np.testing.assert_array_equal(row, got[-1])
+    # what the fast path does not take, it declines (the caller's checked path handles it)
+    for bad in (x.astype(np.float16), x[:, :-1], np.asfortranarray(np.ones((3, dims[0]), dtype)),
+                x.reshape(1, *x.shape), x[:0], list(x[0]), x.astype(x.dtype.newbyteorder())):
+        assert chain.fast(bad) is None
+    assert chain.fast(x, out=np.empty((N, 2), dtype)) is None

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import fastreg as fr
+from fastreg import nn
 from fastreg._kernels import quant as Q
 
 cy = pytest.importorskip("fastreg._kernels.quant.cy",
@@ -192,12 +193,27 @@ def test_quantized_predictor_is_close_to_float_and_describes_itself(weights):
     y = p(x)
     assert y.dtype == np.float32 and y.shape == (7, 3)
     np.testing.assert_allclose(y, ref, atol=0.05 if weights == "int8" else 5e-3)
+    assert not np.array_equal(y, ref)                  # the quantized kernels ran, not float
     np.testing.assert_array_equal(p(x[3]), y[3])       # one sample, (K,) -> (M,)
     assert p.stages == ["linear+relu 20->33 " + weights, "linear+tanh 33->7 " + weights,
                         "layernorm 7", "linear+leaky_relu 7->3 " + weights]
     assert f"weights={weights!r}" in repr(p)
     d = p.describe()
     assert d.count(weights + " weights") == 3 and "layernorm 7: float32" in d
+
+
+@pytest.mark.parametrize("weights", ["int8", "bf16"])
+def test_all_linear_model_runs_quantized_not_the_float_chain(weights):
+    # a model of Linear layers only is one float LinearChain in the float predictor; the
+    # quantized predictor must not inherit it (it would serve float32 results silently)
+    fr.manual_seed(3)
+    m = nn.Sequential(nn.Linear(20, 33), nn.ReLU(), nn.Linear(33, 3)).eval()
+    x = np.random.default_rng(4).standard_normal((5, 20)).astype(np.float32)
+    p = fr.inference.compile(m, weights=weights)
+    for xb in (x, x[:1], x[0]):
+        y, ref = p(xb), fr.inference.compile(m)(xb)
+        np.testing.assert_allclose(y, ref, atol=0.05 if weights == "int8" else 5e-3)
+        assert not np.array_equal(y, ref)
 
 
 def test_float32_weights_is_the_float_predictor():

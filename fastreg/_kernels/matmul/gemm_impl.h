@@ -293,12 +293,134 @@ static int FN(fr_gemm_small)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, 
     return 1;
 }
 
+/* Depth block of a k-deep product: balanced (784 = 4 x 196 rather than 3 x 256 + 16). The
+ * pre-packed weights (fr_pack_weight) use the same blocks as fr_gemm, so it is one function. */
+static inline int FN(fr_kcb)(int k) {
+    const int kblocks = (k + FR_KC - 1) / FR_KC;
+    return (k + kblocks - 1) / kblocks;
+}
+
+/* Elements of the pre-packed form of an n x k weight (n output rows, zero-padded to NR). */
+static size_t FN(fr_packed_size)(int n, int k) {
+    return (size_t)((n + FR_NR - 1) / FR_NR) * FR_NR * (size_t)(k > 0 ? k : 0);
+}
+
+/* Pre-pack W (n x k, row-major: torch's Linear layout) for out = x @ W.T, once, into the panels
+ * fr_gemm would pack from B = W.T on every call: depth block pc (kc deep) holds the NR-wide
+ * panels p = 0 .. npan-1 one after another, panel p at Bp + pc * npan * NR + p * NR * kc, with
+ * Bp[k * NR + j] = W[p * NR + j, pc + k] (columns past n are zero). */
+static void FN(fr_pack_weight)(int n, int k, const FR_T *W, FR_T *Bp) {
+    if (n <= 0 || k <= 0) return;
+    const int kcb = FN(fr_kcb)(k), npan = (n + FR_NR - 1) / FR_NR;
+    for (int pc = 0; pc < k; pc += kcb) {
+        const int kc = FR_MIN(kcb, k - pc);
+        for (int p = 0; p < npan; p++) {
+            const int jp = p * FR_NR;
+            FN(fr_pack_b)(FR_MIN(FR_NR, n - jp), kc, W + (ptrdiff_t)jp * k + pc, 1, k,
+                          Bp + (size_t)pc * npan * FR_NR + (size_t)p * FR_NR * kc);
+        }
+    }
+}
+
+/* Few rows (m <= FR_SMALL_M) against pre-packed weights, output panels [p0, p1) only:
+ * C[i, j] = act(sum_k A[i, k] Bp(k, j) + bias[j]). Each panel is one contiguous stream per depth
+ * block; its NR outputs sit in registers over the whole depth. Four panels run side by side
+ * (eight independent FMA chains hide the FMA latency; a GEMV is bound by reading the weights).
+ * Every output is summed in exactly the order of the blocked path's micro-kernel (k ascending
+ * within a depth block, block partials added in turn, then the bias), so a sample's output does
+ * not depend on the batch it came in. */
+static void FN(fr_gemv_packed)(int m, int n, int k, const FR_T *A, ptrdiff_t lda,
+                               const FR_T *Bp, FR_T *C, ptrdiff_t ldc, const FR_T *bias,
+                               int act, FR_T slope, int p0, int p1) {
+    const int kcb = FN(fr_kcb)(k), npan = (n + FR_NR - 1) / FR_NR;
+    FR_T acc[4][FR_NR] __attribute__((aligned(FR_ALIGN)));
+    for (int pg = p0; pg < p1; pg += 4) {
+        const int np = FR_MIN(4, p1 - pg);
+        for (int i = 0; i < m; i++) {
+            const FR_T *x = A + i * lda;
+#ifndef FR_SCALAR_KERNEL
+            FR_V t[4][2];
+            for (int pc = 0; pc < k; pc += kcb) {
+                const int kc = FR_MIN(kcb, k - pc);
+                const FR_T *b = Bp + (size_t)pc * npan * FR_NR + (size_t)pg * FR_NR * kc;
+                const size_t ps = (size_t)FR_NR * kc;      /* panel to panel */
+                const FR_T *xp = x + pc;
+                FR_V a0 = FR_VZERO(), a1 = FR_VZERO(), b0 = FR_VZERO(), b1 = FR_VZERO();
+                FR_V c0 = FR_VZERO(), c1 = FR_VZERO(), d0 = FR_VZERO(), d1 = FR_VZERO();
+                if (np == 4) {
+                    for (int q = 0; q < kc; q++, b += FR_NR) {
+                        const FR_V xv = FR_VSET1(xp[q]);
+                        a0 = FR_VFMA(xv, FR_VLOAD(b), a0);
+                        a1 = FR_VFMA(xv, FR_VLOAD(b + FR_W), a1);
+                        b0 = FR_VFMA(xv, FR_VLOAD(b + ps), b0);
+                        b1 = FR_VFMA(xv, FR_VLOAD(b + ps + FR_W), b1);
+                        c0 = FR_VFMA(xv, FR_VLOAD(b + 2 * ps), c0);
+                        c1 = FR_VFMA(xv, FR_VLOAD(b + 2 * ps + FR_W), c1);
+                        d0 = FR_VFMA(xv, FR_VLOAD(b + 3 * ps), d0);
+                        d1 = FR_VFMA(xv, FR_VLOAD(b + 3 * ps + FR_W), d1);
+                    }
+                } else {
+                    for (int q = 0; q < kc; q++, b += FR_NR) {
+                        const FR_V xv = FR_VSET1(xp[q]);
+                        a0 = FR_VFMA(xv, FR_VLOAD(b), a0);
+                        a1 = FR_VFMA(xv, FR_VLOAD(b + FR_W), a1);
+                        if (np > 1) {
+                            b0 = FR_VFMA(xv, FR_VLOAD(b + ps), b0);
+                            b1 = FR_VFMA(xv, FR_VLOAD(b + ps + FR_W), b1);
+                        }
+                        if (np > 2) {
+                            c0 = FR_VFMA(xv, FR_VLOAD(b + 2 * ps), c0);
+                            c1 = FR_VFMA(xv, FR_VLOAD(b + 2 * ps + FR_W), c1);
+                        }
+                    }
+                }
+                if (pc == 0) {
+                    t[0][0] = a0; t[0][1] = a1; t[1][0] = b0; t[1][1] = b1;
+                    t[2][0] = c0; t[2][1] = c1; t[3][0] = d0; t[3][1] = d1;
+                } else {
+                    t[0][0] = FR_VADD(a0, t[0][0]); t[0][1] = FR_VADD(a1, t[0][1]);
+                    t[1][0] = FR_VADD(b0, t[1][0]); t[1][1] = FR_VADD(b1, t[1][1]);
+                    t[2][0] = FR_VADD(c0, t[2][0]); t[2][1] = FR_VADD(c1, t[2][1]);
+                    t[3][0] = FR_VADD(d0, t[3][0]); t[3][1] = FR_VADD(d1, t[3][1]);
+                }
+            }
+            for (int p = 0; p < np; p++) {
+                FR_VSTORE(acc[p], t[p][0]);
+                FR_VSTORE(acc[p] + FR_W, t[p][1]);
+            }
+#else
+            for (int p = 0; p < np; p++)
+                for (int j = 0; j < FR_NR; j++) acc[p][j] = 0;
+            for (int pc = 0; pc < k; pc += kcb) {
+                const int kc = FR_MIN(kcb, k - pc);
+                for (int p = 0; p < np; p++) {
+                    const FR_T *b = Bp + (size_t)pc * npan * FR_NR + (size_t)(pg + p) * FR_NR * kc;
+                    FR_T part[FR_NR];
+                    for (int j = 0; j < FR_NR; j++) part[j] = 0;
+                    for (int q = 0; q < kc; q++, b += FR_NR)
+                        for (int j = 0; j < FR_NR; j++) part[j] += x[pc + q] * b[j];
+                    for (int j = 0; j < FR_NR; j++) acc[p][j] = pc ? part[j] + acc[p][j] : part[j];
+                }
+            }
+#endif
+            for (int p = 0; p < np; p++) {
+                const int jp = (pg + p) * FR_NR, nr = FR_MIN(FR_NR, n - jp);
+                FR_T *crow = C + i * ldc + jp;
+                for (int j = 0; j < nr; j++)
+                    crow[j] = FN(fr_act)(acc[p][j] + (bias ? bias[jp + j] : (FR_T)0), act, slope);
+            }
+        }
+    }
+}
+
 /* C[m, n] (+)= A @ B, fused epilogue act(C + bias[n]) and rowsum[m] (+)= A.sum(1).
+ * Bpk: B already packed by fr_pack_weight (B = W.T, rsb = 1, csb = k, never accumulated), or
+ * NULL to pack per call; with Bpk, B is not read (may be NULL).
  * Returns 0 on success, -1 if the scratch could not be allocated. */
 static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdiff_t csa,
-                       const FR_T *B, ptrdiff_t rsb, ptrdiff_t csb, FR_T *C, ptrdiff_t ldc,
-                       int accumulate, const FR_T *bias, int act, FR_T slope, FR_T *rowsum,
-                       int nthreads) {
+                       const FR_T *B, ptrdiff_t rsb, ptrdiff_t csb, const FR_T *Bpk, FR_T *C,
+                       ptrdiff_t ldc, int accumulate, const FR_T *bias, int act, FR_T slope,
+                       FR_T *rowsum, int nthreads) {
     if (m <= 0 || n <= 0) return 0;
     if (k <= 0) {  /* empty sum: C = act(beta * C + bias) */
         for (int i = 0; i < m; i++) {
@@ -311,16 +433,29 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
         return 0;
     }
     if (nthreads < 1) nthreads = 1;
-    if (m <= FR_SMALL_M &&
+    if (Bpk && m <= FR_SMALL_M) {
+        const int npan = (n + FR_NR - 1) / FR_NR;
+        const int nt = 2.0 * m * (double)n * k >= FR_PAR_MIN_FLOPS_GEMV * m
+                           ? FR_MIN(nthreads, npan) : 1;
+        if (nt == 1) {
+            FN(fr_gemv_packed)(m, n, k, A, rsa, Bpk, C, ldc, bias, act, slope, 0, npan);
+            return 0;
+        }
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (int t = 0; t < nt; t++)
+            FN(fr_gemv_packed)(m, n, k, A, rsa, Bpk, C, ldc, bias, act, slope,
+                               (int)((long)npan * t / nt), (int)((long)npan * (t + 1) / nt));
+        return 0;
+    }
+    if (!Bpk && m <= FR_SMALL_M &&
         FN(fr_gemm_small)(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, accumulate, bias, act,
                           slope, rowsum, nthreads))
         return 0;
 
     const double flops = 2.0 * m * (double)n * k;
     const int nt = flops >= FR_PAR_MIN_FLOPS ? nthreads : 1;
-    /* Balanced depth blocks: 784 = 4 x 196 rather than 3 x 256 + 16. */
-    const int kblocks = (k + FR_KC - 1) / FR_KC;
-    const int kcb = (k + kblocks - 1) / kblocks;
+    const int kcb = FN(fr_kcb)(k);
+    const int npan_all = (n + FR_NR - 1) / FR_NR;
     /* Tasks are (row block) x (column block) tiles of C, each computed start to finish by one
      * thread with its own packed B: no barrier inside the call, so a thread that the OS
      * preempts (a shared 2-core machine) delays only its own tile, never a team barrier.
@@ -339,7 +474,8 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
     nb = (n + ncb - 1) / ncb;
     const int ntasks = mb * nb;
     const int nteam = FR_MIN(nt, ntasks);
-    const size_t per_thread = (size_t)ncb * kcb + (size_t)FR_MR * kcb + (size_t)FR_MR * FR_NR;
+    const size_t bsize = Bpk ? 0 : (size_t)ncb * kcb;   /* the per-task packed B, if packing */
+    const size_t per_thread = bsize + (size_t)FR_MR * kcb + (size_t)FR_MR * FR_NR;
     FR_T *scratch = (FR_T *)fr_get_scratch(per_thread * (size_t)nteam * sizeof(FR_T));
     if (!scratch) return -1;
     (void)nteam;
@@ -347,7 +483,7 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nteam) if (nteam > 1)
     for (int t = 0; t < ntasks; t++) {
         FR_T *Bp = scratch + per_thread * (size_t)omp_get_thread_num();
-        FR_T *Ap = Bp + (size_t)ncb * kcb;
+        FR_T *Ap = Bp + bsize;
         FR_T *tile = Ap + (size_t)FR_MR * kcb;
         const int ib = t / nb, jb = t % nb;
         const int i0 = ib * mcb, i1 = FR_MIN(m, i0 + mcb);
@@ -357,11 +493,15 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
             const int kc = FR_MIN(kcb, k - pc);
             const int first = pc == 0, last = pc + kc >= k;
             const int load_c = accumulate || !first;
-            for (int p = 0; p < npanels; p++) {
-                const int jp = j0 + p * FR_NR;
-                FN(fr_pack_b)(FR_MIN(FR_NR, n - jp), kc, B + pc * rsb + jp * csb, rsb, csb,
-                              Bp + (size_t)p * FR_NR * kc);
-            }
+            /* this task's panels: packed now, or the slice of the pre-packed weights */
+            const FR_T *Bblk = Bpk ? Bpk + (size_t)pc * npan_all * FR_NR + (size_t)(j0 / FR_NR) * FR_NR * kc
+                                   : Bp;
+            if (!Bpk)
+                for (int p = 0; p < npanels; p++) {
+                    const int jp = j0 + p * FR_NR;
+                    FN(fr_pack_b)(FR_MIN(FR_NR, n - jp), kc, B + pc * rsb + jp * csb, rsb, csb,
+                                  Bp + (size_t)p * FR_NR * kc);
+                }
             for (int ir = i0; ir < i1; ir += FR_MR) {
                 const int mr = FR_MIN(FR_MR, i1 - ir);
                 FN(fr_pack_a)(mr, kc, A + ir * rsa + pc * csa, rsa, csa, Ap);
@@ -376,7 +516,7 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
                 for (int p = 0; p < npanels; p++) {
                     const int jp = j0 + p * FR_NR, nr = FR_MIN(FR_NR, n - jp);
                     FR_T *c = C + ir * ldc + jp;
-                    const FR_T *bp = Bp + (size_t)p * FR_NR * kc;
+                    const FR_T *bp = Bblk + (size_t)p * FR_NR * kc;
                     const FR_T *bb = bias ? bias + jp : NULL;
                     if (mr == FR_MR && nr == FR_NR)
                         FN(fr_ukernel)(kc, Ap, bp, c, ldc, load_c, last, bb, act, slope);
@@ -386,6 +526,98 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
                 }
             }
         }
+    }
+    return 0;
+}
+
+/* 1 if fr_chain(m, nl, dims, ...) may fork at this m (so the thread count matters), else 0. */
+static int FN(fr_chain_parallel)(int m, int nl, const int *dims) {
+    double flops = 0, layer_max = 0;
+    for (int l = 0; l < nl; l++) {
+        const double f = 2.0 * m * (double)dims[l] * dims[l + 1];
+        flops += f;
+        if (f > layer_max) layer_max = f;
+    }
+    if (m <= FR_SMALL_M) return flops >= fr_chain_par_min_flops * m;
+    return layer_max >= FR_PAR_MIN_FLOPS;
+}
+
+/* A chain of linear layers on pre-packed weights (fr_pack_weight), the whole forward of a
+ * compiled MLP in one call:
+ *   h_0 = x (m x dims[0]),  h_{l+1} = act_l(h_l @ W_l.T + bias_l) (m x dims[l+1]),  out = h_nl.
+ * The intermediate h_l live in per-calling-thread scratch: concurrent calls from different
+ * threads never share them, and nothing is allocated once the scratch has grown.
+ * m <= FR_SMALL_M (serving a few samples): the chain is a sequence of GEMVs bound by reading the
+ * weights. When it is worth a fork (fr_chain_par_min_flops per row, kernel.h), one parallel region covers
+ * the whole chain: each layer's output panels (NR rows of W each) are split statically across
+ * the threads -- each thread streams only its own rows of W, which then stay in its core's
+ * cache from call to call -- and a barrier separates the layers (one fork per call, not one per
+ * layer). Larger m: one blocked GEMM per layer (fr_gemm, parallel over tiles of C).
+ * Returns 0 on success, -1 if the scratch could not be allocated. */
+static int FN(fr_chain)(int m, int nl, const int *dims, const FR_T *const *Wp,
+                        const FR_T *const *bias, const int *act, const FR_T *slope,
+                        const FR_T *x, FR_T *out, int nthreads) {
+    if (m <= 0 || nl <= 0) return 0;
+    size_t wmax = 0;
+    double flops = 0;
+    for (int l = 0; l < nl; l++) {
+        if (l > 0 && (size_t)dims[l] > wmax) wmax = (size_t)dims[l];
+        flops += 2.0 * m * (double)dims[l] * dims[l + 1];
+    }
+    FR_T *buf = NULL;
+    if (nl > 1) {
+        /* (+ 1: a zero-width hidden layer still gets a non-NULL scratch) */
+        buf = (FR_T *)fr_get_chain_scratch((2 * (size_t)m * wmax + 1) * sizeof(FR_T));
+        if (!buf) return -1;
+    }
+    FR_T *bufs[2] = {buf, buf ? buf + (size_t)m * wmax : NULL};
+    if (nthreads < 1) nthreads = 1;
+    if (m <= FR_SMALL_M) {
+        for (int l = 0; l <= nl; l++)
+            if (dims[l] <= 0) goto blocked;     /* empty products: fr_gemm's edge cases */
+        const int nt = flops >= fr_chain_par_min_flops * m ? nthreads : 1;
+        if (nt == 1) {  /* no parallel region at all: even an if(0) one costs a GOMP call */
+            const FR_T *h = x;
+            for (int l = 0; l < nl; l++) {
+                FR_T *o = l == nl - 1 ? out : bufs[l & 1];
+                FN(fr_gemv_packed)(m, dims[l + 1], dims[l], h, dims[l], Wp[l], o, dims[l + 1],
+                                   bias[l], act[l], slope[l], 0, (dims[l + 1] + FR_NR - 1) / FR_NR);
+                h = o;
+            }
+            return 0;
+        }
+        {
+#pragma omp parallel num_threads(nt)
+            {
+#ifdef _OPENMP
+                const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+                const int t = 0, T = 1;
+#endif
+                const FR_T *h = x;
+                for (int l = 0; l < nl; l++) {
+                    FR_T *o = l == nl - 1 ? out : bufs[l & 1];
+                    const int npan = (dims[l + 1] + FR_NR - 1) / FR_NR;
+                    FN(fr_gemv_packed)(m, dims[l + 1], dims[l], h, dims[l], Wp[l], o,
+                                       dims[l + 1], bias[l], act[l], slope[l],
+                                       (int)((long)npan * t / T), (int)((long)npan * (t + 1) / T));
+                    if (l < nl - 1) {
+#pragma omp barrier
+                    }
+                    h = o;
+                }
+            }
+            return 0;
+        }
+    }
+blocked:;
+    const FR_T *h = x;
+    for (int l = 0; l < nl; l++) {
+        FR_T *o = l == nl - 1 ? out : bufs[l & 1];
+        int rc = FN(fr_gemm)(m, dims[l + 1], dims[l], h, dims[l], 1, NULL, 1, dims[l], Wp[l], o,
+                             dims[l + 1], 0, bias[l], act[l], slope[l], NULL, nthreads);
+        if (rc) return rc;
+        h = o;
     }
     return 0;
 }

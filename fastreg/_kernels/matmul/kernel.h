@@ -67,6 +67,29 @@ static void *fr_get_scratch(size_t bytes) {
     return fr_scratch;
 }
 
+/* FLOPs per row from which a few-rows fr_chain forks (one region, a barrier per layer). Same
+ * rule as a single GEMV (FR_PAR_MIN_FLOPS_GEMV): on a quiet machine splitting the 784-512-256-10
+ * chain's 2.1 MB across two cores may pay, but when other processes hold the cores each barrier
+ * waits for an OS time slice (measured: 0.6-1.4 ms instead of 60-90 us on the busy 2-core
+ * machine). Settable (LinearChain's set_parallel_min_flops) for benchmarks and deployments on
+ * dedicated cores. */
+static double fr_chain_par_min_flops = 4.0e6;
+
+/* The activations between the layers of fr_chain: a second per-thread scratch, since fr_gemm
+ * uses the first one while they are live. */
+static __thread void *fr_chain_scratch = NULL;
+static __thread size_t fr_chain_scratch_size = 0;
+
+static void *fr_get_chain_scratch(size_t bytes) {
+    if (bytes > fr_chain_scratch_size) {
+        free(fr_chain_scratch);
+        size_t sz = (bytes + FR_ALIGN - 1) / FR_ALIGN * FR_ALIGN;
+        fr_chain_scratch = aligned_alloc(FR_ALIGN, sz);
+        fr_chain_scratch_size = fr_chain_scratch ? sz : 0;
+    }
+    return fr_chain_scratch;
+}
+
 /* Register transposes for the packers: dst[c * ldd + r] = src[r * lds + c] for one square block
  * (8 x 8 float, 4 x 4 double). Scalar transposing loops either run at one element per several
  * cycles (strided stores) or get vectorized into AVX-512 scatters, which are slower still. */
