@@ -93,10 +93,15 @@ def test_compare_end_to_end_on_digits(digits, tmp_path):
     # results: every technique; report files; the best model loads and predicts raw pixels
     assert set(res.results["technique"]) == set(techniques + ["combined"])
     assert int(res.results["chosen"].sum()) == 1
-    assert os.path.exists(res.report["results.csv"])
+    assert os.path.exists(res.report["csv"])
     import pandas as pd
-    csv = pd.read_csv(res.report["results.csv"])
+    csv = pd.read_csv(res.report["csv"])
     assert set(techniques + ["combined"]) <= set(csv["technique"])
+    for key in ("md", "html", "curves_loss", "curves_accuracy", "strength"):
+        assert os.path.getsize(res.report[key]) > 0, key
+    md = open(res.report["md"], encoding="utf-8").read()
+    assert all(t in md for t in techniques + ["combined"])
+    assert "data:image/png;base64," in open(res.report["html"], encoding="utf-8").read()
     model = fr.load(res.best_model)
     X, y = digits
     test = prepare(digits, seed=0).test                 # the same split (same seed)
