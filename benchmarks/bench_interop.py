@@ -108,7 +108,7 @@ def _run(config: str, work: str, reps: int) -> dict:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", config, work,
-                          str(reps)], capture_output=True, text=True, env=env, cwd=root)
+                          str(reps)], capture_output=True, text=True, env=env, cwd=root, check=False)
     if out.returncode:
         raise RuntimeError(f"{config} {work} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
