@@ -177,3 +177,31 @@ def test_pthread_fallback_when_no_team_can_be_had(routed):
     equal, omp_calls, thread_calls = out.stdout.split()
     assert equal == "True"
     assert int(omp_calls) == 0 and int(thread_calls) >= 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_numpy_in_a_forked_child_does_not_hang(routed):
+    # libgomp's pool does not survive fork(): the child must get OpenBLAS's own threads back
+    # (multiprocessing's "fork" start method, forked data-loader workers)
+    code = (
+        "import os, numpy as np, fastreg\n"
+        "from fastreg._kernels import runtime\n"
+        "runtime.load_pool('cython'); fastreg.set_blas_interop('auto')\n"
+        "from fastreg._kernels import matmul as mm\n"
+        "a = np.random.default_rng(5).standard_normal((300, 500)).astype(np.float32)\n"
+        "y = np.empty((300, 300), np.float32)\n"
+        "mm.linear_forward(a, a, None, y, backend='cython'); ref = a @ a.T\n"
+        "assert fastreg.get_blas_interop()['routed']\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    fastreg.set_blas_interop('auto')\n"
+        "    ok = np.array_equal(a @ a.T, ref) and not fastreg.get_blas_interop()['routed']\n"
+        "    os._exit(0 if ok else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(os.waitstatus_to_exitcode(status), bool(fastreg.get_blas_interop()['routed']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "True"]

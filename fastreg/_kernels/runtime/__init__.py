@@ -9,6 +9,7 @@ Setting it never imports numba: a pool that is not loaded yet gets the count whe
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 _POOLS = ("fastreg._kernels.runtime.numba", "fastreg._kernels.runtime.cy")
@@ -80,7 +81,21 @@ def load_pool(backend: str) -> None:
 #: the names OpenBLAS builds export the setter under (scipy-openblas prefixes and suffixes it)
 _SETTER_NAMES = tuple(f"{pre}openblas_set_threads_callback_function{suf}"
                       for pre in ("", "scipy_") for suf in ("", "64_", "_64"))
-_blas: dict = {"mode": "auto", "routed": {}, "skipped": {}}
+_blas: dict = {"mode": "auto", "routed": {}, "skipped": {}, "forked": False}
+_FORKED = "forked child: libgomp's thread pool does not survive fork(), OpenBLAS runs its own"
+
+
+def _blas_after_fork_in_child() -> None:
+    """In a fork()ed child, give OpenBLAS its own threads back: libgomp's pool does not survive
+    fork (a parallel region in the child waits forever for the parent's threads), so a NumPy
+    matmul routed onto it would hang (multiprocessing's "fork", forked data-loader workers)."""
+    _blas_unroute()
+    _blas["forked"] = True
+    _blas["skipped"]["*"] = _FORKED
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_blas_after_fork_in_child)
 
 
 def _openblas_paths() -> list[str]:
@@ -108,6 +123,9 @@ def _blas_route(pool) -> None:
 
     if not pool.HAVE_OPENMP:
         _blas["skipped"]["*"] = "fastreg was built without OpenMP"
+        return
+    if _blas["forked"]:
+        _blas["skipped"]["*"] = _FORKED
         return
     address = pool.blas_callback_address()
     for path in _openblas_paths():
