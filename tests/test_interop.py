@@ -119,11 +119,17 @@ def test_numpy_results_bitwise_equal_and_run_on_the_pool(routed, dtype):
     b = rng.standard_normal((700, 333)).astype(dtype)
     m = rng.standard_normal((2048, 1024)).astype(dtype)
     v = rng.standard_normal(1024).astype(dtype)
+    s = a[:, :257] @ a[:, :257].T + 257 * np.eye(257, dtype=dtype)
+
+    def work():  # GEMM, GEMV, and LAPACK (whose blocked steps call threaded BLAS from C)
+        return (a @ b, m @ v, m.T @ m[:, :65], np.linalg.solve(s, a[:, :9]),
+                np.linalg.eigh(s)[0])
+
     fastreg.set_blas_interop("off")
-    ref = (a @ b, m @ v, m.T @ m[:, :65])
+    ref = work()
     fastreg.set_blas_interop("auto")
     omp0, _ = _pool().blas_callback_calls()
-    got = (a @ b, m @ v, m.T @ m[:, :65])
+    got = work()
     omp1, _ = _pool().blas_callback_calls()
     for r, g in zip(ref, got):
         np.testing.assert_array_equal(g, r)
