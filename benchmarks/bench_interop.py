@@ -17,6 +17,10 @@ median over rounds and the range. Configurations:
   call (``ThreadpoolController.limit``) -- the per-step switch the issue proposed;
 - ``auto``: interleaved, the default: OpenBLAS's jobs run on fastreg's OpenMP pool.
 
+The last column, CPU seconds per wall second of the timed loops, is the number of threads kept
+busy: idle pools that spin push it up whatever the work, and it is much less sensitive to other
+processes on the machine than the times are.
+
 Goal: interleaved fastreg time within 10% of ``alone`` (ratio <= 1.10), and NumPy's matmul not
 slowed either. Timed loops, so not a test; the machine is shared: compare ratios, rerun when busy.
 """
@@ -68,6 +72,7 @@ def _child(config: str, work: str, reps: int) -> dict:
         theirs()
     t_ours, t_np = [], []
     pc = time.perf_counter
+    cpu0, wall0 = time.process_time(), pc()
     if config == "alone":
         for _ in range(reps):
             t0 = pc()
@@ -87,7 +92,10 @@ def _child(config: str, work: str, reps: int) -> dict:
             t2 = pc()
             t_np.append(t1 - t0)
             t_ours.append(t2 - t1)
-    out = {"fastreg": float(np.median(t_ours)), "numpy": float(np.median(t_np))}
+    # CPU seconds the process burnt per second of its wall time: ~ the threads busy; spinning
+    # idle pools push it to the core count however little work is done (robust to neighbours)
+    busy = (time.process_time() - cpu0) / (pc() - wall0 - (0.3 if config == "alone" else 0.0))
+    out = {"fastreg": float(np.median(t_ours)), "numpy": float(np.median(t_np)), "busy": busy}
     if config == "tpc":  # the cost of the switch alone
         t_sw = []
         for _ in range(reps):
@@ -138,8 +146,9 @@ def main(argv=None) -> int:
         base_n = [r["numpy"] for r in res["alone"]]
         what = "fused Linear+ReLU 256x784x512" if work == "linear" else "training step"
         if args.markdown:
-            print(f"\n| {what} | fastreg ms | / alone (range) | numpy ms | / alone (range) |")
-            print("|---|---|---|---|---|")
+            print(f"\n| {what} | fastreg ms | / alone (range) | numpy ms | / alone (range) "
+                  f"| CPU s / wall s |")
+            print("|---|---|---|---|---|---|")
         for c in CONFIGS:
             f = np.array([r["fastreg"] for r in res[c]])
             n = np.array([r["numpy"] for r in res[c]])
@@ -147,13 +156,15 @@ def main(argv=None) -> int:
             extra = ""
             if c == "tpc":
                 extra = f"  (switch alone {np.median([r['switch'] for r in res[c]]) * 1e6:.0f} us)"
+            busy = np.median([r["busy"] for r in res[c]])
             cols = (f"{np.median(f) * 1e3:.3f}", f"{np.median(rf):.2f} ({rf.min():.2f}-{rf.max():.2f})",
-                    f"{np.median(n) * 1e3:.3f}", f"{np.median(rn):.2f} ({rn.min():.2f}-{rn.max():.2f})")
+                    f"{np.median(n) * 1e3:.3f}", f"{np.median(rn):.2f} ({rn.min():.2f}-{rn.max():.2f})",
+                    f"{busy:.2f}")
             if args.markdown:
                 print(f"| {c} | " + " | ".join(cols) + f" |{extra}")
             else:
                 print(f"{what:<32} {c:<12} fastreg {cols[0]:>8} ms x{cols[1]:<18} "
-                      f"numpy {cols[2]:>8} ms x{cols[3]:<18}{extra}")
+                      f"numpy {cols[2]:>8} ms x{cols[3]:<18} busy {cols[4]}{extra}")
         sys.stdout.flush()
     return 0
 
