@@ -22,8 +22,9 @@ where E[x^2] - E[x]^2 in float32 fails), stored in x's dtype. Elementwise maths 
 with the float64 mean entering as a hi + lo pair. Backward column sums (d gamma, d beta) add
 blocks of 16 rows in x's dtype into float64 totals; layer-norm row sums are float64.
 
-Parallelism: rows are split into chunks by shape alone (_n_chunks, never by thread count); column sums are per-chunk
-partials in a float64 (P, 2, C) scratch, added afterwards (measured faster than giving each
+Parallelism: rows are split into chunks by the shape alone (_n_chunks, never by the thread
+count); column sums are per-chunk partials in a float64 (P, 2, C) scratch, added in chunk order
+afterwards, so results do not depend on the thread count (measured faster than giving each
 thread a block of columns: equal at 4096 x 1024, 2x faster at C = 64). Outputs must not share
 memory with inputs or each other.
 

@@ -3,7 +3,7 @@
 # Same names and positional signatures as norm/numba.py (see its docstring for the buffers:
 # `partial` (P, 2, C) float64 per-chunk column sums, `block` (P, 2, C) in x's dtype for sums
 # over blocks of 16 rows, `coef` (4, C) per-feature coefficients in x's dtype). Row chunk p
-# covers rows [p*N//P, (p+1)*N//P); there are a few chunks per thread (see norm._n_chunks),
+# covers rows [p*N//P, (p+1)*N//P); P depends on the shape only (see norm._n_chunks), chunks are
 # handed out dynamically, so a thread whose core is shared with another process does fewer of
 # them. Each chunk has its own partial sums, added in chunk order: results do not depend on
 # which thread ran what. A second pass over the chunks goes last chunk first (and each chunk
