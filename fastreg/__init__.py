@@ -10,9 +10,11 @@ import importlib
 
 from ._config import (
     get_backend,
+    get_blas_interop,
     get_default_dtype,
     get_num_threads,
     set_backend,
+    set_blas_interop,
     set_default_dtype,
     set_num_threads,
 )
@@ -43,6 +45,7 @@ __all__ = [
     "enable_grad",
     "from_torch_state_dict",
     "get_backend",
+    "get_blas_interop",
     "get_default_dtype",
     "get_num_threads",
     "inference",
@@ -58,6 +61,7 @@ __all__ = [
     "optim",
     "save",
     "set_backend",
+    "set_blas_interop",
     "set_default_dtype",
     "set_grad_enabled",
     "set_num_threads",

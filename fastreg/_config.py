@@ -51,6 +51,17 @@ def _default_threads() -> int:
     return n
 
 
+#: What fastreg.set_blas_interop accepts: "auto" runs OpenBLAS's threads on fastreg's OpenMP pool
+#: where the loaded OpenBLAS allows it; "off" leaves OpenBLAS's own threads alone.
+BLAS_INTEROP_MODES = ("auto", "off")
+
+
+def _check_blas_interop(mode) -> str:
+    if not isinstance(mode, str) or mode.lower() not in BLAS_INTEROP_MODES:
+        raise ValueError(f"mode must be one of {BLAS_INTEROP_MODES}, got {mode!r}")
+    return mode.lower()
+
+
 _state = {
     "backend": _check_backend(os.environ.get("FASTREG_BACKEND", "auto")),
     "num_threads": _default_threads(),
@@ -58,6 +69,7 @@ _state = {
     "default_dtype": np.dtype(np.float32),
 }
 _runtime.set_num_threads(_state["num_threads"])
+_runtime.set_blas_interop(_check_blas_interop(os.environ.get("FASTREG_BLAS_INTEROP", "auto")))
 
 
 def set_backend(name: str) -> None:
@@ -122,6 +134,33 @@ def apply_num_threads() -> None:
         except ImportError:  # pragma: no cover - threadpoolctl is a dependency
             return
         threadpool_limits(limits=n, user_api="blas")
+
+
+def set_blas_interop(mode: str = "auto") -> None:
+    """How fastreg shares the cores with NumPy's BLAS in the same process.
+
+    ``"auto"`` (the default): where NumPy's (or SciPy's) BLAS is OpenBLAS >= 0.3.27, its
+    parallel jobs run on fastreg's OpenMP thread pool (OpenBLAS's threads callback) instead of
+    OpenBLAS's own threads, from the first Cython kernel on. One pool then owns the cores:
+    OpenBLAS's idle threads would otherwise spin for ~0.1 s after every NumPy matmul and slow the
+    fastreg kernel that follows several times over. Results are bitwise the same (OpenBLAS
+    splits the work as before; only which threads run it changes), and OpenBLAS's thread count
+    (``threadpoolctl``'s view) is untouched. A library loaded after the switch is routed when
+    ``set_blas_interop("auto")`` is called again; one that already has another threads callback
+    is left alone.
+
+    ``"off"``: OpenBLAS runs its own threads; the callback that was installed before is put
+    back. Export ``OPENBLAS_THREAD_TIMEOUT=4`` before Python starts to shorten their spinning.
+
+    The environment variable ``FASTREG_BLAS_INTEROP`` sets the initial value;
+    :func:`get_blas_interop` reports which libraries are routed.
+    """
+    _runtime.set_blas_interop(_check_blas_interop(mode))
+
+
+def get_blas_interop() -> dict:
+    """``{"mode": ..., "routed": [library paths], "skipped": {path: reason}}``."""
+    return _runtime.blas_interop_state()
 
 
 def set_default_dtype(dtype) -> None:

@@ -531,6 +531,30 @@ def test_results_do_not_depend_on_the_schedule(backend, rng):
             np.testing.assert_array_equal(a, b_)
 
 
+def test_results_do_not_depend_on_the_thread_count(backend, rng):
+    # the row split is a function of the shape only (norm._n_chunks): 1, 2 and 3 threads give
+    # bitwise the same statistics, outputs and gradients
+    import fastreg
+    N, C = 1031, 259
+    x, dy = rand(rng, (N, C), np.float32, loc=10.0), rand(rng, (N, C), np.float32)
+    w, b = rand(rng, C, np.float32), rand(rng, C, np.float32)
+    assert norm._n_chunks(N, C) > 3
+    runs = []
+    for threads in (1, 2, 3):
+        fastreg.set_num_threads(threads)
+        out, dx, lout, ldx = (np.empty((N, C), np.float32) for _ in range(4))
+        sm, sr, dw, db, lw, lb = (np.zeros(C, np.float32) for _ in range(6))
+        lm, lr = np.empty(N, np.float32), np.empty(N, np.float32)
+        norm.batchnorm_forward_train(x, w, b, None, None, out, sm, sr, backend=backend)
+        norm.batchnorm_backward(dy, x, w, sm, sr, dx, dw, db, backend=backend)
+        norm.layernorm_forward(x, w, b, lout, lm, lr, backend=backend)
+        norm.layernorm_backward(dy, x, w, lm, lr, ldx, lw, lb, backend=backend)
+        runs.append((out, dx, sm, sr, dw, db, lout, ldx, lm, lr, lw, lb))
+    for other in runs[1:]:
+        for a, b_ in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b_)
+
+
 @pytest.mark.parametrize("shape", [(2053, 1031), (64, 31), (5, 4111)])
 def test_layernorm_backward_without_weight_matches_reference(backend, dtype, rng, shape):
     # the vector row loops with a tail (C % 16 != 0), streamed (first shape, float32) or not

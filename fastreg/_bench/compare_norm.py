@@ -1,6 +1,9 @@
-"""fastreg batch norm / layer norm kernels vs torch.nn.BatchNorm1d / LayerNorm, interleaved.
+"""fastreg batch norm / layer norm kernels vs torch.nn.BatchNorm1d / LayerNorm.
 
-    fastreg bench --only norm [--quick]
+    fastreg bench --only norm [--quick]          (same process, interleaved, best round)
+    python -m fastreg._bench.compare_norm [--rounds 5] [--reps 20]
+                                                 (each library in its own process, alternated,
+                                                  median of rounds and the range: the README's)
 
 Each case is one training step of the layer as a user runs it: forward (train mode, running
 statistics updated) + backward with parameter gradients. fastreg writes into preallocated
@@ -9,9 +12,19 @@ input's .grad is reset to None each step (what ``zero_grad()`` does). Also forwa
 (inference) cases. Shapes: MLP-sized (256 x 200, batch 256) and large (4096 x 1024), float32
 and float64, each fastreg backend.
 
-Floor: bytes moved if every (N, C) array is touched once, over the two-thread stream-triad
-bandwidth measured here (a Numba triad on 3 x 128 MB arrays; STREAM's byte count, no write-
-allocate). fwd+bwd: read x, write out; read dy, x, write dx = 5 N C elements (+ O(C) vectors).
+Floor: the passes over (N, C) arrays the op cannot avoid, each at the speed of a streaming kernel
+measured here (norm/cy.pyx ``bandwidth_probe``, C, 2 threads, on 128 MB arrays -- 4x the L3):
+a read pass at the read-only sum's speed, a read + write pair at the non-temporal copy's speed.
+    BatchNorm train fwd: read x (column statistics), read x again + write y: 2 reads, 1 write
+      (the statistics must be complete before the first y; only a GEMM epilogue above could
+      deliver them fused). bwd: read dy, x (the two column sums), read dy, x again + write dx:
+      4 reads, 1 write. fwd + bwd = 6 reads + 2 writes = 8 passes.
+    LayerNorm fwd: read x + write y (a row's statistics and its output are one L1-resident
+      visit): 1 + 1. bwd: read dy, x + write dx, dgamma/dbeta summed on the way: 2 + 1.
+      fwd + bwd = 3 reads + 2 writes = 5 passes.
+    eval: read x + write y.
+fastreg's kernels make exactly these passes (BatchNorm's second pass walks the rows last-first,
+so its start still hits what the first pass left in the L3; that is a bonus, not counted).
 """
 from __future__ import annotations
 
@@ -25,28 +38,40 @@ from fastreg._kernels import norm
 BACKENDS = ("cython", "numba")
 LARGE = (4096, 1024)
 MLP = (256, 200)
-_bandwidth: float | None = None
+_bandwidth: dict | None = None
+
+#: (reads, writes) of (N, C) arrays each op must make (see the module docstring)
+PASSES = {"bn": (6, 2), "ln": (3, 2), "eval": (1, 1)}
 
 
-def stream_triad_bandwidth(n: int = 1 << 24, reps: int = 10) -> float:
-    """Best two-thread triad a = b + s*c bandwidth in bytes/s (STREAM counting: 24 B/element)."""
+def probe_bandwidth(n: int = 1 << 25, reps: int = 10) -> dict:
+    """{"read": B/s of the read-only pass, "copy": B/s (bytes read + written) of the streaming
+    copy}, best of ``reps``, fastreg's thread count, float32 arrays of ``n`` elements."""
     global _bandwidth
     if _bandwidth is None:
-        from numba import njit, prange, set_num_threads
-
-        import fastreg
-
-        @njit(parallel=True, cache=False)
-        def triad(a, b, c, s):
-            for i in prange(a.size):
-                a[i] = b[i] + s * c[i]
-
-        set_num_threads(fastreg.get_num_threads())
-        a, b, c = np.zeros(n), np.ones(n), np.full(n, 2.0)
-        triad(a, b, c, 3.0)
-        best = min(_timed(lambda: triad(a, b, c, 3.0)) for _ in range(reps))
-        _bandwidth = 3 * 8 * n / best
+        from fastreg._kernels import runtime
+        runtime.load_pool("cython")
+        from fastreg._kernels.norm import cy
+        src = np.ones(n, np.float32)
+        dst = np.zeros(n, np.float32)
+        cy.bandwidth_probe(src, dst, True)
+        t_read = min(_timed(lambda: cy.bandwidth_probe(src, dst, False)) for _ in range(reps))
+        t_copy = min(_timed(lambda: cy.bandwidth_probe(src, dst, True)) for _ in range(reps))
+        _bandwidth = {"read": 4 * n / t_read, "copy": 8 * n / t_copy}
     return _bandwidth
+
+
+def floor_seconds(op: str, n: int, c: int, itemsize: int, bw: dict) -> float:
+    """Seconds the op's unavoidable passes take at the probed speeds: each write is paired with
+    a read at the copy's speed, the other reads at the read pass's."""
+    reads, writes = PASSES[op]
+    a = n * c * itemsize
+    return (reads - writes) * a / bw["read"] + writes * 2 * a / bw["copy"]
+
+
+def stream_triad_bandwidth() -> float:
+    """The copy probe's bytes/s (kept for callers of the old numba triad)."""
+    return probe_bandwidth()["copy"]
 
 
 def _timed(fn) -> float:
@@ -67,7 +92,8 @@ def cases(quick: bool) -> list[Case]:
         import torch
     except ImportError:
         torch = None
-    bw = stream_triad_bandwidth()
+    bw = probe_bandwidth()
+    what_bw = f"read {bw['read'] / 1e9:.0f} / copy {bw['copy'] / 1e9:.0f} GB/s"
     rng = np.random.default_rng(0)
     out = []
     dtypes = (np.float32,) if quick else (np.float32, np.float64)
@@ -83,9 +109,11 @@ def cases(quick: bool) -> list[Case]:
             dw, db = np.zeros(C, dt), np.zeros(C, dt)
             bm, br = np.empty(C, dt), np.empty(C, dt)
             lm, lr = np.empty(N, dt), np.empty(N, dt)
-            nbytes = 5 * N * C * np.dtype(dt).itemsize
-            floor, what = nbytes / bw, f"{nbytes / 1e6:.0f} MB @ {bw / 1e9:.0f} GB/s"
-            fwd_bytes = 2 * N * C * np.dtype(dt).itemsize
+            isz = np.dtype(dt).itemsize
+            mb = N * C * isz / 1e6
+            bn_floor = floor_seconds("bn", N, C, isz, bw)
+            ln_floor = floor_seconds("ln", N, C, isz, bw)
+            ev_floor = floor_seconds("eval", N, C, isz, bw)
             if torch is not None:
                 tdt = torch.float32 if dt == np.float32 else torch.float64
                 tx = torch.from_numpy(x.copy()).requires_grad_(True)
@@ -116,13 +144,110 @@ def cases(quick: bool) -> list[Case]:
                 shape = f"{N}x{C} {tag}"
                 goal = 2.0 if large and dt == np.float32 else None
                 out.append(Case("norm", f"bn fwd+bwd {be} {shape}", bn_step, peer_bn,
-                                "torch BatchNorm1d", floor, what, goal))
+                                "torch BatchNorm1d", bn_floor,
+                                f"8 x {mb:.0f} MB, {what_bw}", goal))
                 out.append(Case("norm", f"ln fwd+bwd {be} {shape}", ln_step, peer_ln,
-                                "torch LayerNorm", floor, what, goal))
+                                "torch LayerNorm", ln_floor, f"5 x {mb:.0f} MB, {what_bw}",
+                                goal))
                 out.append(Case(
                     "norm", f"bn eval {be} {shape}",
                     lambda x=x, w=w, b=b, rm=rm, rv=rv, y=y, be=be:
                         norm.batchnorm_forward_eval(x, w, b, rm, rv, y, backend=be),
-                    peer_eval, "torch BatchNorm1d", fwd_bytes / bw,
-                    f"{fwd_bytes / 1e6:.0f} MB @ {bw / 1e9:.0f} GB/s"))
+                    peer_eval, "torch BatchNorm1d", ev_floor, f"2 x {mb:.0f} MB, {what_bw}"))
     return out
+
+
+# --- each library in its own process, alternated (python -m fastreg._bench.compare_norm) ------
+
+def _child(who: str, op: str, n: int, c: int, reps: int) -> float:
+    """Median seconds of one fwd+bwd step of ``op`` by ``who`` ("fastreg" or "torch")."""
+    import fastreg
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, c)).astype(np.float32)
+    dy = rng.standard_normal((n, c)).astype(np.float32)
+    if who == "torch":
+        import torch
+        torch.set_num_threads(fastreg.get_num_threads())
+        layer = (torch.nn.BatchNorm1d(c) if op == "bn" else torch.nn.LayerNorm(c))
+        tx = torch.from_numpy(x.copy()).requires_grad_(True)
+        step = _torch_step(torch, layer, tx, torch.from_numpy(dy))
+    else:
+        w, b = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+        y, dx = np.empty_like(x), np.empty_like(x)
+        dw, db = np.zeros(c, np.float32), np.zeros(c, np.float32)
+        if op == "bn":
+            rm, rv, m, r = np.zeros(c, np.float32), np.ones(c, np.float32), *(
+                np.empty(c, np.float32) for _ in range(2))
+
+            def step():
+                norm.batchnorm_forward_train(x, w, b, rm, rv, y, m, r, backend="cython")
+                norm.batchnorm_backward(dy, x, w, m, r, dx, dw, db, backend="cython")
+        else:
+            m, r = np.empty(n, np.float32), np.empty(n, np.float32)
+
+            def step():
+                norm.layernorm_forward(x, w, b, y, m, r, backend="cython")
+                norm.layernorm_backward(dy, x, w, m, r, dx, dw, db, backend="cython")
+    for _ in range(3):
+        step()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+    import os
+    import subprocess
+    import sys
+    ap = argparse.ArgumentParser(description="norm fwd+bwd, fastreg vs torch, own processes")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--shape", default="4096x1024")
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    n, c = (int(v) for v in args.shape.split("x"))
+    if args.child:
+        who, op = args.child
+        if who == "probe":
+            print(json.dumps(probe_bandwidth()))
+        else:
+            print(json.dumps(_child(who, op, n, c, args.reps)))
+        return 0
+
+    def run(*child):
+        out = subprocess.run([sys.executable, "-m", "fastreg._bench.compare_norm", "--shape",
+                              args.shape, "--reps", str(args.reps), "--child", *child],
+                             capture_output=True, text=True, check=False)
+        if out.returncode:
+            raise RuntimeError(f"{child} failed:\n{out.stderr}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    print(f"# {args.shape} float32, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}; median of {args.rounds} rounds, each library in its own "
+          f"process, alternated")
+    res = {k: [] for k in ("probe", "fastreg bn", "torch bn", "fastreg ln", "torch ln")}
+    for _ in range(args.rounds):
+        for k, v in res.items():
+            v.append(run("probe", "-") if k == "probe" else run(*k.split()))
+    bw = {key: float(np.median([p[key] for p in res["probe"]])) for key in ("read", "copy")}
+    print(f"# bandwidth: read {bw['read'] / 1e9:.1f} GB/s, copy {bw['copy'] / 1e9:.1f} GB/s "
+          f"(range read {min(p['read'] for p in res['probe']) / 1e9:.1f}-"
+          f"{max(p['read'] for p in res['probe']) / 1e9:.1f})")
+    for op in ("bn", "ln"):
+        f, t = np.array(res[f"fastreg {op}"]), np.array(res[f"torch {op}"])
+        ratio = t / f
+        fl = floor_seconds(op, n, c, 4, bw)
+        print(f"{op} fwd+bwd: fastreg {np.median(f) * 1e3:.2f} ms, torch {np.median(t) * 1e3:.2f}"
+              f" ms, torch/fastreg {np.median(ratio):.2f}x ({ratio.min():.2f}-{ratio.max():.2f}); "
+              f"floor {fl * 1e3:.2f} ms ({PASSES[op][0]} reads + {PASSES[op][1]} writes), "
+              f"fastreg/floor {np.median(f) / fl:.2f} ({f.min() / fl:.2f}-{f.max() / fl:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -22,8 +22,9 @@ where E[x^2] - E[x]^2 in float32 fails), stored in x's dtype. Elementwise maths 
 with the float64 mean entering as a hi + lo pair. Backward column sums (d gamma, d beta) add
 blocks of 16 rows in x's dtype into float64 totals; layer-norm row sums are float64.
 
-Parallelism: rows are split into a few chunks per thread (_n_chunks); column sums are per-chunk
-partials in a float64 (P, 2, C) scratch, added afterwards (measured faster than giving each
+Parallelism: rows are split into chunks by the shape alone (_n_chunks, never by the thread
+count); column sums are per-chunk partials in a float64 (P, 2, C) scratch, added in chunk order
+afterwards, so results do not depend on the thread count (measured faster than giving each
 thread a block of columns: equal at 4096 x 1024, 2x faster at C = 64). Outputs must not share
 memory with inputs or each other.
 
@@ -37,8 +38,8 @@ import numpy as np
 
 from ... import _config
 from ..._checks import check_array, check_scalar, float_dtype, no_overlap, on_device
-from .. import _dispatch, runtime
-from .codes import CHUNKS_PER_THREAD, SERIAL_BELOW
+from .. import _dispatch
+from .codes import CHUNKS_PER_THREAD, MAX_CHUNKS, SERIAL_BELOW
 
 __all__ = [
     "batchnorm_backward",
@@ -63,14 +64,13 @@ _CHUNKS_PER_THREAD = CHUNKS_PER_THREAD
 
 
 def _n_chunks(n: int, c: int) -> int:
-    """Row chunks for a call on an (n, c) array: 1 below _SERIAL_BELOW elements, else a few per
-    thread with at least _SERIAL_BELOW / 4 elements each; at least 1, at most n."""
+    """Row chunks for a call on an (n, c) array: 1 below _SERIAL_BELOW elements, else one per
+    _SERIAL_BELOW / 4 elements, at most MAX_CHUNKS and n. A function of the shape only: the
+    column sums add per-chunk partials in chunk order, so results do not depend on the thread
+    count (nor on which thread ran which chunk)."""
     if n * c < _SERIAL_BELOW:
         return 1
-    threads = runtime.get_num_threads()
-    if threads == 1:
-        return 1
-    return max(1, min(threads * _CHUNKS_PER_THREAD, n, 4 * n * c // _SERIAL_BELOW))
+    return max(1, min(MAX_CHUNKS, n, 4 * n * c // _SERIAL_BELOW))
 
 
 def _check_x(name, x):

@@ -3,7 +3,7 @@
 # Same names and positional signatures as norm/numba.py (see its docstring for the buffers:
 # `partial` (P, 2, C) float64 per-chunk column sums, `block` (P, 2, C) in x's dtype for sums
 # over blocks of 16 rows, `coef` (4, C) per-feature coefficients in x's dtype). Row chunk p
-# covers rows [p*N//P, (p+1)*N//P); there are a few chunks per thread (see norm._n_chunks),
+# covers rows [p*N//P, (p+1)*N//P); P depends on the shape only (see norm._n_chunks), chunks are
 # handed out dynamically, so a thread whose core is shared with another process does fewer of
 # them. Each chunk has its own partial sums, added in chunk order: results do not depend on
 # which thread ran what. A second pass over the chunks goes last chunk first (and each chunk
@@ -59,6 +59,8 @@ cdef extern from "loops.h" nogil:
                        const double *save_mean, const double *save_rstd, double *dx,
                        double *pw, double *pb, double *bw, double *bb, int has_w,
                        int stream, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+    float norm_probe_read_f(const float *x, Py_ssize_t i0, Py_ssize_t i1)
+    void norm_probe_copy_f(const float *x, float *y, Py_ssize_t i0, Py_ssize_t i1)
 
 
 cdef Py_ssize_t _LN_CHUNKS_PER_THREAD = 4
@@ -313,3 +315,23 @@ def layernorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
                     dweight[c] = <floating>(dweight[c] + tw if accumulate else tw)
                 if need_dbias:
                     dbias[c] = <floating>(dbias[c] + tb if accumulate else tb)
+
+
+def bandwidth_probe(const float[::1] src, float[::1] dst, bint copy):
+    """One streaming pass over ``src`` on the OpenMP pool, a contiguous slab per thread: a sum
+    (read only; returns it) or, with ``copy``, ``dst[:] = src`` with non-temporal stores. For
+    fastreg/_bench/compare_norm.py's bandwidth floor, not a kernel of the library."""
+    cdef Py_ssize_t t, n = src.shape[0]
+    cdef int T = omp_get_max_threads()
+    cdef double total = 0.0
+    if copy and dst.shape[0] < n:
+        raise ValueError(f"dst must hold {n} elements, got {dst.shape[0]}")
+    if n == 0:
+        return 0.0
+    with nogil:
+        for t in prange(T, schedule="static", chunksize=1, num_threads=T):
+            if copy:
+                norm_probe_copy_f(&src[0], &dst[0], t * n // T, (t + 1) * n // T)
+            else:
+                total += norm_probe_read_f(&src[0], t * n // T, (t + 1) * n // T)
+    return total

@@ -413,4 +413,28 @@ static inline void ln_bwd_rows_f(const float *restrict dy, const float *restrict
 }
 #endif
 #define ln_bwd_rows_d ln_bwd_rows_generic_d
+
+/* Bandwidth probes (fastreg/_bench/compare_norm.py): the two streaming kernels the norm passes
+   are measured against, on elements [i0, i1). Read: a sum in 64 float32 lanes (four AVX-512
+   registers, so the adds never wait on each other); copy: loads + the same non-temporal stores
+   the norm kernels write large outputs with. */
+static inline float norm_probe_read_f(const float *restrict x, ptrdiff_t i0, ptrdiff_t i1) {
+    float acc[64];
+    for (int k = 0; k < 64; k++) acc[k] = 0.0f;
+    ptrdiff_t i = i0;
+    for (; i + 64 <= i1; i += 64) {
+        NORM_SIMD
+        for (int k = 0; k < 64; k++) acc[k] += x[i + k];
+    }
+    float s = 0.0f;
+    for (; i < i1; i++) s += x[i];
+    for (int k = 0; k < 64; k++) s += acc[k];
+    return s;
+}
+
+static inline void norm_probe_copy_f(const float *restrict x, float *restrict y, ptrdiff_t i0,
+                                     ptrdiff_t i1) {
+    norm_stream_f(y + i0, x + i0, i1 - i0);
+    norm_stream_fence();
+}
 #endif

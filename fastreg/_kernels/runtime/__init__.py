@@ -9,6 +9,7 @@ Setting it never imports numba: a pool that is not loaded yet gets the count whe
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 _POOLS = ("fastreg._kernels.runtime.numba", "fastreg._kernels.runtime.cy")
@@ -61,5 +62,115 @@ def load_pool(backend: str) -> None:
             _omp_limit[0] = mod.get_max_threads
             if _user[0]:
                 mod.set_num_threads(_threads[0])
+            if _blas["mode"] == "auto":
+                _blas_route(mod)
         else:
             mod.set_num_threads(get_num_threads())
+
+
+# --- OpenBLAS on fastreg's OpenMP pool (fastreg.set_blas_interop) ------------------------------
+#
+# OpenBLAS's idle pthreads spin ~0.1 s after every threaded call (OPENBLAS_THREAD_TIMEOUT, read
+# once when the library loads), and in that time they take the cores from fastreg's OpenMP
+# threads: a fused Linear+ReLU right after a NumPy matmul ran several times slower. OpenBLAS
+# >= 0.3.27 takes a callback that runs its parallel jobs instead of its own threads; "auto" points
+# it at fastreg_blas_threads (runtime/blas_pool.h), which runs them on the OpenMP pool the Cython
+# kernels use, so one pool owns the cores. Nothing else of OpenBLAS changes (its thread count,
+# and so threadpoolctl's view, stay as they were); "off" puts back the callback that was there.
+
+#: the names OpenBLAS builds export the setter under (scipy-openblas prefixes and suffixes it)
+_SETTER_NAMES = tuple(f"{pre}openblas_set_threads_callback_function{suf}"
+                      for pre in ("", "scipy_") for suf in ("", "64_", "_64"))
+_blas: dict = {"mode": "auto", "routed": {}, "skipped": {}, "forked": False}
+_FORKED = "forked child: libgomp's thread pool does not survive fork(), OpenBLAS runs its own"
+
+
+def _blas_after_fork_in_child() -> None:
+    """In a fork()ed child, give OpenBLAS its own threads back: libgomp's pool does not survive
+    fork (a parallel region in the child waits forever for the parent's threads), so a NumPy
+    matmul routed onto it would hang (multiprocessing's "fork", forked data-loader workers)."""
+    _blas_unroute()
+    _blas["forked"] = True
+    _blas["skipped"]["*"] = _FORKED
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_blas_after_fork_in_child)
+
+
+def _openblas_paths() -> list[str]:
+    """Paths of the OpenBLAS libraries loaded in this process (NumPy's, SciPy's ...)."""
+    paths: list[str] = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.rsplit(None, 1)[-1] if "/" in line else ""
+                base = path.rsplit("/", 1)[-1].lower()
+                if "openblas" in base and ".so" in base and path not in paths:
+                    paths.append(path)
+        return paths
+    except OSError:  # not Linux: ask threadpoolctl (a dependency) which BLAS is loaded
+        try:
+            from threadpoolctl import threadpool_info
+        except ImportError:  # pragma: no cover
+            return paths
+        return [i["filepath"] for i in threadpool_info() if i.get("internal_api") == "openblas"]
+
+
+def _blas_route(pool) -> None:
+    """Point every loaded OpenBLAS that has no threads callback yet at fastreg's pool."""
+    import ctypes
+
+    if not pool.HAVE_OPENMP:
+        _blas["skipped"]["*"] = "fastreg was built without OpenMP"
+        return
+    if _blas["forked"]:
+        _blas["skipped"]["*"] = _FORKED
+        return
+    address = pool.blas_callback_address()
+    for path in _openblas_paths():
+        if path in _blas["routed"] or path in _blas["skipped"]:
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as exc:
+            _blas["skipped"][path] = f"cannot open: {exc}"
+            continue
+        setter = next((getattr(lib, n) for n in _SETTER_NAMES if hasattr(lib, n)), None)
+        if setter is None:
+            _blas["skipped"][path] = "no threads callback (OpenBLAS < 0.3.27)"
+            continue
+        try:
+            previous = ctypes.c_void_p.in_dll(lib, "openblas_threads_callback_").value
+        except ValueError:  # the variable is not exported: assume no callback was set
+            previous = None
+        if previous not in (None, address):
+            _blas["skipped"][path] = "another threads callback is installed: left alone"
+            continue
+        setter.argtypes, setter.restype = [ctypes.c_void_p], None
+        setter(address)
+        _blas["routed"][path] = (setter, previous)
+
+
+def _blas_unroute() -> None:
+    for setter, previous in _blas["routed"].values():
+        setter(previous)
+    _blas["routed"].clear()
+    _blas["skipped"].clear()
+
+
+def set_blas_interop(mode: str) -> None:
+    """Record ``mode`` (already checked) and apply it to the OpenBLAS libraries loaded now."""
+    _blas["mode"] = mode
+    if mode == "off":
+        _blas_unroute()
+        return
+    pool = sys.modules.get(_POOLS[1])
+    if pool is not None:  # else load_pool("cython") routes when the kernels load
+        _blas_route(pool)
+
+
+def blas_interop_state() -> dict:
+    """{"mode", "routed": [paths], "skipped": {path: why}} for fastreg.get_blas_interop."""
+    return {"mode": _blas["mode"], "routed": sorted(_blas["routed"]),
+            "skipped": dict(_blas["skipped"])}
