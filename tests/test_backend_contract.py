@@ -33,7 +33,19 @@ FAMILIES = ("matmul", "norm", "dropout", "optim", "elementwise", "embedding")
 CPU_MODULES = {"numba": "numba", "cython": "cy", "blas": "blas"}
 #: Public helpers of a backend module that are not kernels, with the reason.
 HELPERS = {("matmul", "blas"): {"epilogue": "the NumPy bias + activation epilogue of the BLAS "
-                                            "backend (numba.py imports it for its GEMV path)"}}
+                                            "backend (numba.py imports it for its GEMV path)"},
+           # Cython-only entry points: the numba backend has other paths for these (bf16.py
+           # rounds copies; the predictor falls back to per-layer kernels without Cython)
+           ("matmul", "cy"): {
+               "linear_forward_bf16": "bf16 autocast product (tests/test_autocast.py)",
+               "linear_backward_input_bf16": "bf16 autocast product (tests/test_autocast.py)",
+               "linear_backward_weight_bf16": "bf16 autocast product (tests/test_autocast.py)",
+               "linear_forward_packed": "pre-packed inference GEMM (tests/test_matmul.py)",
+               "pack_weight": "packs a weight for linear_forward_packed / LinearChain",
+               "packed_size": "size arithmetic of pack_weight",
+               "set_chain_parallel_min_flops": "LinearChain's batch-1 thread-split threshold"},
+           ("norm", "cy"): {"bandwidth_probe": "the streaming-bandwidth floor of the norm "
+                                               "benchmarks, not a kernel"}}
 #: Families whose CUDA launchers take the public function's arguments (norm/__init__.py: "each
 #: function runs the kernel of the same name in norm/cuda.py, which takes the validated
 #: arguments of the public function (no CPU scratch)").

@@ -105,6 +105,44 @@ def check_storage(url: str, heartbeat=HEARTBEAT) -> None:
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
+def _claim_waiting(study):
+    """Claim (WAITING -> RUNNING) the oldest queued trial of ``study`` with ONE conditional
+    ``UPDATE ... WHERE state = 'WAITING'``; the trial id, or None when none is left.
+
+    Optuna's own pop reads the state, then writes RUNNING: on SQLite (no row locks; pysqlite
+    begins the transaction only at the write) two processes can both read WAITING and both
+    "win", run the same trial twice and fail on the second ``tell`` ("Cannot tell a COMPLETE
+    trial"). A conditional update is atomic on every database: exactly one claimer sees
+    rowcount 1."""
+    import datetime
+
+    import sqlalchemy
+    from optuna.storages import RDBStorage
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, RDBStorage):          # in-memory / journal: optuna's own pop
+        return optuna_pop(study)
+    T = models.TrialModel
+    for trial in storage.get_all_trials(study._study_id, deepcopy=False,
+                                        states=(TrialState.WAITING,)):
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        stmt = (sqlalchemy.update(T)
+                .where(T.trial_id == trial._trial_id, T.state == TrialState.WAITING)
+                .values({T.state: TrialState.RUNNING, T._datetime_start_utc: now}))
+        with backend.engine.begin() as conn:
+            claimed = conn.execute(stmt).rowcount == 1
+        if claimed:
+            return trial._trial_id
+    return None
+
+
+def optuna_pop(study):
+    import optuna
+    return optuna.Study._pop_waiting_trial_id(study)
+
+
 def _queue_study(name, storage, pruner=None):
     """An optuna.Study that runs only trials already in its queue (enqueued configurations): when
     none is WAITING, ``ask`` raises _NoWork instead of creating a fresh trial, so a worker never
@@ -113,7 +151,7 @@ def _queue_study(name, storage, pruner=None):
 
     class QueueStudy(optuna.Study):
         def _pop_waiting_trial_id(self):
-            tid = super()._pop_waiting_trial_id()
+            tid = _claim_waiting(self)
             if tid is None:
                 raise _NoWork
             return tid
