@@ -100,7 +100,8 @@ def test_compare_end_to_end_on_digits(digits, tmp_path):
     for key in ("md", "html", "curves_loss", "curves_accuracy", "strength"):
         assert os.path.getsize(res.report[key]) > 0, key
     with open(res.report["md"], encoding="utf-8") as f:
-        assert all(t in f.read() for t in techniques + ["combined"])
+        md = f.read()
+    assert all(t in md for t in techniques + ["combined"])
     with open(res.report["html"], encoding="utf-8") as f:
         assert "data:image/png;base64," in f.read()
     model = fr.load(res.best_model)
