@@ -357,44 +357,68 @@ static inline __m256 fr_bf16x8(const uint16_t *p) {
 }
 #endif
 
+#if defined(__AVX2__) && defined(__FMA__)
+/* The AVX2 loop of a 2 x 4 bf16 tile: weights from wb (bf16, widened in the loop) or, when wf is
+ * not NULL, from wf (the same block already widened to float32: 32 floats a chunk). The same
+ * FMAs in the same order either way, so the same bits; wf/wb is a constant at every call site,
+ * so the compiler specializes the loop. */
+static inline void fr_bf16_tile_avx2(int r, int k, int nk, const float *x0, const float *x1,
+                                     const uint16_t *wb, const float *wf, float acc[2][4]) {
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
+    __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    const int kf = k / 8;           /* full chunks of x; the last partial one is masked */
+    for (int c = 0; c < nk; c++) {
+        __m256 xv0, xv1, w0, w1, w2, w3;
+        if (c < kf) {
+            xv0 = _mm256_loadu_ps(x0 + c * 8);
+            xv1 = _mm256_loadu_ps(x1 + c * 8);
+        } else {
+            const int rem = k - c * 8;
+            const __m256i mask = _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            xv0 = _mm256_maskload_ps(x0 + c * 8, mask);
+            xv1 = _mm256_maskload_ps(x1 + c * 8, mask);
+        }
+        if (wf) {
+            const float *w = wf + (ptrdiff_t)c * 32;
+            w0 = _mm256_loadu_ps(w); w1 = _mm256_loadu_ps(w + 8);
+            w2 = _mm256_loadu_ps(w + 16); w3 = _mm256_loadu_ps(w + 24);
+        } else {
+            const uint16_t *w = wb + (ptrdiff_t)c * 32;
+            w0 = fr_bf16x8(w); w1 = fr_bf16x8(w + 8);
+            w2 = fr_bf16x8(w + 16); w3 = fr_bf16x8(w + 24);
+        }
+        a00 = _mm256_fmadd_ps(xv0, w0, a00);
+        a01 = _mm256_fmadd_ps(xv0, w1, a01);
+        a02 = _mm256_fmadd_ps(xv0, w2, a02);
+        a03 = _mm256_fmadd_ps(xv0, w3, a03);
+        if (r == 2) {
+            a10 = _mm256_fmadd_ps(xv1, w0, a10);
+            a11 = _mm256_fmadd_ps(xv1, w1, a11);
+            a12 = _mm256_fmadd_ps(xv1, w2, a12);
+            a13 = _mm256_fmadd_ps(xv1, w3, a13);
+        }
+    }
+    acc[0][0] = fr_hsum_ps(a00); acc[0][1] = fr_hsum_ps(a01);
+    acc[0][2] = fr_hsum_ps(a02); acc[0][3] = fr_hsum_ps(a03);
+    acc[1][0] = fr_hsum_ps(a10); acc[1][1] = fr_hsum_ps(a11);
+    acc[1][2] = fr_hsum_ps(a12); acc[1][3] = fr_hsum_ps(a13);
+}
+
+/* fr_bf16_tile on weights already widened to float32 (used when a block's weights are reused
+ * by many rows: the widening is then paid once per block, not once per row pair). */
+static inline void fr_bf16_tile_wide(int r, int k, int nk, const float *x0, const float *x1,
+                                     const float *wf, float acc[2][4]) {
+    fr_bf16_tile_avx2(r, k, nk, x0, x1, NULL, wf, acc);
+}
+#endif
+
 /* Sums (before bias) of rows x0 (and x1 when r == 2) of length k against weight block wb. */
 static inline void fr_bf16_tile(int r, int k, int nk, const float *x0, const float *x1,
                                 const uint16_t *wb, float acc[2][4], int portable) {
 #if defined(__AVX2__) && defined(__FMA__)
     if (!portable) {
-        __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
-        __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
-        const int kf = k / 8;           /* full chunks of x; the last partial one is masked */
-        for (int c = 0; c < nk; c++) {
-            const uint16_t *w = wb + (ptrdiff_t)c * 32;
-            __m256 xv0, xv1;
-            if (c < kf) {
-                xv0 = _mm256_loadu_ps(x0 + c * 8);
-                xv1 = _mm256_loadu_ps(x1 + c * 8);
-            } else {
-                const int rem = k - c * 8;
-                const __m256i mask = _mm256_cmpgt_epi32(
-                    _mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-                xv0 = _mm256_maskload_ps(x0 + c * 8, mask);
-                xv1 = _mm256_maskload_ps(x1 + c * 8, mask);
-            }
-            __m256 w0 = fr_bf16x8(w), w1 = fr_bf16x8(w + 8);
-            __m256 w2 = fr_bf16x8(w + 16), w3 = fr_bf16x8(w + 24);
-            a00 = _mm256_fmadd_ps(xv0, w0, a00);
-            a01 = _mm256_fmadd_ps(xv0, w1, a01);
-            a02 = _mm256_fmadd_ps(xv0, w2, a02);
-            a03 = _mm256_fmadd_ps(xv0, w3, a03);
-            if (r == 2) {
-                a10 = _mm256_fmadd_ps(xv1, w0, a10);
-                a11 = _mm256_fmadd_ps(xv1, w1, a11);
-                a12 = _mm256_fmadd_ps(xv1, w2, a12);
-                a13 = _mm256_fmadd_ps(xv1, w3, a13);
-            }
-        }
-        acc[0][0] = fr_hsum_ps(a00); acc[0][1] = fr_hsum_ps(a01);
-        acc[0][2] = fr_hsum_ps(a02); acc[0][3] = fr_hsum_ps(a03);
-        acc[1][0] = fr_hsum_ps(a10); acc[1][1] = fr_hsum_ps(a11);
-        acc[1][2] = fr_hsum_ps(a12); acc[1][3] = fr_hsum_ps(a13);
+        fr_bf16_tile_avx2(r, k, nk, x0, x1, wb, NULL, acc);
         return;
     }
 #endif
@@ -415,48 +439,6 @@ static inline void fr_bf16_tile(int r, int k, int nk, const float *x0, const flo
         }
     }
 }
-
-#if defined(__AVX2__) && defined(__FMA__)
-/* fr_bf16_tile's AVX2 loop on weights already widened to float32 (the same layout, 32 floats a
- * chunk): the same FMAs in the same order, so the same bits; used when a block's weights are
- * reused by many rows (the widening is then paid once per block, not once per row pair). */
-static inline void fr_bf16_tile_wide(int r, int k, int nk, const float *x0, const float *x1,
-                                     const float *wf, float acc[2][4]) {
-    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
-    __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
-    const int kf = k / 8;
-    for (int c = 0; c < nk; c++) {
-        const float *w = wf + (ptrdiff_t)c * 32;
-        __m256 xv0, xv1;
-        if (c < kf) {
-            xv0 = _mm256_loadu_ps(x0 + c * 8);
-            xv1 = _mm256_loadu_ps(x1 + c * 8);
-        } else {
-            const int rem = k - c * 8;
-            const __m256i mask = _mm256_cmpgt_epi32(
-                _mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-            xv0 = _mm256_maskload_ps(x0 + c * 8, mask);
-            xv1 = _mm256_maskload_ps(x1 + c * 8, mask);
-        }
-        __m256 w0 = _mm256_loadu_ps(w), w1 = _mm256_loadu_ps(w + 8);
-        __m256 w2 = _mm256_loadu_ps(w + 16), w3 = _mm256_loadu_ps(w + 24);
-        a00 = _mm256_fmadd_ps(xv0, w0, a00);
-        a01 = _mm256_fmadd_ps(xv0, w1, a01);
-        a02 = _mm256_fmadd_ps(xv0, w2, a02);
-        a03 = _mm256_fmadd_ps(xv0, w3, a03);
-        if (r == 2) {
-            a10 = _mm256_fmadd_ps(xv1, w0, a10);
-            a11 = _mm256_fmadd_ps(xv1, w1, a11);
-            a12 = _mm256_fmadd_ps(xv1, w2, a12);
-            a13 = _mm256_fmadd_ps(xv1, w3, a13);
-        }
-    }
-    acc[0][0] = fr_hsum_ps(a00); acc[0][1] = fr_hsum_ps(a01);
-    acc[0][2] = fr_hsum_ps(a02); acc[0][3] = fr_hsum_ps(a03);
-    acc[1][0] = fr_hsum_ps(a10); acc[1][1] = fr_hsum_ps(a11);
-    acc[1][2] = fr_hsum_ps(a12); acc[1][3] = fr_hsum_ps(a13);
-}
-#endif
 
 /* Rows at or above this count widen each weight block to float32 once (per thread scratch). */
 #define FR_BF16_WIDEN_MIN_ROWS 8
