@@ -518,13 +518,15 @@ def _train(args) -> int:
 
 
 def _load_model(path: str, onnx_output: str | None = None):
-    """A fastreg model file, or an ``.onnx`` file through ``fastreg.onnx.load`` (an ONNX file it
-    cannot import, or a missing onnx package, is reported as a ModelFileError)."""
+    """A fastreg model file as a predictor (``fastreg.inference.load``: no modules built, with
+    ``.metadata``), or an ``.onnx`` file through ``fastreg.onnx.load`` (an ONNX file it cannot
+    import, or a missing onnx package, is reported as a ModelFileError)."""
     from . import io as frio
     if not path.lower().endswith(".onnx"):
         if onnx_output is not None:
             raise frio.ModelFileError(f"{path}: --onnx-output applies to .onnx files only")
-        return frio.load(path)
+        from .inference import load as load_predictor
+        return load_predictor(path)
     from .onnx import load as load_onnx
     try:
         return load_onnx(path, output=onnx_output)

@@ -33,13 +33,13 @@ M output features of each stage.
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 
 import numpy as np
 
-from ._kernels.common import codes as _codes
-from .nn._spec import (
+from ._infer_spec import (
     OPS,
     ActivationOp,
     AffineOp,
@@ -50,8 +50,9 @@ from .nn._spec import (
     ScaleOp,
     fold,
 )
+from ._kernels.common import codes as _codes
 
-__all__ = ["Predictor", "check_chain", "compile"]
+__all__ = ["Predictor", "check_chain", "compile", "load"]
 
 #: Batch sizes whose buffers are kept (oldest evicted first), bounding the memory held.
 MAX_CACHED_BATCH_SIZES = 8
@@ -60,7 +61,7 @@ _BACKEND = "cython"
 
 def _leaves(model) -> list:
     """The modules in execution order, nested Sequentials flattened."""
-    from .nn import Sequential
+    from .nn import Sequential  # (a model exists: fastreg.nn is imported already)
     if isinstance(model, Sequential):
         out = []
         for m in model:
@@ -83,9 +84,14 @@ def check_chain(model) -> None:
     width is the previous stage's output width, each BatchNorm1d / LayerNorm has as many
     features as it receives (stages after a custom module are not checked: its width is
     unknown until it runs)."""
+    _check_ops(_ops(model))
+
+
+def _check_ops(ops: list) -> None:
+    """:func:`check_chain` of a list of (unfolded) inference ops."""
     feat = None
     where = None
-    for i, op in enumerate(_ops(model)):
+    for i, op in enumerate(ops):
         kind = type(op)
         if kind is LinearOp:
             k, m = op.weight.shape[1], op.weight.shape[0]
@@ -162,12 +168,23 @@ class Predictor:
     """
 
     def __init__(self, model, dtype=None):
-        from ._config import FLOAT_DTYPES
-        from ._kernels import _dispatch
-        from ._kernels import matmul as _matmul
         params = list(model.parameters())
         dt = np.dtype(dtype) if dtype is not None else (
             params[0].data.dtype if params else np.dtype(np.float32))
+        self._build(_ops(model), dt)
+
+    @classmethod
+    def _from_ops(cls, ops: list, dtype) -> Predictor:
+        """A predictor of float64 inference ops (unfolded, as the layers give them) run in
+        ``dtype`` (what :func:`load` builds from a model file, no module involved)."""
+        self = cls.__new__(cls)
+        self._build(ops, np.dtype(dtype))
+        return self
+
+    def _build(self, ops: list, dt: np.dtype) -> None:
+        from ._config import FLOAT_DTYPES
+        from ._kernels import _dispatch
+        from ._kernels import matmul as _matmul
         if dt not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dt}")
         self.dtype = dt
@@ -184,7 +201,7 @@ class Predictor:
         feat = None
         self.in_features = None
         opaque = False          # a ForwardOp ran before: K is not the first typed op's
-        for op in _fold(_ops(model)):
+        for op in _fold(ops):
             kind = type(op)
             if kind is LinearOp:
                 W = np.ascontiguousarray(op.weight, dtype=dt)
@@ -491,6 +508,70 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"Predictor(dtype={self.dtype}, stages={self.stages})"
+
+
+def load(path, dtype=None, weights: str | None = None) -> Predictor:
+    """Load a model file straight into a :class:`Predictor` -- the serving peer of ONNX
+    Runtime's ``InferenceSession(path)``.
+
+    For a file of built-in layers (what :func:`fastreg.save` writes for a Sequential of
+    Linear, BatchNorm1d, LayerNorm, Dropout, activations, Identity, Flatten) the predictor is
+    built from the file itself (:func:`fastreg.io.ops_file.read_ops`): no module is built, no
+    weight randomly initialised, and neither ``fastreg.nn`` nor numba is imported; the same
+    hardened checks as :func:`fastreg.load` run (a damaged or hostile file raises
+    :class:`fastreg.ModelFileError` with the same message). It predicts bit-identically to
+    ``compile(fastreg.load(path), dtype)``.
+
+    Anything else is loaded the full way, transparently: files with layers that have no light
+    description (Embedding; BatchNorm1d without running statistics; Flatten of other
+    dimensions) become ``compile(fastreg.load(path), dtype, weights)``, and a file written by
+    ``fastreg.save(predictor)`` loads as that saved predictor. A custom module's file cannot be
+    loaded without its code: the error says to use
+    ``fastreg.inference.compile(fastreg.load(path, model=instance))``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A model file written by :func:`fastreg.save`.
+    dtype : float32 or float64, optional
+        Compute dtype; default the model's parameter dtype.
+    weights : {"float32", "bf16", "int8"}, optional
+        Quantize the Linear weights as :func:`compile` does (built through the model).
+
+    Returns
+    -------
+    Predictor
+        With ``.metadata``: the dict saved with the model ({} if none).
+    """
+    from .io import ops_file
+    from .io.container import ModelFileError
+    got = ops_file.read_ops(path) if weights is None else None
+    if got is None:                  # the full path: modules, then compile
+        from .io import model_file
+        try:
+            model = model_file.load(path)
+        except ModelFileError as exc:
+            if "custom module" in str(exc):
+                raise ModelFileError(f"{exc}; then fastreg.inference.compile(fastreg.load("
+                                     "path, model=instance))") from None
+            raise
+        if isinstance(model, Predictor):     # fastreg.save(predictor): as saved
+            if dtype is not None and np.dtype(dtype) != model.dtype or weights is not None:
+                raise ValueError(f"{os.fspath(path)} holds a compiled predictor "
+                                 f"({model.dtype}); load it without dtype= and weights=")
+            return model
+        pred = compile(model, dtype=dtype, weights=weights)
+        pred.metadata = model.metadata
+        return pred
+    ops, dt, metadata = got
+    try:
+        _check_ops(ops)
+    except ValueError as exc:
+        raise ModelFileError(f"{os.fspath(path)}: the architecture is inconsistent: "
+                             f"{exc}") from None
+    pred = Predictor._from_ops(ops, dt if dtype is None else dtype)
+    pred.metadata = metadata
+    return pred
 
 
 def compile(model, dtype=None, weights: str | None = None) -> Predictor:

@@ -65,9 +65,13 @@ def architecture(model) -> dict:
     return node(model, "")
 
 
-def check_tree(tree, path: str) -> dict:
-    """Validate an untrusted architecture tree; return {state key: (shape, dtype)} in order."""
-    layers, spec_of = _specs()
+def check_tree(tree, path: str, layers: tuple | None = None) -> dict:
+    """Validate an untrusted architecture tree; return {state key: (shape, dtype)} in order.
+
+    ``layers``: ``(type name -> entry, spec_of(entry))`` to check against instead of the
+    registered layers of :mod:`fastreg.nn` (the light load path's descriptions,
+    :data:`fastreg.io.ops_file.BUILTIN`, which do not import the layers)."""
+    layers, spec_of = _specs() if layers is None else layers
     shapes: dict[str, tuple] = OrderedDict()
     count = [0]
 
