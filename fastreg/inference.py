@@ -312,6 +312,72 @@ class Predictor:
         self._module_lock = threading.Lock()
         self._build_chains()
 
+    def to_module(self):
+        """An eval-mode ``fastreg.nn.Sequential`` whose compiled stages are this predictor's,
+        exactly: Linear layers with the folded weights (+ their fused activation), a BatchNorm1d
+        with ``eps=0``, ``running_mean=0``, ``running_var=1`` per unfused affine stage (it folds
+        back to ``s = gamma``, ``t = beta`` bit for bit), a classic Dropout per constant scale,
+        LayerNorm, Flatten. What ``fastreg.save(predictor, path)`` writes (an ordinary model
+        file: :func:`load` rebuilds this predictor from it with no fold left to compute).
+
+        Raises ``TypeError`` for a stage that runs a custom module (a file never holds code)
+        or a constant scale no Dropout probability gives exactly."""
+        from . import _random, nn
+        dt = self.dtype
+        acts = {_codes.ACT_RELU: nn.ReLU, _codes.ACT_SIGMOID: nn.Sigmoid,
+                _codes.ACT_TANH: nn.Tanh}
+
+        def activation(code, slope):
+            if code == _codes.ACT_LEAKY_RELU:
+                return [nn.LeakyReLU(slope)]
+            return [] if code == _codes.ACT_IDENTITY else [acts[code]()]
+
+        layers: list = []
+        state = _random.default_generator.get_state()      # constructors draw initial weights
+        try:
+            for i, op in enumerate(self._ops):
+                kind = op[0]
+                if kind == "linear":
+                    _, W, b, act, slope = op
+                    lin = nn.Linear(W.shape[1], W.shape[0], dtype=dt)
+                    lin.weight.data[...] = W
+                    lin.bias.data[...] = b
+                    layers += [lin, *activation(act, slope)]
+                elif kind == "affine":
+                    _, s, t = op
+                    bn = nn.BatchNorm1d(s.shape[0], eps=0.0, dtype=dt)
+                    bn.weight.data[...] = s
+                    bn.bias.data[...] = t
+                    layers.append(bn)           # running_mean 0, running_var 1: s, t exactly
+                elif kind == "scale":
+                    c = op[1]
+                    p = 1.0 - float(c)
+                    if not 0.0 <= p <= 1.0 or dt.type(1.0 - p) != c:
+                        raise TypeError(f"cannot save this predictor: stage {i} scales by "
+                                        f"{c!r}, which no Dropout probability gives exactly")
+                    layers.append(nn.Dropout(p, mode="classic"))
+                elif kind == "act":
+                    layers += activation(op[1], op[2])
+                elif kind == "layernorm":
+                    _, g, b, eps, C, multi = op
+                    ln = nn.LayerNorm(multi or C, eps=eps, elementwise_affine=g is not None,
+                                      bias=b is not None, dtype=dt)
+                    if g is not None:
+                        ln.weight.data[...] = g.reshape(ln.weight.data.shape)
+                    if b is not None:
+                        ln.bias.data[...] = b.reshape(ln.bias.data.shape)
+                    layers.append(ln)
+                elif kind == "flatten":
+                    layers.append(nn.Flatten())
+                else:
+                    raise TypeError(f"cannot save this predictor: stage {i} runs a custom "
+                                    f"module ({type(op[1]).__name__}), whose code a model "
+                                    "file never holds; save the model itself "
+                                    "(fr.save(model, path))")
+        finally:
+            _random.default_generator.set_state(state)
+        return nn.Sequential(*layers).eval()
+
     @property
     def _plans(self) -> OrderedDict:
         """This thread's plans, by batch size (oldest evicted first)."""

@@ -221,3 +221,32 @@ def test_load_and_predict_import_no_layers_numba_or_optional_extra(tmp_path):
                          check=False, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_saved_float_predictor_loads_bit_identically_with_nothing_to_fold(tmp_path, dtype):
+    # fr.save(predictor) writes its folded stages as an ordinary model file; loading it gives
+    # the same stages (BatchNorm already folded, an unfused affine stage kept exactly)
+    g = np.random.default_rng(4)
+    for name, (model, shape) in _models(dtype).items():
+        pred = inference.compile(_randomize(model))
+        pred.metadata = {"features": ["a"]}
+        path = tmp_path / f"{name}.fr"
+        fr.save(pred, path)
+        again = inference.load(path)
+        assert again.stages == pred.stages, name
+        assert again.metadata == {"features": ["a"]}
+        x = g.standard_normal((7, *shape))
+        np.testing.assert_array_equal(again(x), pred(x), err_msg=name)
+        assert not any(type(op).__name__ == "AffineOp" and type(prev).__name__ == "LinearOp"
+                       for prev, op in zip(ops_file.read_ops(path)[0][:-1],
+                                           ops_file.read_ops(path)[0][1:]))
+
+
+def test_predictor_with_a_custom_stage_cannot_be_saved(tmp_path):
+    class Custom(nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="custom module"):
+        fr.save(inference.compile(nn.Sequential(nn.Linear(2, 2), Custom())), tmp_path / "c.fr")

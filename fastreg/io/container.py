@@ -24,7 +24,9 @@ import math
 import os
 import re
 import stat
+import struct
 import zipfile
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -42,6 +44,9 @@ MAX_MODULES = 100_000
 _NAME_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 #: One path component (an architecture child name, an array reference).
 CHILD_RE = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+_PREADV = hasattr(os, "preadv")
 
 
 class ModelFileError(ValueError):
@@ -81,7 +86,9 @@ class Container:
     def __init__(self, f, path: str):
         self.path = path
         try:
-            self.size = os.fstat(f.fileno()).st_size
+            self._file = f
+            self._fd = f.fileno()
+            self.size = os.fstat(self._fd).st_size
             f.seek(0)
         except OSError as exc:
             raise ModelFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
@@ -136,6 +143,28 @@ class Container:
             raise ModelFileError(f"{self.path}: member {name!r} exceeds {limit} bytes")
         return data
 
+    def _data_start(self, info) -> int:
+        """Offset in the file of a member's first byte (after its local header)."""
+        head = bytearray(30)
+        if self._pread(memoryview(head), info.header_offset) != 30 or head[:4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile(f"Bad magic number for file header of {info.filename!r}")
+        name_len, extra_len = struct.unpack("<HH", head[26:30])
+        return info.header_offset + 30 + name_len + extra_len
+
+    def _pread(self, view, offset: int) -> int:
+        """Read len(view) bytes at ``offset`` into ``view``; the count read."""
+        got = 0
+        while got < len(view):
+            if _PREADV:
+                n = os.preadv(self._fd, [view[got:]], offset + got)
+            else:               # (no preadv: Windows) zipfile seeks before each of its reads
+                self._file.seek(offset + got)
+                n = self._file.readinto(view[got:])
+            if n <= 0:
+                break
+            got += n
+        return got
+
     def read_array(self, key: str, shape: tuple | None = None, dtype=None) -> np.ndarray:
         """Member ``key``.npy, checked against ``shape``/``dtype`` (when given) before reading.
 
@@ -187,12 +216,27 @@ class Container:
                     raise ModelFileError(f"{self.path}: the tensors declare more bytes than "
                                          f"the file's {self.size} (tensor {key!r})")
                 self.budget -= nbytes
-                buf = fh.read(nbytes)
-                if len(buf) != nbytes:
-                    raise ModelFileError(f"{self.path}: tensor {key!r} is truncated")
-                if fh.read(1):
-                    raise ModelFileError(f"{self.path}: tensor {key!r} has trailing bytes")
-                return np.frombuffer(buf, dtype=hdtype).reshape(hshape)
+                hlen = fh.tell()        # the .npy header's length: the data follow it
+            # The data, straight into the array (one read, no Python-level chunking): the
+            # member's bytes start after its local header, which zf.open has just checked.
+            # The CRC-32 of the whole member is checked here, as zipfile checks it at EOF.
+            start = self._data_start(info)
+            if start + info.compress_size > self.size:
+                raise ModelFileError(f"{self.path}: tensor {key!r} is truncated")
+            if info.compress_size > hlen + nbytes:
+                raise ModelFileError(f"{self.path}: tensor {key!r} has trailing bytes")
+            if info.compress_size < hlen + nbytes:
+                raise ModelFileError(f"{self.path}: tensor {key!r} is truncated")
+            arr = np.empty(count, dtype=hdtype)
+            view = memoryview(arr.view(np.uint8))
+            if self._pread(view, start + hlen) != nbytes:
+                raise ModelFileError(f"{self.path}: tensor {key!r} is truncated")
+            head = bytearray(hlen)
+            self._pread(memoryview(head), start)
+            crc = zlib.crc32(view, zlib.crc32(head))
+            if crc != info.CRC:
+                raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
+            return arr.reshape(hshape)
         except ModelFileError:
             raise
         except MemoryError:

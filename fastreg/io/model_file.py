@@ -90,7 +90,11 @@ def save(model, path: str | os.PathLike, metadata: dict | None = None) -> None:
         ``predict(df)`` then matches a DataFrame's columns by name.
     """
     from ..inference import Predictor
-    if isinstance(model, Predictor):
+    if type(model) is Predictor:        # a float predictor: its folded stages as a model
+        if metadata is None:
+            metadata = getattr(model, "metadata", None) or None
+        model = model.to_module()
+    elif isinstance(model, Predictor):
         from .._quant import save_predictor  # a compiled quantized predictor: version 2
         return save_predictor(model, path, metadata)
     try:
