@@ -1,7 +1,8 @@
 """fastreg: a CPU engine for training and serving regularized neural networks.
 
 Numba and Cython kernels behind a Module API shaped like PyTorch's. ``import fastreg`` is light:
-it imports numpy only; numba is imported the first time a numba kernel runs, and the submodules
+it imports numpy only (not even numpy.random: ``manual_seed`` and ``Generator`` load it on
+first access); numba is imported the first time a numba kernel runs, and the submodules
 (``nn``, ``optim``, ``data``, ``train``, ``onnx``...) on first attribute access.
 """
 from __future__ import annotations
@@ -18,7 +19,6 @@ from ._config import (
     set_default_dtype,
     set_num_threads,
 )
-from ._random import Generator, initial_seed, manual_seed
 
 __version__ = "0.1.0"
 
@@ -30,6 +30,9 @@ _SUBMODULES = ("nn", "optim", "data", "train", "inference", "io", "cuda", "distr
 _IO_NAMES = ("save", "load", "ModelFileError", "from_torch_state_dict")
 #: Names re-exported from fastreg.nn._tape (gradient modes, cat), imported on first access.
 _TAPE_NAMES = ("no_grad", "enable_grad", "is_grad_enabled", "set_grad_enabled", "cat")
+#: Names re-exported from fastreg._random, imported on first access (numpy.random is not needed
+#: to load a model file and predict: ``fastreg.inference.load``).
+_RANDOM_NAMES = ("Generator", "initial_seed", "manual_seed")
 #: Names re-exported from fastreg.amp (bf16 mixed precision), imported on first access.
 _AMP_NAMES = ("autocast", "is_autocast_enabled")
 
@@ -81,6 +84,10 @@ def __getattr__(name):
         return value
     if name in _TAPE_NAMES:
         value = getattr(importlib.import_module("fastreg.nn._tape"), name)
+        globals()[name] = value
+        return value
+    if name in _RANDOM_NAMES:
+        value = getattr(importlib.import_module("fastreg._random"), name)
         globals()[name] = value
         return value
     if name in _AMP_NAMES:

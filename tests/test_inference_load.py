@@ -214,7 +214,7 @@ def test_load_and_predict_import_no_layers_numba_or_optional_extra(tmp_path):
         y = p(np.zeros((3, 784), np.float32))
         assert y.shape == (3, 10), y.shape
         heavy = ("fastreg.nn", "fastreg.nn.layers", "numba", "onnx", "onnxruntime", "pandas",
-                 "sklearn", "torch", "mpi4py")
+                 "sklearn", "torch", "mpi4py", "numpy.random", "fastreg._random")
         print(sorted(m for m in heavy if m in sys.modules))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
