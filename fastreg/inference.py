@@ -1,7 +1,9 @@
-"""Embedded inference: ``compile(model)`` turns an eval-mode model into a lean predictor.
+"""Embedded inference: ``compile(model)`` turns an eval-mode model into a lean predictor, and
+``load(path)`` builds the same predictor straight from a model file (no modules built, no
+``fastreg.nn`` or numba import: the layers' file descriptions in :mod:`fastreg.io.ops_file`).
 
 Every layer folds itself (its ``inference_ops()``, declared next to its ``forward``; see
-:mod:`fastreg.nn._spec`) into typed ops -- ``LinearOp``, ``AffineOp``, ``ScaleOp``,
+:mod:`fastreg._infer_spec`, re-exported as ``fastreg.nn._spec``) into typed ops -- ``LinearOp``, ``AffineOp``, ``ScaleOp``,
 ``ActivationOp``, ``LayerNormOp``, ``FlattenOp`` -- that this module folds further and runs. A
 module without a description (a custom Module, a subclass of a layer) becomes a ``ForwardOp``:
 its own ``forward``, run as it is (correct, not fused).

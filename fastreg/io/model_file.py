@@ -80,7 +80,10 @@ def save(model, path: str | os.PathLike, metadata: dict | None = None) -> None:
         the architecture is stored too, so :func:`load` rebuilds it alone; for any other
         module (a custom ``Module`` subclass) the file holds the state (torch's key names)
         and the class's qualified name, and :func:`load` fills an instance passed as
-        ``model=``.
+        ``model=``. A float :class:`fastreg.inference.Predictor` is saved as the model of
+        its folded stages (``Predictor.to_module()``: BatchNorm already folded into the
+        Linear weights), so :func:`fastreg.inference.load` rebuilds it with nothing to fold;
+        a quantized one (``weights="int8"``/``"bf16"``) as format version 2.
     path : str or os.PathLike
         Conventionally ``*.fr``.
     metadata : dict, optional
