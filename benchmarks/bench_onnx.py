@@ -297,12 +297,14 @@ def main() -> int:
         times: dict = {}
         colds: dict = {s: [] for s in sides}
         for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds} ...", file=sys.stderr, flush=True)
             order = sides[r % len(sides):] + sides[:r % len(sides)]
             for w, t, b_ in grid:
                 for s in order:
                     if (s, w) in cases:
                         times.setdefault((s, w, t, b_), []).append(
                             run(s, w, paths[(s, w)], b_, t, args.min_time))
+        print(f"cold starts ({args.cold_rounds} rounds) ...", file=sys.stderr, flush=True)
         for r in range(args.cold_rounds):
             order = sides[r % len(sides):] + sides[:r % len(sides)]
             for s in order:
