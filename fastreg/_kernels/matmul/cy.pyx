@@ -365,9 +365,11 @@ cdef extern from "peak.h" nogil:
     int fr_peak_lanes()
 
 
-def peak_probe(int threads=1, double seconds=0.2, int repeats=5):
+def peak_probe(int threads=1, double seconds=0.02, int repeats=25):
     """Float32 FMA throughput of ``threads`` threads in GFLOP/s: independent FMA chains on full
     vector registers (no memory traffic), best of ``repeats`` runs of about ``seconds`` each.
+    Many short runs rather than a few long ones: on a shared machine a short window is more
+    likely to find every core free, and the best run is the machine's, not the neighbours'.
     Returns ``(gflops, lanes)``; lanes is the vector width in floats (8: AVX2, 16: AVX-512)."""
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
@@ -378,9 +380,10 @@ def peak_probe(int threads=1, double seconds=0.2, int repeats=5):
     cdef float sink = 0
     cdef long iters = 100000
     cdef double g, best = 0
-    with nogil:
-        g = fr_peak_gflops(threads, iters, &sink)      # calibrate (and wake the team)
-    iters = max(1000, <long>(seconds * g * 1e9 / (2.0 * fr_peak_lanes() * 12 * threads)))
+    for _ in range(2):     # calibrate twice: the first run also wakes the team (slow)
+        with nogil:
+            g = fr_peak_gflops(threads, iters, &sink)
+        iters = max(1000, <long>(seconds * g * 1e9 / (2.0 * fr_peak_lanes() * 12 * threads)))
     for _ in range(repeats):
         with nogil:
             g = fr_peak_gflops(threads, iters, &sink)
