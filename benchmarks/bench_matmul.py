@@ -3,7 +3,8 @@
     asv run --python=same --quick --bench Linear
 
 One class per product, parameterized by backend, dtype and shape (N, K, M): the 784-512-256-10
-MLP layers at batch 1 and 256, and one large 2048^3 product.
+MLP layers at batch 1 and 256, and one large 2048^3 product; and the machine's float32 FMA peak
+(``PeakFlops``), the ceiling to read them against.
 """
 import numpy as np
 
@@ -68,3 +69,22 @@ class LinearBackwardWeight(_Linear):
 
     def time_linear_backward_weight(self, backend, dtype, shape):
         self.run()
+
+
+class PeakFlops:
+    """The machine's float32 FMA peak (GFLOP/s) at 1 and 2 threads, the ceiling the GEMMs above
+    are read against (``fastreg._kernels.matmul.cy.peak_probe``)."""
+    params = ([1, 2],)
+    param_names = ("threads",)
+    unit = "GFLOP/s"
+    timeout = 60
+
+    def setup(self, threads):
+        try:
+            from fastreg._kernels.matmul import cy
+        except ImportError:
+            raise NotImplementedError("the Cython extensions are not built") from None
+        self.probe = cy.peak_probe
+
+    def track_peak_f32_gflops(self, threads):
+        return self.probe(threads)[0]

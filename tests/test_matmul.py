@@ -427,3 +427,55 @@ def test_linear_chain_matches_reference(N, threads, dtype, cy_mm, rng):
                 x.reshape(1, *x.shape), x[:0], list(x[0]), x.astype(x.dtype.newbyteorder())):
         assert chain.fast(bad) is None
     assert chain.fast(x, out=np.empty((N, 2), dtype)) is None
+
+
+# Shapes for the tile split across threads: few rows (the serving batches: the columns are
+# split, A is read in place, its edge sliver packed), many rows, a 33-wide output (too narrow to
+# split the columns: the rows are split), all big enough (>= 8 MFLOP) to fork.
+_SPLIT_SHAPES = [(7, 1000, 1200), (64, 784, 512), (1033, 257, 33)]
+
+
+@pytest.mark.parametrize("shape", _SPLIT_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gemms_bitwise_identical_for_every_thread_count(shape, dtype, cy_mm, rng):
+    # each output is summed by one thread in one order (k ascending, depth blocks in turn)
+    # whatever the split, so 1, 2 and 3 threads give the same bits -- and the right ones
+    N, K, M = shape
+    x, w, b = rand(rng, (N, K), dtype), rand(rng, (M, K), dtype), rand(rng, M, dtype)
+    dy = rand(rng, (N, M), dtype)
+    packed = cy_mm.pack_weight(w)
+    relu = ACTIVATIONS["relu"]
+    before = fastreg.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            fastreg.set_num_threads(threads)
+            out, outp = np.empty((N, M), dtype), np.empty((N, M), dtype)
+            dx, dw, db = np.empty((N, K), dtype), np.empty((M, K), dtype), np.empty(M, dtype)
+            cy_mm.linear_forward(x, w, b, out, relu, 0.0)
+            cy_mm.linear_forward_packed(x, packed, M, b, outp, relu, 0.0)
+            cy_mm.linear_backward_input(dy, w, dx)
+            cy_mm.linear_backward_weight(dy, x, dw, db, False)
+            results.append((out, outp, dx, dw, db))
+    finally:
+        fastreg.set_num_threads(before)
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            np.testing.assert_array_equal(a, c)
+    out, outp, dx, dw, db = results[0]
+    np.testing.assert_array_equal(out, outp)
+    want, scale = ref_forward(x, w, b, "relu")
+    assert_close(out, want, scale, dtype)
+    want, scale = ref_backward_input(dy, w)
+    assert_close(dx, want, scale, dtype)
+    want_w, scale_w, want_b, scale_b = ref_backward_weight(dy, x)
+    assert_close(dw, want_w, scale_w, dtype)
+    assert_close(db, want_b, scale_b, dtype)
+
+
+def test_peak_probe_measures_fma_throughput(cy_mm):
+    gflops, lanes = cy_mm.peak_probe(1, seconds=0.01, repeats=1)
+    assert lanes in (1, 8, 16) and gflops > 0.1
+    for kw, name in (({"threads": 0}, "threads"), ({"seconds": 0.0}, "seconds"),
+                     ({"repeats": 0}, "repeats")):
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            cy_mm.peak_probe(**kw)

@@ -7,8 +7,9 @@ the three products of a linear layer (forward x @ W.T, backward dx = dy @ W, dW 
 dbias), float32 and float64, for each fastreg backend (numba, cython, blas). Plus the fused
 forward linear + bias + ReLU against NumPy's unfused ``np.maximum(x @ w.T + b, 0)``.
 
-Floor: max(FLOPs / peak, bytes / stream bandwidth), peak = 255 GFLOP/s float32 (2 Zen 4 cores,
-one 512-bit FMA per cycle each) and half that for float64, bandwidth ~74 GB/s (two threads).
+Floor: max(FLOPs / peak, bytes / stream bandwidth). The float32 peak is measured, not assumed:
+``fastreg._kernels.matmul.cy.peak_probe`` (independent FMA chains on full vector registers) at
+fastreg's thread count, once per run; float64 is half of it. Bandwidth ~74 GB/s (two threads).
 """
 from __future__ import annotations
 
@@ -18,8 +19,23 @@ from fastreg._bench._timing import Case
 from fastreg._kernels import matmul as mm
 from fastreg._kernels.common.codes import ACT_RELU
 
-PEAK_F32 = 255e9
 BANDWIDTH = 74e9
+#: Used when the Cython extensions (and so the probe) are not built: 2 Zen 3 cores, AVX2, two
+#: 256-bit FMA pipes each at ~2.9 GHz (the probe measured 93 GFLOP/s per core, 181 for two).
+PEAK_F32_FALLBACK = 186e9
+_peak: list[float] = []
+
+
+def peak_f32() -> float:
+    """Float32 FLOP/s of fastreg's threads, measured once (see the module docstring)."""
+    if not _peak:
+        try:
+            from fastreg._kernels.matmul import cy
+            from fastreg._kernels.runtime import get_num_threads
+            _peak.append(cy.peak_probe(get_num_threads())[0] * 1e9)
+        except ImportError:
+            _peak.append(PEAK_F32_FALLBACK)
+    return _peak[0]
 LAYERS = ((784, 512), (512, 256), (256, 10))
 BATCHES = (1, 64, 256, 1024)
 LARGE = (2048, 2048, 2048)
@@ -28,7 +44,7 @@ BACKENDS = ("cython", "numba", "blas")
 
 def _floor(n, k, m, dt, extra_bytes=0):
     flops = 2.0 * n * k * m
-    peak = PEAK_F32 if dt == np.float32 else PEAK_F32 / 2
+    peak = peak_f32() if dt == np.float32 else peak_f32() / 2
     nbytes = (n * k + k * m + n * m) * np.dtype(dt).itemsize + extra_bytes
     t_flop, t_mem = flops / peak, nbytes / BANDWIDTH
     what = "flops" if t_flop >= t_mem else "bytes"

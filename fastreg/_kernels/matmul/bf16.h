@@ -201,9 +201,9 @@ static int fr_gemm_bf16(int m, int n, int k, const float *A, ptrdiff_t rsa, ptrd
                      * values and the activation follow in fr_bf16_finish */
                     const int a_ep = round_out ? FR_ACT_IDENTITY : act;
                     if (mr == BMR && nr == BNR)
-                        fr_ukernel_f32(kc, Ap, bp, c, ldc, load_c, last, bb, a_ep, slope);
+                        fr_ukernel_f32(kc, Ap, 0, bp, c, ldc, load_c, last, bb, a_ep, slope);
                     else
-                        fr_edge_tile_f32(mr, nr, kc, Ap, bp, c, ldc, load_c, last, bb, a_ep,
+                        fr_edge_tile_f32(mr, nr, kc, Ap, 0, bp, c, ldc, load_c, last, bb, a_ep,
                                          slope, tile);
                     if (last && round_out)
                         fr_bf16_finish(mr, nr, c, ldc,

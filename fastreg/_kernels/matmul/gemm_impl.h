@@ -97,25 +97,46 @@ FR_NOVEC static void FN(fr_pack_b)(int nr, int kc, const FR_T *B, ptrdiff_t rsb,
             for (int j = nr; j < FR_NR; j++) Bp[k * FR_NR + j] = 0;
 }
 
-/* C tile (MR x NR at c, row stride ldc) (+)= Ap sliver @ Bp panel; then, if epilogue:
- * C = act(C + bias[0:NR]) (bias may be NULL). load_c: add to what C holds. */
-static inline void FN(fr_ukernel)(int kc, const FR_T *restrict a, const FR_T *restrict b,
-                                  FR_T *restrict c, ptrdiff_t ldc, int load_c, int epilogue,
-                                  const FR_T *bias, int act, FR_T slope) {
+/* C tile (MR x NR at c, row stride ldc) (+)= A sliver @ Bp panel; then, if epilogue:
+ * C = act(C + bias[0:NR]) (bias may be NULL). load_c: add to what C holds.
+ * lda == 0: a is a packed sliver (a[k * MR + i]); lda > 0: a is A itself, MR whole rows read in
+ * place (a[i * lda + k], unit stride in k) -- the same products summed in the same order, so
+ * the two forms give the same bits; reading A in place saves packing it once per column block,
+ * which is most of the overhead at small m (the serving batches, the N-split across threads). */
+static inline void FN(fr_ukernel)(int kc, const FR_T *restrict a, ptrdiff_t lda,
+                                  const FR_T *restrict b, FR_T *restrict c, ptrdiff_t ldc,
+                                  int load_c, int epilogue, const FR_T *bias, int act,
+                                  FR_T slope) {
 #ifndef FR_SCALAR_KERNEL
     FR_V c0[FR_MR], c1[FR_MR];
 #pragma GCC unroll 16
     for (int i = 0; i < FR_MR; i++) { c0[i] = FR_VZERO(); c1[i] = FR_VZERO(); }
-    for (int k = 0; k < kc; k++) {
-        FR_V b0 = FR_VLOAD(b), b1 = FR_VLOAD(b + FR_W);
+    if (lda == 0) {
+        for (int k = 0; k < kc; k++) {
+            FR_V b0 = FR_VLOAD(b), b1 = FR_VLOAD(b + FR_W);
 #pragma GCC unroll 16
-        for (int i = 0; i < FR_MR; i++) {
-            FR_V ai = FR_VBCAST(a + i);
-            c0[i] = FR_VFMA(ai, b0, c0[i]);
-            c1[i] = FR_VFMA(ai, b1, c1[i]);
+            for (int i = 0; i < FR_MR; i++) {
+                FR_V ai = FR_VBCAST(a + i);
+                c0[i] = FR_VFMA(ai, b0, c0[i]);
+                c1[i] = FR_VFMA(ai, b1, c1[i]);
+            }
+            a += FR_MR;
+            b += FR_NR;
         }
-        a += FR_MR;
-        b += FR_NR;
+    } else {
+        const FR_T *ar[FR_MR];
+#pragma GCC unroll 16
+        for (int i = 0; i < FR_MR; i++) ar[i] = a + i * lda;
+        for (int k = 0; k < kc; k++) {
+            FR_V b0 = FR_VLOAD(b), b1 = FR_VLOAD(b + FR_W);
+#pragma GCC unroll 16
+            for (int i = 0; i < FR_MR; i++) {
+                FR_V ai = FR_VBCAST(ar[i] + k);
+                c0[i] = FR_VFMA(ai, b0, c0[i]);
+                c1[i] = FR_VFMA(ai, b1, c1[i]);
+            }
+            b += FR_NR;
+        }
     }
     if (load_c) {
 #pragma GCC unroll 16
@@ -148,9 +169,10 @@ static inline void FN(fr_ukernel)(int kc, const FR_T *restrict a, const FR_T *re
     for (int i = 0; i < FR_MR; i++)
         for (int j = 0; j < FR_NR; j++) acc[i][j] = 0;
     for (int k = 0; k < kc; k++) {
-        for (int i = 0; i < FR_MR; i++)
-            for (int j = 0; j < FR_NR; j++) acc[i][j] += a[i] * b[j];
-        a += FR_MR;
+        for (int i = 0; i < FR_MR; i++) {
+            const FR_T ai = lda ? a[i * lda + k] : a[k * FR_MR + i];
+            for (int j = 0; j < FR_NR; j++) acc[i][j] += ai * b[j];
+        }
         b += FR_NR;
     }
     for (int i = 0; i < FR_MR; i++)
@@ -170,10 +192,11 @@ static inline void FN(fr_ukernel)(int kc, const FR_T *restrict a, const FR_T *re
 }
 
 /* Edge tile (mr < MR or nr < NR): full kernel into scratch, then copy the valid part. */
-static void FN(fr_edge_tile)(int mr, int nr, int kc, const FR_T *a, const FR_T *b,
-                             FR_T *restrict c, ptrdiff_t ldc, int load_c, int epilogue,
-                             const FR_T *bias, int act, FR_T slope, FR_T *restrict tile) {
-    FN(fr_ukernel)(kc, a, b, tile, FR_NR, 0, 0, NULL, FR_ACT_IDENTITY, 0);
+static void FN(fr_edge_tile)(int mr, int nr, int kc, const FR_T *a, ptrdiff_t lda,
+                             const FR_T *b, FR_T *restrict c, ptrdiff_t ldc, int load_c,
+                             int epilogue, const FR_T *bias, int act, FR_T slope,
+                             FR_T *restrict tile) {
+    FN(fr_ukernel)(kc, a, lda, b, tile, FR_NR, 0, 0, NULL, FR_ACT_IDENTITY, 0);
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < nr; j++) {
             FR_T v = tile[i * FR_NR + j] + (load_c ? c[i * ldc + j] : (FR_T)0);
@@ -459,21 +482,33 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
     /* Tasks are (row block) x (column block) tiles of C, each computed start to finish by one
      * thread with its own packed B: no barrier inside the call, so a thread that the OS
      * preempts (a shared 2-core machine) delays only its own tile, never a team barrier.
-     * Repacking B per row block costs k*nc copies per 2*mc*k*nc flops: < 1% for mc >= 64. */
+     * A row-major A (csa == 1: the forward and dx products) is read in place, so splitting the
+     * columns costs nothing, while splitting the rows re-packs B per row block (or, with B
+     * pre-packed, streams all of it through every thread's cache): for those, the tiles split
+     * the columns (the output features / weight panels) first -- at batch 64 that is what
+     * gives each thread equal work (64 rows are only 11 slivers). Otherwise (A packed per
+     * tile: the weight gradient) the longer side is split, as each split re-packs the other
+     * operand. Repacking B per row block costs k*nc copies per 2*mc*k*nc flops: < 1% for
+     * mc >= 64. */
+    const int a_direct = csa == 1 && !rowsum;
     int mb = (m + FR_MC - 1) / FR_MC, nb = (n + FR_NC - 1) / FR_NC;
     const int want = nt > 1 ? 3 * nt : 1;
     while (mb * nb < want) {
         const int mcur = (m + mb - 1) / mb, ncur = (n + nb - 1) / nb;
-        if (mcur >= 2 * FR_MR && mcur >= ncur / 2) mb++;
+        if (a_direct && ncur >= 2 * FR_NR) nb++;
+        else if (mcur >= 2 * FR_MR && mcur >= ncur / 2) mb++;
         else if (ncur >= 2 * FR_NR) nb++;
+        else if (mcur >= 2 * FR_MR) mb++;
         else break;
     }
-    const int mcb = ((m + mb - 1) / mb + FR_MR - 1) / FR_MR * FR_MR;
-    const int ncb = ((n + nb - 1) / nb + FR_NR - 1) / FR_NR * FR_NR;
-    mb = (m + mcb - 1) / mcb;
-    nb = (n + ncb - 1) / ncb;
+    /* Whole slivers and panels are dealt out as evenly as they go (32 panels in 6 tasks:
+     * 5 or 6 each, not 6,6,6,6,6,2 -- which left one of two threads 18 panels, the other 14). */
+    const int nsliv = (m + FR_MR - 1) / FR_MR;
+    mb = FR_MIN(mb, nsliv);
+    nb = FR_MIN(nb, npan_all);
     const int ntasks = mb * nb;
     const int nteam = FR_MIN(nt, ntasks);
+    const int ncb = (npan_all + nb - 1) / nb * FR_NR;   /* the widest task */
     const size_t bsize = Bpk ? 0 : (size_t)ncb * kcb;   /* the per-task packed B, if packing */
     const size_t per_thread = bsize + (size_t)FR_MR * kcb + (size_t)FR_MR * FR_NR;
     FR_T *scratch = (FR_T *)fr_get_scratch(per_thread * (size_t)nteam * sizeof(FR_T));
@@ -486,8 +521,10 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
         FR_T *Ap = Bp + bsize;
         FR_T *tile = Ap + (size_t)FR_MR * kcb;
         const int ib = t / nb, jb = t % nb;
-        const int i0 = ib * mcb, i1 = FR_MIN(m, i0 + mcb);
-        const int j0 = jb * ncb, nc = FR_MIN(ncb, n - j0);
+        const int i0 = (int)((long)nsliv * ib / mb) * FR_MR;
+        const int i1 = FR_MIN(m, (int)((long)nsliv * (ib + 1) / mb) * FR_MR);
+        const int j0 = (int)((long)npan_all * jb / nb) * FR_NR;
+        const int nc = FR_MIN(n, (int)((long)npan_all * (jb + 1) / nb) * FR_NR) - j0;
         const int npanels = (nc + FR_NR - 1) / FR_NR;
         for (int pc = 0; pc < k; pc += kcb) {
             const int kc = FR_MIN(kcb, k - pc);
@@ -504,7 +541,11 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
                 }
             for (int ir = i0; ir < i1; ir += FR_MR) {
                 const int mr = FR_MIN(FR_MR, i1 - ir);
-                FN(fr_pack_a)(mr, kc, A + ir * rsa + pc * csa, rsa, csa, Ap);
+                /* whole slivers of a row-major A are read in place (lda = rsa), others packed */
+                const int direct = a_direct && mr == FR_MR;
+                const FR_T *As = direct ? A + ir * rsa + pc : Ap;
+                const ptrdiff_t lda = direct ? rsa : 0;
+                if (!direct) FN(fr_pack_a)(mr, kc, A + ir * rsa + pc * csa, rsa, csa, Ap);
                 if (rowsum && jb == 0) {
                     /* dbias: each row sliver is packed exactly once here per depth block. */
                     for (int i = 0; i < mr; i++) {
@@ -519,10 +560,10 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
                     const FR_T *bp = Bblk + (size_t)p * FR_NR * kc;
                     const FR_T *bb = bias ? bias + jp : NULL;
                     if (mr == FR_MR && nr == FR_NR)
-                        FN(fr_ukernel)(kc, Ap, bp, c, ldc, load_c, last, bb, act, slope);
+                        FN(fr_ukernel)(kc, As, lda, bp, c, ldc, load_c, last, bb, act, slope);
                     else
-                        FN(fr_edge_tile)(mr, nr, kc, Ap, bp, c, ldc, load_c, last, bb, act,
-                                         slope, tile);
+                        FN(fr_edge_tile)(mr, nr, kc, As, lda, bp, c, ldc, load_c, last, bb,
+                                         act, slope, tile);
                 }
             }
         }

@@ -8,10 +8,13 @@
  * (x @ W.T, dy @ W, dy.T @ x) are the same routine with different strides.
  *
  * Blocking (Goto/BLIS): C is split into tiles of at most MC rows x NC columns (smaller when
- * needed to give every thread work); each tile is one OpenMP task (dynamic schedule, no barrier
- * inside the call). A task walks the depth in KC blocks: it packs its kc x nc block of B into
- * NR-wide panels (L2), then for each MR-row sliver of A packs it (L1) and runs the
- * register-blocked micro-kernel across the B panels.
+ * needed to give every thread work: the columns first when A is row-major, see fr_gemm); each
+ * tile is one OpenMP task (dynamic schedule, no barrier inside the call). A task walks the depth
+ * in KC blocks: it packs its kc x nc block of B into NR-wide panels (L2) -- or reads the panels
+ * pre-packed once (fr_pack_weight) -- then for each MR-row sliver of A (read in place when A is
+ * row-major, packed otherwise) runs the register-blocked micro-kernel across the B panels.
+ * Every output element is summed by one task in one order (k ascending within a depth block,
+ * the blocks in turn), so results do not depend on the thread count or the split.
  *
  * The micro-kernel keeps an MR x NR tile in registers: AVX-512 (8 x 2 zmm), AVX2 (6 x 2 ymm) or
  * a portable scalar loop (4 x 8), chosen by the compiler flags (setup.py uses -march=native).
