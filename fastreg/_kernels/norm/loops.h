@@ -57,6 +57,13 @@ static inline void norm_stream_fence(void) {
 #endif
 }
 
+#if defined(__AVX2__)
+static inline double norm_hsum256_pd(__m256d a) {
+    const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+#endif
+
 /* Barrier of the enclosing OpenMP team (an orphaned directive). Cython's prange inside a
    `parallel()` block is an `omp for nowait`: work after it that reads its results needs this. */
 static inline void norm_barrier(void) {
@@ -212,16 +219,18 @@ static inline void bn_sums_##S(const T *restrict x, const T *restrict shift,    
                                ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C) {                      \
     for (ptrdiff_t c = 0; c < C; c++) { s1[c] = 0.0; s2[c] = 0.0; }                             \
     ptrdiff_t n = r0;                                                                           \
-    /* four rows per visit of s1/s2: a quarter of the float64 accumulator loads and stores */  \
+    /* four rows per visit of s1/s2, their d and d^2 summed in T first (a 4-term sum, one      \
+       rounding of T), then added in float64: a quarter of the accumulator loads, stores and   \
+       conversions */                                                                           \
     for (; n + 4 <= r1; n += 4) {                                                               \
         const T *restrict x0 = x + n * C, *restrict x1 = x0 + C;                               \
         const T *restrict x2 = x1 + C, *restrict x3 = x2 + C;                                  \
         NORM_SIMD                                                                               \
         for (ptrdiff_t c = 0; c < C; c++) {                                                     \
-            const double d0 = (double)(x0[c] - shift[c]), d1 = (double)(x1[c] - shift[c]);     \
-            const double d2 = (double)(x2[c] - shift[c]), d3 = (double)(x3[c] - shift[c]);     \
-            s1[c] += (d0 + d1) + (d2 + d3);                                                     \
-            s2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);                                 \
+            const T d0 = x0[c] - shift[c], d1 = x1[c] - shift[c];                               \
+            const T d2 = x2[c] - shift[c], d3 = x3[c] - shift[c];                               \
+            s1[c] += (double)((d0 + d1) + (d2 + d3));                                           \
+            s2[c] += (double)((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3));                       \
         }                                                                                       \
     }                                                                                           \
     for (; n < r1; n++) {                                                                       \
@@ -318,7 +327,7 @@ static inline void bn_dx_rev_##S(const T *restrict dy, const T *restrict x, T *r
 }                                                                                               \
 /* Layer norm forward on rows [r0, r1): per-row shifted float64 sums, then the affine map in T \
    with the mean split as mh + ml (see bn_affine) */                                           \
-static inline void ln_fwd_rows_##S(const T *restrict x, const T *restrict w,                   \
+static inline void ln_fwd_rows_generic_##S(const T *restrict x, const T *restrict w,           \
                                    const T *restrict b, T *restrict out,                       \
                                    T *restrict save_mean, T *restrict save_rstd,               \
                                    int has_w, int has_b, double eps, int stream,               \
@@ -498,6 +507,95 @@ static inline void ln_bwd_rows_f(const float *restrict dy, const float *restrict
     }
     if (stream) norm_stream_fence();
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+/* Layer norm backward, float32, AVX2 + FMA: the maths of ln_bwd_rows_generic_f in two visits of
+   each (L1-resident) row: (1) the float64 row sums sum g and sum g (x - mean), g = dy * gamma,
+   in eight independent accumulators (one `omp simd` accumulator per sum waits on the 4-cycle add
+   latency: the generic loop ran at ~1.3 elements per cycle); (2) one loop that adds the row into
+   the dgamma/dbeta block sums and writes dx. */
+static inline void ln_bwd_rows_f(const float *restrict dy, const float *restrict x,
+                                 const float *restrict w, const float *restrict save_mean,
+                                 const float *restrict save_rstd, float *restrict dx,
+                                 double *restrict pw, double *restrict pb,
+                                 float *restrict bw, float *restrict bb, int has_w, int stream,
+                                 ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C) {
+    const double inv_c = 1.0 / (double)C;
+    const ptrdiff_t Cv = C & ~(ptrdiff_t)15;
+    float tile[NORM_TILE] __attribute__((aligned(64)));
+    for (ptrdiff_t c = 0; c < C; c++) { pw[c] = 0.0; pb[c] = 0.0; }
+    for (ptrdiff_t n0 = r0; n0 < r1; n0 += NORM_BLOCK) {
+        const ptrdiff_t n1 = n0 + NORM_BLOCK < r1 ? n0 + NORM_BLOCK : r1;
+        for (ptrdiff_t c = 0; c < C; c++) { bw[c] = 0; bb[c] = 0; }
+        for (ptrdiff_t n = n0; n < n1; n++) {
+            const float *restrict xr = x + n * C;
+            const float *restrict gr = dy + n * C;
+            float *restrict dr = dx + n * C;
+            const float mean = save_mean[n], rstd = save_rstd[n];
+            const __m256 vm = _mm256_set1_ps(mean), vr = _mm256_set1_ps(rstd);
+            __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+            __m256d b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            ptrdiff_t c = 0;
+            for (; c < Cv; c += 16) {
+                __m256 g = _mm256_loadu_ps(gr + c), h = _mm256_loadu_ps(gr + c + 8);
+                if (has_w) {
+                    g = _mm256_mul_ps(g, _mm256_loadu_ps(w + c));
+                    h = _mm256_mul_ps(h, _mm256_loadu_ps(w + c + 8));
+                }
+                const __m256 gx = _mm256_mul_ps(g, _mm256_sub_ps(_mm256_loadu_ps(xr + c), vm));
+                const __m256 hx = _mm256_mul_ps(h, _mm256_sub_ps(_mm256_loadu_ps(xr + c + 8), vm));
+                a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(g)));
+                a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(g, 1)));
+                a2 = _mm256_add_pd(a2, _mm256_cvtps_pd(_mm256_castps256_ps128(h)));
+                a3 = _mm256_add_pd(a3, _mm256_cvtps_pd(_mm256_extractf128_ps(h, 1)));
+                b0 = _mm256_add_pd(b0, _mm256_cvtps_pd(_mm256_castps256_ps128(gx)));
+                b1 = _mm256_add_pd(b1, _mm256_cvtps_pd(_mm256_extractf128_ps(gx, 1)));
+                b2 = _mm256_add_pd(b2, _mm256_cvtps_pd(_mm256_castps256_ps128(hx)));
+                b3 = _mm256_add_pd(b3, _mm256_cvtps_pd(_mm256_extractf128_ps(hx, 1)));
+            }
+            double sg = norm_hsum256_pd(_mm256_add_pd(_mm256_add_pd(a0, a1),
+                                                      _mm256_add_pd(a2, a3)));
+            double sgx = norm_hsum256_pd(_mm256_add_pd(_mm256_add_pd(b0, b1),
+                                                       _mm256_add_pd(b2, b3)));
+            for (; c < C; c++) {
+                const float g = has_w ? gr[c] * w[c] : gr[c];
+                sg += (double)g;
+                sgx += (double)(g * (xr[c] - mean));
+            }
+            const float mg = (float)(sg * inv_c), mgx = (float)(sgx * (double)rstd * inv_c);
+            const __m256 vmg = _mm256_set1_ps(mg), vmgx = _mm256_set1_ps(mgx);
+            for (ptrdiff_t c0 = 0; c0 < C; c0 += NORM_TILE) {
+                const ptrdiff_t c1 = C - c0 < NORM_TILE ? C : c0 + NORM_TILE;
+                /* dx for columns [c0, c1) goes to the tile when streaming, else straight out */
+                float *restrict out = stream ? tile - c0 : dr;
+                const ptrdiff_t cv1 = c0 + ((c1 - c0) & ~(ptrdiff_t)7);
+                for (c = c0; c < cv1; c += 8) {
+                    const __m256 g0 = _mm256_loadu_ps(gr + c);
+                    const __m256 xh = _mm256_mul_ps(
+                        _mm256_sub_ps(_mm256_loadu_ps(xr + c), vm), vr);
+                    __m256 g = g0;
+                    if (has_w) {
+                        _mm256_storeu_ps(bw + c, _mm256_fmadd_ps(g0, xh, _mm256_loadu_ps(bw + c)));
+                        _mm256_storeu_ps(bb + c, _mm256_add_ps(_mm256_loadu_ps(bb + c), g0));
+                        g = _mm256_mul_ps(g0, _mm256_loadu_ps(w + c));
+                    }
+                    _mm256_storeu_ps(out + c, _mm256_mul_ps(
+                        vr, _mm256_sub_ps(_mm256_sub_ps(g, vmg), _mm256_mul_ps(xh, vmgx))));
+                }
+                for (; c < c1; c++) {
+                    const float xh = (xr[c] - mean) * rstd;
+                    float g = gr[c];
+                    if (has_w) { bw[c] += gr[c] * xh; bb[c] += gr[c]; g = gr[c] * w[c]; }
+                    out[c] = rstd * (g - mg - xh * mgx);
+                }
+                if (stream) norm_stream_f(dr + c0, tile, c1 - c0);
+            }
+        }
+        if (has_w) {
+            for (ptrdiff_t c = 0; c < C; c++) { pw[c] += (double)bw[c]; pb[c] += (double)bb[c]; }
+        }
+    }
+    if (stream) norm_stream_fence();
+}
 #else
 static inline void ln_bwd_rows_f(const float *restrict dy, const float *restrict x,
                                  const float *restrict w, const float *restrict save_mean,
@@ -510,6 +608,89 @@ static inline void ln_bwd_rows_f(const float *restrict dy, const float *restrict
 }
 #endif
 #define ln_bwd_rows_d ln_bwd_rows_generic_d
+
+/* Layer norm forward, float32, AVX2 + FMA: the maths of ln_fwd_rows_generic_f (float64 row sums
+   of x - x[0], affine map in float32 with the mean as mh + ml). The row sums add 4-term float32
+   partial sums (d and d^2 of four vectors) into float64 vectors: a quarter of the conversions,
+   and no wait on one accumulator's add latency as in the generic `omp simd` reduction. */
+#if defined(__AVX2__) && defined(__FMA__)
+static inline void ln_fwd_rows_f(const float *restrict x, const float *restrict w,
+                                 const float *restrict b, float *restrict out,
+                                 float *restrict save_mean, float *restrict save_rstd,
+                                 int has_w, int has_b, double eps, int stream,
+                                 ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C) {
+    const double inv_c = 1.0 / (double)C;
+    const ptrdiff_t Cv = C & ~(ptrdiff_t)31;
+    float tile[NORM_TILE] __attribute__((aligned(64)));
+    for (ptrdiff_t n = r0; n < r1; n++) {
+        const float *restrict xr = x + n * C;
+        float *restrict orow = out + n * C;
+        const float k = xr[0];
+        const __m256 vk = _mm256_set1_ps(k);
+        __m256d a0 = _mm256_setzero_pd(), a1 = a0, b0 = a0, b1 = a0;
+        ptrdiff_t c = 0;
+        for (; c < Cv; c += 32) {
+            /* four vectors of d = x - k summed (and squared) in float32 first: a 4-term float
+               sum, rounded once into the float64 totals (a quarter of the conversions) */
+            const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(xr + c), vk);
+            const __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(xr + c + 8), vk);
+            const __m256 d2 = _mm256_sub_ps(_mm256_loadu_ps(xr + c + 16), vk);
+            const __m256 d3 = _mm256_sub_ps(_mm256_loadu_ps(xr + c + 24), vk);
+            const __m256 sd = _mm256_add_ps(_mm256_add_ps(d0, d1), _mm256_add_ps(d2, d3));
+            const __m256 qd = _mm256_add_ps(_mm256_fmadd_ps(d0, d0, _mm256_mul_ps(d1, d1)),
+                                            _mm256_fmadd_ps(d2, d2, _mm256_mul_ps(d3, d3)));
+            a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(sd)));
+            a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(sd, 1)));
+            b0 = _mm256_add_pd(b0, _mm256_cvtps_pd(_mm256_castps256_ps128(qd)));
+            b1 = _mm256_add_pd(b1, _mm256_cvtps_pd(_mm256_extractf128_ps(qd, 1)));
+        }
+        double s1 = norm_hsum256_pd(_mm256_add_pd(a0, a1));
+        double s2 = norm_hsum256_pd(_mm256_add_pd(b0, b1));
+        for (; c < C; c++) {
+            const double d = (double)(xr[c] - k);
+            s1 += d;
+            s2 += d * d;
+        }
+        const double m = s1 * inv_c;
+        double var = s2 * inv_c - m * m;
+        if (var < 0.0) var = 0.0;
+        const double mean = (double)k + m;
+        const double rstd = 1.0 / sqrt(var + eps);
+        const float mh = (float)mean, ml = (float)(mean - (double)mh), rs = (float)rstd;
+        save_mean[n] = mh;
+        save_rstd[n] = rs;
+        const __m256 vmh = _mm256_set1_ps(mh), vml = _mm256_set1_ps(ml), vrs = _mm256_set1_ps(rs);
+        for (ptrdiff_t c0 = 0; c0 < C; c0 += NORM_TILE) {
+            const ptrdiff_t c1 = C - c0 < NORM_TILE ? C : c0 + NORM_TILE;
+            float *restrict o = stream ? tile - c0 : orow;
+            const ptrdiff_t cv1 = c0 + ((c1 - c0) & ~(ptrdiff_t)7);
+            for (c = c0; c < cv1; c += 8) {
+                __m256 t = _mm256_mul_ps(
+                    _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + c), vmh), vml), vrs);
+                if (has_w && has_b)
+                    t = _mm256_fmadd_ps(t, _mm256_loadu_ps(w + c), _mm256_loadu_ps(b + c));
+                else if (has_w)
+                    t = _mm256_mul_ps(t, _mm256_loadu_ps(w + c));
+                else if (has_b)
+                    t = _mm256_add_ps(t, _mm256_loadu_ps(b + c));
+                _mm256_storeu_ps(o + c, t);
+            }
+            for (; c < c1; c++) {
+                float t = ((xr[c] - mh) - ml) * rs;
+                if (has_w && has_b) t = t * w[c] + b[c];
+                else if (has_w) t = t * w[c];
+                else if (has_b) t = t + b[c];
+                o[c] = t;
+            }
+            if (stream) norm_stream_f(orow + c0, tile, c1 - c0);
+        }
+    }
+    if (stream) norm_stream_fence();
+}
+#else
+#define ln_fwd_rows_f ln_fwd_rows_generic_f
+#endif
+#define ln_fwd_rows_d ln_fwd_rows_generic_d
 
 /* Bandwidth probes (fastreg/_bench/compare_norm.py): the two streaming kernels the norm passes
    are measured against, on elements [i0, i1). Read: a sum in 64 float32 lanes (four AVX-512
