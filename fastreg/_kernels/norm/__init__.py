@@ -18,7 +18,9 @@ layernorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, accu
                    backend=None)
 
 Numerics: forward statistics are float64 sums of x - x[0] (accurate for data with a large mean,
-where E[x^2] - E[x]^2 in float32 fails), stored in x's dtype. Elementwise maths runs in x's dtype
+where E[x^2] - E[x]^2 in float32 fails), stored in x's dtype; in float32, d = x - x[0] and d^2
+of four rows (batch norm) or four 8-wide vectors (layer norm, AVX2) are first summed in float32,
+a 4-term sum rounded once, then added in float64. Elementwise maths runs in x's dtype
 with the float64 mean entering as a hi + lo pair. Backward column sums (d gamma, d beta) add
 blocks of 16 rows in x's dtype into float64 totals; layer-norm row sums are float64.
 

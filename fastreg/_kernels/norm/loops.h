@@ -1,8 +1,11 @@
 /* Inner loops of the Cython norm kernels (norm/cy.pyx), one row chunk [r0, r1) at a time.
  *
- * Arrays are (N, C) row-major; per-feature vectors (C,). Sums are float64; elementwise maths is
- * in the data type T (twice the SIMD width for float32, and accurate to a few ulp: means enter
- * as a hi + lo pair of T numbers). The .pyx file validates nothing either:
+ * Arrays are (N, C) row-major; per-feature vectors (C,). Sums are float64 (fed by 4-term partial
+ * sums in T in the statistics passes, and by 16-row blocks in T in the backward column sums);
+ * elementwise maths is in the data type T (twice the SIMD width for float32, and accurate to a
+ * few ulp: means enter as a hi + lo pair of T numbers). float32 layer norm has AVX2 (and, for
+ * the backward, AVX-512) row loops below the generic ones; the portable path stays for other
+ * machines (FASTREG_PORTABLE=1 builds). The .pyx file validates nothing either:
  * fastreg/_kernels/norm/__init__.py checked every shape before we get here.
  * Written in C for `restrict` and `omp simd reduction`, which vectorise the float64 row sums
  * without -ffast-math (so NaN/inf still propagate). NORM_DEFINE(T, S) instantiates the family
@@ -510,9 +513,9 @@ static inline void ln_bwd_rows_f(const float *restrict dy, const float *restrict
 #elif defined(__AVX2__) && defined(__FMA__)
 /* Layer norm backward, float32, AVX2 + FMA: the maths of ln_bwd_rows_generic_f in two visits of
    each (L1-resident) row: (1) the float64 row sums sum g and sum g (x - mean), g = dy * gamma,
-   in eight independent accumulators (one `omp simd` accumulator per sum waits on the 4-cycle add
-   latency: the generic loop ran at ~1.3 elements per cycle); (2) one loop that adds the row into
-   the dgamma/dbeta block sums and writes dx. */
+   from 4-term float32 partial sums (as the forward; the generic loop's one `omp simd`
+   accumulator per sum waits on the add latency); (2) one loop that adds the row into the
+   dgamma/dbeta block sums and writes dx. */
 static inline void ln_bwd_rows_f(const float *restrict dy, const float *restrict x,
                                  const float *restrict w, const float *restrict save_mean,
                                  const float *restrict save_rstd, float *restrict dx,
@@ -520,7 +523,7 @@ static inline void ln_bwd_rows_f(const float *restrict dy, const float *restrict
                                  float *restrict bw, float *restrict bb, int has_w, int stream,
                                  ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C) {
     const double inv_c = 1.0 / (double)C;
-    const ptrdiff_t Cv = C & ~(ptrdiff_t)15;
+    const ptrdiff_t Cv = C & ~(ptrdiff_t)31;
     float tile[NORM_TILE] __attribute__((aligned(64)));
     for (ptrdiff_t c = 0; c < C; c++) { pw[c] = 0.0; pb[c] = 0.0; }
     for (ptrdiff_t n0 = r0; n0 < r1; n0 += NORM_BLOCK) {
@@ -532,30 +535,28 @@ static inline void ln_bwd_rows_f(const float *restrict dy, const float *restrict
             float *restrict dr = dx + n * C;
             const float mean = save_mean[n], rstd = save_rstd[n];
             const __m256 vm = _mm256_set1_ps(mean), vr = _mm256_set1_ps(rstd);
-            __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
-            __m256d b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            __m256d a0 = _mm256_setzero_pd(), a1 = a0, b0 = a0, b1 = a0;
             ptrdiff_t c = 0;
-            for (; c < Cv; c += 16) {
-                __m256 g = _mm256_loadu_ps(gr + c), h = _mm256_loadu_ps(gr + c + 8);
-                if (has_w) {
-                    g = _mm256_mul_ps(g, _mm256_loadu_ps(w + c));
-                    h = _mm256_mul_ps(h, _mm256_loadu_ps(w + c + 8));
+            for (; c < Cv; c += 32) {
+                /* g and g (x - mean) of four vectors summed in float32 first (a 4-term sum,
+                   rounded once), then added in float64: a quarter of the conversions */
+                __m256 g[4], gx[4];
+                for (int k = 0; k < 4; k++) {
+                    g[k] = _mm256_loadu_ps(gr + c + 8 * k);
+                    if (has_w) g[k] = _mm256_mul_ps(g[k], _mm256_loadu_ps(w + c + 8 * k));
+                    gx[k] = _mm256_mul_ps(g[k], _mm256_sub_ps(_mm256_loadu_ps(xr + c + 8 * k), vm));
                 }
-                const __m256 gx = _mm256_mul_ps(g, _mm256_sub_ps(_mm256_loadu_ps(xr + c), vm));
-                const __m256 hx = _mm256_mul_ps(h, _mm256_sub_ps(_mm256_loadu_ps(xr + c + 8), vm));
-                a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(g)));
-                a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(g, 1)));
-                a2 = _mm256_add_pd(a2, _mm256_cvtps_pd(_mm256_castps256_ps128(h)));
-                a3 = _mm256_add_pd(a3, _mm256_cvtps_pd(_mm256_extractf128_ps(h, 1)));
-                b0 = _mm256_add_pd(b0, _mm256_cvtps_pd(_mm256_castps256_ps128(gx)));
-                b1 = _mm256_add_pd(b1, _mm256_cvtps_pd(_mm256_extractf128_ps(gx, 1)));
-                b2 = _mm256_add_pd(b2, _mm256_cvtps_pd(_mm256_castps256_ps128(hx)));
-                b3 = _mm256_add_pd(b3, _mm256_cvtps_pd(_mm256_extractf128_ps(hx, 1)));
+                const __m256 sg4 = _mm256_add_ps(_mm256_add_ps(g[0], g[1]),
+                                                 _mm256_add_ps(g[2], g[3]));
+                const __m256 sx4 = _mm256_add_ps(_mm256_add_ps(gx[0], gx[1]),
+                                                 _mm256_add_ps(gx[2], gx[3]));
+                a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(sg4)));
+                a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(sg4, 1)));
+                b0 = _mm256_add_pd(b0, _mm256_cvtps_pd(_mm256_castps256_ps128(sx4)));
+                b1 = _mm256_add_pd(b1, _mm256_cvtps_pd(_mm256_extractf128_ps(sx4, 1)));
             }
-            double sg = norm_hsum256_pd(_mm256_add_pd(_mm256_add_pd(a0, a1),
-                                                      _mm256_add_pd(a2, a3)));
-            double sgx = norm_hsum256_pd(_mm256_add_pd(_mm256_add_pd(b0, b1),
-                                                       _mm256_add_pd(b2, b3)));
+            double sg = norm_hsum256_pd(_mm256_add_pd(a0, a1));
+            double sgx = norm_hsum256_pd(_mm256_add_pd(b0, b1));
             for (; c < C; c++) {
                 const float g = has_w ? gr[c] * w[c] : gr[c];
                 sg += (double)g;
