@@ -564,3 +564,27 @@ def test_layernorm_backward_without_weight_matches_reference(backend, dtype, rng
     dx = np.full(shape, np.nan, dtype)
     norm.layernorm_backward(dy, x, None, sm, sr, dx, None, None, backend=backend)
     close(dx, ln_backward_ref(dy, x, None, sm, sr)[0], dtype, f32=2e-4)
+
+
+@pytest.mark.parametrize("shape", [(3, 8), (2, 40), (5, 63), (1, 96), (2, 520)])
+def test_layernorm_simd_width_tails_match_reference(backend, dtype, rng, shape):
+    # the AVX2 float32 row loops take 32 columns per step for the statistics and 8 for the rest,
+    # in tiles of 512: widths just above and below those, every affine combination
+    N, C = shape
+    x, dy = rand(rng, shape, dtype, loc=3.0), rand(rng, shape, dtype)
+    w, b = rand(rng, C, dtype), rand(rng, C, dtype)
+    for ww, bb in [(w, b), (w, None), (None, b), (None, None)]:
+        out, sm, sr = np.full(shape, np.nan, dtype), np.empty(N, dtype), np.empty(N, dtype)
+        norm.layernorm_forward(x, ww, bb, out, sm, sr, backend=backend)
+        y, mu, rstd = ln_forward_ref(x, ww, bb, 1e-5)
+        close(out, y, dtype)
+        close(sm, mu, dtype)
+        close(sr, rstd, dtype)
+        dx = np.full(shape, np.nan, dtype)
+        dw, db = (np.zeros(C, dtype), np.zeros(C, dtype)) if ww is not None else (None, None)
+        norm.layernorm_backward(dy, x, ww, sm, sr, dx, dw, db, backend=backend)
+        rdx, rdw, rdb = ln_backward_ref(dy, x, ww, sm, sr)
+        close(dx, rdx, dtype, f32=2e-4)
+        if ww is not None:
+            close(dw, rdw, dtype, f32=2e-4)
+            close(db, rdb, dtype, f32=2e-4)

@@ -1,9 +1,12 @@
 """fastreg batch norm / layer norm kernels vs torch.nn.BatchNorm1d / LayerNorm.
 
     fastreg bench --only norm [--quick]          (same process, interleaved, best round)
-    python -m fastreg._bench.compare_norm [--rounds 5] [--reps 20]
+    python -m fastreg._bench.compare_norm [--rounds 5] [--reps 20] [--shape 4096x1024,256x512]
                                                  (each library in its own process, alternated,
-                                                  median of rounds and the range: the README's)
+                                                  median of rounds and the range: the README's;
+                                                  256 x 512 is the batch-norm of issue 15's
+                                                  training step, L2-resident: its "floor" is the
+                                                  DRAM one and only an upper bound there)
 
 Each case is one training step of the layer as a user runs it: forward (train mode, running
 statistics updated) + backward with parameter gradients. fastreg writes into preallocated
@@ -201,33 +204,44 @@ def _child(who: str, op: str, n: int, c: int, reps: int) -> float:
 def main(argv=None) -> int:
     import argparse
     import json
-    import os
-    import subprocess
-    import sys
     ap = argparse.ArgumentParser(description="norm fwd+bwd, fastreg vs torch, own processes")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--shape", default="4096x1024")
+    ap.add_argument("--shape", default="4096x1024,256x512",
+                    help="comma-separated NxC shapes (default: %(default)s)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    n, c = (int(v) for v in args.shape.split("x"))
+    shapes = [tuple(int(v) for v in sh.split("x")) for sh in args.shape.split(",")]
     if args.child:
         who, op = args.child
+        n, c = shapes[0]
         if who == "probe":
             print(json.dumps(probe_bandwidth()))
         else:
             print(json.dumps(_child(who, op, n, c, args.reps)))
         return 0
+    for n, c in shapes:
+        _compare_shape(args, n, c)
+    return 0
+
+
+def _compare_shape(args, n: int, c: int) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+    # a small step takes microseconds: enough repetitions for ~0.1 s per child
+    reps = max(args.reps, min(2000, (1 << 24) // (n * c)))
 
     def run(*child):
         out = subprocess.run([sys.executable, "-m", "fastreg._bench.compare_norm", "--shape",
-                              args.shape, "--reps", str(args.reps), "--child", *child],
+                              f"{n}x{c}", "--reps", str(reps), "--child", *child],
                              capture_output=True, text=True, check=False)
         if out.returncode:
             raise RuntimeError(f"{child} failed:\n{out.stderr}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    print(f"# {args.shape} float32, {os.cpu_count()} CPUs, load average "
+    print(f"# {n}x{c} float32, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}; median of {args.rounds} rounds, each library in its own "
           f"process, alternated")
     res = {k: [] for k in ("probe", "fastreg bn", "torch bn", "fastreg ln", "torch ln")}
@@ -246,7 +260,6 @@ def main(argv=None) -> int:
               f" ms, torch/fastreg {np.median(ratio):.2f}x ({ratio.min():.2f}-{ratio.max():.2f}); "
               f"floor {fl * 1e3:.2f} ms ({PASSES[op][0]} reads + {PASSES[op][1]} writes), "
               f"fastreg/floor {np.median(f) / fl:.2f} ({f.min() / fl:.2f}-{f.max() / fl:.2f})")
-    return 0
 
 
 if __name__ == "__main__":

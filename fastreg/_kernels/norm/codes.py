@@ -4,7 +4,7 @@
 #: the work (about 10 us of memory traffic).
 SERIAL_BELOW = 16384
 #: Row chunks per thread the old split aimed at (kept for callers that read it). The split is now
-#: a function of the shape only (norm._n_chunks: one chunk per SERIAL_BELOW / 4 elements, at most
+#: a function of the shape only (norm._n_chunks: one chunk per SERIAL_BELOW elements, at most
 #: MAX_CHUNKS): each chunk keeps its own column partials, added in chunk order, so results depend
 #: neither on the schedule nor on the thread count. The Cython backend hands chunks out
 #: dynamically, so on a machine where another process holds part of a core the other threads

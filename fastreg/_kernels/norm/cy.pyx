@@ -59,6 +59,34 @@ cdef extern from "loops.h" nogil:
                        const double *save_mean, const double *save_rstd, double *dx,
                        double *pw, double *pb, double *bw, double *bb, int has_w,
                        int stream, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t C)
+    void bn_train_coef_f(const float *shift, const float *weight, const float *bias,
+                         float *running_mean, float *running_var, float *save_mean,
+                         float *save_rstd, const double *partial, double *t1, double *t2,
+                         float *coef, int write_stats, int has_weight, int has_bias,
+                         int has_running, double momentum, double eps, Py_ssize_t P,
+                         Py_ssize_t N, Py_ssize_t C)
+    void bn_train_coef_d(const double *shift, const double *weight, const double *bias,
+                         double *running_mean, double *running_var, double *save_mean,
+                         double *save_rstd, const double *partial, double *t1, double *t2,
+                         double *coef, int write_stats, int has_weight, int has_bias,
+                         int has_running, double momentum, double eps, Py_ssize_t P,
+                         Py_ssize_t N, Py_ssize_t C)
+    void bn_grad_coef_f(const float *weight, const float *save_mean, const float *save_rstd,
+                        float *dweight, float *dbias, const double *partial, double *t1,
+                        double *t2, float *coef, int write_grads, int has_weight,
+                        int need_dweight, int need_dbias, int accumulate, Py_ssize_t P,
+                        Py_ssize_t N, Py_ssize_t C)
+    void bn_grad_coef_d(const double *weight, const double *save_mean, const double *save_rstd,
+                        double *dweight, double *dbias, const double *partial, double *t1,
+                        double *t2, double *coef, int write_grads, int has_weight,
+                        int need_dweight, int need_dbias, int accumulate, Py_ssize_t P,
+                        Py_ssize_t N, Py_ssize_t C)
+    void ln_grad_params_f(float *dweight, float *dbias, const double *partial, double *t1,
+                          double *t2, int need_dweight, int need_dbias, int accumulate,
+                          Py_ssize_t P, Py_ssize_t C)
+    void ln_grad_params_d(double *dweight, double *dbias, const double *partial, double *t1,
+                          double *t2, int need_dweight, int need_dbias, int accumulate,
+                          Py_ssize_t P, Py_ssize_t C)
     float norm_probe_read_f(const float *x, Py_ssize_t i0, Py_ssize_t i1)
     void norm_probe_copy_f(const float *x, float *y, Py_ssize_t i0, Py_ssize_t i1)
 
@@ -92,44 +120,6 @@ cdef inline void _affine_rows(const floating[:, ::1] x, floating[:, ::1] out,
                         &coef[3, 0], reverse, stream, q * N // P, (q + 1) * N // P, C)
 
 
-cdef inline void _bn_train_coef(const floating[:, ::1] x, const floating[::1] weight,
-                                const floating[::1] bias, floating[::1] running_mean,
-                                floating[::1] running_var, floating[::1] save_mean,
-                                floating[::1] save_rstd, double[:, :, ::1] partial,
-                                floating *coef, bint write_stats, bint has_weight,
-                                bint has_bias, bint has_running, double momentum,
-                                double eps) noexcept nogil:
-    # combine the chunk sums in chunk order into coef (4, C) = (mean hi, mean lo, gamma * rstd,
-    # beta); with write_stats also save_mean/save_rstd and the running statistics
-    cdef Py_ssize_t p, c, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
-    cdef double t1, t2, m, var, mean, rstd, inv_n = 1.0 / N
-    cdef floating mh
-    for c in range(C):
-        t1 = 0.0
-        t2 = 0.0
-        for p in range(P):
-            t1 = t1 + partial[p, 0, c]
-            t2 = t2 + partial[p, 1, c]
-        m = t1 * inv_n
-        var = t2 * inv_n - m * m
-        if var < 0.0:
-            var = 0.0
-        mean = x[0, c] + m
-        rstd = 1.0 / sqrt(var + eps)
-        if write_stats:
-            save_mean[c] = <floating>mean
-            save_rstd[c] = <floating>rstd
-            if has_running:
-                running_mean[c] = <floating>((1.0 - momentum) * running_mean[c] + momentum * mean)
-                running_var[c] = <floating>((1.0 - momentum) * running_var[c]
-                                            + momentum * var * N / (N - 1.0))
-        mh = <floating>mean
-        coef[c] = mh
-        coef[C + c] = <floating>(mean - mh)
-        coef[2 * C + c] = <floating>(rstd * weight[c] if has_weight else rstd)
-        coef[3 * C + c] = bias[c] if has_bias else 0.0
-
-
 def batchnorm_forward_train(const floating[:, ::1] x, const floating[::1] weight,
                             const floating[::1] bias, floating[::1] running_mean,
                             floating[::1] running_var, floating[:, ::1] out,
@@ -143,11 +133,16 @@ def batchnorm_forward_train(const floating[:, ::1] x, const floating[::1] weight
     cdef Py_ssize_t p, q, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
     cdef int T = _threads(P), stream = _stream(N * C, sizeof(floating))
     cdef floating *tc = <floating *>malloc(T * 4 * C * sizeof(floating))
+    cdef double *ts = <double *>malloc(T * 2 * C * sizeof(double))
     cdef floating *lc
-    if tc == NULL:
+    cdef double *ls
+    if tc == NULL or ts == NULL:
+        free(tc)
+        free(ts)
         raise MemoryError()
     with nogil, parallel(num_threads=T):
         lc = tc + threadid() * 4 * C
+        ls = ts + threadid() * 2 * C
         # pass 1: per-chunk sums of d = x - x[0] and d^2 (float64)
         for p in prange(P, schedule="dynamic", chunksize=1):
             if floating is float:
@@ -157,9 +152,16 @@ def batchnorm_forward_train(const floating[:, ::1] x, const floating[::1] weight
                 bn_sums_d(&x[0, 0], &x[0, 0], &partial[p, 0, 0], &partial[p, 1, 0],
                           p * N // P, (p + 1) * N // P, C)
         norm_barrier()
-        _bn_train_coef(x, weight, bias, running_mean, running_var, save_mean, save_rstd,
-                       partial, lc, threadid() == 0, has_weight, has_bias, has_running,
-                       momentum, eps)
+        if floating is float:
+            bn_train_coef_f(&x[0, 0], &weight[0], &bias[0], &running_mean[0], &running_var[0],
+                            &save_mean[0], &save_rstd[0], &partial[0, 0, 0], ls, ls + C, lc,
+                            threadid() == 0, has_weight, has_bias, has_running, momentum, eps,
+                            P, N, C)
+        else:
+            bn_train_coef_d(&x[0, 0], &weight[0], &bias[0], &running_mean[0], &running_var[0],
+                            &save_mean[0], &save_rstd[0], &partial[0, 0, 0], ls, ls + C, lc,
+                            threadid() == 0, has_weight, has_bias, has_running, momentum, eps,
+                            P, N, C)
         # pass 2: last chunk first, each chunk backwards (rows pass 1 left in cache)
         for p in prange(P, schedule="dynamic", chunksize=1):
             q = P - 1 - p
@@ -170,6 +172,7 @@ def batchnorm_forward_train(const floating[:, ::1] x, const floating[::1] weight
                 bn_affine_d(&x[0, 0], &out[0, 0], lc, lc + C, lc + 2 * C, lc + 3 * C, 1,
                             stream, q * N // P, (q + 1) * N // P, C)
     free(tc)
+    free(ts)
 
 
 def batchnorm_forward_eval(const floating[:, ::1] x, const floating[::1] weight,
@@ -190,37 +193,6 @@ def batchnorm_forward_eval(const floating[:, ::1] x, const floating[::1] weight,
             _affine_rows(x, out, coef, P, 0)
 
 
-cdef inline void _bn_grad_coef(const floating[::1] weight, const floating[::1] save_mean,
-                               const floating[::1] save_rstd, floating[::1] dweight,
-                               floating[::1] dbias, double[:, :, ::1] partial, floating *coef,
-                               Py_ssize_t N, bint write_grads, bint has_weight,
-                               bint need_dweight, bint need_dbias,
-                               bint accumulate) noexcept nogil:
-    # dbeta, dgamma from the chunk sums (in chunk order); coef (4, C) = (mean, a, b, d) with
-    # dx = a*dy + b*(x - mean) + d, a = gamma*rstd, b = -a*rstd*dgamma/N, d = -a*dbeta/N.
-    # With write_grads also dweight/dbias.
-    cdef Py_ssize_t p, c, C = partial.shape[2], P = partial.shape[0]
-    cdef double db, dg, rstd, a, inv_n = 1.0 / N if N > 0 else 0.0
-    for c in range(C):
-        db = 0.0
-        dg = 0.0
-        for p in range(P):
-            db = db + partial[p, 0, c]
-            dg = dg + partial[p, 1, c]
-        rstd = save_rstd[c]
-        dg = dg * rstd
-        if write_grads:
-            if need_dweight:
-                dweight[c] = <floating>(dweight[c] + dg if accumulate else dg)
-            if need_dbias:
-                dbias[c] = <floating>(dbias[c] + db if accumulate else db)
-        a = rstd * weight[c] if has_weight else rstd
-        coef[c] = save_mean[c]
-        coef[C + c] = <floating>a
-        coef[2 * C + c] = <floating>(-a * rstd * dg * inv_n)
-        coef[3 * C + c] = <floating>(-a * db * inv_n)
-
-
 def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
                        const floating[::1] weight, const floating[::1] save_mean,
                        const floating[::1] save_rstd, floating[:, ::1] dx,
@@ -232,11 +204,16 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
     cdef Py_ssize_t p, q, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
     cdef int T = _threads(P), stream = _stream(N * C, sizeof(floating))
     cdef floating *tc = <floating *>malloc(T * 4 * C * sizeof(floating))
+    cdef double *ts = <double *>malloc(T * 2 * C * sizeof(double))
     cdef floating *lc
-    if tc == NULL:
+    cdef double *ls
+    if tc == NULL or ts == NULL:
+        free(tc)
+        free(ts)
         raise MemoryError()
     with nogil, parallel(num_threads=T):
         lc = tc + threadid() * 4 * C
+        ls = ts + threadid() * 2 * C
         # pass 1: per-chunk sums of dy and dy * (x - mean)
         for p in prange(P, schedule="dynamic", chunksize=1):
             if floating is float:
@@ -248,8 +225,14 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
                                &partial[p, 1, 0], &block[p, 0, 0], &block[p, 1, 0],
                                p * N // P, (p + 1) * N // P, C)
         norm_barrier()
-        _bn_grad_coef(weight, save_mean, save_rstd, dweight, dbias, partial, lc, N,
-                      threadid() == 0, has_weight, need_dweight, need_dbias, accumulate)
+        if floating is float:
+            bn_grad_coef_f(&weight[0], &save_mean[0], &save_rstd[0], &dweight[0], &dbias[0],
+                           &partial[0, 0, 0], ls, ls + C, lc, threadid() == 0, has_weight,
+                           need_dweight, need_dbias, accumulate, P, N, C)
+        else:
+            bn_grad_coef_d(&weight[0], &save_mean[0], &save_rstd[0], &dweight[0], &dbias[0],
+                           &partial[0, 0, 0], ls, ls + C, lc, threadid() == 0, has_weight,
+                           need_dweight, need_dbias, accumulate, P, N, C)
         # pass 2: dx, last chunk first, each chunk backwards
         for p in prange(P, schedule="dynamic", chunksize=1):
             q = P - 1 - p
@@ -260,6 +243,7 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
                 bn_dx_rev_d(&dy[0, 0], &x[0, 0], &dx[0, 0], lc, lc + C, lc + 2 * C, lc + 3 * C,
                             stream, q * N // P, (q + 1) * N // P, C)
     free(tc)
+    free(ts)
 
 
 def layernorm_forward(const floating[:, ::1] x, const floating[::1] weight,
@@ -289,8 +273,8 @@ def layernorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
                        floating[::1] dweight, floating[::1] dbias, double[:, :, ::1] partial,
                        floating[:, :, ::1] block, bint has_weight, bint need_dweight,
                        bint need_dbias, bint accumulate):
-    cdef Py_ssize_t p, c, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
-    cdef double tw, tb
+    cdef Py_ssize_t p, N = x.shape[0], C = x.shape[1], P = partial.shape[0]
+    cdef double *ts
     cdef int stream = _stream(N * C, sizeof(floating))
     with nogil:
         for p in prange(P, schedule="dynamic", chunksize=1, num_threads=_threads(P)):
@@ -304,17 +288,17 @@ def layernorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
                               &dx[0, 0], &partial[p, 0, 0], &partial[p, 1, 0],
                               &block[p, 0, 0], &block[p, 1, 0], has_weight, stream,
                               p * N // P, (p + 1) * N // P, C)
-        if need_dweight or need_dbias:
-            for c in range(C):
-                tw = 0.0
-                tb = 0.0
-                for p in range(P):
-                    tw = tw + partial[p, 0, c]
-                    tb = tb + partial[p, 1, c]
-                if need_dweight:
-                    dweight[c] = <floating>(dweight[c] + tw if accumulate else tw)
-                if need_dbias:
-                    dbias[c] = <floating>(dbias[c] + tb if accumulate else tb)
+    if need_dweight or need_dbias:
+        ts = <double *>malloc(2 * C * sizeof(double))
+        if ts == NULL:
+            raise MemoryError()
+        if floating is float:
+            ln_grad_params_f(&dweight[0], &dbias[0], &partial[0, 0, 0], ts, ts + C,
+                             need_dweight, need_dbias, accumulate, P, C)
+        else:
+            ln_grad_params_d(&dweight[0], &dbias[0], &partial[0, 0, 0], ts, ts + C,
+                             need_dweight, need_dbias, accumulate, P, C)
+        free(ts)
 
 
 def bandwidth_probe(const float[::1] src, float[::1] dst, bint copy):

@@ -66,6 +66,22 @@ def _grad_row_sums(gr, xr, weight, mean, has_weight):
     return sg, sgx
 
 
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _sum_chunks(partial):
+    # (t1, t2)[c] = sum_p partial[p, (0, 1), c] in chunk order (as norm_sum_chunks in loops.h):
+    # chunk-outer, so the loads are contiguous (p innermost strides 2C doubles)
+    P, _, C = partial.shape
+    t1 = np.zeros(C)
+    t2 = np.zeros(C)
+    for p in range(P):
+        a = partial[p, 0]
+        b = partial[p, 1]
+        for c in range(C):
+            t1[c] += a[c]
+            t2[c] += b[c]
+    return t1, t2
+
+
 @njit(**_OPTS)
 def batchnorm_forward_train(x, weight, bias, running_mean, running_var, out, save_mean,
                             save_rstd, partial, coef, has_weight, has_bias, has_running,
@@ -89,14 +105,10 @@ def batchnorm_forward_train(x, weight, bias, running_mean, running_var, out, sav
     # combine the chunks; coef = (mean hi, mean lo, gamma * rstd, beta)
     T = x.dtype.type
     inv_n = 1.0 / N
+    t1, t2 = _sum_chunks(partial)
     for c in range(C):
-        t1 = 0.0
-        t2 = 0.0
-        for p in range(P):
-            t1 += partial[p, 0, c]
-            t2 += partial[p, 1, c]
-        m = t1 * inv_n
-        var = max(t2 * inv_n - m * m, 0.0)
+        m = t1[c] * inv_n
+        var = max(t2[c] * inv_n - m * m, 0.0)
         mean = np.float64(shift[c]) + m
         rstd = 1.0 / np.sqrt(var + eps)
         save_mean[c] = mean
@@ -179,14 +191,11 @@ def batchnorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, 
     # dbeta = sum dy, dgamma = sum dy * xhat;
     # dx = gamma*rstd*dy - gamma*rstd^2*dgamma/N * (x - mean) - gamma*rstd*dbeta/N
     inv_n = 1.0 / N if N > 0 else 0.0
+    t1, t2 = _sum_chunks(partial)
     for c in range(C):
-        db = 0.0
-        dg = 0.0
-        for p in range(P):
-            db += partial[p, 0, c]
-            dg += partial[p, 1, c]
+        db = t1[c]
         rstd = np.float64(save_rstd[c])
-        dg *= rstd
+        dg = t2[c] * rstd
         if need_dweight:
             dweight[c] = dweight[c] + dg if accumulate else dg
         if need_dbias:
@@ -289,12 +298,10 @@ def layernorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbias, 
                     pw[c] += bw[c]
                     pb[c] += bb[c]
     if need_dweight or need_dbias:
+        tws, tbs = _sum_chunks(partial)
         for c in range(C):
-            tw = 0.0
-            tb = 0.0
-            for p in range(P):
-                tw += partial[p, 0, c]
-                tb += partial[p, 1, c]
+            tw = tws[c]
+            tb = tbs[c]
             if need_dweight:
                 dweight[c] = dweight[c] + tw if accumulate else tw
             if need_dbias:
