@@ -54,11 +54,19 @@ static inline void fr_relu_dropout_forward_chunk_##SUFFIX(const T *x, T *out, ui
     fr_dropout_mask_chunk(mask, b0, b1, n, k0, k1, offset, threshold);                        \
     fr_relu_dropout_apply_##SUFFIX(x, out, mask, b0, b1, n, scale);                           \
 }                                                                                             \
-/* dx[i] = dy[i] * scale where out[i] > 0, else +0, for i in [i0, i1); dx may be dy. */        \
+/* dx[i] = dy[i] * scale where out[i] > 0, else +0, for i in [i0, i1); dx may be dy.          \
+ * Branch-free (the product's bits ANDed with 0 or ~0): gcc does not if-convert a select of a  \
+ * product (it may trap), and a branch on a random sign mispredicts half the time (40x slower).*/\
 static inline void fr_relu_dropout_backward_##SUFFIX(const T *dy, const T *out, T *dx,        \
                                                      int64_t i0, int64_t i1, T scale)         \
 {                                                                                             \
-    for (int64_t i = i0; i < i1; ++i) dx[i] = out[i] > 0 ? dy[i] * scale : (T)0;              \
+    for (int64_t i = i0; i < i1; ++i) {                                                       \
+        T v = dy[i] * scale;                                                                  \
+        U u;                                                                                  \
+        memcpy(&u, &v, sizeof u);                                                             \
+        u &= (U)0 - (U)(out[i] > 0);                                                          \
+        memcpy(&dx[i], &u, sizeof u);                                                         \
+    }                                                                                         \
 }
 FR_DEFINE_RELU_DROPOUT(f32, float, uint32_t)
 FR_DEFINE_RELU_DROPOUT(f64, double, uint64_t)
