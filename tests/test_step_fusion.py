@@ -178,3 +178,64 @@ def test_benchmark_step_with_batchnorm_allocates_no_arrays_after_warm_up():
     step, _ = fastreg_step(batch=256)
     peak, net = _peak_bytes_of_steps(step)
     assert peak < 256 * 10 * 4 + SMALL, f"a training step allocated {peak} bytes at its peak"
+
+
+# --- zero_grad without a pass over the gradients -----------------------------------------------
+
+def _lazy_model():
+    fr.manual_seed(0)
+    f64 = np.float64
+    body = nn.Sequential(nn.Linear(6, 9, dtype=f64), nn.Tanh(), nn.Linear(9, 4, dtype=f64))
+    unused = nn.Linear(3, 3, dtype=f64)    # gets a gradient at the first step only
+    params = list(body.parameters()) + list(unused.parameters())
+    return body, unused, fr.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+
+
+def _train(eager: bool, steps=3):
+    body, unused, opt = _lazy_model()
+    g = np.random.default_rng(2)
+    loss_fn = nn.CrossEntropyLoss()
+    for i in range(steps):
+        x, y = g.standard_normal((8, 6)), g.integers(0, 4, 8)
+        opt.zero_grad()
+        if eager:                                  # what zero_grad used to do: write zeros now
+            for p in opt.param_groups[0]["params"]:
+                p.grad[...] = 0.0
+        loss_fn(body(x), y)
+        body.backward(loss_fn.backward())
+        if i == 0:
+            unused(x[:, :3])
+            unused.backward(np.ones((8, 3)))
+        opt.step()
+    return [p.data.copy() for p in opt.param_groups[0]["params"]], body, unused, opt
+
+
+def test_lazy_zero_grad_trains_bitwise_like_eager_zeroing():
+    lazy, *_ = _train(False)
+    eager, *_ = _train(True)
+    for a, b in zip(lazy, eager):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_zeroed_gradients_read_as_zeros_and_accumulate_after_a_write():
+    _, body, unused, opt = _train(False, steps=1)
+    assert any(np.any(p.grad != 0) for p in body.parameters())
+    opt.zero_grad()
+    for p in list(body.parameters()) + list(unused.parameters()):
+        np.testing.assert_array_equal(p.grad, 0.0)   # read: zeros (written on demand)
+    w = body[0].weight
+    opt.zero_grad()
+    w.grad[...] = 1.0                              # a user's write after zero_grad counts
+    x = np.random.default_rng(5).standard_normal((4, 6))
+    body(x)
+    g = np.ones((4, 4))
+    body.backward(g)
+    once = w.grad.copy() - 1.0
+    body(x)
+    body.backward(g)                               # no zero_grad: a second backward adds
+    np.testing.assert_allclose(w.grad, 1.0 + 2 * once, rtol=1e-12, atol=1e-12)
+    opt.zero_grad()
+    body(x)
+    body.backward(g)                               # overwritten, not added to the stale values
+    np.testing.assert_allclose(body[0].weight.grad, once, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(unused.weight.grad, 0.0)

@@ -291,8 +291,9 @@ class Linear(Module):
             _elementwise.run_activation_backward(dy, y, dz, act, slope, dev)
             dy = dz
         W, b = self.weight, self.bias
-        db = b.grad_buffer() if (b is not None and b.requires_grad) else None
+        bp = b if (b is not None and b.requires_grad) else None
         if bf16:    # recorded under autocast: the products of fastreg.amp's backward
+            db = None if bp is None else bp.grad_buffer()
             dy = np.ascontiguousarray(dy)
             if W.requires_grad:
                 _matmul.run_linear_backward_weight_bf16(dy, x2, W.grad_buffer(), db, True)
@@ -304,9 +305,21 @@ class Linear(Module):
             _matmul.run_linear_backward_input_bf16(dy, W.data, dx)
             return dx.reshape(in_shape)
         if W.requires_grad:
-            _matmul.run_linear_backward_weight(dy, x2, W.grad_buffer(), db, True, dev)
-        elif db is not None:
-            self._place.column_sum(dy, db, True)
+            # zero_grad zeroes lazily (Parameter): stale dW and db are overwritten (no pass of
+            # zeros, no read of them); otherwise the GEMM adds to the gradients
+            if W._stale and (bp is None or bp._stale):
+                _matmul.run_linear_backward_weight(
+                    dy, x2, W.grad_to_overwrite(), None if bp is None else bp.grad_to_overwrite(),
+                    False, dev)
+            else:
+                _matmul.run_linear_backward_weight(
+                    dy, x2, W.grad_buffer(), None if bp is None else bp.grad_buffer(), True, dev)
+        elif bp is not None:
+            db = bp.grad_to_overwrite()
+            if db is None:
+                self._place.column_sum(dy, bp.grad_buffer(), True)
+            else:
+                self._place.column_sum(dy, db, False)
         if not input_grad:
             return None
         dx = self._buffer("dx", x2.shape, y.dtype)
