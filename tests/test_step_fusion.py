@@ -176,7 +176,7 @@ def test_training_step_allocates_no_arrays_after_warm_up():
 def test_benchmark_step_with_batchnorm_allocates_no_arrays_after_warm_up():
     from fastreg._bench.compare_train import fastreg_step
     step, _ = fastreg_step(batch=256)
-    peak, net = _peak_bytes_of_steps(step)
+    peak, _ = _peak_bytes_of_steps(step)
     assert peak < 256 * 10 * 4 + SMALL, f"a training step allocated {peak} bytes at its peak"
 
 

@@ -1012,7 +1012,10 @@ class Sequential(Module):
     Speed: a layer whose ``layer_spec.fuses_activation`` is set (Linear) directly followed by an
     ``activation`` layer that is ``fusable()`` (ReLU, LeakyReLU(negative_slope > 0), Sigmoid,
     Tanh) is run as one ``linear_forward(..., activation=...)`` call, and its backward applies
-    ``activation_backward`` from the saved output; the result equals the unfused pair. Set
+    ``activation_backward`` from the saved output; the result equals the unfused pair. A
+    ``ReLU`` directly followed by a ``Dropout`` (training, ``0 < p < 1``) runs as one
+    ``relu_dropout_forward`` pass, and its backward as one ``relu_dropout_backward`` pass from the
+    output (:meth:`Dropout.forward_after_relu`); bit-identical to the two layers. Set
     ``fuse = False`` on the instance to run every module separately.
 
     A module instance may appear only once: backward uses the cache of a module's latest call,
