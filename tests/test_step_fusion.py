@@ -120,6 +120,14 @@ def test_relu_dropout_pair_on_0d_and_3d_inputs():
         assert outs[0][1].tobytes() == outs[1][1].tobytes()
 
 
+def test_bad_input_to_a_fused_pair_gets_relus_own_error():
+    m = nn.Sequential(nn.ReLU(), nn.Dropout(0.2))
+    with pytest.raises(TypeError, match=r"ReLU\(\): input must be a numpy.ndarray, got list"):
+        m([1.0, 2.0])
+    with pytest.raises(TypeError, match=r"ReLU\(\): input has dtype int64"):
+        m(np.arange(4))
+
+
 def _peak_bytes_of_steps(step, warm=3, steps=3):
     """(peak, net) bytes tracemalloc sees over ``steps`` calls of ``step`` after ``warm``."""
     for _ in range(warm):

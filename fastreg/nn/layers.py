@@ -787,8 +787,9 @@ class Dropout(Module):
         cleared: its backward is part of this one.
         """
         p = self.p
-        if not self.training or not 0.0 < p < 1.0 or getattr(x, "ndim", 0) == 0:
-            return None
+        if not self.training or not 0.0 < p < 1.0 or getattr(x, "ndim", 0) == 0 \
+                or getattr(x, "dtype", None) not in _config.FLOAT_DTYPES:
+            return None             # (a bad input then gets ReLU's own error)
         x = _check_input(self, x, _input_float_dtype(x))
         out = self._buffer("out", x.shape, x.dtype)
         _apart(self, out, x)
