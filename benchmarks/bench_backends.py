@@ -1,6 +1,7 @@
 """Training step on the numba backend vs the Cython backend (issue 15, item 5), and vs torch.
 
     python benchmarks/bench_backends.py [--rounds 7] [--threads 2] [--batch 256] [--no-torch]
+                                        [--clock wall|cpu]
 
 The step is the one of ``fastreg bench``'s training row: 784-512-256-10 MLP, BatchNorm1d + ReLU +
 Dropout(0.2) after each hidden Linear, float32, cross-entropy, AdamW; one step = forward, loss,
@@ -8,6 +9,11 @@ zero_grad, backward (no dL/dx of the input), optimizer step. Each side runs in i
 (so no library's idle threads steal the cores of another), alternated in every round; the median
 per-step time over rounds is reported with numba/cython (goal: cython time / numba time >= 0.8)
 and per-op times of the numba backend (its GEMM is the part that is slow: see the README).
+
+``--clock cpu`` times with ``time.process_time`` (CPU seconds of the whole process) instead of
+the wall clock: on a loaded machine a 2-thread wall time measures the neighbours (a worker thread
+that slept between two kernels waits for a time slice), while one-thread CPU time stays within
+~10%; use it with ``--threads 1`` there, and the wall clock on a quiet machine.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ CHILD = r'''
 import json, sys, time
 import numpy as np
 kind, threads, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+clock = time.process_time if sys.argv[4] == "cpu" else time.perf_counter
 SIZES = (784, 512, 256, 10)
 rng = np.random.default_rng(0)
 x = rng.standard_normal((batch, SIZES[0])).astype(np.float32)
@@ -31,10 +38,10 @@ def timeit(fn, min_time=1.0):
         fn()
     n = 1
     while True:
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(n):
             fn()
-        t = time.perf_counter() - t0
+        t = clock() - t0
         if t >= min_time:
             return t / n
         n *= 2
@@ -70,8 +77,8 @@ print(json.dumps({"step": timeit(step), **extra}))
 '''
 
 
-def run(kind: str, threads: int, batch: int) -> dict:
-    p = subprocess.run([sys.executable, "-c", CHILD, kind, str(threads), str(batch)],
+def run(kind: str, threads: int, batch: int, clock: str = "wall") -> dict:
+    p = subprocess.run([sys.executable, "-c", CHILD, kind, str(threads), str(batch), clock],
                        capture_output=True, text=True, check=False)
     if p.returncode != 0:
         raise SystemExit(f"{kind} child failed:\n{p.stderr[-3000:]}")
@@ -84,18 +91,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     a = ap.parse_args()
     kinds = ["cython", "numba"] + ([] if a.no_torch else ["torch"])
     res: dict[str, list[dict]] = {k: [] for k in kinds}
     for r in range(a.rounds):
         for k in kinds:
-            res[k].append(run(k, a.threads, a.batch))
+            res[k].append(run(k, a.threads, a.batch, a.clock))
         print(f"round {r + 1}: " + "  ".join(f"{k} {res[k][-1]['step'] * 1e3:.2f} ms"
                                              for k in kinds), file=sys.stderr)
     med = {k: {key: statistics.median(d[key] for d in res[k]) for key in res[k][0]}
            for k in kinds}
     ratios = [c["step"] / n["step"] for c, n in zip(res["cython"], res["numba"])]
-    print(f"threads {a.threads}, batch {a.batch}, {a.rounds} rounds, medians:")
+    print(f"threads {a.threads}, batch {a.batch}, {a.rounds} rounds, {a.clock} clock, medians:")
     for k in kinds:
         print(f"  {k:7s} step {med[k]['step'] * 1e3:8.2f} ms"
               + "".join(f"   {key} {v * 1e3:.3f} ms" for key, v in med[k].items() if key != "step"))

@@ -52,3 +52,23 @@ class TrainStep:
         self.model.eval()
         self.model(self.x)
         self.model.train()
+
+
+class ReluDropout:
+    """ReLU -> Dropout(0.2) on a 256 x 512 float32 batch, forward + backward: the fused pair
+    (one ``relu_dropout_forward`` / ``relu_dropout_backward`` pass each way) vs ``fuse=False``."""
+    params = (["fused", "unfused"],)
+    param_names = ("path",)
+
+    def setup(self, path):
+        fr.manual_seed(0)
+        self.model = nn.Sequential(nn.ReLU(), nn.Dropout(0.2))
+        self.model.fuse = path == "fused"
+        g = np.random.default_rng(0)
+        self.x = g.standard_normal((256, 512)).astype(np.float32)
+        self.dy = g.standard_normal((256, 512)).astype(np.float32)
+        self.time_forward_backward()
+
+    def time_forward_backward(self, *args):
+        self.model.forward(self.x)
+        self.model.backward(self.dy)

@@ -42,6 +42,10 @@ TRUSTED_ONLY = {
     "matmul": {"run_linear_forward_bf16": "tests/test_autocast.py",
                "run_linear_backward_input_bf16": "tests/test_autocast.py",
                "run_linear_backward_weight_bf16": "tests/test_autocast.py"},
+    # Sequential's fused ReLU -> Dropout (its Dropout checked the arrays): bit for bit against
+    # the two unfused checked kernels and a NumPy reference, every backend
+    "dropout": {"run_relu_dropout_forward": "tests/test_step_fusion.py",
+                "run_relu_dropout_backward": "tests/test_step_fusion.py"},
 }
 CPU_SIZES = AWKWARD_SIZES[:-1] + (1031,)        # 1, 2, 7, 33, 257, 1031
 CUDA_SIZES = (1, 2, 7, 33)                       # the simulator runs a Python thread per GPU thread

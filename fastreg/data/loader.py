@@ -6,6 +6,7 @@ epoch: an epoch is one permutation of ``range(N)`` cut into ⌈N/k⌉ batches (�
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -74,12 +75,21 @@ class DataLoader:
     sample_weight : array-like, shape (N,), optional
         Per-sample weights (finite, >= 0, positive sum); the loader then yields
         ``(xb, yb, wb)`` triples, the weights of the batch's samples.
+    dtype : numpy dtype, optional
+        The dtype of the ``xb`` batches (e.g. the model's ``float32`` for ``float64`` data): each
+        batch is cast as it is gathered, without a float32 copy of the whole dataset. None keeps
+        ``X``'s dtype.
 
     Notes
     -----
-    Batches are C-contiguous arrays in the dtype of ``X``/``y``. Shuffled batches are fresh
-    copies (fancy indexing); unshuffled batches are views of the (contiguous) dataset, so a
-    consumer must not write into them.
+    Batches are C-contiguous arrays. Unshuffled batches (in ``X``'s dtype) are views of the
+    (contiguous) dataset, so a consumer must not write into them. Shuffled batches are gathered
+    (``X[idx]``, one pass) into buffers the loader reuses, two per array, used in turn: the
+    buffer of batch ``i`` is written again for batch ``i + 2`` only if nothing outside the loader
+    references it any more (no variable, list, view or model cache: Python's reference count
+    says so); otherwise batch ``i + 2`` goes into a fresh buffer. So a plain loop allocates
+    nothing per batch, and a batch that is kept (``batches.append(xb)``) is never overwritten:
+    every batch a user can still see holds its own data, as with fresh copies.
 
     Examples
     --------
@@ -92,7 +102,7 @@ class DataLoader:
     def __init__(self, X: np.ndarray, y: np.ndarray | None = None, batch_size: int = 256,
                  shuffle: bool = True, drop_last: bool = False, seed: int | None = None,
                  shard: tuple[int, int] | None = None,
-                 sample_weight: np.ndarray | None = None) -> None:
+                 sample_weight: np.ndarray | None = None, dtype=None) -> None:
         if not isinstance(X, np.ndarray):
             raise TypeError(f"X must be a numpy.ndarray, got {type(X).__name__}")
         if X.ndim < 1:
@@ -118,6 +128,14 @@ class DataLoader:
         self.y = None if y is None else np.ascontiguousarray(y)
         self.sample_weight = None if sample_weight is None else \
             check_sample_weight(sample_weight, X.shape[0])
+        if dtype is not None:
+            try:
+                dtype = np.dtype(dtype)
+            except TypeError:
+                raise TypeError(f"dtype must be a numpy dtype or None, got {dtype!r}") from None
+            if not np.can_cast(self.X.dtype, dtype, casting="same_kind"):
+                raise TypeError(f"dtype: cannot cast X's {self.X.dtype} batches to {dtype}")
+        self.dtype = self.X.dtype if dtype is None else dtype
 
     @property
     def num_samples(self) -> int:
@@ -174,7 +192,7 @@ class DataLoader:
         n, k = self.num_samples, self.batch_size
         stop = len(self) * k
         X, y, w = self.X, self.y, self.sample_weight
-        if not self.shuffle:
+        if not self.shuffle and self.dtype == X.dtype:
             for start in range(0, min(stop, n), k):
                 idx = slice(start, start + k)
                 if w is None:
@@ -183,33 +201,89 @@ class DataLoader:
                     yield X[idx], (None if y is None else y[idx]), w[idx]
             return
         order = self.permutation(epoch)
+        gx = _Gather(X, k, self.dtype)
+        gy = None if y is None else _Gather(y, k)
+        gw = None if w is None else _Gather(w, k)
         for start in range(0, min(stop, n), k):
             idx = order[start:start + k]
-            if w is None:
-                yield X[idx], (None if y is None else y[idx])
+            if gw is None:
+                yield gx(idx), (None if gy is None else gy(idx))
             else:
-                yield X[idx], (None if y is None else y[idx]), w[idx]
+                yield gx(idx), (None if gy is None else gy(idx)), gw(idx)
 
     def _shard_batches(self, epoch: int):
         order = self.permutation(epoch)
         k, w, r = self.batch_size * self.world, self.world, self.rank
         X, y = self.X, self.y
+        views = not self.shuffle and self.dtype == X.dtype
+        b = self.batch_size                     # a rank's piece has at most batch_size rows
+        gx = _Gather(X, b, self.dtype)
+        gy = None if y is None else _Gather(y, b)
+        sw = self.sample_weight
+        gw = None if sw is None else _Gather(sw, b)
         for step in range(len(self)):
             g = order[step * k:(step + 1) * k]
             lo = (len(g) // w) * r + min(r, len(g) % w)     # numpy.array_split's pieces
             hi = lo + len(g) // w + (1 if r < len(g) % w else 0)
             idx = g[lo:hi]
-            if not self.shuffle:
+            if views:
                 idx = slice(int(idx[0]), int(idx[-1]) + 1)   # contiguous: views
-            if self.sample_weight is None:
-                yield X[idx], (None if y is None else y[idx])
+                xb, yb = X[idx], (None if y is None else y[idx])
+                wb = None if sw is None else sw[idx]
             else:
-                yield X[idx], (None if y is None else y[idx]), self.sample_weight[idx]
+                xb, yb = gx(idx), (None if gy is None else gy(idx))
+                wb = None if gw is None else gw(idx)
+            if sw is None:
+                yield xb, yb
+            else:
+                yield xb, yb, wb
 
     def __repr__(self) -> str:
         shard = "" if self.world == 1 else f", shard=({self.rank}, {self.world})"
         return (f"DataLoader(num_samples={self.num_samples}, batch_size={self.batch_size}, "
                 f"shuffle={self.shuffle}, drop_last={self.drop_last}, seed={self.seed}{shard})")
+
+
+#: Whether reference counts can tell that a batch buffer is no longer used (CPython).
+_REFCOUNTS = hasattr(sys, "getrefcount")
+
+
+class _Gather:
+    """``arr[idx]`` (cast to ``dtype``) into reused buffers, safely (DataLoader's Notes).
+
+    Two buffers of ``rows`` rows are used in turn; the one due is reused only when its reference
+    count shows that nothing but this object holds it -- no yielded batch, view of one, or model
+    cache still sees it -- else it is replaced by a fresh buffer (the old one stays with whoever
+    holds it). A batch is the buffer itself, or a view of its first rows for a short batch.
+    """
+
+    __slots__ = ("arr", "bufs", "dtype", "rows", "scratch", "turn")
+
+    def __init__(self, arr: np.ndarray, rows: int, dtype=None):
+        self.arr, self.rows = arr, rows
+        self.dtype = arr.dtype if dtype is None else np.dtype(dtype)
+        self.bufs = [None, None]
+        self.scratch = None             # arr's dtype, for a cast gather (never handed out)
+        self.turn = 0
+
+    def __call__(self, idx: np.ndarray) -> np.ndarray:
+        t = self.turn
+        self.turn = t ^ 1
+        buf = self.bufs[t]
+        # references to a free buffer: self.bufs, the local ``buf``, getrefcount's argument
+        if buf is None or not _REFCOUNTS or sys.getrefcount(buf) > 3:
+            buf = self.bufs[t] = np.empty((self.rows, *self.arr.shape[1:]), self.dtype)
+        m = len(idx)
+        out = buf if m == self.rows else buf[:m]
+        if self.dtype == self.arr.dtype:
+            np.take(self.arr, idx, axis=0, out=out, mode="clip")   # (indices are in range)
+        else:
+            if self.scratch is None:
+                self.scratch = np.empty((self.rows, *self.arr.shape[1:]), self.arr.dtype)
+            tmp = self.scratch[:m]
+            np.take(self.arr, idx, axis=0, out=tmp, mode="clip")
+            np.copyto(out, tmp, casting="same_kind")
+        return out
 
 
 def check_sample_weight(w, n: int, name: str = "sample_weight") -> np.ndarray:

@@ -291,8 +291,9 @@ class Linear(Module):
             _elementwise.run_activation_backward(dy, y, dz, act, slope, dev)
             dy = dz
         W, b = self.weight, self.bias
-        db = b.grad_buffer() if (b is not None and b.requires_grad) else None
+        bp = b if (b is not None and b.requires_grad) else None
         if bf16:    # recorded under autocast: the products of fastreg.amp's backward
+            db = None if bp is None else bp.grad_buffer()
             dy = np.ascontiguousarray(dy)
             if W.requires_grad:
                 _matmul.run_linear_backward_weight_bf16(dy, x2, W.grad_buffer(), db, True)
@@ -304,9 +305,21 @@ class Linear(Module):
             _matmul.run_linear_backward_input_bf16(dy, W.data, dx)
             return dx.reshape(in_shape)
         if W.requires_grad:
-            _matmul.run_linear_backward_weight(dy, x2, W.grad_buffer(), db, True, dev)
-        elif db is not None:
-            self._place.column_sum(dy, db, True)
+            # zero_grad zeroes lazily (Parameter): stale dW and db are overwritten (no pass of
+            # zeros, no read of them); otherwise the GEMM adds to the gradients
+            if W._stale and (bp is None or bp._stale):
+                _matmul.run_linear_backward_weight(
+                    dy, x2, W.grad_to_overwrite(), None if bp is None else bp.grad_to_overwrite(),
+                    False, dev)
+            else:
+                _matmul.run_linear_backward_weight(
+                    dy, x2, W.grad_buffer(), None if bp is None else bp.grad_buffer(), True, dev)
+        elif bp is not None:
+            db = bp.grad_to_overwrite()
+            if db is None:
+                self._place.column_sum(dy, bp.grad_buffer(), True)
+            else:
+                self._place.column_sum(dy, db, False)
         if not input_grad:
             return None
         dx = self._buffer("dx", x2.shape, y.dtype)
@@ -764,6 +777,32 @@ class Dropout(Module):
         self._cache = ("mask", shape, x.dtype, mask, scale)
         return out.reshape(shape)
 
+    def forward_after_relu(self, x: np.ndarray, relu: Module):
+        """``self(relu(x))`` in one pass, or None where the pair does not fuse (Sequential).
+
+        Training with ``0 < p < 1``, non-0-d input: the mask and ``max(x, 0) * scale`` where
+        kept come from one kernel (``run_relu_dropout_forward``), bit-identical to the two layers
+        (the same Philox blocks are reserved), and :meth:`backward` then returns the gradient
+        w.r.t. the ReLU's input, ``dy * scale`` where the output is > 0. ``relu``'s own cache is
+        cleared: its backward is part of this one.
+        """
+        p = self.p
+        if not self.training or not 0.0 < p < 1.0 or getattr(x, "ndim", 0) == 0 \
+                or getattr(x, "dtype", None) not in _config.FLOAT_DTYPES:
+            return None             # (a bad input then gets ReLU's own error)
+        x = _check_input(self, x, _input_float_dtype(x))
+        out = self._buffer("out", x.shape, x.dtype)
+        _apart(self, out, x)
+        n = x.size
+        mask = self._buffer("mask", (_dropout.mask_nbytes(n),), np.uint8)
+        seed, offset = _random.default_generator.reserve_philox(_dropout.philox_blocks(n))
+        scale = 1.0 / (1.0 - p) if self.mode == "inverted" else 1.0
+        _dropout.run_relu_dropout_forward(x, out, mask, p, scale, seed, offset,
+                                          self._place.is_device)
+        relu._cache = None
+        self._cache = ("relu", x.shape, x.dtype, out, scale)
+        return out
+
     def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
         cache = self._require_cache()
         kind, shape, dt = cache[:3]
@@ -773,7 +812,9 @@ class Dropout(Module):
         if kind == "identity":
             return dy
         dx = self._buffer("dx", shape, dt)
-        if kind == "scale":
+        if kind == "relu":          # fused ReLU -> Dropout: the gradient w.r.t. ReLU's input
+            _dropout.run_relu_dropout_backward(dy, cache[3], dx, cache[4], self._place.is_device)
+        elif kind == "scale":
             self._place.scale(dy, dx, cache[3])
         elif len(shape) == 0:
             _dropout.run_dropout_backward(dy.reshape(-1), cache[3], dx.reshape(-1), cache[4],
@@ -972,7 +1013,10 @@ class Sequential(Module):
     Speed: a layer whose ``layer_spec.fuses_activation`` is set (Linear) directly followed by an
     ``activation`` layer that is ``fusable()`` (ReLU, LeakyReLU(negative_slope > 0), Sigmoid,
     Tanh) is run as one ``linear_forward(..., activation=...)`` call, and its backward applies
-    ``activation_backward`` from the saved output; the result equals the unfused pair. Set
+    ``activation_backward`` from the saved output; the result equals the unfused pair. A
+    ``ReLU`` directly followed by a ``Dropout`` (training, ``0 < p < 1``) runs as one
+    ``relu_dropout_forward`` pass, and its backward as one ``relu_dropout_backward`` pass from the
+    output (:meth:`Dropout.forward_after_relu`); bit-identical to the two layers. Set
     ``fuse = False`` on the instance to run every module separately.
 
     A module instance may appear only once: backward uses the cache of a module's latest call,
@@ -1033,7 +1077,8 @@ class Sequential(Module):
         return items[idx][1]
 
     def _steps(self):
-        """[(module, fused activation or None)], fusing Linear + activation pairs."""
+        """[(module, fused partner or None)]: Linear + activation pairs as (Linear, activation),
+        ReLU + Dropout pairs as (Dropout, ReLU); the first module of a pair runs its backward."""
         mods = [m for m in self._modules.values() if m is not None]
         steps, i = [], 0
         while i < len(mods):
@@ -1042,6 +1087,9 @@ class Sequential(Module):
             if self.fuse and nxt is not None and _fuses(m, nxt):
                 steps.append((m, nxt))
                 i += 2
+            elif self.fuse and nxt is not None and type(m) is ReLU and type(nxt) is Dropout:
+                steps.append((nxt, m))
+                i += 2
             else:
                 steps.append((m, None))
                 i += 1
@@ -1049,15 +1097,22 @@ class Sequential(Module):
 
     def forward(self, x):
         steps = self._steps()
-        self._plan = None                # a forward that fails midway leaves nothing to backward
-        for m, act in steps:
-            if act is None:
-                x = m.forward(x)
-            else:
-                x = m.forward(x, activation=act._code, slope=act.slope)
-                act._cache = None        # the activation's own backward must not run stale
         d = self.__dict__
-        d["_plan"] = steps
+        d["_plan"] = None                # a forward that fails midway leaves nothing to backward
+        plan = steps                     # (a fresh list: an unfused pair is rewritten in it)
+        for k, (m, other) in enumerate(steps):
+            if other is None:
+                x = m.forward(x)
+            elif type(m) is Dropout:     # (Dropout, ReLU): one pass where it fuses
+                y = m.forward_after_relu(x, other)
+                if y is None:            # eval, p in {0, 1}, 0-d: the two layers, unfused
+                    plan[k] = (_Pair(other, m), None)
+                    y = m.forward(other.forward(x))
+                x = y
+            else:
+                x = m.forward(x, activation=other._code, slope=other.slope)
+                other._cache = None      # the activation's own backward must not run stale
+        d["_plan"] = plan
         d["_plan_thread"] = threading.get_ident()
         return x
 
@@ -1085,6 +1140,19 @@ class Sequential(Module):
         return g
 
 
+class _Pair:
+    """An unfused ReLU -> Dropout step of a Sequential plan: backward through both, in reverse."""
+
+    __slots__ = ("first", "second")
+
+    def __init__(self, first: Module, second: Module):
+        self.first, self.second = first, second
+
+    def backward(self, grad_output, *, input_grad: bool = True):
+        g = self.second.backward(grad_output, input_grad=True)
+        return self.first.backward(g, input_grad=input_grad)
+
+
 def _fuses(m: Module, nxt: Module) -> bool:
     """Does ``m`` absorb the activation ``nxt`` into its epilogue (layer descriptions)?"""
     spec, nspec = spec_of(type(m)), spec_of(type(nxt))
@@ -1094,4 +1162,4 @@ def _fuses(m: Module, nxt: Module) -> bool:
 
 #: The built-in layer classes (their backward takes ``input_grad``), filled below.
 _BUILTIN = frozenset([Linear, BatchNorm1d, LayerNorm, Dropout, ReLU, Sigmoid, Tanh, LeakyReLU,
-                      Identity, Flatten, Sequential])
+                      Identity, Flatten, Sequential, _Pair])

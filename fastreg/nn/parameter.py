@@ -20,11 +20,16 @@ class Parameter:
       therefore code **never caches** ``p.data``/``p.grad`` across calls and writes into them in
       place (``p.data[...] = value``) instead of rebinding.
     * Backward passes **accumulate** into ``grad`` (``+=``), allocating zeros when it is None.
+    * ``Optimizer.zero_grad`` zeroes lazily: it marks the gradient *stale* instead of writing
+      zeros over the whole flat gradient each step. A stale gradient reads as zeros (``grad``,
+      ``grad_buffer()`` write them first), and a kernel that writes a whole gradient may take a
+      stale one to overwrite instead of accumulate (``Linear``'s weight-gradient GEMM: no fill,
+      and no read of the zeros).
     * ``regularize`` is True for weights that L1/L2 penalties and weight-decay groups apply to by
       default (Linear weights), False for biases and normalization parameters.
     """
 
-    __slots__ = ("_data", "_grad", "regularize", "requires_grad")
+    __slots__ = ("_data", "_grad", "_stale", "regularize", "requires_grad")
 
     def __init__(self, data: np.ndarray, requires_grad: bool = True, regularize: bool = False):
         place = placement.of(data)
@@ -32,6 +37,7 @@ class Parameter:
             raise TypeError(f"data must be a numpy.ndarray, got {type(data).__name__}")
         self._data = place.contiguous(data, "data")
         self._grad: np.ndarray | None = None
+        self._stale = False         # grad's values are void: it reads as zeros (zero_grad)
         self.requires_grad = bool(requires_grad)
         self.regularize = bool(regularize)
 
@@ -58,11 +64,20 @@ class Parameter:
 
     @property
     def grad(self) -> np.ndarray | None:
+        if self._stale:
+            self._write_zeros()
         return self._grad
 
     @grad.setter
     def grad(self, value) -> None:
         self._grad = None if value is None else _checked(value, self._data, "grad")
+        self._stale = False
+
+    def _write_zeros(self) -> None:
+        """Make a stale (lazily zeroed) gradient real zeros."""
+        self._stale = False
+        g = self._grad
+        placement.of(g).fill(g, 0.0)
 
     @property
     def shape(self) -> tuple:
@@ -148,7 +163,18 @@ class Parameter:
         if self._grad is None:
             d = self._data
             self._grad = placement.of(d).zeros(d.shape, d.dtype)
+        elif self._stale:
+            self._write_zeros()
         return self._grad
+
+    def grad_to_overwrite(self) -> np.ndarray | None:
+        """``grad`` if it is stale (zeroed lazily), for a kernel that writes all of it instead
+        of accumulating (it then counts as written); None otherwise: accumulate into
+        :meth:`grad_buffer`."""
+        if self._stale:
+            self._stale = False
+            return self._grad
+        return None
 
     @property
     def is_cuda(self) -> bool:

@@ -215,6 +215,10 @@ class _FlatGroup:
         the parameter re-pointed at its view.
         """
         dvs, gvs = self.data_views, self.grad_views
+        if not zero_grad:               # the flat gradient is read next: no stale views in it
+            for p in self.params:
+                if p._stale:
+                    p._write_zeros()
         if all(p._data is dvs[i] and p._grad is gvs[i] for i, p in enumerate(self.params)):
             return                              # the steady state: nothing was re-bound
         if any(placement.of(p.data) is not self.place for p in self.params):
@@ -394,15 +398,20 @@ class Optimizer:
 
     # ----------------------------------------------------------------- steps
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zero every gradient in place.
+        """Zero every gradient (lazily: no memory is written here).
 
         ``set_to_none`` is accepted for torch compatibility but the gradient buffers are kept
         (zeroed): the flat layout is what makes the step one kernel call, and modules accumulate
-        into ``p.grad`` in place.
+        into ``p.grad`` in place. Each gradient is marked stale (``Parameter``): it reads as
+        zeros, the first backward that writes a whole gradient (Linear's weight GEMM) overwrites
+        it instead of adding to zeros, and whatever was not written is zeroed when ``step``
+        (or any reader) gets to it -- the same numbers as zeroing here, without the pass over
+        the flat buffer.
         """
         for flat in self._flat:
             flat.adopt(zero_grad=True)
-            flat.place.fill(flat.grad, 0.0)
+            for p in flat.params:
+                p._stale = True
 
     def step(self, closure: Callable[[], float] | None = None):
         """Perform one optimization step (one fused kernel call per param group).

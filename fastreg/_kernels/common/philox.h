@@ -213,6 +213,69 @@ static inline void fr_philox_mask16_avx512(const fr_philox_avx512_keys *k, uint6
 }
 #endif
 
+#if !defined(FR_PHILOX_AVX512) && defined(__AVX2__)
+/* AVX2 (no AVX-512): 8 Philox blocks at once, one per 32-bit lane, = 4 mask bytes. The 32x32->64
+ * products are two vpmuludq (even lanes, odd lanes shifted down) recombined into hi and lo words;
+ * "word <= thr_m1" is max_epu32(word, thr) == thr. Lane l is block 2k + (l & 1) of byte k = l / 2;
+ * a movemask per output word j gives bit l = lane l, and fr_philox_spread moves lane bits 2k and
+ * 2k+1 to bits 8k and 8k+4 (elements 8k + j and 8k + 4 + j after the shift by j). Same bits as the
+ * portable loop (tests/test_dropout.py checks every backend against the reference). */
+#include <immintrin.h>
+#define FR_PHILOX_AVX2 1
+#define FR_SP(M) ((uint32_t)((M) & 1) | (uint32_t)(((M) >> 1) & 1) << 4                      \
+                  | (uint32_t)(((M) >> 2) & 1) << 8 | (uint32_t)(((M) >> 3) & 1) << 12       \
+                  | (uint32_t)(((M) >> 4) & 1) << 16 | (uint32_t)(((M) >> 5) & 1) << 20      \
+                  | (uint32_t)(((M) >> 6) & 1) << 24 | (uint32_t)(((M) >> 7) & 1) << 28)
+#define FR_SP4(i) FR_SP(i), FR_SP((i) + 1), FR_SP((i) + 2), FR_SP((i) + 3)
+#define FR_SP16(i) FR_SP4(i), FR_SP4((i) + 4), FR_SP4((i) + 8), FR_SP4((i) + 12)
+#define FR_SP64(i) FR_SP16(i), FR_SP16((i) + 16), FR_SP16((i) + 32), FR_SP16((i) + 48)
+static const uint32_t fr_philox_spread[256] = {FR_SP64(0), FR_SP64(64), FR_SP64(128),
+                                               FR_SP64(192)};
+#undef FR_SP64
+#undef FR_SP16
+#undef FR_SP4
+#undef FR_SP
+
+/* hi and lo 32-bit halves of a * m in each 32-bit lane */
+static inline void fr_mulhilo_avx2(__m256i a, __m256i m, __m256i *hi, __m256i *lo)
+{
+    __m256i even = _mm256_mul_epu32(a, m);
+    __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+    *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+    *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+/* Mask bytes m .. m+3 (blocks offset + 2m .. + 7) as a little-endian uint32; the caller makes
+ * sure lo32(offset + 2m) + 7 does not wrap (the carry into the high word is not propagated). */
+static inline uint32_t fr_philox_mask4_avx2(uint32_t k0, uint32_t k1, uint64_t offset, int64_t m,
+                                            uint32_t thr_m1)
+{
+    uint64_t base = offset + 2 * (uint64_t)m;
+    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)base),
+                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i c1 = _mm256_set1_epi32((int)(uint32_t)(base >> 32));
+    __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
+    const __m256i m0 = _mm256_set1_epi32((int)FR_PHILOX_M0), m1 = _mm256_set1_epi32((int)FR_PHILOX_M1);
+    for (int r = 0; r < 10; ++r) {
+        __m256i h0, l0, h1, l1;
+        fr_mulhilo_avx2(c0, m0, &h0, &l0);
+        fr_mulhilo_avx2(c2, m1, &h1, &l1);
+        __m256i ka = _mm256_set1_epi32((int)(k0 + (uint32_t)r * FR_PHILOX_W0));
+        __m256i kb = _mm256_set1_epi32((int)(k1 + (uint32_t)r * FR_PHILOX_W1));
+        c0 = _mm256_xor_si256(_mm256_xor_si256(h1, c1), ka);
+        c2 = _mm256_xor_si256(_mm256_xor_si256(h0, c3), kb);
+        c1 = l1;
+        c3 = l0;
+    }
+    const __m256i thr = _mm256_set1_epi32((int)thr_m1);
+#define FR_KEEP(c) ((uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(                           \
+                        _mm256_cmpeq_epi32(_mm256_max_epu32((c), thr), thr))))
+    return fr_philox_spread[FR_KEEP(c0)] | fr_philox_spread[FR_KEEP(c1)] << 1
+         | fr_philox_spread[FR_KEEP(c2)] << 2 | fr_philox_spread[FR_KEEP(c3)] << 3;
+#undef FR_KEEP
+}
+#endif
+
 /* Keep bits of bytes [b0, b1), tail bits cleared. */
 static inline void fr_dropout_mask_chunk(uint8_t *mask, int64_t b0, int64_t b1, int64_t n,
                                          uint32_t k0, uint32_t k1, uint64_t offset,
@@ -236,6 +299,16 @@ static inline void fr_dropout_mask_chunk(uint8_t *mask, int64_t b0, int64_t b1, 
     for (; m + 8 <= b1; m += 8) {
         uint64_t bytes = fr_philox_mask8_avx512(&keys, offset, m);
         memcpy(mask + m, &bytes, 8);
+    }
+#endif
+#ifdef FR_PHILOX_AVX2
+    for (; m + 4 <= b1; m += 4) {
+        if ((uint32_t)(offset + 2 * (uint64_t)m) > 0xFFFFFFF8u) {   /* a carry inside: portable */
+            fr_dropout_mask_bytes(mask, m, m + 4, k0, k1, offset, thr_m1);
+            continue;
+        }
+        uint32_t four = fr_philox_mask4_avx2(k0, k1, offset, m, thr_m1);
+        memcpy(mask + m, &four, 4);
     }
 #endif
     fr_dropout_mask_bytes(mask, m, b1, k0, k1, offset, thr_m1);

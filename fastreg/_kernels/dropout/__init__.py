@@ -302,3 +302,40 @@ def run_dropout_backward(dy, mask, dx, scale: float, device: bool = False,
     fn = _dispatch.kernel("dropout", "dropout_backward", backend, device)
     fn(dy.reshape(-1), mask, dx.reshape(-1), np.int64(n), dy.dtype.type(scale))
     return dx
+
+
+def run_relu_dropout_forward(x, out, mask, p: float, scale: float, seed: int, offset: int,
+                             device: bool = False, backend: str | None = None):
+    """Trusted ReLU then dropout in one pass (Sequential's fusion of an adjacent pair).
+
+    .. math:: \\mathrm{out}_i = m_i \\, \\max(x_i, 0) \\cdot \\mathrm{scale}
+
+    with the mask bits ``m`` of :func:`dropout_forward` (same RNG, same bits written to
+    ``mask``); bit-identical to ``activation_forward(x, y, "relu")`` followed by
+    ``dropout_forward(y, out, ...)``. ``scale`` must be >= 1 (inverted ``1/(1-p)`` or classic
+    ``1``), which the backward relies on.
+    """
+    n = x.size
+    if n == 0:
+        return out
+    k0, k1, off, thr = _rng_args(p, seed, offset)
+    fn = _dispatch.kernel("dropout", "relu_dropout_forward", backend, device)
+    fn(x.reshape(-1), out.reshape(-1), mask, np.int64(n), k0, k1, off, thr, x.dtype.type(scale))
+    return out
+
+
+def run_relu_dropout_backward(dy, out, dx, scale: float, device: bool = False,
+                              backend: str | None = None):
+    """Trusted gradient through ReLU then dropout, from the fused forward's ``out``.
+
+    .. math:: dx_i = [\\mathrm{out}_i > 0] \\, dy_i \\cdot \\mathrm{scale}
+
+    With ``scale >= 1``, ``out_i > 0`` exactly where the element was kept and ``max(x_i, 0) > 0``,
+    so this equals dropout's backward followed by ReLU's, bit for bit (dx may be dy).
+    """
+    n = dy.size
+    if n == 0:
+        return dx
+    fn = _dispatch.kernel("dropout", "relu_dropout_backward", backend, device)
+    fn(dy.reshape(-1), out.reshape(-1), dx.reshape(-1), np.int64(n), dy.dtype.type(scale))
+    return dx

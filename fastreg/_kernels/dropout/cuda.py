@@ -172,3 +172,58 @@ def dropout_backward(dy, mask, dx, n, scale):
     """dx = dy * scale where the mask bit is set, else 0 (dx may be dy)."""
     blocks = _cuda_runtime.blocks_for(int(n), THREADS)
     _backward_kernel[blocks, THREADS](dy, mask, dx, np.int64(n), scale)
+
+
+# ReLU then dropout in one pass (Sequential's fusion; meaning in dropout/relu_dropout.h).
+
+@cuda.jit(cache=True)
+def _relu_forward_kernel(x, out, mask, n, k0, k1, off_lo, off_hi, threshold, scale):
+    bits = cuda.shared.array(THREADS, dtype=uint8)   # as _forward_kernel, with ReLU on x
+    t = cuda.threadIdx.x
+    zero = scale - scale
+    nbytes = mask.shape[0]
+    ntiles = (nbytes + THREADS - 1) // THREADS
+    for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):
+        m = tile * THREADS + t
+        if m < nbytes:
+            byte = np.uint8(_mask_byte(m, n, k0, k1, off_lo, off_hi, threshold))
+            mask[m] = byte
+            bits[t] = byte
+        cuda.syncthreads()
+        base = tile * TILE
+        for j in range(8):
+            e = j * THREADS + t
+            i = base + e
+            if i < n:
+                if (bits[e >> 3] >> (e & 7)) & 1:
+                    v = x[i]
+                    out[i] = (zero if v < 0 else v) * scale
+                else:
+                    out[i] = zero
+        cuda.syncthreads()
+
+
+@cuda.jit(cache=True)
+def _relu_backward_kernel(dy, out, dx, n, scale):
+    zero = scale - scale
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, n, stride):
+        if out[i] > 0:
+            dx[i] = dy[i] * scale
+        else:
+            dx[i] = zero
+
+
+def relu_dropout_forward(x, out, mask, n, k0, k1, offset, threshold, scale):
+    """mask bits as dropout_mask; out = max(x, 0) * scale where kept, else 0."""
+    off_lo, off_hi = _split_offset(offset)
+    blocks = _cuda_runtime.blocks_for(mask.shape[0], THREADS)
+    _relu_forward_kernel[blocks, THREADS](x, out, mask, np.int64(n), np.uint64(k0),
+                                          np.uint64(k1), off_lo, off_hi, np.uint64(threshold),
+                                          scale)
+
+
+def relu_dropout_backward(dy, out, dx, n, scale):
+    """dx = dy * scale where out > 0, else 0 (dx may be dy)."""
+    blocks = _cuda_runtime.blocks_for(int(n), THREADS)
+    _relu_backward_kernel[blocks, THREADS](dy, out, dx, np.int64(n), scale)

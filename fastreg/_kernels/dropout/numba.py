@@ -137,3 +137,54 @@ def dropout_backward(dy, mask, dx, n, scale):
         b0 = c * CHUNK_BYTES
         b1 = min(b0 + CHUNK_BYTES, nbytes)
         _apply(dy, dx, mask, b0, b1, n, scale)
+
+
+# ReLU then dropout in one pass (Sequential fuses an adjacent ReLU -> Dropout pair; the meaning
+# and the bit-exactness argument are in relu_dropout.h next to the Cython kernels).
+
+@njit(cache=True, inline="always")
+def _relu_bits(v):
+    """max(v, 0) as ReLU computes it (v < 0 ? +0 : v, so NaN and -0 pass), branch-free."""
+    return _and_bits(v, _ZERO - np.uint64(not v < 0))
+
+
+@njit(cache=True, inline="always")
+def _apply_relu(x, out, mask, b0, b1, n, scale):
+    """out[i] = max(x[i], 0) * scale where mask bit i is set, else 0, i in [8*b0, min(8*b1, n))."""
+    full = n >> 3
+    bf = min(b1, full)
+    for m in range(b0, bf):
+        byte = np.uint64(mask[m])
+        for j in range(8):
+            i = 8 * m + j
+            out[i] = _and_bits(_relu_bits(x[i]) * scale,
+                               _ZERO - ((byte >> np.uint64(j)) & _ONE))
+    if b1 > full >= b0:
+        byte = np.uint64(mask[full])
+        for i in range(8 * full, n):
+            out[i] = _and_bits(_relu_bits(x[i]) * scale,
+                               _ZERO - ((byte >> np.uint64(i & 7)) & _ONE))
+
+
+@njit(cache=True, parallel=True)
+def relu_dropout_forward(x, out, mask, n, k0, k1, offset, threshold, scale):
+    """mask bits as dropout_mask; out = max(x, 0) * scale where kept, else 0."""
+    ka = np.uint64(k0)
+    kb = np.uint64(k1)
+    nbytes = (n + 7) >> 3
+    nchunks = (nbytes + CHUNK_BYTES - 1) // CHUNK_BYTES
+    for c in prange(nchunks):
+        b0 = c * CHUNK_BYTES
+        b1 = min(b0 + CHUNK_BYTES, nbytes)
+        _mask_bytes(mask, b0, b1, n, ka, kb, offset, threshold)
+        _apply_relu(x, out, mask, b0, b1, n, scale)
+
+
+@njit(cache=True, parallel=True)
+def relu_dropout_backward(dy, out, dx, n, scale):
+    """dx = dy * scale where out > 0, else 0 (the gradient through ReLU then dropout)."""
+    chunk = 8 * CHUNK_BYTES
+    nchunks = (n + chunk - 1) // chunk
+    for c in prange(nchunks):
+        for i in range(c * chunk, min(c * chunk + chunk, n)):
+            dx[i] = _and_bits(dy[i] * scale, _ZERO - np.uint64(out[i] > 0))
