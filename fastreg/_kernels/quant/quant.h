@@ -261,62 +261,131 @@ static inline void fr_q8_tile(int r, int nk, const uint8_t *x0, const uint8_t *x
     }
 }
 
-/* out[n, m] = act(fmaf(acc - zp*cs, sx*sw, b)) from xq (n, kp) and the packed weights; when
- * acc_out is not NULL the raw int32 accumulators (n, m) are written there too. */
+/* Weight block jb (output columns 4*jb .. 4*jb+3) of out[n, m] = act(fmaf(acc - zp*cs, sx*sw, b))
+ * from xq (n, kp) and the packed weights; when acc_out is not NULL the raw int32 accumulators
+ * (n, m) are written there too. */
+static inline void fr_q8_linear_block(int jb, int n, int m, int kp, const uint8_t *xq,
+                                      const float *sx, const int32_t *zp, const int8_t *packed,
+                                      const float *sw, const int32_t *cs, const float *bias,
+                                      float *out, int32_t *acc_out, int act, float slope,
+                                      int portable) {
+    const int nk = kp / 32;
+    const int8_t *wb = packed + (ptrdiff_t)jb * kp * 4;
+    const int j0 = jb * 4, jn = m - j0 < 4 ? m - j0 : 4;
+    for (int i = 0; i < n; i += 2) {
+        const int r = n - i < 2 ? n - i : 2;
+        int32_t acc[2][4];
+        const uint8_t *x0 = xq + (ptrdiff_t)i * kp;
+        fr_q8_tile(r, nk, x0, r == 2 ? x0 + kp : x0, wb, acc, portable);
+        for (int ii = 0; ii < r; ii++) {
+            const float s = sx[i + ii];
+            const int32_t z = zp[i + ii];
+            float *o = out + (ptrdiff_t)(i + ii) * m + j0;
+#if defined(__AVX2__) && defined(__FMA__)
+            if (!portable && jn == 4) {
+                /* the scalar epilogue below, 4 columns at once: the same operations
+                 * (int32 multiply-subtract, RNE conversion, one fused multiply-add) */
+                const __m128i d = _mm_sub_epi32(
+                    _mm_loadu_si128((const __m128i *)acc[ii]),
+                    _mm_mullo_epi32(_mm_set1_epi32(z),
+                                    _mm_loadu_si128((const __m128i *)(cs + j0))));
+                __m128 v = _mm_fmadd_ps(
+                    _mm_cvtepi32_ps(d), _mm_mul_ps(_mm_set1_ps(s), _mm_loadu_ps(sw + j0)),
+                    bias ? _mm_loadu_ps(bias + j0) : _mm_setzero_ps());
+                if (act == FR_QACT_RELU)
+                    v = _mm_max_ps(_mm_setzero_ps(), v);   /* = v < 0 ? 0 : v, NaN kept */
+                _mm_storeu_ps(o, v);
+                if (act != FR_QACT_IDENTITY && act != FR_QACT_RELU)
+                    for (int jj = 0; jj < 4; jj++) o[jj] = fr_q_act(o[jj], act, slope);
+                if (acc_out) memcpy(acc_out + (ptrdiff_t)(i + ii) * m + j0, acc[ii], 16);
+                continue;
+            }
+#endif
+            for (int jj = 0; jj < jn; jj++) {
+                const int j = j0 + jj;
+                const float t = (float)(acc[ii][jj] - z * cs[j]);
+                const float v = fmaf(t, s * sw[j], bias ? bias[j] : 0.0f);
+                o[jj] = fr_q_act(v, act, slope);
+            }
+            if (acc_out)
+                for (int jj = 0; jj < jn; jj++)
+                    acc_out[(ptrdiff_t)(i + ii) * m + j0 + jj] = acc[ii][jj];
+        }
+    }
+}
+
+/* out[n, m] for every weight block: OpenMP over the blocks (output columns). */
 static void fr_q8_linear(int n, int m, int kp, const uint8_t *xq, const float *sx,
                          const int32_t *zp, const int8_t *packed, const float *sw,
                          const int32_t *cs, const float *bias, float *out, int32_t *acc_out,
                          int act, float slope, int nthreads, int portable) {
-    const int nb = (m + 3) / 4, nk = kp / 32;
+    const int nb = (m + 3) / 4;
     const double macs = (double)n * m * kp;
     int nt = macs >= FR_Q_PAR_MIN_MACS ? nthreads : 1;
     if (nt > nb) nt = nb;
     if (nt < 1) nt = 1;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int jb = 0; jb < nb; jb++) {
-        const int8_t *wb = packed + (ptrdiff_t)jb * kp * 4;
-        const int j0 = jb * 4, jn = m - j0 < 4 ? m - j0 : 4;
-        for (int i = 0; i < n; i += 2) {
-            const int r = n - i < 2 ? n - i : 2;
-            int32_t acc[2][4];
-            const uint8_t *x0 = xq + (ptrdiff_t)i * kp;
-            fr_q8_tile(r, nk, x0, r == 2 ? x0 + kp : x0, wb, acc, portable);
-            for (int ii = 0; ii < r; ii++) {
-                const float s = sx[i + ii];
-                const int32_t z = zp[i + ii];
-                float *o = out + (ptrdiff_t)(i + ii) * m + j0;
-#if defined(__AVX2__) && defined(__FMA__)
-                if (!portable && jn == 4) {
-                    /* the scalar epilogue below, 4 columns at once: the same operations
-                     * (int32 multiply-subtract, RNE conversion, one fused multiply-add) */
-                    const __m128i d = _mm_sub_epi32(
-                        _mm_loadu_si128((const __m128i *)acc[ii]),
-                        _mm_mullo_epi32(_mm_set1_epi32(z),
-                                        _mm_loadu_si128((const __m128i *)(cs + j0))));
-                    __m128 v = _mm_fmadd_ps(
-                        _mm_cvtepi32_ps(d), _mm_mul_ps(_mm_set1_ps(s), _mm_loadu_ps(sw + j0)),
-                        bias ? _mm_loadu_ps(bias + j0) : _mm_setzero_ps());
-                    if (act == FR_QACT_RELU)
-                        v = _mm_max_ps(_mm_setzero_ps(), v);   /* = v < 0 ? 0 : v, NaN kept */
-                    _mm_storeu_ps(o, v);
-                    if (act != FR_QACT_IDENTITY && act != FR_QACT_RELU)
-                        for (int jj = 0; jj < 4; jj++) o[jj] = fr_q_act(o[jj], act, slope);
-                    if (acc_out) memcpy(acc_out + (ptrdiff_t)(i + ii) * m + j0, acc[ii], 16);
-                    continue;
-                }
-#endif
-                for (int jj = 0; jj < jn; jj++) {
-                    const int j = j0 + jj;
-                    const float t = (float)(acc[ii][jj] - z * cs[j]);
-                    const float v = fmaf(t, s * sw[j], bias ? bias[j] : 0.0f);
-                    o[jj] = fr_q_act(v, act, slope);
-                }
-                if (acc_out)
-                    for (int jj = 0; jj < jn; jj++)
-                        acc_out[(ptrdiff_t)(i + ii) * m + j0 + jj] = acc[ii][jj];
-            }
+    for (int jb = 0; jb < nb; jb++)
+        fr_q8_linear_block(jb, n, m, kp, xq, sx, zp, packed, sw, cs, bias, out, acc_out, act,
+                           slope, portable);
+}
+
+/* ------------------------------------------------------------------ int8: a chain of layers */
+
+/* A chain of int8 layers at or above this many multiply-adds (all layers, all rows) runs on
+ * nthreads: one OpenMP region for the whole chain (one fork, two barriers a layer) instead of
+ * one fork a layer.  At batch 1 the split also halves the weights each core streams, so each
+ * core's share of an MLP's weights can stay in its own L2 between calls (static schedule: a
+ * thread gets the same columns every call). */
+#define FR_Q_CHAIN_PAR_MIN_MACS 2.5e5
+
+/* out[n, dims[L]] = layer L-1( ... layer 0(x[n, dims[0]])): layer l is the int8 linear of
+ * fr_q8_linear with K = dims[l], M = dims[l+1], Kp = kps[l], its packed weights, scales, column
+ * sums, bias (or NULL) and activation; each layer quantizes its input rows (the previous
+ * layer's float32 output, exactly as a sequence of fr_q8_quantize_rows + fr_q8_linear calls
+ * would: the same bits).  Intermediates live in one malloc'ed scratch (so concurrent calls are
+ * safe).  Returns 0, or -1 when the scratch cannot be allocated. */
+static int fr_q8_chain(int n, int L, const int *dims, const int *kps,
+                       const int8_t *const *packed, const float *const *sw,
+                       const int32_t *const *cs, const float *const *bias, const int *acts,
+                       const float *slopes, const float *x, float *out, int nthreads,
+                       int portable) {
+    int maxkp = 0, maxm = 0;
+    double macs = 0.0;
+    for (int l = 0; l < L; l++) {
+        if (kps[l] > maxkp) maxkp = kps[l];
+        if (l < L - 1 && dims[l + 1] > maxm) maxm = dims[l + 1];
+        macs += (double)n * kps[l] * dims[l + 1];
+    }
+    const size_t nrows = (size_t)n;
+    const size_t fbytes = ((nrows * maxm * sizeof(float)) + 63) & ~(size_t)63;
+    const size_t qbytes = ((nrows * maxkp) + 63) & ~(size_t)63;
+    char *scratch = (char *)malloc(2 * fbytes + qbytes + nrows * 8 + 64);
+    if (!scratch) return -1;
+    float *buf[2] = {(float *)scratch, (float *)(scratch + fbytes)};
+    uint8_t *xq = (uint8_t *)(scratch + 2 * fbytes);
+    float *sx = (float *)(scratch + 2 * fbytes + qbytes);
+    int32_t *zp = (int32_t *)(sx + nrows);
+    int nt = macs >= FR_Q_CHAIN_PAR_MIN_MACS ? nthreads : 1;
+    if (nt < 1) nt = 1;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        for (int l = 0; l < L; l++) {
+            const int k = dims[l], m = dims[l + 1], kp = kps[l], nb = (m + 3) / 4;
+            const float *in = l == 0 ? x : buf[(l - 1) & 1];
+            float *o = l == L - 1 ? out : buf[l & 1];
+#pragma omp for schedule(static)
+            for (int i = 0; i < n; i++)
+                fr_q8_quantize_rows(1, k, kp, in + (ptrdiff_t)i * k, xq + (ptrdiff_t)i * kp,
+                                    sx + i, zp + i, portable);
+#pragma omp for schedule(static)
+            for (int jb = 0; jb < nb; jb++)
+                fr_q8_linear_block(jb, n, m, kp, xq, sx, zp, packed[l], sw[l], cs[l], bias[l],
+                                   o, NULL, acts[l], slopes[l], portable);
         }
     }
+    free(scratch);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ bf16 */
