@@ -94,7 +94,7 @@ def _chain_layers(dims, acts, seed):
 def test_int8_chain_is_the_layers_one_by_one_for_every_thread_count_and_path(N):
     # one C call for the whole run of layers (one OpenMP region, each layer quantizing its
     # input): the same bits as q8_linear layer by layer; K = 1030 makes every N go parallel
-    dims, acts = (1030, 257, 33, 2, 7), (1, 4, 2, 3)
+    dims, acts = (1030, 47, 33, 2, 7), (1, 4, 2, 3)     # K = 47: 32 + 8 + 7 in quantize
     layers = _chain_layers(dims, acts, N)
     x = (np.random.default_rng(N).standard_normal((N, dims[0])) * 2 - 0.3).astype(np.float32)
     h = x
@@ -118,7 +118,7 @@ def test_int8_chain_is_the_layers_one_by_one_for_every_thread_count_and_path(N):
         assert chain.fast(x, out=np.empty((N + 1, dims[-1]), np.float32)) is None
     finally:
         fr.set_num_threads(before)
-    with pytest.raises(ValueError, match="layer 1 takes 33 features, layer 0 gives 257"):
+    with pytest.raises(ValueError, match="layer 1 takes 33 features, layer 0 gives 47"):
         cy.Q8Chain([layers[0][:9], layers[2][:9]])
 
 

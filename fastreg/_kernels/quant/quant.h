@@ -150,14 +150,31 @@ static void fr_q8_quantize_rows(int n, int k, int kp, const float *x, uint8_t *x
             const __m256 vinv = _mm256_set1_ps(inv);
             const __m256i vz = _mm256_set1_epi32(zi), v0 = _mm256_setzero_si256(),
                           v127 = _mm256_set1_epi32(127);
+            /* 32 values a step: 4 x 8 int32 in [0, 127] narrowed to bytes by two unsigned
+             * saturating packs (no value saturates) and one cross-lane permutation */
+            const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+            for (; t + 32 <= k; t += 32) {
+                __m256i q[4];
+                for (int u = 0; u < 4; u++) {
+                    __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xr + t + 8 * u), vinv);
+                    __m256i w = _mm256_cvtps_epi32(
+                        _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+                    q[u] = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(w, vz), v0),
+                                            v127);
+                }
+                __m256i b = _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]),
+                                                _mm256_packus_epi32(q[2], q[3]));
+                _mm256_storeu_si256((__m256i *)(qr + t),
+                                    _mm256_permutevar8x32_epi32(b, order));
+            }
             for (; t + 8 <= k; t += 8) {
                 __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xr + t), vinv);
                 __m256i q = _mm256_cvtps_epi32(
                     _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
                 q = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(q, vz), v0), v127);
-                int32_t tmp[8];
-                _mm256_storeu_si256((__m256i *)tmp, q);
-                for (int l = 0; l < 8; l++) qr[t + l] = (uint8_t)tmp[l];
+                __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(q),
+                                             _mm256_extracti128_si256(q, 1));
+                _mm_storel_epi64((__m128i *)(qr + t), _mm_packus_epi16(h, h));
             }
         }
 #endif
