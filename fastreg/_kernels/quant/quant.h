@@ -350,18 +350,22 @@ static void fr_q8_linear(int n, int m, int kp, const uint8_t *xq, const float *s
 /* ------------------------------------------------------------------ int8: a chain of layers */
 
 /* A chain of int8 layers at or above this many multiply-adds (all layers, all rows) runs on
- * nthreads: one OpenMP region for the whole chain (one fork, two barriers a layer) instead of
- * one fork a layer.  At batch 1 the split also halves the weights each core streams, so each
- * core's share of an MLP's weights can stay in its own L2 between calls (static schedule: a
- * thread gets the same columns every call). */
+ * nthreads: one OpenMP region for the whole chain (one fork) instead of one fork a layer.  At
+ * batch 1 the split also halves the weights each core streams, so each core's share of an
+ * MLP's weights can stay in its own L2 between calls (static schedule: a thread gets the same
+ * columns every call). */
 #define FR_Q_CHAIN_PAR_MIN_MACS 2.5e5
+/* Up to this many rows, every thread quantizes all the rows of a layer's input itself (into its
+ * own buffer: a few hundred bytes, the same bits) instead of sharing the work behind a barrier:
+ * one barrier a layer instead of two. */
+#define FR_Q_CHAIN_PRIVATE_ROWS 4
 
 /* out[n, dims[L]] = layer L-1( ... layer 0(x[n, dims[0]])): layer l is the int8 linear of
  * fr_q8_linear with K = dims[l], M = dims[l+1], Kp = kps[l], its packed weights, scales, column
  * sums, bias (or NULL) and activation; each layer quantizes its input rows (the previous
  * layer's float32 output, exactly as a sequence of fr_q8_quantize_rows + fr_q8_linear calls
- * would: the same bits).  Intermediates live in one malloc'ed scratch (so concurrent calls are
- * safe).  Returns 0, or -1 when the scratch cannot be allocated. */
+ * would: the same bits, for every thread count).  Intermediates live in one malloc'ed scratch
+ * (so concurrent calls are safe).  Returns 0, or -1 when the scratch cannot be allocated. */
 static int fr_q8_chain(int n, int L, const int *dims, const int *kps,
                        const int8_t *const *packed, const float *const *sw,
                        const int32_t *const *cs, const float *const *bias, const int *acts,
@@ -374,27 +378,35 @@ static int fr_q8_chain(int n, int L, const int *dims, const int *kps,
         if (l < L - 1 && dims[l + 1] > maxm) maxm = dims[l + 1];
         macs += (double)n * kps[l] * dims[l + 1];
     }
-    const size_t nrows = (size_t)n;
-    const size_t fbytes = ((nrows * maxm * sizeof(float)) + 63) & ~(size_t)63;
-    const size_t qbytes = ((nrows * maxkp) + 63) & ~(size_t)63;
-    char *scratch = (char *)malloc(2 * fbytes + qbytes + nrows * 8 + 64);
-    if (!scratch) return -1;
-    float *buf[2] = {(float *)scratch, (float *)(scratch + fbytes)};
-    uint8_t *xq = (uint8_t *)(scratch + 2 * fbytes);
-    float *sx = (float *)(scratch + 2 * fbytes + qbytes);
-    int32_t *zp = (int32_t *)(sx + nrows);
     int nt = macs >= FR_Q_CHAIN_PAR_MIN_MACS ? nthreads : 1;
     if (nt < 1) nt = 1;
+    const int private_q = nt > 1 && n <= FR_Q_CHAIN_PRIVATE_ROWS;
+    const int nq = private_q ? nt : 1;          /* quantization buffers */
+    const size_t nrows = (size_t)n;
+    const size_t fbytes = ((nrows * maxm * sizeof(float)) + 63) & ~(size_t)63;
+    const size_t qbytes = ((nrows * maxkp + nrows * 8) + 63) & ~(size_t)63;
+    char *scratch = (char *)malloc(2 * fbytes + nq * qbytes + 64);
+    if (!scratch) return -1;
+    float *buf[2] = {(float *)scratch, (float *)(scratch + fbytes)};
+    char *qbase = scratch + 2 * fbytes;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
+        char *qs = qbase + (private_q ? (size_t)omp_get_thread_num() * qbytes : 0);
+        uint8_t *xq = (uint8_t *)qs;
+        float *sx = (float *)(qs + nrows * maxkp);
+        int32_t *zp = (int32_t *)(sx + nrows);
         for (int l = 0; l < L; l++) {
             const int k = dims[l], m = dims[l + 1], kp = kps[l], nb = (m + 3) / 4;
             const float *in = l == 0 ? x : buf[(l - 1) & 1];
             float *o = l == L - 1 ? out : buf[l & 1];
+            if (private_q) {
+                fr_q8_quantize_rows(n, k, kp, in, xq, sx, zp, portable);
+            } else {
 #pragma omp for schedule(static)
-            for (int i = 0; i < n; i++)
-                fr_q8_quantize_rows(1, k, kp, in + (ptrdiff_t)i * k, xq + (ptrdiff_t)i * kp,
-                                    sx + i, zp + i, portable);
+                for (int i = 0; i < n; i++)
+                    fr_q8_quantize_rows(1, k, kp, in + (ptrdiff_t)i * k,
+                                        xq + (ptrdiff_t)i * kp, sx + i, zp + i, portable);
+            }
 #pragma omp for schedule(static)
             for (int jb = 0; jb < nb; jb++)
                 fr_q8_linear_block(jb, n, m, kp, xq, sx, zp, packed[l], sw[l], cs[l], bias[l],
