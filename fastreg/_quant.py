@@ -14,6 +14,12 @@ stage gets quantized weights and runs on the quantized kernels of
 * ``"bf16"``: weights rounded once to bfloat16 (nearest even), float32 activations and
   accumulation (each weight widened on the fly).
 
+With int8 weights, each run of consecutive quantized Linear stages runs as one C call
+(:class:`~fastreg._kernels.quant.cy.Q8Chain`: one OpenMP region for the run, the columns of
+every layer split over the threads even at batch 1; the same bits as the stages one by one);
+a model that is one such run is served by the chain's checked fast call, without Python per
+stage.
+
 Stages that are not Linear layers (LayerNorm, an unfoldable BatchNorm, activations, Flatten)
 run in float32 as in the float predictor; a custom module's stage (its own ``forward``) is not
 quantized either: :meth:`QuantizedPredictor.describe` lists which stage runs what.

@@ -30,6 +30,10 @@
  * OpenMP splits the output columns (blocks of 4 weight rows) across threads; each thread
  * runs 2 x 4 tiles (2 input rows, 4 weight rows) over its blocks, the weights of a block staying
  * in L1 while the rows of x stream past.
+ *
+ * fr_q8_chain runs consecutive int8 layers in one call and one OpenMP region (a predictor's
+ * runs of Linear stages): per layer, quantize the input rows, then the blocks split over the
+ * threads as above, one barrier; the same bits as the layers called one by one.
  */
 #ifndef FASTREG_QUANT_H
 #define FASTREG_QUANT_H
