@@ -93,7 +93,8 @@ def _chain_layers(dims, acts, seed):
 @pytest.mark.parametrize("N", (1, 2, 7, 65))
 def test_int8_chain_is_the_layers_one_by_one_for_every_thread_count_and_path(N):
     # one C call for the whole run of layers (one OpenMP region, each layer quantizing its
-    # input): the same bits as q8_linear layer by layer; K = 1030 makes every N go parallel
+    # input): the same bits as q8_linear layer by layer; parallel_min_macs=0: every N runs on
+    # the threads (N <= 4: each thread quantizes the rows itself)
     dims, acts = (1030, 47, 33, 2, 7), (1, 4, 2, 3)     # K = 47: 32 + 8 + 7 in quantize
     layers = _chain_layers(dims, acts, N)
     x = (np.random.default_rng(N).standard_normal((N, dims[0])) * 2 - 0.3).astype(np.float32)
@@ -103,7 +104,7 @@ def test_int8_chain_is_the_layers_one_by_one_for_every_thread_count_and_path(N):
     before = fr.get_num_threads()
     try:
         for portable in (0, 1):
-            chain = cy.Q8Chain([lay[:9] for lay in layers], portable)
+            chain = cy.Q8Chain([lay[:9] for lay in layers], portable, 0.0)
             assert (chain.in_features, chain.out_features) == (dims[0], dims[-1])
             for nt in (1, 2, 3):
                 fr.set_num_threads(nt)

@@ -29,7 +29,7 @@ cdef extern from "quant.h" nogil:
                     const int8_t *const *packed, const float *const *sw,
                     const int32_t *const *cs, const float *const *bias, const int *acts,
                     const float *slopes, const float *x, float *out, int nthreads,
-                    int portable)
+                    double par_min_macs, int portable)
     void fr_bf16_pack(int m, int k, int kp, const uint16_t *wb, uint16_t *packed)
     int fr_bf16_linear(int n, int m, int k, int kp, const float *x, const uint16_t *packed,
                         const float *bias, float *out, int act, float slope, int nthreads,
@@ -128,10 +128,13 @@ cdef class Q8Chain:
     layers run one by one through q8_linear. ``run(x, out)`` is the trusted call; ``fast(x,
     out)`` checks its input cheaply and returns None for anything it does not take (the
     caller's slow path then coerces or raises). Intermediates live in a per-call scratch, so one
-    chain may be called from several threads at once. ``portable=1`` forces the C path."""
+    chain may be called from several threads at once. ``portable=1`` forces the C path;
+    ``parallel_min_macs``: the multiply-adds of a call (all layers, all rows) from which it runs
+    on ``get_num_threads()`` threads (< 0: the kernel's default, FR_Q_CHAIN_PAR_MIN_MACS)."""
     cdef readonly int n_layers
     cdef readonly Py_ssize_t in_features, out_features
     cdef readonly int portable
+    cdef readonly double parallel_min_macs
     cdef list _keep
     cdef int *dims
     cdef int *kps
@@ -152,12 +155,13 @@ cdef class Q8Chain:
         self.cs = NULL
         self.bias = NULL
 
-    def __init__(self, layers, int portable=0):
+    def __init__(self, layers, int portable=0, double parallel_min_macs=-1.0):
         cdef int L = len(layers), l
         if L < 1:
             raise ValueError("Q8Chain needs at least one layer")
         self.n_layers = L
         self.portable = portable
+        self.parallel_min_macs = parallel_min_macs
         self.dims = <int*>PyMem_Malloc((L + 1) * sizeof(int))
         self.kps = <int*>PyMem_Malloc(L * sizeof(int))
         self.acts = <int*>PyMem_Malloc(L * sizeof(int))
@@ -204,7 +208,7 @@ cdef class Q8Chain:
         with nogil:
             rc = fr_q8_chain(n, self.n_layers, self.dims, self.kps, self.packed, self.sw,
                              self.cs, self.bias, self.acts, self.slopes, px, pout, nt,
-                             self.portable)
+                             self.parallel_min_macs, self.portable)
         if rc != 0:
             raise MemoryError("fastreg quant: could not allocate the int8 chain's scratch")
         return 0

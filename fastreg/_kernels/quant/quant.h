@@ -354,11 +354,15 @@ static void fr_q8_linear(int n, int m, int kp, const uint8_t *xq, const float *s
 /* ------------------------------------------------------------------ int8: a chain of layers */
 
 /* A chain of int8 layers at or above this many multiply-adds (all layers, all rows) runs on
- * nthreads: one OpenMP region for the whole chain (one fork) instead of one fork a layer.  At
- * batch 1 the split also halves the weights each core streams, so each core's share of an
- * MLP's weights can stay in its own L2 between calls (static schedule: a thread gets the same
- * columns every call). */
-#define FR_Q_CHAIN_PAR_MIN_MACS 2.5e5
+ * nthreads by default (fr_q8_chain's par_min_macs < 0): one OpenMP region for the whole chain
+ * (one fork) instead of one fork a layer.  The same value as FR_Q_PAR_MIN_MACS, so batch 1 of
+ * an MLP of the benchmark's size (535K multiply-adds) stays on one thread: measured on the
+ * shared 2-core machine (another process busy on the other core, load 2.8), the 784-512-256-10
+ * chain at batch 1 took 15-16 us on 1 thread and 0.76-1.3 ms on 2, every barrier waiting for a
+ * descheduled worker.  On a quiet machine a lower value (2.5e5) splits batch 1 too, halving the
+ * weights each core streams (each core's share can stay in its own L2 between calls: static
+ * schedule, a thread gets the same columns every call); not measured quiet yet. */
+#define FR_Q_CHAIN_PAR_MIN_MACS 2.0e6
 /* Up to this many rows, every thread quantizes all the rows of a layer's input itself (into its
  * own buffer: a few hundred bytes, the same bits) instead of sharing the work behind a barrier:
  * one barrier a layer instead of two. */
@@ -368,13 +372,14 @@ static void fr_q8_linear(int n, int m, int kp, const uint8_t *xq, const float *s
  * fr_q8_linear with K = dims[l], M = dims[l+1], Kp = kps[l], its packed weights, scales, column
  * sums, bias (or NULL) and activation; each layer quantizes its input rows (the previous
  * layer's float32 output, exactly as a sequence of fr_q8_quantize_rows + fr_q8_linear calls
- * would: the same bits, for every thread count).  Intermediates live in one malloc'ed scratch
+ * would: the same bits, for every thread count).  It runs on nthreads from par_min_macs
+ * multiply-adds (< 0: FR_Q_CHAIN_PAR_MIN_MACS).  Intermediates live in one malloc'ed scratch
  * (so concurrent calls are safe).  Returns 0, or -1 when the scratch cannot be allocated. */
 static int fr_q8_chain(int n, int L, const int *dims, const int *kps,
                        const int8_t *const *packed, const float *const *sw,
                        const int32_t *const *cs, const float *const *bias, const int *acts,
                        const float *slopes, const float *x, float *out, int nthreads,
-                       int portable) {
+                       double par_min_macs, int portable) {
     int maxkp = 0, maxm = 0;
     double macs = 0.0;
     for (int l = 0; l < L; l++) {
@@ -382,7 +387,8 @@ static int fr_q8_chain(int n, int L, const int *dims, const int *kps,
         if (l < L - 1 && dims[l + 1] > maxm) maxm = dims[l + 1];
         macs += (double)n * kps[l] * dims[l + 1];
     }
-    int nt = macs >= FR_Q_CHAIN_PAR_MIN_MACS ? nthreads : 1;
+    if (par_min_macs < 0.0) par_min_macs = FR_Q_CHAIN_PAR_MIN_MACS;
+    int nt = macs >= par_min_macs ? nthreads : 1;
     if (nt < 1) nt = 1;
     const int private_q = nt > 1 && n <= FR_Q_CHAIN_PRIVATE_ROWS;
     const int nq = private_q ? nt : 1;          /* quantization buffers */
