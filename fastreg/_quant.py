@@ -16,7 +16,8 @@ stage gets quantized weights and runs on the quantized kernels of
 
 With int8 weights, each run of consecutive quantized Linear stages runs as one C call
 (:class:`~fastreg._kernels.quant.cy.Q8Chain`: one OpenMP region for the run, the columns of
-every layer split over the threads even at batch 1; the same bits as the stages one by one);
+every layer split over the threads from 2 million multiply-adds a call; the same bits as the
+stages one by one, on every thread count);
 a model that is one such run is served by the chain's checked fast call, without Python per
 stage.
 
