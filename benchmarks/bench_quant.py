@@ -9,6 +9,10 @@ then Linear(256, 10); random weights and running statistics, eval mode), written
 
 * ``fr-f32`` / ``fr-int8`` / ``fr-bf16``: ``fastreg.onnx.load`` of that file, then
   ``fastreg.inference.compile(model, weights=...)`` (float32, int8, bf16);
+* ``fr-int8-split`` (not run by default): ``fr-int8`` with its int8 chain split over the threads
+  from 250,000 multiply-adds (``Q8Chain(..., parallel_min_macs=2.5e5)``), so batch 1 runs on
+  every thread too (the default chain splits from 2 million: batch 1 on one thread); compare
+  it with ``fr-int8`` on a quiet machine before lowering the default;
 * ``ort-f32``: ``onnxruntime.InferenceSession`` on the float file;
 * ``ort-int8``: the file quantized by ORT itself,
   ``onnxruntime.quantization.quantize_dynamic(per_channel=True, weight_type=QInt8)`` (per-channel
@@ -50,8 +54,15 @@ x = rng.standard_normal((batch, 784)).astype(np.float32)
 if side.startswith("fr-"):
     import fastreg as fr
     fr.set_num_threads(threads)
-    w = {"fr-f32": None, "fr-int8": "int8", "fr-bf16": "bf16"}[side]
+    w = {"fr-f32": None, "fr-int8": "int8", "fr-int8-split": "int8", "fr-bf16": "bf16"}[side]
     pred = fr.inference.compile(fr.onnx.load(path), weights=w)
+    if side == "fr-int8-split":     # the int8 chain split over the threads even at batch 1
+        from fastreg._kernels.quant import cy as qcy
+        pred._chains = {i: (j, qcy.Q8Chain([pred._qlinear[t].chain_layer()
+                                             for t in range(i, j)], 0, 2.5e5))
+                        for i, (j, _) in pred._chains.items()}
+        if pred._fast is not None:
+            pred._fast = pred._chains[0][1].fast
     fn = lambda: pred(x)
 else:
     import onnxruntime as ort
@@ -89,6 +100,8 @@ print(json.dumps(res))
 '''
 
 SIDES = ("fr-f32", "fr-int8", "fr-bf16", "ort-f32", "ort-int8")
+#: Sides that --sides may name besides the default ones.
+EXTRA_SIDES = ("fr-int8-split",)
 #: The checkout this script belongs to (imported by the parent and the children).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INT8_WEIGHT_BYTES = 784 * 512 + 512 * 256 + 256 * 10
@@ -104,7 +117,7 @@ def build_models(tmp: str) -> dict:
     build_model(f32)
     q8 = os.path.join(tmp, "mlp_int8.onnx")
     quantize_dynamic(f32, q8, per_channel=True, weight_type=QuantType.QInt8)
-    return {s: (q8 if s == "ort-int8" else f32) for s in SIDES}
+    return {s: (q8 if s == "ort-int8" else f32) for s in SIDES + EXTRA_SIDES}
 
 
 def run(side: str, path: str, batch: int, threads: int, min_time: float, out: str = "-"):
@@ -129,9 +142,9 @@ def main() -> int:
     batches = [int(b) for b in args.batches.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
     sides = [s for s in args.sides.split(",") if s]
-    unknown = sorted(set(sides) - set(SIDES))
+    unknown = sorted(set(sides) - set(SIDES) - set(EXTRA_SIDES))
     if unknown:
-        ap.error(f"--sides: unknown {unknown}; choose from {', '.join(SIDES)}")
+        ap.error(f"--sides: unknown {unknown}; choose from {', '.join(SIDES + EXTRA_SIDES)}")
     with tempfile.TemporaryDirectory() as tmp:
         paths = build_models(tmp)
         # agreement on 256 rows (batch 256, one thread), against fastreg float32

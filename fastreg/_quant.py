@@ -14,6 +14,13 @@ stage gets quantized weights and runs on the quantized kernels of
 * ``"bf16"``: weights rounded once to bfloat16 (nearest even), float32 activations and
   accumulation (each weight widened on the fly).
 
+With int8 weights, each run of consecutive quantized Linear stages runs as one C call
+(:class:`~fastreg._kernels.quant.cy.Q8Chain`: one OpenMP region for the run, the columns of
+every layer split over the threads from 2 million multiply-adds a call; the same bits as the
+stages one by one, on every thread count);
+a model that is one such run is served by the chain's checked fast call, without Python per
+stage.
+
 Stages that are not Linear layers (LayerNorm, an unfoldable BatchNorm, activations, Flatten)
 run in float32 as in the float predictor; a custom module's stage (its own ``forward``) is not
 quantized either: :meth:`QuantizedPredictor.describe` lists which stage runs what.
@@ -105,6 +112,11 @@ class QuantizedLinear:
             q, s = _q.quantize_int8(W)
             return cls(weights, bias, activation, slope, q=q, scale=s)
         return cls(weights, bias, activation, slope, bits=_q.to_bf16(W))
+
+    def chain_layer(self) -> tuple:
+        """This int8 layer as a :class:`~fastreg._kernels.quant.cy.Q8Chain` layer."""
+        return (self.in_features, self.out_features, self._packed, self.scale, self._colsum,
+                self.bias, self._kp, self.activation, self.slope)
 
     def tensors(self) -> dict:
         """What a file stores for the weight: {"weight": ..., ["weight_scale": ...]}."""
@@ -201,17 +213,44 @@ class QuantizedPredictor(Predictor):
         if prepared:
             raise ValueError(f"{len(prepared)} quantized weights left over: the model has "
                              f"fewer Linear layers than the file")
+        self._build_chains()
 
     def _build_chains(self) -> None:
-        """No float :class:`LinearChain`: the Linear stages run the quantized kernels (a chain
-        built from the float weights would serve float32 results), one stage per op."""
+        """No float :class:`LinearChain` (a chain built from the float weights would serve
+        float32 results). With int8 weights, each run of consecutive quantized Linear stages
+        becomes one :class:`~fastreg._kernels.quant.cy.Q8Chain` (one C call, one OpenMP region
+        for the run: the same bits as the stages run one by one); ``_fast`` is its checked
+        call when the whole model is one run. bf16 stages run one kernel call each."""
         self._chains = {}
         self._fast = None
+        qlin = getattr(self, "_qlinear", None)     # None while Predictor.__init__ runs
+        if not qlin or self.weights != "int8":
+            return
+        cy = _q.backend()
+        n_ops, i = len(self._ops), 0
+        while i < n_ops:
+            if i not in qlin:
+                i += 1
+                continue
+            j = i
+            while j < n_ops and j in qlin:
+                j += 1
+            self._chains[i] = (j, cy.Q8Chain([qlin[t].chain_layer() for t in range(i, j)]))
+            i = j
+        whole = self._chains.get(0)
+        if whole is not None and whole[0] == n_ops and self.in_features is not None:
+            self._fast = whole[1].fast
 
     def _plan(self, n: int) -> list:
-        stages = super()._plan(n)
-        for i, ql in self._qlinear.items():
-            stages[i] = ql.stage(n)
+        stages = super()._plan(n)       # runs of int8 stages: one entry each (the chain's)
+        first, i = [], 0                # the op index of each entry
+        while i < len(self._ops):
+            first.append(i)
+            i = self._chains[i][0] if i in self._chains else i + 1
+        for e, i in enumerate(first):
+            ql = self._qlinear.get(i)
+            if ql is not None and i not in self._chains:
+                stages[e] = ql.stage(n)
         return stages
 
     # pickling: the float stand-ins of the quantized weights travel as shapes

@@ -78,6 +78,67 @@ def test_int8_kernel_equals_integer_reference_bit_for_bit(N):
                 assert np.array_equal(a, c), (N, K, M)     # AVX2 == portable C, bit for bit
 
 
+def _chain_layers(dims, acts, seed):
+    """Q8Chain layers (K, M, packed, sw, cs, bias, kp, act, slope) of random weights."""
+    rng = np.random.default_rng(seed)
+    layers = []
+    for K, M, act in zip(dims[:-1], dims[1:], acts):
+        q, s = Q.quantize_int8(rng.standard_normal((M, K)).astype(np.float32))
+        packed, cs, kp = Q.pack_int8(q)
+        b = rng.standard_normal(M).astype(np.float32)
+        layers.append((K, M, packed, s, cs, b, kp, act, 0.05, q))
+    return layers
+
+
+@pytest.mark.parametrize("N", (1, 2, 7, 65))
+def test_int8_chain_is_the_layers_one_by_one_for_every_thread_count_and_path(N):
+    # one C call for the whole run of layers (one OpenMP region, each layer quantizing its
+    # input): the same bits as q8_linear layer by layer; parallel_min_macs=0: every N runs on
+    # the threads (N <= 4: each thread quantizes the rows itself)
+    dims, acts = (1030, 47, 33, 2, 7), (1, 4, 2, 3)     # K = 47: 32 + 8 + 7 in quantize
+    layers = _chain_layers(dims, acts, N)
+    x = (np.random.default_rng(N).standard_normal((N, dims[0])) * 2 - 0.3).astype(np.float32)
+    h = x
+    for K, M, packed, s, cs, b, kp, act, slope, q in layers:
+        h = run_int8(h, q, s, b, act, slope)[0]
+    before = fr.get_num_threads()
+    try:
+        for portable in (0, 1):
+            chain = cy.Q8Chain([lay[:9] for lay in layers], portable, 0.0)
+            assert (chain.in_features, chain.out_features) == (dims[0], dims[-1])
+            for nt in (1, 2, 3):
+                fr.set_num_threads(nt)
+                out = np.full((N, dims[-1]), np.nan, np.float32)
+                assert chain.run(x, out) is out
+                assert np.array_equal(out, h), (portable, nt)
+                assert np.array_equal(chain.fast(x), h)
+        assert np.array_equal(chain.fast(x[0]), h[0])
+        for bad in (x.astype(np.float64), x[:, :-1], np.asfortranarray(x) if N > 1 else x.T,
+                    x.tolist()):
+            assert chain.fast(bad) is None
+        assert chain.fast(x, out=np.empty((N + 1, dims[-1]), np.float32)) is None
+    finally:
+        fr.set_num_threads(before)
+    with pytest.raises(ValueError, match="layer 1 takes 33 features, layer 0 gives 47"):
+        cy.Q8Chain([layers[0][:9], layers[2][:9]])
+
+
+def test_int8_predictor_runs_its_linear_runs_as_chains():
+    m = _mlp(5)
+    p = fr.inference.compile(m, weights="int8")
+    assert sorted((i, j) for i, (j, _) in p._chains.items()) == [(0, 2), (3, 4)]
+    x = np.random.default_rng(5).standard_normal((7, 20)).astype(np.float32)
+    h = x                     # the stages one by one, without the chains (plan: chain, LN, chain)
+    for i, op in enumerate(p._ops):
+        ql = p._qlinear.get(i)
+        h = ql.stage(7)(h).copy() if ql is not None else p._plan(7)[1](h).copy()
+    assert np.array_equal(p(x), h)
+    whole = fr.inference.compile(nn.Sequential(nn.Linear(20, 9), nn.ReLU(),
+                                               nn.Linear(9, 4)).eval(), weights="int8")
+    assert whole._fast is not None and np.array_equal(whole(x), whole(x.copy()))
+    assert fr.inference.compile(m, weights="bf16")._chains == {}
+
+
 @pytest.mark.parametrize("weights", ["int8", "bf16"])
 def test_epilogues_of_simd_and_portable_paths_are_the_same_bits(weights):
     # every activation, full and partial 4-column blocks, a NaN row and -0.0 outputs

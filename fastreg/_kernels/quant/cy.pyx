@@ -6,6 +6,7 @@
 #   x (N, K) float32, xq (N, Kp) uint8, sx (N,) float32, zp (N,) int32
 #   int8 packed (Mp * Kp,) int8, sw (M,) float32, cs (Mp,) int32, bias (M,) float32
 #   bf16 packed (Mp * Kp,) uint16;  out (N, M) float32, acc (N, M) int32 or None
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int8_t, int32_t, uint8_t, uint16_t
 
 cimport numpy as cnp
@@ -24,6 +25,11 @@ cdef extern from "quant.h" nogil:
                       const int32_t *zp, const int8_t *packed, const float *sw,
                       const int32_t *cs, const float *bias, float *out, int32_t *acc_out,
                       int act, float slope, int nthreads, int portable)
+    int fr_q8_chain(int n, int L, const int *dims, const int *kps,
+                    const int8_t *const *packed, const float *const *sw,
+                    const int32_t *const *cs, const float *const *bias, const int *acts,
+                    const float *slopes, const float *x, float *out, int nthreads,
+                    double par_min_macs, int portable)
     void fr_bf16_pack(int m, int k, int kp, const uint16_t *wb, uint16_t *packed)
     int fr_bf16_linear(int n, int m, int k, int kp, const float *x, const uint16_t *packed,
                         const float *bias, float *out, int act, float slope, int nthreads,
@@ -112,3 +118,153 @@ def bf16_linear(cnp.ndarray x, cnp.ndarray packed, cnp.ndarray bias, cnp.ndarray
     if rc != 0:
         raise MemoryError("fastreg quant: could not allocate the bf16 widening scratch")
     return out
+
+
+cdef class Q8Chain:
+    """Consecutive int8 linear layers run back to back in one C call (fr_q8_chain): each layer
+    quantizes its input rows, runs the int8 GEMM and its epilogue; one OpenMP region for the
+    whole chain. Built from layers' (packed, sw, cs, bias, kp, act, slope) as made by
+    ``fastreg._quant.pack_int8`` (validated by the caller; K_{l+1} = M_l); the same bits as the
+    layers run one by one through q8_linear. ``run(x, out)`` is the trusted call; ``fast(x,
+    out)`` checks its input cheaply and returns None for anything it does not take (the
+    caller's slow path then coerces or raises). Intermediates live in a per-call scratch, so one
+    chain may be called from several threads at once. ``portable=1`` forces the C path;
+    ``parallel_min_macs``: the multiply-adds of a call (all layers, all rows) from which it runs
+    on ``get_num_threads()`` threads (< 0: the kernel's default, FR_Q_CHAIN_PAR_MIN_MACS)."""
+    cdef readonly int n_layers
+    cdef readonly Py_ssize_t in_features, out_features
+    cdef readonly int portable
+    cdef readonly double parallel_min_macs
+    cdef list _keep
+    cdef int *dims
+    cdef int *kps
+    cdef int *acts
+    cdef float *slopes
+    cdef const int8_t **packed
+    cdef const float **sw
+    cdef const int32_t **cs
+    cdef const float **bias
+
+    def __cinit__(self):
+        self.dims = NULL
+        self.kps = NULL
+        self.acts = NULL
+        self.slopes = NULL
+        self.packed = NULL
+        self.sw = NULL
+        self.cs = NULL
+        self.bias = NULL
+
+    def __init__(self, layers, int portable=0, double parallel_min_macs=-1.0):
+        cdef int L = len(layers), l
+        if L < 1:
+            raise ValueError("Q8Chain needs at least one layer")
+        self.n_layers = L
+        self.portable = portable
+        self.parallel_min_macs = parallel_min_macs
+        self.dims = <int*>PyMem_Malloc((L + 1) * sizeof(int))
+        self.kps = <int*>PyMem_Malloc(L * sizeof(int))
+        self.acts = <int*>PyMem_Malloc(L * sizeof(int))
+        self.slopes = <float*>PyMem_Malloc(L * sizeof(float))
+        self.packed = <const int8_t**>PyMem_Malloc(L * sizeof(void*))
+        self.sw = <const float**>PyMem_Malloc(L * sizeof(void*))
+        self.cs = <const int32_t**>PyMem_Malloc(L * sizeof(void*))
+        self.bias = <const float**>PyMem_Malloc(L * sizeof(void*))
+        if (not self.dims or not self.kps or not self.acts or not self.slopes
+                or not self.packed or not self.sw or not self.cs or not self.bias):
+            raise MemoryError()
+        self._keep = list(layers)
+        for l in range(L):
+            k, m, packed, sw, cs, bias, kp, act, slope = layers[l]
+            if l == 0:
+                self.dims[0] = k
+            elif k != self.dims[l]:
+                raise ValueError(f"Q8Chain: layer {l} takes {k} features, layer {l - 1} "
+                                 f"gives {self.dims[l]}")
+            self.dims[l + 1] = m
+            self.kps[l] = kp
+            self.packed[l] = <const int8_t*>_ptr(packed)
+            self.sw[l] = <const float*>_ptr(sw)
+            self.cs[l] = <const int32_t*>_ptr(cs)
+            self.bias[l] = <const float*>_ptr(bias)
+            self.acts[l] = act
+            self.slopes[l] = <float>slope
+        self.in_features = self.dims[0]
+        self.out_features = self.dims[L]
+
+    def __dealloc__(self):
+        PyMem_Free(self.dims)
+        PyMem_Free(self.kps)
+        PyMem_Free(self.acts)
+        PyMem_Free(self.slopes)
+        PyMem_Free(<void*>self.packed)
+        PyMem_Free(<void*>self.sw)
+        PyMem_Free(<void*>self.cs)
+        PyMem_Free(<void*>self.bias)
+
+    cdef int _run(self, int n, const float *px, float *pout) except -1:
+        cdef int nt = get_num_threads()
+        cdef int rc
+        with nogil:
+            rc = fr_q8_chain(n, self.n_layers, self.dims, self.kps, self.packed, self.sw,
+                             self.cs, self.bias, self.acts, self.slopes, px, pout, nt,
+                             self.parallel_min_macs, self.portable)
+        if rc != 0:
+            raise MemoryError("fastreg quant: could not allocate the int8 chain's scratch")
+        return 0
+
+    def run(self, x, out):
+        """out[N, M_last] = the chain applied to x[N, K_0] (float32, both validated by the
+        caller)."""
+        self._run(x.shape[0], <const float*>_ptr(x), <float*>_ptr(out))
+        return out
+
+    def fast(self, x, out=None):
+        """The chain's output for ``x``, or None if ``x`` (or ``out``) is not exactly what the
+        kernel takes: a C-contiguous, aligned, native-order float32 ndarray of shape (N, K) with
+        N >= 1 or (K,); ``out`` None or such an array of the output's shape that does not
+        overlap ``x``. Then the output is a fresh array (or ``out``)."""
+        if type(x) is not cnp.ndarray:
+            return None
+        cdef cnp.ndarray a = <cnp.ndarray>x
+        cdef cnp.ndarray o
+        cdef int nd = cnp.PyArray_NDIM(a)
+        cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(a)
+        cdef cnp.npy_intp oshape[2]
+        cdef cnp.npy_intp n
+        cdef char *lo
+        cdef char *hi
+        if (cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_ISCARRAY_RO(a)
+                or not cnp.PyArray_ISNOTSWAPPED(a)):
+            return None
+        if nd == 2 and shape[1] == self.in_features and shape[0] > 0:
+            n = shape[0]
+            oshape[0] = n
+            oshape[1] = self.out_features
+        elif nd == 1 and shape[0] == self.in_features:
+            n = 1
+            oshape[0] = self.out_features
+        else:
+            return None
+        if n > 2147483647:
+            return None
+        if out is None:
+            o = cnp.PyArray_EMPTY(nd, oshape, cnp.NPY_FLOAT32, 0)
+        else:
+            if type(out) is not cnp.ndarray:
+                return None
+            o = <cnp.ndarray>out
+            if (cnp.PyArray_TYPE(o) != cnp.NPY_FLOAT32 or cnp.PyArray_NDIM(o) != nd
+                    or not cnp.PyArray_ISCARRAY(o) or not cnp.PyArray_ISNOTSWAPPED(o)
+                    or cnp.PyArray_DIMS(o)[0] != oshape[0]
+                    or (nd == 2 and cnp.PyArray_DIMS(o)[1] != oshape[1])):
+                return None
+            lo = <char*>cnp.PyArray_DATA(a)
+            hi = <char*>cnp.PyArray_DATA(o)
+            if (hi < lo + cnp.PyArray_NBYTES(a)) and (lo < hi + cnp.PyArray_NBYTES(o)):
+                return None     # overlapping: the slow path works through a copy
+        self._run(<int>n, <const float*>cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(o))
+        return o
+
+    def __reduce__(self):
+        raise TypeError("Q8Chain is not picklable: pickle the Predictor that holds it")

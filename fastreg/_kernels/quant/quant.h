@@ -30,6 +30,10 @@
  * OpenMP splits the output columns (blocks of 4 weight rows) across threads; each thread
  * runs 2 x 4 tiles (2 input rows, 4 weight rows) over its blocks, the weights of a block staying
  * in L1 while the rows of x stream past.
+ *
+ * fr_q8_chain runs consecutive int8 layers in one call and one OpenMP region (a predictor's
+ * runs of Linear stages): per layer, quantize the input rows, then the blocks split over the
+ * threads as above, one barrier; the same bits as the layers called one by one.
  */
 #ifndef FASTREG_QUANT_H
 #define FASTREG_QUANT_H
@@ -150,14 +154,31 @@ static void fr_q8_quantize_rows(int n, int k, int kp, const float *x, uint8_t *x
             const __m256 vinv = _mm256_set1_ps(inv);
             const __m256i vz = _mm256_set1_epi32(zi), v0 = _mm256_setzero_si256(),
                           v127 = _mm256_set1_epi32(127);
+            /* 32 values a step: 4 x 8 int32 in [0, 127] narrowed to bytes by two unsigned
+             * saturating packs (no value saturates) and one cross-lane permutation */
+            const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+            for (; t + 32 <= k; t += 32) {
+                __m256i q[4];
+                for (int u = 0; u < 4; u++) {
+                    __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xr + t + 8 * u), vinv);
+                    __m256i w = _mm256_cvtps_epi32(
+                        _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+                    q[u] = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(w, vz), v0),
+                                            v127);
+                }
+                __m256i b = _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]),
+                                                _mm256_packus_epi32(q[2], q[3]));
+                _mm256_storeu_si256((__m256i *)(qr + t),
+                                    _mm256_permutevar8x32_epi32(b, order));
+            }
             for (; t + 8 <= k; t += 8) {
                 __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xr + t), vinv);
                 __m256i q = _mm256_cvtps_epi32(
                     _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
                 q = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(q, vz), v0), v127);
-                int32_t tmp[8];
-                _mm256_storeu_si256((__m256i *)tmp, q);
-                for (int l = 0; l < 8; l++) qr[t + l] = (uint8_t)tmp[l];
+                __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(q),
+                                             _mm256_extracti128_si256(q, 1));
+                _mm_storel_epi64((__m128i *)(qr + t), _mm_packus_epi16(h, h));
             }
         }
 #endif
@@ -261,62 +282,149 @@ static inline void fr_q8_tile(int r, int nk, const uint8_t *x0, const uint8_t *x
     }
 }
 
-/* out[n, m] = act(fmaf(acc - zp*cs, sx*sw, b)) from xq (n, kp) and the packed weights; when
- * acc_out is not NULL the raw int32 accumulators (n, m) are written there too. */
+/* Weight block jb (output columns 4*jb .. 4*jb+3) of out[n, m] = act(fmaf(acc - zp*cs, sx*sw, b))
+ * from xq (n, kp) and the packed weights; when acc_out is not NULL the raw int32 accumulators
+ * (n, m) are written there too. */
+static inline void fr_q8_linear_block(int jb, int n, int m, int kp, const uint8_t *xq,
+                                      const float *sx, const int32_t *zp, const int8_t *packed,
+                                      const float *sw, const int32_t *cs, const float *bias,
+                                      float *out, int32_t *acc_out, int act, float slope,
+                                      int portable) {
+    const int nk = kp / 32;
+    const int8_t *wb = packed + (ptrdiff_t)jb * kp * 4;
+    const int j0 = jb * 4, jn = m - j0 < 4 ? m - j0 : 4;
+    for (int i = 0; i < n; i += 2) {
+        const int r = n - i < 2 ? n - i : 2;
+        int32_t acc[2][4];
+        const uint8_t *x0 = xq + (ptrdiff_t)i * kp;
+        fr_q8_tile(r, nk, x0, r == 2 ? x0 + kp : x0, wb, acc, portable);
+        for (int ii = 0; ii < r; ii++) {
+            const float s = sx[i + ii];
+            const int32_t z = zp[i + ii];
+            float *o = out + (ptrdiff_t)(i + ii) * m + j0;
+#if defined(__AVX2__) && defined(__FMA__)
+            if (!portable && jn == 4) {
+                /* the scalar epilogue below, 4 columns at once: the same operations
+                 * (int32 multiply-subtract, RNE conversion, one fused multiply-add) */
+                const __m128i d = _mm_sub_epi32(
+                    _mm_loadu_si128((const __m128i *)acc[ii]),
+                    _mm_mullo_epi32(_mm_set1_epi32(z),
+                                    _mm_loadu_si128((const __m128i *)(cs + j0))));
+                __m128 v = _mm_fmadd_ps(
+                    _mm_cvtepi32_ps(d), _mm_mul_ps(_mm_set1_ps(s), _mm_loadu_ps(sw + j0)),
+                    bias ? _mm_loadu_ps(bias + j0) : _mm_setzero_ps());
+                if (act == FR_QACT_RELU)
+                    v = _mm_max_ps(_mm_setzero_ps(), v);   /* = v < 0 ? 0 : v, NaN kept */
+                _mm_storeu_ps(o, v);
+                if (act != FR_QACT_IDENTITY && act != FR_QACT_RELU)
+                    for (int jj = 0; jj < 4; jj++) o[jj] = fr_q_act(o[jj], act, slope);
+                if (acc_out) memcpy(acc_out + (ptrdiff_t)(i + ii) * m + j0, acc[ii], 16);
+                continue;
+            }
+#endif
+            for (int jj = 0; jj < jn; jj++) {
+                const int j = j0 + jj;
+                const float t = (float)(acc[ii][jj] - z * cs[j]);
+                const float v = fmaf(t, s * sw[j], bias ? bias[j] : 0.0f);
+                o[jj] = fr_q_act(v, act, slope);
+            }
+            if (acc_out)
+                for (int jj = 0; jj < jn; jj++)
+                    acc_out[(ptrdiff_t)(i + ii) * m + j0 + jj] = acc[ii][jj];
+        }
+    }
+}
+
+/* out[n, m] for every weight block: OpenMP over the blocks (output columns). */
 static void fr_q8_linear(int n, int m, int kp, const uint8_t *xq, const float *sx,
                          const int32_t *zp, const int8_t *packed, const float *sw,
                          const int32_t *cs, const float *bias, float *out, int32_t *acc_out,
                          int act, float slope, int nthreads, int portable) {
-    const int nb = (m + 3) / 4, nk = kp / 32;
+    const int nb = (m + 3) / 4;
     const double macs = (double)n * m * kp;
     int nt = macs >= FR_Q_PAR_MIN_MACS ? nthreads : 1;
     if (nt > nb) nt = nb;
     if (nt < 1) nt = 1;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int jb = 0; jb < nb; jb++) {
-        const int8_t *wb = packed + (ptrdiff_t)jb * kp * 4;
-        const int j0 = jb * 4, jn = m - j0 < 4 ? m - j0 : 4;
-        for (int i = 0; i < n; i += 2) {
-            const int r = n - i < 2 ? n - i : 2;
-            int32_t acc[2][4];
-            const uint8_t *x0 = xq + (ptrdiff_t)i * kp;
-            fr_q8_tile(r, nk, x0, r == 2 ? x0 + kp : x0, wb, acc, portable);
-            for (int ii = 0; ii < r; ii++) {
-                const float s = sx[i + ii];
-                const int32_t z = zp[i + ii];
-                float *o = out + (ptrdiff_t)(i + ii) * m + j0;
-#if defined(__AVX2__) && defined(__FMA__)
-                if (!portable && jn == 4) {
-                    /* the scalar epilogue below, 4 columns at once: the same operations
-                     * (int32 multiply-subtract, RNE conversion, one fused multiply-add) */
-                    const __m128i d = _mm_sub_epi32(
-                        _mm_loadu_si128((const __m128i *)acc[ii]),
-                        _mm_mullo_epi32(_mm_set1_epi32(z),
-                                        _mm_loadu_si128((const __m128i *)(cs + j0))));
-                    __m128 v = _mm_fmadd_ps(
-                        _mm_cvtepi32_ps(d), _mm_mul_ps(_mm_set1_ps(s), _mm_loadu_ps(sw + j0)),
-                        bias ? _mm_loadu_ps(bias + j0) : _mm_setzero_ps());
-                    if (act == FR_QACT_RELU)
-                        v = _mm_max_ps(_mm_setzero_ps(), v);   /* = v < 0 ? 0 : v, NaN kept */
-                    _mm_storeu_ps(o, v);
-                    if (act != FR_QACT_IDENTITY && act != FR_QACT_RELU)
-                        for (int jj = 0; jj < 4; jj++) o[jj] = fr_q_act(o[jj], act, slope);
-                    if (acc_out) memcpy(acc_out + (ptrdiff_t)(i + ii) * m + j0, acc[ii], 16);
-                    continue;
-                }
-#endif
-                for (int jj = 0; jj < jn; jj++) {
-                    const int j = j0 + jj;
-                    const float t = (float)(acc[ii][jj] - z * cs[j]);
-                    const float v = fmaf(t, s * sw[j], bias ? bias[j] : 0.0f);
-                    o[jj] = fr_q_act(v, act, slope);
-                }
-                if (acc_out)
-                    for (int jj = 0; jj < jn; jj++)
-                        acc_out[(ptrdiff_t)(i + ii) * m + j0 + jj] = acc[ii][jj];
+    for (int jb = 0; jb < nb; jb++)
+        fr_q8_linear_block(jb, n, m, kp, xq, sx, zp, packed, sw, cs, bias, out, acc_out, act,
+                           slope, portable);
+}
+
+/* ------------------------------------------------------------------ int8: a chain of layers */
+
+/* A chain of int8 layers at or above this many multiply-adds (all layers, all rows) runs on
+ * nthreads by default (fr_q8_chain's par_min_macs < 0): one OpenMP region for the whole chain
+ * (one fork) instead of one fork a layer.  The same value as FR_Q_PAR_MIN_MACS, so batch 1 of
+ * an MLP of the benchmark's size (535K multiply-adds) stays on one thread: measured on the
+ * shared 2-core machine (another process busy on the other core, load 2.8), the 784-512-256-10
+ * chain at batch 1 took 15-16 us on 1 thread and 0.76-1.3 ms on 2, every barrier waiting for a
+ * descheduled worker.  On a quiet machine a lower value (2.5e5) splits batch 1 too, halving the
+ * weights each core streams (each core's share can stay in its own L2 between calls: static
+ * schedule, a thread gets the same columns every call); not measured quiet yet. */
+#define FR_Q_CHAIN_PAR_MIN_MACS 2.0e6
+/* Up to this many rows, every thread quantizes all the rows of a layer's input itself (into its
+ * own buffer: a few hundred bytes, the same bits) instead of sharing the work behind a barrier:
+ * one barrier a layer instead of two. */
+#define FR_Q_CHAIN_PRIVATE_ROWS 4
+
+/* out[n, dims[L]] = layer L-1( ... layer 0(x[n, dims[0]])): layer l is the int8 linear of
+ * fr_q8_linear with K = dims[l], M = dims[l+1], Kp = kps[l], its packed weights, scales, column
+ * sums, bias (or NULL) and activation; each layer quantizes its input rows (the previous
+ * layer's float32 output, exactly as a sequence of fr_q8_quantize_rows + fr_q8_linear calls
+ * would: the same bits, for every thread count).  It runs on nthreads from par_min_macs
+ * multiply-adds (< 0: FR_Q_CHAIN_PAR_MIN_MACS).  Intermediates live in one malloc'ed scratch
+ * (so concurrent calls are safe).  Returns 0, or -1 when the scratch cannot be allocated. */
+static int fr_q8_chain(int n, int L, const int *dims, const int *kps,
+                       const int8_t *const *packed, const float *const *sw,
+                       const int32_t *const *cs, const float *const *bias, const int *acts,
+                       const float *slopes, const float *x, float *out, int nthreads,
+                       double par_min_macs, int portable) {
+    int maxkp = 0, maxm = 0;
+    double macs = 0.0;
+    for (int l = 0; l < L; l++) {
+        if (kps[l] > maxkp) maxkp = kps[l];
+        if (l < L - 1 && dims[l + 1] > maxm) maxm = dims[l + 1];
+        macs += (double)n * kps[l] * dims[l + 1];
+    }
+    if (par_min_macs < 0.0) par_min_macs = FR_Q_CHAIN_PAR_MIN_MACS;
+    int nt = macs >= par_min_macs ? nthreads : 1;
+    if (nt < 1) nt = 1;
+    const int private_q = nt > 1 && n <= FR_Q_CHAIN_PRIVATE_ROWS;
+    const int nq = private_q ? nt : 1;          /* quantization buffers */
+    const size_t nrows = (size_t)n;
+    const size_t fbytes = ((nrows * maxm * sizeof(float)) + 63) & ~(size_t)63;
+    const size_t qbytes = ((nrows * maxkp + nrows * 8) + 63) & ~(size_t)63;
+    char *scratch = (char *)malloc(2 * fbytes + nq * qbytes + 64);
+    if (!scratch) return -1;
+    float *buf[2] = {(float *)scratch, (float *)(scratch + fbytes)};
+    char *qbase = scratch + 2 * fbytes;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        char *qs = qbase + (private_q ? (size_t)omp_get_thread_num() * qbytes : 0);
+        uint8_t *xq = (uint8_t *)qs;
+        float *sx = (float *)(qs + nrows * maxkp);
+        int32_t *zp = (int32_t *)(sx + nrows);
+        for (int l = 0; l < L; l++) {
+            const int k = dims[l], m = dims[l + 1], kp = kps[l], nb = (m + 3) / 4;
+            const float *in = l == 0 ? x : buf[(l - 1) & 1];
+            float *o = l == L - 1 ? out : buf[l & 1];
+            if (private_q) {
+                fr_q8_quantize_rows(n, k, kp, in, xq, sx, zp, portable);
+            } else {
+#pragma omp for schedule(static)
+                for (int i = 0; i < n; i++)
+                    fr_q8_quantize_rows(1, k, kp, in + (ptrdiff_t)i * k,
+                                        xq + (ptrdiff_t)i * kp, sx + i, zp + i, portable);
             }
+#pragma omp for schedule(static)
+            for (int jb = 0; jb < nb; jb++)
+                fr_q8_linear_block(jb, n, m, kp, xq, sx, zp, packed[l], sw[l], cs[l], bias[l],
+                                   o, NULL, acts[l], slopes[l], portable);
         }
     }
+    free(scratch);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ bf16 */
