@@ -352,3 +352,30 @@ def test_pickle_loaded_model_after_predict_and_compiled_predictor(tmp_path):
     p = fr.inference.compile(m)
     p2 = pickle.loads(pickle.dumps(p))
     np.testing.assert_array_equal(p2(x), p(x))
+
+
+@pytest.mark.parametrize("weights", ["float32", "int8"])
+def test_split_small_batches_gives_the_same_bits_and_is_restored(weights):
+    """set_split_small_batches(True) makes a batch <= 4 chain split its layers across 2 threads
+    (this model is above the eager thresholds, below the default ones); the outputs must be the
+    bits of the one-thread run, on both precisions, and the setting must come back."""
+    rng = np.random.default_rng(5)
+    model = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)).eval()
+    pred = inference.compile(model, weights=weights)
+    xs = [rng.standard_normal((n, 512)).astype(np.float32) for n in (1, 2, 3, 4)]
+    before = fr.get_num_threads()
+    try:
+        fr.set_num_threads(1)
+        ref = [pred(x) for x in xs]
+        fr.set_num_threads(2)
+        assert inference.set_split_small_batches(True) is False
+        split = [pred(x) for x in xs]
+        assert inference.set_split_small_batches(False) is True
+        plain = [pred(x) for x in xs]
+    finally:
+        inference.set_split_small_batches(False)
+        fr.set_num_threads(before)
+    for r, s, p in zip(ref, split, plain):
+        assert np.array_equal(r, s) and np.array_equal(r, p)
+    with pytest.raises(TypeError, match="enabled must be True or False, got 1"):
+        inference.set_split_small_batches(1)

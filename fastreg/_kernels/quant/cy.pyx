@@ -17,6 +17,7 @@ cnp.import_array()
 
 cdef extern from "quant.h" nogil:
     int fr_q8_simd_level()
+    double fr_q_chain_par_min_macs
     int fr_bf16_simd_level()
     void fr_q8_quantize_rows(int n, int k, int kp, const float *x, uint8_t *xq, float *sx,
                              int32_t *zp, int portable)
@@ -34,6 +35,16 @@ cdef extern from "quant.h" nogil:
     int fr_bf16_linear(int n, int m, int k, int kp, const float *x, const uint16_t *packed,
                         const float *bias, float *out, int act, float slope, int nthreads,
                         int portable)
+
+
+def set_chain_parallel_min_macs(double macs):
+    """Multiply-adds of a call (all layers, all rows) from which a Q8Chain built with
+    ``parallel_min_macs < 0`` runs on several threads (default 2e6: batch 1 of the 784-512-256-10
+    MLP, 535K, stays on one thread); read at every call; returns the previous value."""
+    global fr_q_chain_par_min_macs
+    cdef double old = fr_q_chain_par_min_macs
+    fr_q_chain_par_min_macs = macs
+    return old
 
 
 cdef inline void* _ptr(object a):

@@ -363,6 +363,9 @@ static void fr_q8_linear(int n, int m, int kp, const uint8_t *xq, const float *s
  * weights each core streams (each core's share can stay in its own L2 between calls: static
  * schedule, a thread gets the same columns every call); not measured quiet yet. */
 #define FR_Q_CHAIN_PAR_MIN_MACS 2.0e6
+/* The threshold a chain built with par_min_macs < 0 uses, read at every call (so
+ * fastreg.inference.set_split_small_batches applies to predictors already built). */
+static double fr_q_chain_par_min_macs = FR_Q_CHAIN_PAR_MIN_MACS;
 /* Up to this many rows, every thread quantizes all the rows of a layer's input itself (into its
  * own buffer: a few hundred bytes, the same bits) instead of sharing the work behind a barrier:
  * one barrier a layer instead of two. */
@@ -373,7 +376,7 @@ static void fr_q8_linear(int n, int m, int kp, const uint8_t *xq, const float *s
  * sums, bias (or NULL) and activation; each layer quantizes its input rows (the previous
  * layer's float32 output, exactly as a sequence of fr_q8_quantize_rows + fr_q8_linear calls
  * would: the same bits, for every thread count).  It runs on nthreads from par_min_macs
- * multiply-adds (< 0: FR_Q_CHAIN_PAR_MIN_MACS).  Intermediates live in one malloc'ed scratch
+ * multiply-adds (< 0: fr_q_chain_par_min_macs).  Intermediates live in one malloc'ed scratch
  * (so concurrent calls are safe).  Returns 0, or -1 when the scratch cannot be allocated. */
 static int fr_q8_chain(int n, int L, const int *dims, const int *kps,
                        const int8_t *const *packed, const float *const *sw,
@@ -387,7 +390,7 @@ static int fr_q8_chain(int n, int L, const int *dims, const int *kps,
         if (l < L - 1 && dims[l + 1] > maxm) maxm = dims[l + 1];
         macs += (double)n * kps[l] * dims[l + 1];
     }
-    if (par_min_macs < 0.0) par_min_macs = FR_Q_CHAIN_PAR_MIN_MACS;
+    if (par_min_macs < 0.0) par_min_macs = fr_q_chain_par_min_macs;
     int nt = macs >= par_min_macs ? nthreads : 1;
     if (nt < 1) nt = 1;
     const int private_q = nt > 1 && n <= FR_Q_CHAIN_PRIVATE_ROWS;
