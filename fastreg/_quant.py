@@ -15,9 +15,10 @@ stage gets quantized weights and runs on the quantized kernels of
   accumulation (each weight widened on the fly).
 
 With int8 weights, each run of consecutive quantized Linear stages runs as one C call
-(:class:`~fastreg._kernels.quant.cy.Q8Chain`: one OpenMP region for the run, the columns of
-every layer split over the threads from 2 million multiply-adds a call; the same bits as the
-stages one by one, on every thread count);
+(:class:`~fastreg._kernels.quant.cy.Q8Chain`: the columns of every layer split over the threads
+from 2.5e5 multiply-adds a call (``fastreg.inference.set_split_small_batches``), on the split
+pool up to 4 rows and in one OpenMP region above; the same bits as the stages one by one, on
+every thread count);
 a model that is one such run is served by the chain's checked fast call, without Python per
 stage.
 

@@ -676,30 +676,34 @@ def compile(model, dtype=None, weights: str | None = None) -> Predictor:
 
 
 #: (float chain: FLOPs per row, int8 chain: multiply-adds per call) from which a batch <= 4 call
-#: splits its layers across the threads: the defaults, and set_split_small_batches(True)'s.
-_SPLIT_DEFAULT = (4.0e6, 2.0e6)
-_SPLIT_EAGER = (2.5e5, 2.5e5)
-_split = [False]
+#: splits its layers across the threads: with set_split_small_batches(True) (the default) and
+#: with False.
+_SPLIT_ON = (2.5e5, 2.5e5)
+_SPLIT_OFF = (4.0e6, 2.0e6)
+_split = [True]
 
 
 def set_split_small_batches(enabled: bool) -> bool:
-    """Split batches of 1-4 rows across the threads (True) or keep them on one thread (False,
-    the default); returns the previous setting. Applies to every predictor, built or not.
+    """Split batches of 1-4 rows across the threads (True, the default) or keep models of up to
+    ~2M weights on one thread for them (False); returns the previous setting. Applies to every
+    predictor, built or not; results are bitwise the same either way (each output is summed by
+    one task, in one order).
 
-    A small batch is a chain of GEMVs bound by reading the weights; split by output columns, each
-    core streams half of them (and keeps its half in its own L2 between calls). On a quiet
-    2-core machine this halves batch-1 latency (the README's inference section: float32 784-512-
-    256-10 MLP 32 -> 19 us, int8 14 -> 8.5 us). But each layer ends in a barrier that waits for
-    every thread: when another process holds a core, a descheduled worker holds the barrier for
-    a scheduler time slice, and a call takes milliseconds instead of microseconds. So the default
-    splits only chains of at least 4 MFLOP per row (float) or 2M multiply-adds per call (int8);
-    ``True`` lowers both to 2.5e5. Turn it on where the predictor has its cores to itself.
-    Results are bitwise the same either way (each output is summed by one thread, in one order).
+    A small batch is a chain of GEMVs bound by reading the weights. Split, each layer's output
+    columns are cut into tasks run by the calling thread and fastreg's small-batch pool
+    (``_kernels/common/split_pool.h``), so each core streams part of the weights: on a quiet
+    2-core machine the 784-512-256-10 MLP at batch 1 goes from 32 to 19 us (float32) and from
+    14 to 8.5 us (int8). The caller claims tasks too and never waits for a worker that has not
+    started, so when another process holds a core the call degrades to about the one-thread time
+    instead of waiting a scheduler time slice at every layer (as an OpenMP barrier does). The
+    split applies from 2.5e5 FLOPs per row (float) or multiply-adds per call (int8); ``False``
+    raises these to 4e6 and 2e6. Turn it off where a core's worth of spinning worker (about
+    50 us after each call, then it sleeps) is unwelcome.
     """
     if not isinstance(enabled, (bool, np.bool_)):
         raise TypeError(f"enabled must be True or False, got {enabled!r}")
     old = _split[0]
-    flops, macs = _SPLIT_EAGER if enabled else _SPLIT_DEFAULT
+    flops, macs = _SPLIT_ON if enabled else _SPLIT_OFF
     from ._kernels.matmul import cy as _mcy
     _mcy.set_chain_parallel_min_flops(flops)
     try:

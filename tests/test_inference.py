@@ -356,9 +356,12 @@ def test_pickle_loaded_model_after_predict_and_compiled_predictor(tmp_path):
 
 @pytest.mark.parametrize("weights", ["float32", "int8"])
 def test_split_small_batches_gives_the_same_bits_and_is_restored(weights):
-    """set_split_small_batches(True) makes a batch <= 4 chain split its layers across 2 threads
-    (this model is above the eager thresholds, below the default ones); the outputs must be the
-    bits of the one-thread run, on both precisions, and the setting must come back."""
+    """A batch <= 4 chain on 2 threads splits its layers on the split pool (this model is above
+    the default thresholds, below set_split_small_batches(False)'s); the outputs must be the bits
+    of the one-thread run, on both precisions, with the split on or off, also while another
+    Python thread predicts at the same time (one of the two runs its tasks inline)."""
+    import threading
+
     rng = np.random.default_rng(5)
     model = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)).eval()
     pred = inference.compile(model, weights=weights)
@@ -368,14 +371,28 @@ def test_split_small_batches_gives_the_same_bits_and_is_restored(weights):
         fr.set_num_threads(1)
         ref = [pred(x) for x in xs]
         fr.set_num_threads(2)
-        assert inference.set_split_small_batches(True) is False
         split = [pred(x) for x in xs]
         assert inference.set_split_small_batches(False) is True
         plain = [pred(x) for x in xs]
+        assert inference.set_split_small_batches(True) is False
+        bad = []
+
+        def worker():
+            for _ in range(200):
+                for x, r in zip(xs, ref):
+                    if not np.array_equal(pred(x), r):
+                        bad.append(1)
+
+        ts = [threading.Thread(target=worker) for _ in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
     finally:
-        inference.set_split_small_batches(False)
+        inference.set_split_small_batches(True)
         fr.set_num_threads(before)
     for r, s, p in zip(ref, split, plain):
         assert np.array_equal(r, s) and np.array_equal(r, p)
+    assert not bad
     with pytest.raises(TypeError, match="enabled must be True or False, got 1"):
         inference.set_split_small_batches(1)

@@ -191,8 +191,9 @@ cdef double _NOGIL_MIN_FLOPS = 2.0e4
 
 
 def set_chain_parallel_min_flops(double flops):
-    """FLOPs per row from which a batch <= 4 LinearChain call forks (default 4e6: the 784-512-256-10
-    MLP's 1.07 MFLOP stays on one thread); returns the previous value."""
+    """FLOPs per row from which a batch <= 4 LinearChain call splits its layers across the threads
+    on the split pool (default 2.5e5: the 784-512-256-10 MLP's 1.07 MFLOP splits;
+    fastreg.inference.set_split_small_batches sets it); returns the previous value."""
     global fr_chain_par_min_flops
     cdef double old = fr_chain_par_min_flops
     fr_chain_par_min_flops = flops

@@ -583,17 +583,35 @@ static int FN(fr_chain_parallel)(int m, int nl, const int *dims) {
     return layer_max >= FR_PAR_MIN_FLOPS;
 }
 
+/* One layer of a small-batch chain, split by output panels (fr_chain below). */
+struct FN(fr_chain_job) {
+    int m, n, k;
+    const FR_T *h;
+    const FR_T *Wp;
+    FR_T *o;
+    const FR_T *bias;
+    int act;
+    FR_T slope;
+    int npan, ntask;
+};
+
+static void FN(fr_chain_task)(void *ctx, int t) {
+    const struct FN(fr_chain_job) *j = (const struct FN(fr_chain_job) *)ctx;
+    FN(fr_gemv_packed)(j->m, j->n, j->k, j->h, j->k, j->Wp, j->o, j->n, j->bias, j->act,
+                       j->slope, (int)((long)j->npan * t / j->ntask),
+                       (int)((long)j->npan * (t + 1) / j->ntask));
+}
+
 /* A chain of linear layers on pre-packed weights (fr_pack_weight), the whole forward of a
  * compiled MLP in one call:
  *   h_0 = x (m x dims[0]),  h_{l+1} = act_l(h_l @ W_l.T + bias_l) (m x dims[l+1]),  out = h_nl.
  * The intermediate h_l live in per-calling-thread scratch: concurrent calls from different
  * threads never share them, and nothing is allocated once the scratch has grown.
  * m <= FR_SMALL_M (serving a few samples): the chain is a sequence of GEMVs bound by reading the
- * weights. When it is worth a fork (fr_chain_par_min_flops per row, kernel.h), one parallel region covers
- * the whole chain: each layer's output panels (NR rows of W each) are split statically across
- * the threads -- each thread streams only its own rows of W, which then stay in its core's
- * cache from call to call -- and a barrier separates the layers (one fork per call, not one per
- * layer). Larger m: one blocked GEMM per layer (fr_gemm, parallel over tiles of C).
+ * weights. When it is worth splitting (fr_chain_par_min_flops per row, kernel.h), each layer's
+ * output panels (NR rows of W each) are cut into up to 4 tasks per thread and run on the split pool
+ * (common/split_pool.h): the caller claims tasks too, and waits only for tasks a worker has
+ * claimed, never for a worker that has not started. Larger m: one blocked GEMM per layer (fr_gemm, parallel over tiles of C).
  * Returns 0 on success, -1 if the scratch could not be allocated. */
 static int FN(fr_chain)(int m, int nl, const int *dims, const FR_T *const *Wp,
                         const FR_T *const *bias, const int *act, const FR_T *slope,
@@ -627,29 +645,25 @@ static int FN(fr_chain)(int m, int nl, const int *dims, const FR_T *const *Wp,
             }
             return 0;
         }
-        {
-#pragma omp parallel num_threads(nt)
-            {
-#ifdef _OPENMP
-                const int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-                const int t = 0, T = 1;
-#endif
-                const FR_T *h = x;
-                for (int l = 0; l < nl; l++) {
-                    FR_T *o = l == nl - 1 ? out : bufs[l & 1];
-                    const int npan = (dims[l + 1] + FR_NR - 1) / FR_NR;
-                    FN(fr_gemv_packed)(m, dims[l + 1], dims[l], h, dims[l], Wp[l], o,
-                                       dims[l + 1], bias[l], act[l], slope[l],
-                                       (int)((long)npan * t / T), (int)((long)npan * (t + 1) / T));
-                    if (l < nl - 1) {
-#pragma omp barrier
-                    }
-                    h = o;
-                }
-            }
-            return 0;
+        /* one job of the split pool a layer (split_pool.h): tasks are contiguous ranges of the
+         * layer's output panels; the caller runs tasks too and never waits for a worker that
+         * has not started, so a descheduled thread costs its share of the work, not a time
+         * slice. Each output is computed by one task, in one order: the same bits. */
+        const FR_T *h = x;
+        for (int l = 0; l < nl; l++) {
+            FR_T *o = l == nl - 1 ? out : bufs[l & 1];
+            const int npan = (dims[l + 1] + FR_NR - 1) / FR_NR;
+            /* up to 4 tasks a thread, each of at least 4 panels (fr_gemv_packed streams 4
+             * panels side by side) */
+            int ntask = npan / 4;
+            if (ntask > 4 * nt) ntask = 4 * nt;
+            if (ntask < 1) ntask = 1;
+            struct FN(fr_chain_job) job = {m, dims[l + 1], dims[l], h, Wp[l], o, bias[l], act[l],
+                                           slope[l], npan, ntask};
+            fr_split_run(FN(fr_chain_task), &job, ntask, nt);
+            h = o;
         }
+        return 0;
     }
 blocked:;
     const FR_T *h = x;

@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "prelude.h"
+#include "split_pool.h"
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -70,13 +71,14 @@ static void *fr_get_scratch(size_t bytes) {
     return fr_scratch;
 }
 
-/* FLOPs per row from which a few-rows fr_chain forks (one region, a barrier per layer). Same
- * rule as a single GEMV (FR_PAR_MIN_FLOPS_GEMV): on a quiet machine splitting the 784-512-256-10
- * chain's 2.1 MB across two cores may pay, but when other processes hold the cores each barrier
- * waits for an OS time slice (measured: 0.6-1.4 ms instead of 60-90 us on the busy 2-core
- * machine). Settable (LinearChain's set_parallel_min_flops) for benchmarks and deployments on
- * dedicated cores. */
-static double fr_chain_par_min_flops = 4.0e6;
+/* FLOPs per row from which a few-rows fr_chain splits each layer across the threads (on the
+ * split pool, common/split_pool.h). 2.5e5: the 784-512-256-10 MLP (1.07 MFLOP a row) splits;
+ * a small model stays on one thread. fastreg.inference.set_split_small_batches(False) sets
+ * 4e6 (no split for models of that size): with OpenMP regions the split cost 0.6-1.4 ms a call
+ * when another process held a core (each barrier waited a time slice for a descheduled worker);
+ * the split pool's caller never waits for a worker that has not started, so the split is on by
+ * default now (quiet 2-core machine: that MLP at batch 1 32 -> 19 us). */
+static double fr_chain_par_min_flops = 2.5e5;
 
 /* The activations between the layers of fr_chain: a second per-thread scratch, since fr_gemm
  * uses the first one while they are live. */

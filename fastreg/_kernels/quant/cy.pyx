@@ -39,8 +39,8 @@ cdef extern from "quant.h" nogil:
 
 def set_chain_parallel_min_macs(double macs):
     """Multiply-adds of a call (all layers, all rows) from which a Q8Chain built with
-    ``parallel_min_macs < 0`` runs on several threads (default 2e6: batch 1 of the 784-512-256-10
-    MLP, 535K, stays on one thread); read at every call; returns the previous value."""
+    ``parallel_min_macs < 0`` runs on several threads (default 2.5e5: batch 1 of the 784-512-256-10
+    MLP, 535K, splits; fastreg.inference.set_split_small_batches sets it); read at every call; returns the previous value."""
     global fr_q_chain_par_min_macs
     cdef double old = fr_q_chain_par_min_macs
     fr_q_chain_par_min_macs = macs

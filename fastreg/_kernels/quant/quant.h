@@ -40,6 +40,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include "split_pool.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -354,22 +355,44 @@ static void fr_q8_linear(int n, int m, int kp, const uint8_t *xq, const float *s
 /* ------------------------------------------------------------------ int8: a chain of layers */
 
 /* A chain of int8 layers at or above this many multiply-adds (all layers, all rows) runs on
- * nthreads by default (fr_q8_chain's par_min_macs < 0): one OpenMP region for the whole chain
- * (one fork) instead of one fork a layer.  The same value as FR_Q_PAR_MIN_MACS, so batch 1 of
- * an MLP of the benchmark's size (535K multiply-adds) stays on one thread: measured on the
- * shared 2-core machine (another process busy on the other core, load 2.8), the 784-512-256-10
- * chain at batch 1 took 15-16 us on 1 thread and 0.76-1.3 ms on 2, every barrier waiting for a
- * descheduled worker.  On a quiet machine a lower value (2.5e5) splits batch 1 too, halving the
- * weights each core streams (each core's share can stay in its own L2 between calls: static
- * schedule, a thread gets the same columns every call); not measured quiet yet. */
-#define FR_Q_CHAIN_PAR_MIN_MACS 2.0e6
+ * nthreads by default (fr_q8_chain's par_min_macs < 0): batch 1 of the 784-512-256-10 MLP
+ * (535K multiply-adds) splits. At up to FR_Q_CHAIN_PRIVATE_ROWS rows the split runs on the split
+ * pool (common/split_pool.h: the caller never waits for a worker that has not started; quiet
+ * 2-core machine: 14-15 -> 8.5 us at batch 1); larger batches in one OpenMP region.
+ * fastreg.inference.set_split_small_batches(False) sets 2e6 (batch 1 of that MLP on one thread):
+ * with an OpenMP region a descheduled worker held every barrier for a time slice (0.76-1.3 ms a
+ * call when another process held a core). */
+#define FR_Q_CHAIN_PAR_MIN_MACS 2.5e5
 /* The threshold a chain built with par_min_macs < 0 uses, read at every call (so
  * fastreg.inference.set_split_small_batches applies to predictors already built). */
 static double fr_q_chain_par_min_macs = FR_Q_CHAIN_PAR_MIN_MACS;
-/* Up to this many rows, every thread quantizes all the rows of a layer's input itself (into its
- * own buffer: a few hundred bytes, the same bits) instead of sharing the work behind a barrier:
- * one barrier a layer instead of two. */
+/* Up to this many rows a multi-threaded chain runs on the split pool (the caller quantizes each
+ * layer's input, the column blocks are the tasks); above, one OpenMP region. */
 #define FR_Q_CHAIN_PRIVATE_ROWS 4
+
+/* One int8 layer of a small-batch chain, split by blocks of 4 output columns (fr_q8_chain). */
+struct fr_q8_chain_job {
+    int n, m, kp, nb, ntask;
+    const uint8_t *xq;
+    const float *sx;
+    const int32_t *zp;
+    const int8_t *packed;
+    const float *sw;
+    const int32_t *cs;
+    const float *bias;
+    float *o;
+    int act;
+    float slope;
+    int portable;
+};
+
+static void fr_q8_chain_task(void *ctx, int t) {
+    const struct fr_q8_chain_job *j = (const struct fr_q8_chain_job *)ctx;
+    const int b0 = (int)((long)j->nb * t / j->ntask), b1 = (int)((long)j->nb * (t + 1) / j->ntask);
+    for (int jb = b0; jb < b1; jb++)
+        fr_q8_linear_block(jb, j->n, j->m, j->kp, j->xq, j->sx, j->zp, j->packed, j->sw, j->cs,
+                           j->bias, j->o, NULL, j->act, j->slope, j->portable);
+}
 
 /* out[n, dims[L]] = layer L-1( ... layer 0(x[n, dims[0]])): layer l is the int8 linear of
  * fr_q8_linear with K = dims[l], M = dims[l+1], Kp = kps[l], its packed weights, scales, column
@@ -394,32 +417,49 @@ static int fr_q8_chain(int n, int L, const int *dims, const int *kps,
     int nt = macs >= par_min_macs ? nthreads : 1;
     if (nt < 1) nt = 1;
     const int private_q = nt > 1 && n <= FR_Q_CHAIN_PRIVATE_ROWS;
-    const int nq = private_q ? nt : 1;          /* quantization buffers */
     const size_t nrows = (size_t)n;
     const size_t fbytes = ((nrows * maxm * sizeof(float)) + 63) & ~(size_t)63;
     const size_t qbytes = ((nrows * maxkp + nrows * 8) + 63) & ~(size_t)63;
-    char *scratch = (char *)malloc(2 * fbytes + nq * qbytes + 64);
+    char *scratch = (char *)malloc(2 * fbytes + qbytes + 64);
     if (!scratch) return -1;
     float *buf[2] = {(float *)scratch, (float *)(scratch + fbytes)};
     char *qbase = scratch + 2 * fbytes;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        char *qs = qbase + (private_q ? (size_t)omp_get_thread_num() * qbytes : 0);
-        uint8_t *xq = (uint8_t *)qs;
-        float *sx = (float *)(qs + nrows * maxkp);
+    if (private_q) {
+        /* a few rows on several threads: the caller quantizes each layer's input (a few hundred
+         * values), then the layer's column blocks run on the split pool (split_pool.h: the
+         * caller takes part and never waits for a worker that has not started; an OpenMP
+         * barrier would wait a time slice for a descheduled one) */
+        uint8_t *xq = (uint8_t *)qbase;
+        float *sx = (float *)(qbase + nrows * maxkp);
         int32_t *zp = (int32_t *)(sx + nrows);
         for (int l = 0; l < L; l++) {
             const int k = dims[l], m = dims[l + 1], kp = kps[l], nb = (m + 3) / 4;
             const float *in = l == 0 ? x : buf[(l - 1) & 1];
             float *o = l == L - 1 ? out : buf[l & 1];
-            if (private_q) {
-                fr_q8_quantize_rows(n, k, kp, in, xq, sx, zp, portable);
-            } else {
+            fr_q8_quantize_rows(n, k, kp, in, xq, sx, zp, portable);
+            int ntask = nb / 8;                 /* tasks of at least 8 blocks (32 columns) */
+            if (ntask > 4 * nt) ntask = 4 * nt;
+            if (ntask < 1) ntask = 1;
+            struct fr_q8_chain_job job = {n, m, kp, nb, ntask, xq, sx, zp, packed[l], sw[l],
+                                          cs[l], bias[l], o, acts[l], slopes[l], portable};
+            fr_split_run(fr_q8_chain_task, &job, ntask, nt);
+        }
+        free(scratch);
+        return 0;
+    }
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        uint8_t *xq = (uint8_t *)qbase;
+        float *sx = (float *)(qbase + nrows * maxkp);
+        int32_t *zp = (int32_t *)(sx + nrows);
+        for (int l = 0; l < L; l++) {
+            const int k = dims[l], m = dims[l + 1], kp = kps[l], nb = (m + 3) / 4;
+            const float *in = l == 0 ? x : buf[(l - 1) & 1];
+            float *o = l == L - 1 ? out : buf[l & 1];
 #pragma omp for schedule(static)
-                for (int i = 0; i < n; i++)
-                    fr_q8_quantize_rows(1, k, kp, in + (ptrdiff_t)i * k,
-                                        xq + (ptrdiff_t)i * kp, sx + i, zp + i, portable);
-            }
+            for (int i = 0; i < n; i++)
+                fr_q8_quantize_rows(1, k, kp, in + (ptrdiff_t)i * k,
+                                    xq + (ptrdiff_t)i * kp, sx + i, zp + i, portable);
 #pragma omp for schedule(static)
             for (int jb = 0; jb < nb; jb++)
                 fr_q8_linear_block(jb, n, m, kp, xq, sx, zp, packed[l], sw[l], cs[l], bias[l],
