@@ -19,11 +19,14 @@
  * runs (two Python threads predicting at once) runs its tasks inline on itself. After fork() the
  * child has no workers; the pool starts them again when it is next used.
  *
- * Memory ordering: the caller writes the job's fields, then publishes the generation with a
- * release store; a claim is a CAS on the word with the generation the claimant saw, so a
- * successful claim proves the job was still open (its fields were not yet reused for the next
- * one). Completion is counted with release increments; the caller's acquire load of the count
- * makes every task's writes visible to it. */
+ * Memory ordering: the word holds generation (32 bits) | ntasks (16) | next task (16), so a
+ * claimant checks "next < ntasks" on the very value its CAS then swaps: a stale word of a job
+ * that has finished can never be claimed past its end, whatever the caller is writing for the
+ * next job. The caller writes the job's fields (fn, ctx) before it publishes the word with a
+ * release store; a claim's CAS (acq_rel) reads from that release sequence, so the fields are
+ * visible, and they stay valid until the claimed task is counted done (the job cannot end
+ * before). Completion is counted with release increments; the caller's acquire load of the
+ * count makes every task's writes visible to it. */
 #ifndef FASTREG_SPLIT_POOL_H
 #define FASTREG_SPLIT_POOL_H
 #include <pthread.h>
@@ -48,12 +51,11 @@ static struct {
     pthread_mutex_t sleep_m;
     pthread_cond_t sleep_cv;
     atomic_uint gen;                    /* generation of the job last published */
-    atomic_ullong word;                 /* gen << 32 | next unclaimed task */
+    atomic_ullong word;                 /* gen << 32 | ntasks << 16 | next unclaimed task */
     atomic_int done;                    /* tasks of the current job completed */
     atomic_int sleeping;                /* workers waiting on sleep_cv */
     _Atomic(fr_split_fn) fn;
     _Atomic(void *) ctx;
-    atomic_int ntasks;
     atomic_int nwork;                   /* workers allowed to take part in the current job */
     int nworkers;                       /* workers started (only the caller holding busy writes) */
     int atfork;
@@ -65,8 +67,8 @@ static int fr_split_claim(unsigned g, int self_index) {
     for (;;) {
         unsigned long long w = atomic_load_explicit(&fr_split.word, memory_order_acquire);
         if ((unsigned)(w >> 32) != g) return ran;
-        const int i = (int)(unsigned)(w & 0xffffffffu);
-        if (i >= atomic_load_explicit(&fr_split.ntasks, memory_order_relaxed)) return ran;
+        const int i = (int)(w & 0xffffu), n = (int)((w >> 16) & 0xffffu);
+        if (i >= n) return ran;
         if (self_index >= 0 && self_index >= atomic_load_explicit(&fr_split.nwork,
                                                                   memory_order_relaxed))
             return ran;
@@ -139,7 +141,8 @@ static int fr_split_grow(int want) {
 
 static void fr_split_run(fr_split_fn fn, void *ctx, int ntasks, int nthreads) {
     if (ntasks <= 0) return;
-    if (nthreads <= 1 || ntasks == 1 || pthread_mutex_trylock(&fr_split.busy) != 0) {
+    if (nthreads <= 1 || ntasks == 1 || ntasks > 0xffff ||
+        pthread_mutex_trylock(&fr_split.busy) != 0) {
         for (int i = 0; i < ntasks; i++) fn(ctx, i);
         return;
     }
@@ -152,11 +155,12 @@ static void fr_split_run(fr_split_fn fn, void *ctx, int ntasks, int nthreads) {
     }
     atomic_store_explicit(&fr_split.fn, fn, memory_order_relaxed);
     atomic_store_explicit(&fr_split.ctx, ctx, memory_order_relaxed);
-    atomic_store_explicit(&fr_split.ntasks, ntasks, memory_order_relaxed);
     atomic_store_explicit(&fr_split.nwork, nwork, memory_order_relaxed);
     atomic_store_explicit(&fr_split.done, 0, memory_order_relaxed);
     const unsigned g = atomic_load_explicit(&fr_split.gen, memory_order_relaxed) + 1u;
-    atomic_store_explicit(&fr_split.word, (unsigned long long)g << 32, memory_order_release);
+    atomic_store_explicit(&fr_split.word,
+                          (unsigned long long)g << 32 | (unsigned long long)ntasks << 16,
+                          memory_order_release);
     atomic_store(&fr_split.gen, g);                 /* seq_cst: pairs with a worker's sleeping++ */
     if (atomic_load(&fr_split.sleeping) > 0) {
         pthread_mutex_lock(&fr_split.sleep_m);
