@@ -201,6 +201,12 @@ def _drive():
             1234, 5)
         run("dropout_backward", kd.dropout_backward, dev(n, dt), mask, emp(n, dt), 4 / 3)
         run("dropout_mask", kd.dropout_mask, mask, n, 0.25, 1234, 5)
+        # ReLU -> Dropout fused pair (Sequential's fusion; trusted entry points)
+        rout = emp(n, dt)
+        run("relu_dropout_forward", kd.run_relu_dropout_forward, dev(n, dt), rout, mask, 0.25,
+            4 / 3, 1234, 5, device=True)
+        run("relu_dropout_backward", kd.run_relu_dropout_backward, dev(n, dt), rout, emp(n, dt),
+            4 / 3, device=True)
         run("philox4x32_kernel", kd.philox4x32_kernel,
             rt.to_device(np.arange(8, dtype=np.uint32).reshape(2, 4)), (1, 2))
 

@@ -43,7 +43,8 @@ HELPERS = {("matmul", "blas"): {"epilogue": "the NumPy bias + activation epilogu
                "linear_forward_packed": "pre-packed inference GEMM (tests/test_matmul.py)",
                "pack_weight": "packs a weight for linear_forward_packed / LinearChain",
                "packed_size": "size arithmetic of pack_weight",
-               "set_chain_parallel_min_flops": "LinearChain's batch-1 thread-split threshold"},
+               "set_chain_parallel_min_flops": "LinearChain's batch-1 thread-split threshold",
+               "peak_probe": "the FMA-throughput probe the GEMM floors are read against"},
            ("norm", "cy"): {"bandwidth_probe": "the streaming-bandwidth floor of the norm "
                                                "benchmarks, not a kernel"}}
 #: Families whose CUDA launchers take the public function's arguments (norm/__init__.py: "each
