@@ -20,6 +20,8 @@ import numpy as np
 
 from fastreg._kernels.runtime import get_num_threads
 
+include "../common/fast_io.pxi"
+
 cnp.import_array()
 
 cdef extern from "kernel.h" nogil:
@@ -311,46 +313,12 @@ cdef class LinearChain:
         kernels take: a C-contiguous, aligned, native-order ndarray of the chain's dtype, shape
         (N, K) with N >= 1 or (K,); ``out`` None or such an array of the output's shape that
         does not overlap ``x``. Then the output is a fresh array (or ``out``)."""
-        if type(x) is not cnp.ndarray:
+        cdef cnp.npy_intp n = 0
+        cdef cnp.ndarray o = _fast_io(x, out, self.type_num, self.in_features,
+                                      self.out_features, &n)
+        if o is None:
             return None
-        cdef cnp.ndarray a = <cnp.ndarray>x
-        cdef cnp.ndarray o
-        cdef int nd = cnp.PyArray_NDIM(a)
-        cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(a)
-        cdef cnp.npy_intp oshape[2]
-        cdef cnp.npy_intp n
-        cdef char *lo
-        cdef char *hi
-        if (cnp.PyArray_TYPE(a) != self.type_num or not cnp.PyArray_ISCARRAY_RO(a)
-                or not cnp.PyArray_ISNOTSWAPPED(a)):
-            return None
-        if nd == 2 and shape[1] == self.in_features and shape[0] > 0:
-            n = shape[0]
-            oshape[0] = n
-            oshape[1] = self.out_features
-        elif nd == 1 and shape[0] == self.in_features:
-            n = 1
-            oshape[0] = self.out_features
-        else:
-            return None
-        if n > 2147483647:
-            return None
-        if out is None:
-            o = cnp.PyArray_EMPTY(nd, oshape, self.type_num, 0)
-        else:
-            if type(out) is not cnp.ndarray:
-                return None
-            o = <cnp.ndarray>out
-            if (cnp.PyArray_TYPE(o) != self.type_num or cnp.PyArray_NDIM(o) != nd
-                    or not cnp.PyArray_ISCARRAY(o) or not cnp.PyArray_ISNOTSWAPPED(o)
-                    or cnp.PyArray_DIMS(o)[0] != oshape[0]
-                    or (nd == 2 and cnp.PyArray_DIMS(o)[1] != oshape[1])):
-                return None
-            lo = <char*>cnp.PyArray_DATA(a)
-            hi = <char*>cnp.PyArray_DATA(o)
-            if (hi < lo + cnp.PyArray_NBYTES(a)) and (lo < hi + cnp.PyArray_NBYTES(o)):
-                return None     # overlapping: the slow path works through a copy
-        self._run(<int>n, cnp.PyArray_DATA(a), cnp.PyArray_DATA(o))
+        self._run(<int>n, cnp.PyArray_DATA(<cnp.ndarray>x), cnp.PyArray_DATA(o))
         return o
 
     def __reduce__(self):
