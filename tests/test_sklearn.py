@@ -415,3 +415,66 @@ def test_progress_bar_over_epochs(capsys):
     X, y = _data(kind="multiclass")
     MLPClassifier(hidden_layer_sizes=(3,), max_iter=3, progress=True).fit(X, y)
     assert "MLPClassifier" in capsys.readouterr().err
+
+
+# -- the per-batch fast paths give the bits of the plain NumPy ones ---------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 2, 7, 33, 257, 1000])
+@pytest.mark.parametrize("classes", [2, 3, 10, 33])
+def test_log_loss_fast_path_is_numpys_average_bit_for_bit(dtype, n, classes):
+    from scipy.special import xlogy
+
+    from fastreg.sklearn import _mlp
+    rng = np.random.default_rng(n * 100 + classes)
+    z = (rng.standard_normal((n, classes)) * 20).astype(dtype)
+    if n > 2:
+        z[1] = -np.inf
+        z[1, 0] = 0.0           # a row whose probabilities are exactly 0 and 1: the clipping
+    y = np.eye(classes, dtype=dtype)[rng.integers(0, classes, n)]
+    p = _mlp._out_activation("softmax", z)
+    eps = np.finfo(dtype).eps
+    want = float(-np.average(xlogy(y, np.clip(p, eps, 1 - eps)), weights=None, axis=0).sum())
+    got = _mlp._loss("log_loss", y, p, None)
+    assert got == want, (got, want)
+    sw = rng.uniform(0.5, 2.0, n).astype(dtype)
+    want_w = float(-np.average(xlogy(y, np.clip(p, eps, 1 - eps)), weights=sw, axis=0).sum())
+    assert _mlp._loss("log_loss", y, p, sw) == want_w
+
+
+class _FreshCopies:
+    """Stand-in for the loader's _Gather: ``arr[idx]`` into a new array every batch."""
+
+    def __init__(self, arr, rows, dtype=None):
+        self.arr = arr
+
+    def __call__(self, idx):
+        return self.arr[idx]
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"batch_norm": True, "dropout": 0.2},       # 65 rows, batch 16: a trailing 1-row batch joins
+    {"solver": "sgd", "momentum": 0.9},
+])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_reused_batch_buffers_train_exactly_like_fresh_copies(monkeypatch, kw, weighted):
+    # the estimator gathers each shuffled batch (rows, targets, weights) into reused buffers:
+    # the same rows in the same order as ``X[idx]``, for full batches, the short last one and
+    # batch_norm's merged (batch_size + 1)-row last batch, from a Fortran-ordered X
+    from fastreg.sklearn import _mlp
+    X, y = _data(n=65, d=9)
+    X = np.asfortranarray(X.astype(np.float32))       # not C-ordered: the gather makes it so
+    sw = np.random.RandomState(1).uniform(0.1, 2.0, len(y)) if weighted else None
+
+    def fit():
+        est = MLPClassifier(hidden_layer_sizes=(13, 6), batch_size=16, max_iter=3,
+                            random_state=0, **kw)
+        return est.fit(X, y, sample_weight=sw)
+
+    a = fit()
+    monkeypatch.setattr(_mlp, "_Gather", _FreshCopies)
+    b = fit()
+    for u, v in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
+        np.testing.assert_array_equal(u, v)
+    assert a.loss_curve_ == b.loss_curve_

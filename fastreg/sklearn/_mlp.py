@@ -59,6 +59,7 @@ from sklearn.utils.validation import (
 from .. import _config, _random
 from .. import nn as _nn
 from .. import optim as _optim
+from ..data.loader import _Gather
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -88,9 +89,16 @@ def _loss(name: str, y: np.ndarray, p: np.ndarray, sw) -> float:
     if name == "poisson":
         return float(np.average(xlogy(y, y / p) - y + p, weights=sw, axis=0).sum())
     eps = np.finfo(p.dtype).eps
-    p = np.clip(p, eps, 1 - eps)
+    p = np.minimum(np.maximum(p, eps), 1 - eps)        # np.clip's values, without its wrapper
     if name == "binary_log_loss":
         return float(-np.average(xlogy(y, p) + xlogy(1 - y, 1 - p), weights=sw, axis=0).sum())
+    if sw is None:
+        # np.average(a, axis=0) without weights, step for step as NumPy's mean does it (the
+        # column sums, then divided in place by the count as an intp): the same bits, less
+        # Python per batch
+        col = np.add.reduce(xlogy(y, p), axis=0)
+        np.true_divide(col, np.intp(p.shape[0]), out=col, casting="unsafe")
+        return float(-col.sum())
     return float(-np.average(xlogy(y, p), weights=sw, axis=0).sum())      # log_loss (softmax)
 
 
@@ -464,6 +472,13 @@ class _BaseMLP(BaseEstimator):
         dense = not sp.issparse(X_train)
         if not dense:
             X_train = X_train.tocsr()      # row batches are cut from CSR
+        gather = None
+        if dense and self.shuffle:
+            # shuffled rows are gathered into reused C-contiguous buffers (DataLoader's), not
+            # into a fresh array per batch; the model's forward takes them without a copy
+            rows = max(b.stop - b.start for b in batches)
+            gather = (_Gather(X_train, rows), _Gather(y_train, rows),
+                      None if sw_train is None else _Gather(sw_train, rows))
         epochs = range(self.max_iter)
         bar = None
         if self.progress:
@@ -486,11 +501,15 @@ class _BaseMLP(BaseEstimator):
                 accumulated_loss = 0.0
                 for batch_slice in batches:
                     idx = sample_idx[batch_slice] if self.shuffle else batch_slice
-                    Xb = X_train[idx]
-                    if not dense:
-                        Xb = Xb.toarray()
-                    yb = y_train[idx]
-                    swb = None if sw_train is None else sw_train[idx]
+                    if gather is not None:
+                        Xb, yb = gather[0](idx), gather[1](idx)
+                        swb = None if gather[2] is None else gather[2](idx)
+                    else:
+                        Xb = X_train[idx]
+                        if not dense:
+                            Xb = Xb.toarray()
+                        yb = y_train[idx]
+                        swb = None if sw_train is None else sw_train[idx]
                     sw_sum = float(len(yb) if swb is None else swb.sum())
                     if sw_sum <= 0:             # an all-zero-weight batch: nothing to learn
                         continue
