@@ -196,6 +196,34 @@ def test_bench_calls_the_comparison_driver(monkeypatch, capsys):
     assert seen == [["--quick", "--only", "matmul"]]
 
 
+def test_bench_reruns_with_openblas_timeout_only_where_openblas_would_spin(monkeypatch):
+    import fastreg._bench as bench
+    envs = []
+    monkeypatch.setattr(bench.subprocess, "call", lambda cmd, env: envs.append(env) or 0)
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    monkeypatch.delenv("FASTREG_BENCH_REEXEC", raising=False)
+    monkeypatch.setattr(bench, "_openblas_spins", lambda: True)
+    assert bench.main(["--only", "no-such-group"]) == 0
+    assert [e["OPENBLAS_THREAD_TIMEOUT"] for e in envs] == ["16"]
+    envs.clear()
+    monkeypatch.setattr(bench, "_openblas_spins", lambda: False)
+    assert bench.main(["--only", "no-such-group"]) == 0
+    assert envs == []                   # ran in this process: no re-run
+
+
+def test_openblas_spins_follows_the_blas_interop_mode():
+    import fastreg as fr
+    import fastreg._bench as bench
+    if bench._openblas_spins():
+        pytest.skip(f"this OpenBLAS is not routed onto fastreg's pool: {fr.get_blas_interop()}")
+    fr.set_blas_interop("off")
+    try:
+        assert bench._openblas_spins()
+    finally:
+        fr.set_blas_interop("auto")
+    assert not bench._openblas_spins()
+
+
 def test_bench_without_driver_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "fastreg._bench", None)
     assert cli.main(["bench"]) == 2

@@ -38,21 +38,41 @@ def machine_line() -> str:
     import fastreg
     spin = ", ".join(f"{k}={os.environ.get(k, 'default')}"
                      for k in ("GOMP_SPINCOUNT", *SPIN_ENV))
+    interop = fastreg.get_blas_interop()
+    blas = (f"OpenBLAS on fastreg's pool: {len(interop['routed'])} routed"
+            if interop["mode"] == "auto" else f"blas interop {interop['mode']}")
     return (f"{cpu}, {fastreg.get_num_threads()} threads, Python {platform.python_version()}, "
-            f"numpy {np.__version__}; {spin}")
+            f"numpy {np.__version__}; {spin}; {blas}")
 
 
 #: Idle thread pools must stop spinning promptly on both sides, or whichever library ran last
 #: steals a core from the other: OpenBLAS's idle workers spin 2**28 cycles (~0.1 s) by default,
 #: which made fastreg's kernels that run right after a numpy matmul 2-4x slower. 2**16 cycles
 #: (~25 us) matches the GOMP_SPINCOUNT fastreg sets for its own (and torch's) OpenMP pool.
-#: OpenBLAS reads it when numpy loads, so the driver re-runs itself with it set.
+#: OpenBLAS reads it when numpy loads, so the driver re-runs itself with it set -- only where
+#: fastreg's default BLAS interop cannot route OpenBLAS's jobs onto fastreg's OpenMP pool (then
+#: OpenBLAS has no threads of its own to spin, and the re-run changed no ratio measurably in an
+#: alternated A/B of ``--quick --only matmul,train``, 2026-12-03).
 SPIN_ENV = {"OPENBLAS_THREAD_TIMEOUT": "16"}
+
+
+def _openblas_spins() -> bool:
+    """Would OpenBLAS's own idle threads spin next to fastreg's in this process? False when
+    ``fastreg.set_blas_interop("auto")`` routes every loaded OpenBLAS onto fastreg's OpenMP pool;
+    True with ``"off"``, an OpenBLAS without the threads callback, or no Cython/OpenMP build."""
+    import fastreg
+    from fastreg._kernels import runtime
+    try:
+        runtime.load_pool("cython")     # routes the OpenBLAS libraries loaded now ("auto")
+    except ImportError:
+        return True
+    state = fastreg.get_blas_interop()
+    return state["mode"] != "auto" or not state["routed"] or bool(state["skipped"])
 
 
 def main(argv=None) -> int:
     missing = {k: v for k, v in SPIN_ENV.items() if k not in os.environ}
-    if missing and os.environ.get("FASTREG_BENCH_REEXEC") != "1":
+    if missing and os.environ.get("FASTREG_BENCH_REEXEC") != "1" and _openblas_spins():
         env = {**os.environ, **missing, "FASTREG_BENCH_REEXEC": "1"}
         args = sys.argv[1:] if argv is None else list(argv)
         return subprocess.call([sys.executable, "-m", "fastreg._bench", *args], env=env)
@@ -86,6 +106,7 @@ def main(argv=None) -> int:
         except ImportError as exc:  # a peer (torch, scikit-learn) that is not installed
             print(f"# {g}: skipped ({exc})")
             continue
+        fastreg.set_blas_interop(fastreg.get_blas_interop()["mode"])  # a peer's new OpenBLAS
         for case in cases:
             r = compare(case, rounds=3 if args.quick else 7, min_time=0.02 if args.quick else 0.05)
             rows.append(r)
