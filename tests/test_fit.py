@@ -221,3 +221,30 @@ def test_tqdm_progress_bar_runs():
     h = fit(model, nn.CrossEntropyLoss(), fr.optim.SGD(model.parameters(), lr=0.1), (X, y),
             epochs=2, progress=True)
     assert len(h) == 2
+
+
+def test_fit_skips_the_data_gradient_gemm_of_the_first_layer(monkeypatch):
+    # the loop never needs dL/d(data): a 2-Linear model runs 2 weight-gradient GEMMs per batch
+    # and 1 input-gradient GEMM (the second layer's), as torch does for data without grad
+    from fastreg._kernels import matmul
+    calls = {"input": 0, "weight": 0}
+    f_in, f_w = matmul.run_linear_backward_input, matmul.run_linear_backward_weight
+
+    def count_in(*a, **k):
+        calls["input"] += 1
+        return f_in(*a, **k)
+
+    def count_w(*a, **k):
+        calls["weight"] += 1
+        return f_w(*a, **k)
+
+    monkeypatch.setattr(matmul, "run_linear_backward_input", count_in)
+    monkeypatch.setattr(matmul, "run_linear_backward_weight", count_w)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 50)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    fit(model, nn.CrossEntropyLoss(), fr.optim.Adam(model.parameters()), train=(X, y), epochs=2,
+        batch_size=16, progress=False, seed=0)
+    batches = 2 * 4
+    assert calls == {"input": batches, "weight": 2 * batches}
