@@ -22,7 +22,11 @@ alternate within every round (the order rotates each round) and the report is th
 
     python benchmarks/bench_sklearn.py --rounds 5
     python benchmarks/bench_sklearn.py --rounds 5 --threads 1 --cpu   # A/B on a loaded machine
+    python benchmarks/bench_sklearn.py --profile          # where one estimator epoch goes
 
+``--profile`` runs one ``fastreg.sklearn.MLPClassifier`` epoch in this process on one thread and
+prints CPU time per phase: each GEMM kind, the other kernels, the estimator's NumPy softmax and
+loss, and the rest (gathering, Python, input validation, setup) as the remainder.
 ``--threads N`` exports OMP_NUM_THREADS / OPENBLAS_NUM_THREADS = N to every worker; ``--cpu``
 reports process CPU seconds (all threads) instead of wall seconds -- with one thread, the
 measure least disturbed by other jobs. Run it on a quiet machine: on a shared one, other jobs inflate both sides unevenly.
@@ -98,6 +102,52 @@ def worker(lib: str, n: int, d: int) -> float:
     return _clock() - t0
 
 
+def profile(n: int, d: int) -> None:
+    """One estimator epoch, one thread, CPU time per phase (kernel entry points wrapped)."""
+    os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    import collections
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    import fastreg as fr
+    import fastreg.sklearn._mlp as mlp
+    from fastreg._kernels import elementwise, matmul, optim
+    warnings.simplefilter("ignore", ConvergenceWarning)
+    fr.set_num_threads(1)
+    acc: collections.Counter = collections.Counter()
+
+    def wrap(mod, name, key):
+        f = getattr(mod, name)
+
+        def timed(*a, **k):
+            t = time.process_time()
+            try:
+                return f(*a, **k)
+            finally:
+                acc[key] += time.process_time() - t
+        setattr(mod, name, timed)
+
+    for name in ("run_linear_forward", "run_linear_backward_input", "run_linear_backward_weight"):
+        wrap(matmul, name, "GEMM " + name[len("run_linear_"):])
+    wrap(elementwise, "run_activation_backward", "ReLU backward")
+    wrap(optim, "_run", "Adam kernel")
+    wrap(mlp, "_out_activation", "softmax (NumPy)")
+    wrap(mlp, "_loss", "loss (NumPy)")
+    X, y = _data(n, d)
+    kw = {"hidden_layer_sizes": (512, 256), "activation": "relu", "solver": "adam",
+          "batch_size": 256, "max_iter": 1, "shuffle": True, "random_state": 0}
+    mlp.MLPClassifier(**kw).fit(X[:2000], y[:2000])
+    acc.clear()
+    t0 = time.process_time()
+    mlp.MLPClassifier(**kw).fit(X, y)
+    total = time.process_time() - t0
+    print(f"one epoch {n}x{d}, 1 thread: {total:.3f} CPU s")
+    for k, v in sorted(acc.items(), key=lambda kv: -kv[1]):
+        print(f"  {k:28s} {v:7.3f} s  {100 * v / total:5.1f}%")
+    rest = total - sum(acc.values())
+    print(f"  {'rest (gather, Python, setup)':28s} {rest:7.3f} s  {100 * rest / total:5.1f}%")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -107,8 +157,13 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="OMP_NUM_THREADS / OPENBLAS_NUM_THREADS for the workers")
     ap.add_argument("--cpu", action="store_true", help="process CPU seconds, not wall seconds")
+    ap.add_argument("--profile", action="store_true",
+                    help="per-phase CPU time of one fastreg estimator epoch, one thread")
     ap.add_argument("--worker", choices=LIBS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.profile:
+        profile(args.n, args.features)
+        return
     if args.worker:
         if args.cpu:
             global _clock
