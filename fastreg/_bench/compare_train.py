@@ -31,12 +31,12 @@ def step_flops(batch: int, sizes=SIZES) -> float:
     return 3 * 2 * batch * sum(a * b for a, b in itertools.pairwise(sizes))
 
 
-def fastreg_step(batch: int = 256, dtype=np.float32, seed: int = 0):
+def fastreg_step(batch: int = 256, dtype=np.float32, seed: int = 0, sizes=SIZES):
     """A closure running one training step of the benchmark model (and the model itself)."""
     import fastreg as fr
     from fastreg import nn
     fr.manual_seed(seed)
-    d0, d1, d2, d3 = SIZES
+    d0, d1, d2, d3 = sizes
     model = nn.Sequential(
         nn.Linear(d0, d1, dtype=dtype), nn.BatchNorm1d(d1, dtype=dtype), nn.ReLU(),
         nn.Dropout(0.2),
