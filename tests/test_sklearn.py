@@ -502,3 +502,25 @@ def test_fit_skips_the_data_gradient_gemm_of_the_first_layer(monkeypatch):
                   dtype=np.float32).fit(X, y)
     batches = 2 * 5
     assert calls == {"input": 2 * batches, "weight": 3 * batches}
+
+
+def test_fit_gathers_batches_into_two_buffers_per_array(monkeypatch):
+    # no array per batch: X's and y's batches of 3 epochs x 47 batches come from 2 buffers each
+    from fastreg.data.loader import _Gather
+    from fastreg.sklearn import _mlp
+    owners = {}
+
+    class Counting(_Gather):
+        __slots__ = ()
+
+        def __call__(self, idx):
+            out = super().__call__(idx)
+            owners.setdefault(id(self), set()).add(id(out if out.base is None else out.base))
+            return out
+
+    monkeypatch.setattr(_mlp, "_Gather", Counting)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 20)).astype(np.float32)
+    MLPClassifier(hidden_layer_sizes=(16,), batch_size=64, max_iter=3, random_state=0,
+                  dropout=0.3).fit(X, np.arange(3000) % 4)
+    assert sorted(len(v) for v in owners.values()) == [2, 2]
