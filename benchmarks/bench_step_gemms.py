@@ -2,6 +2,7 @@
 
     python benchmarks/bench_step_gemms.py [--rounds 5] [--threads 1,2] [--seconds 0.3]
                                           [--other-root DIR]
+    python benchmarks/bench_step_gemms.py --in-step [--threads 1,2] [--other-root DIR]
 
 The step is bench_backends.py's (784-512-256-10 MLP, batch 256, float32). Per Linear layer
 (N = 256 rows, K inputs, M outputs) the step calls
@@ -19,6 +20,11 @@ table the median over rounds, in GFLOP/s and as a fraction of ``cy.peak_probe(th
 FMA peak measured in the fastreg child of every round; the best of the rounds is used). ``--other-root`` adds a
 third side, fastreg from another checkout built in place (e.g. the tree before a kernel change),
 to A/B two builds under the same noise: its column is other / this tree (> 1: this tree faster).
+
+``--in-step`` times the GEMM calls where the step makes them instead (caches as the step leaves
+them): the real step of ``fastreg._bench.compare_train.fastreg_step`` with the matmul entry
+points wrapped, 300 steps after 20 warm-up, the median per call and of the step, one process per
+thread count (and per tree with ``--other-root``).
 """
 from __future__ import annotations
 
@@ -84,6 +90,74 @@ for K, M in layers:
 print(json.dumps(out))
 '''
 
+IN_STEP_CHILD = r'''
+import collections, json, sys, time
+import numpy as np
+import fastreg as fr
+from fastreg._bench.compare_train import fastreg_step
+from fastreg._kernels import matmul as mm
+threads = int(sys.argv[1])
+fr.set_backend("cython")
+fr.set_num_threads(threads)
+step, _ = fastreg_step(256)
+rec = collections.defaultdict(list)
+clock = time.perf_counter
+
+def wrap(name, fn, mnk):
+    def timed(*a):
+        t0 = clock()
+        r = fn(*a)
+        rec[name + " %dx%dx%d" % mnk(a)].append(clock() - t0)
+        return r
+    return timed
+
+mm.run_linear_forward = wrap("fwd", mm.run_linear_forward,
+                             lambda a: (a[0].shape[0], a[1].shape[0], a[0].shape[1]))
+mm.run_linear_backward_input = wrap("dx", mm.run_linear_backward_input,
+                                    lambda a: (a[0].shape[0], a[1].shape[1], a[0].shape[1]))
+mm.run_linear_backward_weight = wrap("dW", mm.run_linear_backward_weight,
+                                     lambda a: (a[0].shape[1], a[1].shape[1], a[0].shape[0]))
+for _ in range(20):
+    step()
+rec.clear()
+steps = []
+for _ in range(300):
+    t0 = clock()
+    step()
+    steps.append(clock() - t0)
+out = {k: float(np.median(v)) for k, v in rec.items()}
+out["step"] = float(np.median(steps))
+print(json.dumps({"file": fr.__file__, **out}))
+'''
+
+
+def in_step(threads: int, root: str) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1")
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    p = subprocess.run([sys.executable, "-c", IN_STEP_CHILD, str(threads)], capture_output=True,
+                       text=True, check=False, env=env, cwd=root)
+    if p.returncode != 0:
+        raise SystemExit(f"in-step child ({root}) failed:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def report_in_step(threads_list: list[int], roots: dict[str, str]) -> None:
+    for threads in threads_list:
+        res = {side: in_step(threads, root) for side, root in roots.items()}
+        sides = list(res)
+        print(f"\nthreads {threads}, in the step, median per call: GFLOP/s"
+              + (" (" + " / ".join(sides) + ")" if len(sides) > 1 else ""))
+        total = dict.fromkeys(sides, 0.0)
+        for key in sorted(k for k in res[sides[0]] if k not in ("file", "step")):
+            m, n, k = map(int, key.split()[1].split("x"))
+            f = 2.0 * m * n * k
+            for side in sides:
+                total[side] += res[side][key]
+            print(f"  {key:16s} " + " / ".join(f"{res[s][key] * 1e6:8.1f} us {f / res[s][key] * 1e-9:6.1f}"
+                                                 for s in sides))
+        print("  GEMM sum " + " / ".join(f"{total[s] * 1e3:.3f} ms" for s in sides)
+              + ", step " + " / ".join(f"{res[s]['step'] * 1e3:.3f} ms" for s in sides))
+
 
 def run(side: str, threads: int, seconds: float, root: str = ROOT) -> dict:
     env = dict(os.environ)
@@ -116,7 +190,15 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--seconds", type=float, default=0.3, help="timed calls per product")
     ap.add_argument("--other-root", help="a second fastreg checkout (built in place) to A/B")
+    ap.add_argument("--in-step", action="store_true",
+                    help="time the GEMM calls inside the real training step instead")
     a = ap.parse_args()
+    if a.in_step:
+        roots = {"this tree": ROOT}
+        if a.other_root:
+            roots["other"] = os.path.abspath(a.other_root)
+        report_in_step([int(t) for t in a.threads.split(",")], roots)
+        return
     roots = {"fastreg": ROOT, "numpy": ROOT}
     if a.other_root:
         roots["other"] = os.path.abspath(a.other_root)
