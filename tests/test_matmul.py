@@ -431,8 +431,12 @@ def test_linear_chain_matches_reference(N, threads, dtype, cy_mm, rng):
 
 # Shapes for the tile split across threads: few rows (the serving batches: the columns are
 # split, A is read in place, its edge sliver packed), many rows, a 33-wide output (too narrow to
-# split the columns: the rows are split), all big enough (>= 8 MFLOP) to fork.
-_SPLIT_SHAPES = [(7, 1000, 1200), (64, 784, 512), (1033, 257, 33)]
+# split the columns: the rows are split), all big enough (>= 8 MFLOP) to fork; the three layers
+# of the training step at batch 256 (the 10-wide one stays on one thread); and a weight
+# gradient whose dy.T row blocks (packed whole, dbias summed while packing) end in a one-row
+# sliver, over two depth blocks (N = 300).
+_SPLIT_SHAPES = [(7, 1000, 1200), (64, 784, 512), (1033, 257, 33),
+                 (256, 784, 512), (256, 512, 256), (256, 256, 10), (300, 70, 517)]
 
 
 @pytest.mark.parametrize("shape", _SPLIT_SHAPES, ids=lambda s: "x".join(map(str, s)))

@@ -68,6 +68,38 @@ FR_NOVEC static void FN(fr_pack_a)(int mr, int kc, const FR_T *A, ptrdiff_t rsa,
         for (int i = mr; i < FR_MR; i++) Ap[k * FR_MR + i] = 0;
 }
 
+/* The whole mc x kc row block of a transposed A (rsa == 1: A = dy.T in the weight gradient,
+ * A[i, k] = dy[k, i] at A[i + k * csa]) packed at once, sliver s (rows 6s..) at Ap + s * MR * kc
+ * in fr_pack_a's layout (rows past mc zero). Reads dy's rows contiguously; packing sliver by
+ * sliver read kc lines at a power-of-two stride (the row of dy) per sliver, lines that alias in
+ * L1/L2 and were fetched again for each of the 2-3 slivers that share them: ~7% of the GEMM.
+ * rs: NULL, or where the block's row sums go (the fused dbias), summed from the same reads. */
+static void FN(fr_pack_a_block)(int mc, int kc, const FR_T *A, ptrdiff_t csa,
+                                FR_T *restrict Ap, FR_T *restrict rs) {
+    const int nsl = (mc + FR_MR - 1) / FR_MR, full = mc / FR_MR, mr = mc - full * FR_MR;
+    const size_t ss = (size_t)FR_MR * kc;
+    if (rs) {  /* rs[i] = sum_k A[i, k] (dbias), k ascending: a vector add of each row of dy */
+        for (int i = 0; i < mc; i++) rs[i] = 0;
+        for (int k = 0; k < kc; k++) {
+            const FR_T *row = A + k * csa;
+            for (int i = 0; i < mc; i++) rs[i] += row[i];
+        }
+    }
+    /* 8 rows of dy at a time, sliver by sliver: each sliver gets 8 * MR contiguous elements
+     * (one pass over the 43 slivers' pages per row cost a TLB miss per sliver and row). */
+    for (int k0 = 0; k0 < kc; k0 += 8) {
+        const int kn = FR_MIN(8, kc - k0);
+        const FR_T *src = A + k0 * csa;
+        FR_T *dst = Ap + (size_t)k0 * FR_MR;
+        for (int s = 0; s < full; s++, src += FR_MR, dst += ss)
+            for (int k = 0; k < kn; k++)
+                for (int i = 0; i < FR_MR; i++) dst[k * FR_MR + i] = src[k * csa + i];
+        if (full < nsl)
+            for (int k = 0; k < kn; k++)
+                for (int i = 0; i < FR_MR; i++) dst[k * FR_MR + i] = i < mr ? src[k * csa + i] : (FR_T)0;
+    }
+}
+
 /* Bp[k * NR + j] = B[k, j] for the kc x nr panel at B (columns beyond nr are zero). */
 FR_NOVEC static void FN(fr_pack_b)(int nr, int kc, const FR_T *B, ptrdiff_t rsb, ptrdiff_t csb,
                                    FR_T *restrict Bp) {
@@ -482,8 +514,12 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
     /* Tasks are (row block) x (column block) tiles of C, each computed start to finish by one
      * thread with its own packed B: no barrier inside the call, so a thread that the OS
      * preempts (a shared 2-core machine) delays only its own tile, never a team barrier.
+     * Two tasks a thread: enough for the dynamic schedule to even out a preempted thread, and
+     * fewer column blocks than three a thread gave -- each column block reads its slivers of A
+     * again, and a sliver read in place is amortized over the block's panels only (quiet
+     * 2 cores, 256 x 784 x 512 forward 172 -> 178 GF/s, dx 256 x 256 x 512 176 -> 187).
      * A row-major A (csa == 1: the forward and dx products) is read in place, so splitting the
-     * columns costs nothing, while splitting the rows re-packs B per row block (or, with B
+     * columns costs no packing, while splitting the rows re-packs B per row block (or, with B
      * pre-packed, streams all of it through every thread's cache): for those, the tiles split
      * the columns (the output features / weight panels) first -- at batch 64 that is what
      * gives each thread equal work (64 rows are only 11 slivers). Otherwise (A packed per
@@ -492,7 +528,7 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
      * mc >= 64. */
     const int a_direct = csa == 1 && !rowsum;
     int mb = (m + FR_MC - 1) / FR_MC, nb = (n + FR_NC - 1) / FR_NC;
-    const int want = nt > 1 ? 3 * nt : 1;
+    const int want = nt > 1 ? 2 * nt : 1;
     while (mb * nb < want) {
         const int mcur = (m + mb - 1) / mb, ncur = (n + nb - 1) / nb;
         if (a_direct && ncur >= 2 * FR_NR) nb++;
@@ -510,7 +546,11 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
     const int nteam = FR_MIN(nt, ntasks);
     const int ncb = (npan_all + nb - 1) / nb * FR_NR;   /* the widest task */
     const size_t bsize = Bpk ? 0 : (size_t)ncb * kcb;   /* the per-task packed B, if packing */
-    const size_t per_thread = bsize + (size_t)FR_MR * kcb + (size_t)FR_MR * FR_NR;
+    /* A = dy.T (the weight gradient): each task packs its row block whole, per depth block */
+    const int ablock = !a_direct && rsa == 1;
+    const size_t mcb = (size_t)((nsliv + mb - 1) / mb) * FR_MR;     /* the tallest task */
+    const size_t absize = ablock ? mcb * kcb + (rowsum ? mcb : 0) : 0;
+    const size_t per_thread = bsize + absize + (size_t)FR_MR * kcb + (size_t)FR_MR * FR_NR;
     FR_T *scratch = (FR_T *)fr_get_scratch(per_thread * (size_t)nteam * sizeof(FR_T));
     if (!scratch) return -1;
     (void)nteam;
@@ -518,7 +558,8 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nteam) if (nteam > 1)
     for (int t = 0; t < ntasks; t++) {
         FR_T *Bp = scratch + per_thread * (size_t)omp_get_thread_num();
-        FR_T *Ap = Bp + bsize;
+        FR_T *Apb = Bp + bsize;
+        FR_T *Ap = Apb + absize;
         FR_T *tile = Ap + (size_t)FR_MR * kcb;
         const int ib = t / nb, jb = t % nb;
         const int i0 = (int)((long)nsliv * ib / mb) * FR_MR;
@@ -539,20 +580,35 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
                     FN(fr_pack_b)(FR_MIN(FR_NR, n - jp), kc, B + pc * rsb + jp * csb, rsb, csb,
                                   Bp + (size_t)p * FR_NR * kc);
                 }
+            if (ablock) {
+                /* the row block's sums (dbias) come with its packing: once, in the jb == 0 task */
+                FR_T *rs = rowsum && jb == 0 ? Apb + mcb * kcb : NULL;
+                FN(fr_pack_a_block)(i1 - i0, kc, A + i0 + pc * csa, csa, Apb, rs);
+                if (rs)
+                    for (int i = 0; i < i1 - i0; i++)
+                        rowsum[i0 + i] = load_c ? rowsum[i0 + i] + rs[i] : rs[i];
+            }
             for (int ir = i0; ir < i1; ir += FR_MR) {
                 const int mr = FR_MIN(FR_MR, i1 - ir);
                 /* whole slivers of a row-major A are read in place (lda = rsa), others packed */
                 const int direct = a_direct && mr == FR_MR;
-                const FR_T *As = direct ? A + ir * rsa + pc : Ap;
+                const FR_T *As = direct ? A + ir * rsa + pc
+                                 : ablock ? Apb + (size_t)(ir - i0) * kc : Ap;
                 const ptrdiff_t lda = direct ? rsa : 0;
-                if (!direct) FN(fr_pack_a)(mr, kc, A + ir * rsa + pc * csa, rsa, csa, Ap);
-                if (rowsum && jb == 0) {
+                if (!direct && !ablock)
+                    FN(fr_pack_a)(mr, kc, A + ir * rsa + pc * csa, rsa, csa, Ap);
+                if (rowsum && jb == 0 && !ablock) {
                     /* dbias: each row sliver is packed exactly once here per depth block. */
-                    for (int i = 0; i < mr; i++) {
-                        FR_T s = 0;
-                        for (int p = 0; p < kc; p++) s += Ap[p * FR_MR + i];
-                        rowsum[ir + i] = load_c ? rowsum[ir + i] + s : s;
-                    }
+                    /* depth outer, rows inner: MR independent sums (one row's sum in one
+                     * order, k ascending, as before) instead of one latency-bound chain at a
+                     * time, which cost ~6% of the weight-gradient GEMM. */
+                    FR_T s[FR_MR];
+                    for (int i = 0; i < FR_MR; i++) s[i] = 0;
+                    const FR_T *ap = As;
+                    for (int p = 0; p < kc; p++, ap += FR_MR)
+                        for (int i = 0; i < FR_MR; i++) s[i] += ap[i];
+                    for (int i = 0; i < mr; i++)
+                        rowsum[ir + i] = load_c ? rowsum[ir + i] + s[i] : s[i];
                 }
                 for (int p = 0; p < npanels; p++) {
                     const int jp = j0 + p * FR_NR, nr = FR_MIN(FR_NR, n - jp);

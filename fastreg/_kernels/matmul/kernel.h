@@ -12,7 +12,9 @@
  * tile is one OpenMP task (dynamic schedule, no barrier inside the call). A task walks the depth
  * in KC blocks: it packs its kc x nc block of B into NR-wide panels (L2) -- or reads the panels
  * pre-packed once (fr_pack_weight) -- then for each MR-row sliver of A (read in place when A is
- * row-major, packed otherwise) runs the register-blocked micro-kernel across the B panels.
+ * row-major; for A = dy.T, the weight gradient, the task's whole row block is packed at once,
+ * dbias summed from the same reads; other layouts packed sliver by sliver) runs the
+ * register-blocked micro-kernel across the B panels.
  * Every output element is summed by one task in one order (k ascending within a depth block,
  * the blocks in turn), so results do not depend on the thread count or the split.
  *
