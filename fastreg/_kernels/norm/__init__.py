@@ -91,6 +91,24 @@ class _Scratch(threading.local):
 
     def __init__(self):
         self.arrays = {}
+        self.last = {}
+
+    def chunked(self, kind: str, N: int, C: int, dtype):
+        """(P, partial, block, coef) for a ``kind`` ("fwd", "bwd", "ln") call on (N, C):
+        P = _n_chunks(N, C), partial/block as _partials (block None for "fwd"), coef (4, C)
+        (None for "ln"). One dict lookup when the shape is the last call's."""
+        key = (kind, N, C, dtype)
+        hit = self.last.get(kind)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        P = _n_chunks(N, C)
+        partial = self.get("partial", (P, 2, C), np.dtype(np.float64))
+        block = None if kind == "fwd" else self.get("block", (P, 2, C), dtype)
+        coef = None if kind == "ln" else self.get("coef", (4, C), dtype)
+        # kept per kind; a view another call re-cut since then still points into memory of
+        # this thread's scratch (it keeps its flat array alive), dead between calls: reusable
+        self.last[kind] = (key, (P, partial, block, coef))
+        return P, partial, block, coef
 
     def get(self, role: str, shape: tuple, dtype) -> np.ndarray:
         key = (role, dtype)
@@ -428,9 +446,7 @@ def run_batchnorm_forward_train(x, weight, bias, running_mean, running_var, out,
         return out
     N, C = x.shape
     dtype = x.dtype
-    P = _n_chunks(N, C)
-    partial, _ = _partials(P, C, dtype)
-    coef = _coef(C, dtype)
+    _, partial, _, coef = _scratch.chunked("fwd", N, C, dtype)
     fn = _dispatch.kernel("norm", "batchnorm_forward_train", backend)
     fn(x, _or_empty(weight, dtype), _or_empty(bias, dtype), _or_empty(running_mean, dtype),
        _or_empty(running_var, dtype), out, save_mean, save_rstd, partial, coef,
@@ -464,9 +480,7 @@ def run_batchnorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbi
         return dx
     N, C = x.shape
     dtype = x.dtype
-    P = _n_chunks(N, C)
-    partial, block = _partials(P, C, dtype, block=True)
-    coef = _coef(C, dtype)
+    _, partial, block, coef = _scratch.chunked("bwd", N, C, dtype)
     fn = _dispatch.kernel("norm", "batchnorm_backward", backend)
     fn(dy, x, _or_empty(weight, dtype), save_mean, save_rstd, dx, _or_empty(dweight, dtype),
        _or_empty(dbias, dtype), partial, block, coef, weight is not None, dweight is not None,
@@ -524,8 +538,7 @@ def run_layernorm_backward(dy, x, weight, save_mean, save_rstd, dx, dweight, dbi
         return dx
     N, C = x.shape
     dtype = x.dtype
-    P = _n_chunks(N, C)
-    partial, block = _partials(P, C, dtype, block=True)
+    _, partial, block, _ = _scratch.chunked("ln", N, C, dtype)
     fn = _dispatch.kernel("norm", "layernorm_backward", backend)
     fn(dy, x, _or_empty(weight, dtype), save_mean, save_rstd, dx, _or_empty(dweight, dtype),
        _or_empty(dbias, dtype), partial, block, weight is not None, dweight is not None,
