@@ -27,12 +27,6 @@
    the next layer. A row is computed into an L1 tile, then streamed. */
 #define NORM_STREAM_BYTES (8 << 20)
 #define NORM_TILE 512
-/* The AVX2 layer-norm row loops, on large (streamed) arrays, prefetch the row this many rows
-   ahead while they normalise a row from L1: the hardware prefetcher sees no new lines in that
-   visit, so without it the DRAM idled while the core computed. */
-#ifndef NORM_PREFETCH_ROWS
-#define NORM_PREFETCH_ROWS 4
-#endif
 
 static inline void norm_stream_f(float *restrict dst, const float *restrict src, ptrdiff_t n) {
     ptrdiff_t i = 0;
@@ -540,7 +534,6 @@ static inline void ln_bwd_rows_f(const float *restrict dy, const float *restrict
             const float *restrict gr = dy + n * C;
             float *restrict dr = dx + n * C;
             const float mean = save_mean[n], rstd = save_rstd[n];
-            const int pf = stream && n + NORM_PREFETCH_ROWS < r1;   /* see NORM_PREFETCH_ROWS */
             const __m256 vm = _mm256_set1_ps(mean), vr = _mm256_set1_ps(rstd);
             __m256d a0 = _mm256_setzero_pd(), a1 = a0, b0 = a0, b1 = a0;
             ptrdiff_t c = 0;
@@ -577,10 +570,6 @@ static inline void ln_bwd_rows_f(const float *restrict dy, const float *restrict
                 float *restrict out = stream ? tile - c0 : dr;
                 const ptrdiff_t cv1 = c0 + ((c1 - c0) & ~(ptrdiff_t)7);
                 for (c = c0; c < cv1; c += 8) {
-                    if (pf && !(c & 15)) {
-                        _mm_prefetch((const char *)(gr + NORM_PREFETCH_ROWS * C + c), _MM_HINT_T0);
-                        _mm_prefetch((const char *)(xr + NORM_PREFETCH_ROWS * C + c), _MM_HINT_T0);
-                    }
                     const __m256 g0 = _mm256_loadu_ps(gr + c);
                     const __m256 xh = _mm256_mul_ps(
                         _mm256_sub_ps(_mm256_loadu_ps(xr + c), vm), vr);
@@ -638,7 +627,6 @@ static inline void ln_fwd_rows_f(const float *restrict x, const float *restrict 
         const float *restrict xr = x + n * C;
         float *restrict orow = out + n * C;
         const float k = xr[0];
-        const int pf = stream && n + NORM_PREFETCH_ROWS < r1;   /* see NORM_PREFETCH_ROWS */
         const __m256 vk = _mm256_set1_ps(k);
         __m256d a0 = _mm256_setzero_pd(), a1 = a0, b0 = a0, b1 = a0;
         ptrdiff_t c = 0;
@@ -678,8 +666,6 @@ static inline void ln_fwd_rows_f(const float *restrict x, const float *restrict 
             float *restrict o = stream ? tile - c0 : orow;
             const ptrdiff_t cv1 = c0 + ((c1 - c0) & ~(ptrdiff_t)7);
             for (c = c0; c < cv1; c += 8) {
-                if (pf && !(c & 15))
-                    _mm_prefetch((const char *)(xr + NORM_PREFETCH_ROWS * C + c), _MM_HINT_T0);
                 __m256 t = _mm256_mul_ps(
                     _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + c), vmh), vml), vrs);
                 if (has_w && has_b)
