@@ -118,10 +118,18 @@ class _Scratch(threading.local):
         n = 1
         for d in shape:
             n *= d
-        flat = entry[0] if entry is not None and entry[0].size >= n else np.empty(n, dtype)
+        flat = entry[0] if entry is not None and entry[0].size >= n else _aligned(n, dtype)
         view = flat[:n].reshape(shape)
         self.arrays[key] = (flat, view)
         return view
+
+
+def _aligned(n: int, dtype) -> np.ndarray:
+    """An uninitialised (n,) array whose data starts on a 64-byte (cache-line) boundary."""
+    dtype = np.dtype(dtype)
+    raw = np.empty(n * dtype.itemsize + 64, np.uint8)
+    skip = -raw.ctypes.data % 64
+    return raw[skip:skip + n * dtype.itemsize].view(dtype)
 
 
 _scratch = _Scratch()
