@@ -611,6 +611,11 @@ def test_scratch_is_reused_across_calls_and_never_shared_between_python_threads(
     a = norm._partials(8, 33, np.dtype(np.float32), block=True)
     b = norm._partials(8, 33, np.dtype(np.float32), block=True)
     assert a[0] is b[0] and a[1] is b[1]                  # steady state: the same arrays
+    assert a[0].ctypes.data % 64 == 0 and a[1].ctypes.data % 64 == 0   # cache-line aligned
+    P, partial, block, coef = norm._scratch.chunked("bwd", 257, 33, np.dtype(np.float32))
+    assert P == norm._n_chunks(257, 33) and partial.shape == block.shape == (P, 2, 33)
+    assert coef.shape == (4, 33) and coef.dtype == np.float32
+    assert norm._scratch.chunked("bwd", 257, 33, np.dtype(np.float32))[1] is partial
     small = norm._partials(3, 33, np.dtype(np.float32))[0]
     assert np.shares_memory(small, a[0])                  # a smaller call reuses the memory
     assert norm._coef(33, np.dtype(np.float64)).dtype == np.float64
