@@ -588,3 +588,73 @@ def test_layernorm_simd_width_tails_match_reference(backend, dtype, rng, shape):
         if ww is not None:
             close(dw, rdw, dtype, f32=2e-4)
             close(db, rdb, dtype, f32=2e-4)
+
+
+def _bn_ln_step(x, dy, w, b, backend):
+    """Batch norm and layer norm forward + backward through the trusted entry points (the ones
+    the nn layers call, which take their scratch from norm._scratch)."""
+    N, C = x.shape
+    dt = x.dtype
+    out, dx, lout, ldx = (np.empty((N, C), dt) for _ in range(4))
+    sm, sr, dw, db, lw, lb = (np.zeros(C, dt) for _ in range(6))
+    lm, lr = np.empty(N, dt), np.empty(N, dt)
+    rm, rv = np.zeros(C, dt), np.ones(C, dt)
+    norm.run_batchnorm_forward_train(x, w, b, rm, rv, out, sm, sr, 0.1, 1e-5, False, backend)
+    norm.run_batchnorm_backward(dy, x, w, sm, sr, dx, dw, db, True, False, backend)
+    norm.run_layernorm_forward(x, w, b, lout, lm, lr, 1e-5, False, backend)
+    norm.run_layernorm_backward(dy, x, w, lm, lr, ldx, lw, lb, True, False, backend)
+    return out, dx, sm, sr, rm, rv, dw, db, lout, ldx, lm, lr, lw, lb
+
+
+def test_scratch_is_reused_across_calls_and_never_shared_between_python_threads():
+    import threading
+    a = norm._partials(8, 33, np.dtype(np.float32), block=True)
+    b = norm._partials(8, 33, np.dtype(np.float32), block=True)
+    assert a[0] is b[0] and a[1] is b[1]                  # steady state: the same arrays
+    assert a[0].ctypes.data % 64 == 0 and a[1].ctypes.data % 64 == 0   # cache-line aligned
+    P, partial, block, coef = norm._scratch.chunked("bwd", 257, 33, np.dtype(np.float32))
+    assert P == norm._n_chunks(257, 33) and partial.shape == block.shape == (P, 2, 33)
+    assert coef.shape == (4, 33) and coef.dtype == np.float32
+    assert norm._scratch.chunked("bwd", 257, 33, np.dtype(np.float32))[1] is partial
+    small = norm._partials(3, 33, np.dtype(np.float32))[0]
+    assert np.shares_memory(small, a[0])                  # a smaller call reuses the memory
+    assert norm._coef(33, np.dtype(np.float64)).dtype == np.float64
+    other = []
+    t = threading.Thread(target=lambda: other.append(norm._partials(8, 33, np.dtype(np.float32),
+                                                                    block=True)))
+    t.start()
+    t.join()
+    assert not np.shares_memory(other[0][0], a[0])
+    assert not np.shares_memory(other[0][1], a[1])
+
+
+def test_two_python_threads_running_norm_kernels_at_once_get_their_own_results(backend, dtype,
+                                                                              rng):
+    # each thread its own data of one shape (the same scratch size); shared scratch would mix
+    # their partial sums. Every concurrent result must equal the serial one bit for bit.
+    import threading
+    N, C = 517, 259
+    data = [(rand(rng, (N, C), dtype, loc=3.0 * k), rand(rng, (N, C), dtype),
+             rand(rng, C, dtype), rand(rng, C, dtype)) for k in range(2)]
+    want = [_bn_ln_step(*d, backend) for d in data]
+    errors = []
+    start = threading.Barrier(2)
+
+    def run(k):
+        try:
+            start.wait()
+            for _ in range(30):
+                got = _bn_ln_step(*data[k], backend)
+                for g, w in zip(got, want[k]):
+                    if g.tobytes() != w.tobytes():
+                        errors.append(k)
+                        return
+        except Exception as e:          # noqa: BLE001 -- reported by the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

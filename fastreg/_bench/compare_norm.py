@@ -15,17 +15,28 @@ input's .grad is reset to None each step (what ``zero_grad()`` does). Also forwa
 (inference) cases. Shapes: MLP-sized (256 x 200, batch 256) and large (4096 x 1024), float32
 and float64, each fastreg backend.
 
-Floor: the passes over (N, C) arrays the op cannot avoid, each at the speed of a streaming kernel
-measured here (norm/cy.pyx ``bandwidth_probe``, C, 2 threads, on 128 MB arrays -- 4x the L3):
-a read pass at the read-only sum's speed, a read + write pair at the non-temporal copy's speed.
-    BatchNorm train fwd: read x (column statistics), read x again + write y: 2 reads, 1 write
-      (the statistics must be complete before the first y; only a GEMM epilogue above could
-      deliver them fused). bwd: read dy, x (the two column sums), read dy, x again + write dx:
-      4 reads, 1 write. fwd + bwd = 6 reads + 2 writes = 8 passes.
+Floor: the bytes the op must move, each (N, C) pass at the speed of a streaming kernel measured
+here (norm/cy.pyx ``bandwidth_probe``, C, fastreg's threads, on 128 MB arrays -- 4x the L3): a read
+pass at the read-only sum's speed, a read + write pair at the non-temporal copy's speed; the
+per-feature and per-row vectors at the read speed. Training-mode forward + backward, float32 s = 4
+bytes, momentum on (running statistics read and written), parameter gradients accumulated:
+    BatchNorm fwd: read x (column statistics), read x again + write y: 2 reads, 1 write (the
+      statistics must be complete before the first y; only a GEMM epilogue above could deliver
+      them fused); vectors: read gamma, beta, read + write running_mean/var, write save_mean/
+      save_rstd = 8 C. bwd: read dy, x (the two column sums), read dy, x again + write dx:
+      4 reads, 1 write; vectors: read gamma, save_mean, save_rstd, read + write dgamma, dbeta =
+      7 C. fwd + bwd = 6 reads + 2 writes of N C s bytes + 15 C s ("8 passes").
+      The second reads of x (and dy) are DRAM traffic only when the rows between the two passes
+      do not fit in the cache: in row order (fastreg's schedule) a 16.8 MB x and dy do not. A
+      column-blocked schedule (all N rows of a block of columns, then its second pass while the
+      block is cached) would move 3 reads + 2 writes: ``PASSES_CACHED["bn"]``, printed as the
+      DRAM lower bound.
     LayerNorm fwd: read x + write y (a row's statistics and its output are one L1-resident
-      visit): 1 + 1. bwd: read dy, x + write dx, dgamma/dbeta summed on the way: 2 + 1.
-      fwd + bwd = 3 reads + 2 writes = 5 passes.
-    eval: read x + write y.
+      visit): 1 + 1; vectors: read gamma, beta (2 C), write save_mean/save_rstd (2 N). bwd: read
+      dy, x + write dx, dgamma/dbeta summed on the way: 2 + 1; vectors: read save_mean/save_rstd
+      (2 N), gamma (C), read + write dgamma, dbeta (4 C). fwd + bwd = 3 reads + 2 writes of
+      N C s bytes + (4 N + 7 C) s ("5 passes").
+    eval: read x + write y; read the four (C,) vectors.
 fastreg's kernels make exactly these passes (BatchNorm's second pass walks the rows last-first,
 so its start still hits what the first pass left in the L3; that is a bonus, not counted).
 """
@@ -45,6 +56,11 @@ _bandwidth: dict | None = None
 
 #: (reads, writes) of (N, C) arrays each op must make (see the module docstring)
 PASSES = {"bn": (6, 2), "ln": (3, 2), "eval": (1, 1)}
+#: batch norm's DRAM lower bound when its second reads hit the cache (a column-blocked schedule)
+PASSES_CACHED = {"bn": (3, 2)}
+#: elements of the per-feature (C,) and per-row (N,) vectors each op reads or writes:
+#: (per-C count, per-N count), see the module docstring
+VECTORS = {"bn": (15, 0), "ln": (7, 4), "eval": (4, 0)}
 
 
 def probe_bandwidth(n: int = 1 << 25, reps: int = 10) -> dict:
@@ -64,12 +80,23 @@ def probe_bandwidth(n: int = 1 << 25, reps: int = 10) -> dict:
     return _bandwidth
 
 
-def floor_seconds(op: str, n: int, c: int, itemsize: int, bw: dict) -> float:
-    """Seconds the op's unavoidable passes take at the probed speeds: each write is paired with
-    a read at the copy's speed, the other reads at the read pass's."""
-    reads, writes = PASSES[op]
+def floor_bytes(op: str, n: int, c: int, itemsize: int, cached: bool = False) -> int:
+    """Bytes the op must move (see the module docstring); ``cached``: batch norm's second reads
+    served by the cache (PASSES_CACHED)."""
+    reads, writes = (PASSES_CACHED if cached else PASSES)[op]
+    per_c, per_n = VECTORS[op]
+    return ((reads + writes) * n * c + per_c * c + per_n * n) * itemsize
+
+
+def floor_seconds(op: str, n: int, c: int, itemsize: int, bw: dict,
+                  cached: bool = False) -> float:
+    """Seconds the op's unavoidable bytes take at the probed speeds: each (N, C) write is paired
+    with a read at the copy's speed, the other reads and the small vectors at the read pass's."""
+    reads, writes = (PASSES_CACHED if cached else PASSES)[op]
+    per_c, per_n = VECTORS[op]
     a = n * c * itemsize
-    return (reads - writes) * a / bw["read"] + writes * 2 * a / bw["copy"]
+    v = (per_c * c + per_n * n) * itemsize
+    return ((reads - writes) * a + v) / bw["read"] + writes * 2 * a / bw["copy"]
 
 
 def stream_triad_bandwidth() -> float:
@@ -162,13 +189,22 @@ def cases(quick: bool) -> list[Case]:
 
 # --- each library in its own process, alternated (python -m fastreg._bench.compare_norm) ------
 
-def _child(who: str, op: str, n: int, c: int, reps: int) -> float:
-    """Median seconds of one fwd+bwd step of ``op`` by ``who`` ("fastreg" or "torch")."""
+def _child(who: str, op: str, n: int, c: int, reps: int, api: str = "kernel") -> float:
+    """Median seconds of one fwd+bwd step of ``op`` by ``who`` ("fastreg" or "torch"). fastreg
+    runs the checked kernel functions (``api="kernel"``) or the ``fastreg.nn`` layer
+    (``api="layer"``: forward, then backward, as torch's module)."""
     import fastreg
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, c)).astype(np.float32)
     dy = rng.standard_normal((n, c)).astype(np.float32)
-    if who == "torch":
+    if who == "fastreg" and api == "layer":
+        layer = fastreg.nn.BatchNorm1d(c) if op == "bn" else fastreg.nn.LayerNorm(c)
+        layer.train()
+
+        def step():
+            layer(x)
+            layer.backward(dy)
+    elif who == "torch":
         import torch
         torch.set_num_threads(fastreg.get_num_threads())
         layer = (torch.nn.BatchNorm1d(c) if op == "bn" else torch.nn.LayerNorm(c))
@@ -209,6 +245,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--shape", default="4096x1024,256x512",
                     help="comma-separated NxC shapes (default: %(default)s)")
+    ap.add_argument("--api", choices=("kernel", "layer"), default="kernel",
+                    help="fastreg side: the checked kernel functions (default) or the "
+                         "fastreg.nn layer's forward + backward (what a training step runs)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     shapes = [tuple(int(v) for v in sh.split("x")) for sh in args.shape.split(",")]
@@ -218,7 +257,7 @@ def main(argv=None) -> int:
         if who == "probe":
             print(json.dumps(probe_bandwidth()))
         else:
-            print(json.dumps(_child(who, op, n, c, args.reps)))
+            print(json.dumps(_child(who, op, n, c, args.reps, args.api)))
         return 0
     for n, c in shapes:
         _compare_shape(args, n, c)
@@ -235,7 +274,8 @@ def _compare_shape(args, n: int, c: int) -> None:
 
     def run(*child):
         out = subprocess.run([sys.executable, "-m", "fastreg._bench.compare_norm", "--shape",
-                              f"{n}x{c}", "--reps", str(reps), "--child", *child],
+                              f"{n}x{c}", "--reps", str(reps), "--api", args.api, "--child",
+                              *child],
                              capture_output=True, text=True, check=False)
         if out.returncode:
             raise RuntimeError(f"{child} failed:\n{out.stderr}")
@@ -243,7 +283,7 @@ def _compare_shape(args, n: int, c: int) -> None:
 
     print(f"# {n}x{c} float32, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}; median of {args.rounds} rounds, each library in its own "
-          f"process, alternated")
+          f"process, alternated; fastreg api={args.api}")
     res = {k: [] for k in ("probe", "fastreg bn", "torch bn", "fastreg ln", "torch ln")}
     for _ in range(args.rounds):
         for k, v in res.items():
@@ -256,10 +296,18 @@ def _compare_shape(args, n: int, c: int) -> None:
         f, t = np.array(res[f"fastreg {op}"]), np.array(res[f"torch {op}"])
         ratio = t / f
         fl = floor_seconds(op, n, c, 4, bw)
+        mb = floor_bytes(op, n, c, 4) / 1e6
         print(f"{op} fwd+bwd: fastreg {np.median(f) * 1e3:.2f} ms, torch {np.median(t) * 1e3:.2f}"
               f" ms, torch/fastreg {np.median(ratio):.2f}x ({ratio.min():.2f}-{ratio.max():.2f}); "
-              f"floor {fl * 1e3:.2f} ms ({PASSES[op][0]} reads + {PASSES[op][1]} writes), "
-              f"fastreg/floor {np.median(f) / fl:.2f} ({f.min() / fl:.2f}-{f.max() / fl:.2f})")
+              f"floor {fl * 1e3:.2f} ms ({PASSES[op][0]} reads + {PASSES[op][1]} writes, "
+              f"{mb:.2f} MB), fastreg/floor {np.median(f) / fl:.2f} "
+              f"({f.min() / fl:.2f}-{f.max() / fl:.2f})")
+        if op in PASSES_CACHED:
+            fc = floor_seconds(op, n, c, 4, bw, cached=True)
+            r, w = PASSES_CACHED[op]
+            print(f"   DRAM lower bound if the second reads hit the cache: {fc * 1e3:.2f} ms "
+                  f"({r} reads + {w} writes, {floor_bytes(op, n, c, 4, cached=True) / 1e6:.2f} "
+                  f"MB), fastreg/bound {np.median(f) / fc:.2f}")
 
 
 if __name__ == "__main__":

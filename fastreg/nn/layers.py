@@ -525,9 +525,9 @@ class BatchNorm1d(Module):
         rstd = self._buffer("save_rstd", (C,), dt)
         m = 0.0
         if self.training and self.track_running_stats:
-            self.num_batches_tracked += 1
-            m = (1.0 / float(self.num_batches_tracked)) if self.momentum is None \
-                else self.momentum
+            nbt = self.num_batches_tracked
+            nbt += 1            # in place: no buffer re-assignment (and its checks) per step
+            m = (1.0 / float(nbt)) if self.momentum is None else self.momentum
         # running_mean/var are None without track_running_stats: batch statistics only
         _norm.run_batchnorm_forward_train(x, gamma, beta, self.running_mean, self.running_var,
                                           out, mean, rstd, m, self.eps, dev)
