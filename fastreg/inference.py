@@ -150,7 +150,9 @@ class Predictor:
     """A compiled, inference-only view of a model (see :func:`compile`).
 
     Call it (or its ``predict``) with an (N, K) array, or a single sample of shape (K,); it
-    returns a fresh (N, M) array (or (M,)), or writes into ``out``. Thread-safe: the buffers
+    returns a fresh (N, M) array (or (M,)), or writes into ``out``. A model whose first stage is
+    a LayerNorm over several dimensions takes (N, *normalized_shape) (or one such sample); one
+    that starts with a Flatten takes (N, ...). Thread-safe: the buffers
     reused across calls are per thread (each thread allocates its own on its first call with a
     batch size), and stages that run a custom module's own ``forward`` (which may reuse the
     module's buffers) are serialised by a lock.
@@ -160,7 +162,10 @@ class Predictor:
     dtype : numpy.dtype
         The model's dtype; inputs of another numeric dtype are cast (one copy).
     in_features : int or None
-        K, when the model's first stage fixes it.
+        K, when the model's first stage fixes a flat (N, K) input.
+    in_shape : tuple or None
+        The shape of one input sample when the first stage fixes it: ``(K,)``, or a multi-
+        dimensional LayerNorm's ``normalized_shape``.
     out_features : int or None
         M of the last stage that fixes it.
     backend : str
@@ -201,8 +206,11 @@ class Predictor:
         self._ops = []
         self.stages = []
         feat = None
-        self.in_features = None
-        opaque = False          # a ForwardOp ran before: K is not the first typed op's
+        self.in_shape = None
+        # a stage before fixed the input's shape, or may change it (Flatten, a custom module):
+        # later stages say nothing about what the predictor takes
+        shaped = False
+        self._flatten_first = False
         for op in _fold(ops):
             kind = type(op)
             if kind is LinearOp:
@@ -211,8 +219,8 @@ class Predictor:
                 if feat is not None and W.shape[1] != feat:
                     raise ValueError(f"stage {len(self.stages)}: Linear expects "
                                      f"{W.shape[1]} features, the previous stage gives {feat}")
-                if self.in_features is None and feat is None and not opaque:
-                    self.in_features = W.shape[1]
+                if not shaped:
+                    self.in_shape, shaped = (W.shape[1],), True
                 # one validated call now; per-call calls below skip the checks
                 _matmul.linear_forward(np.zeros((1, W.shape[1]), dt), W, b,
                                        np.empty((1, W.shape[0]), dt), activation=op.activation,
@@ -228,8 +236,8 @@ class Predictor:
                 if feat is not None and s.shape[0] != feat:
                     raise ValueError(f"stage {len(self.stages)}: BatchNorm1d expects "
                                      f"{s.shape[0]} features, the previous stage gives {feat}")
-                if self.in_features is None and feat is None and not opaque:
-                    self.in_features = s.shape[0]
+                if not shaped:
+                    self.in_shape, shaped = (s.shape[0],), True
                 feat = s.shape[0]
                 self._ops.append(("affine", s, t))
                 self.stages.append(f"affine {feat}")
@@ -245,8 +253,8 @@ class Predictor:
                 if feat is not None and not multi and C != feat:
                     raise ValueError(f"stage {len(self.stages)}: LayerNorm expects {C} "
                                      f"features, the previous stage gives {feat}")
-                if self.in_features is None and feat is None and not opaque and not multi:
-                    self.in_features = C
+                if not shaped:
+                    self.in_shape, shaped = (multi or (C,)), True
                 feat = None if multi else C
                 g = None if op.weight is None else np.ascontiguousarray(op.weight, dtype=dt)
                 b = None if op.bias is None else np.ascontiguousarray(op.bias, dtype=dt)
@@ -255,15 +263,20 @@ class Predictor:
             elif kind is FlattenOp:
                 self._ops.append(("flatten",))
                 self.stages.append("flatten")
+                self._flatten_first = self._flatten_first or not shaped
+                shaped = True       # (N, ...) -> (N, prod): a flat feat passes through
             elif kind is ForwardOp:
                 self._ops.append(("module", op.module))
                 self.stages.append(f"module {type(op.module).__name__}")
                 feat = None
-                opaque = True
+                shaped = True
             else:
                 raise TypeError(f"compile: no stage for inference op {op!r} (known: "
                                 f"{', '.join(t.__name__ for t in OPS)})")
         self.out_features = feat
+        self.in_features = self.in_shape[0] if self.in_shape and len(self.in_shape) == 1 \
+            else None
+        self._sample_ndim = len(self.in_shape) if self.in_shape else 1
         # per-thread plans (buffers): concurrent calls never share an output buffer
         self._local = threading.local()
         self._module_lock = threading.Lock()
@@ -307,6 +320,10 @@ class Predictor:
 
     def __setstate__(self, d):
         from ._kernels import _dispatch
+        if "in_shape" not in d:         # pickled before in_shape existed
+            k = d.get("in_features")
+            d = {**d, "in_shape": None if k is None else (k,), "_sample_ndim": 1,
+                 "_flatten_first": False}
         self.__dict__.update(d)
         self._linear = _dispatch.kernel("matmul", "linear_forward", self.backend)
         self._act = _dispatch.kernel("elementwise", "activation_forward", self.backend)
@@ -507,9 +524,11 @@ class Predictor:
 
     # -- calls -------------------------------------------------------------------------------
     def _coerce(self, x) -> tuple[np.ndarray, bool]:
-        """The slow path of input checking: (2-D array, was it one sample) or a clear error.
+        """The slow path of input checking: ((N, *in_shape) array, was it one sample) or a
+        clear error.
 
-        Lists, tuples and torch tensors are arrays too: a 1-D one is a single sample."""
+        Lists, tuples and torch tensors are arrays too: one of the sample's shape (1-D for a
+        flat model) is a single sample."""
         if not isinstance(x, np.ndarray):
             if hasattr(x, "detach") and hasattr(x, "numpy"):      # a torch tensor
                 x = x.detach().cpu().numpy()
@@ -520,10 +539,16 @@ class Predictor:
                     raise TypeError(f"x must be an array, got {type(x).__name__}") from exc
         if x.dtype.kind not in "fiub":
             raise TypeError(f"x must be numeric, got dtype {x.dtype}")
-        single = x.ndim == 1
+        shape = self.in_shape
+        single = x.ndim == self._sample_ndim
         if single:
-            x = x.reshape(1, -1)
-        if x.ndim != 2:
+            x = x.reshape(1, *x.shape)
+        if shape is not None and len(shape) > 1:      # a multi-dimensional LayerNorm first
+            if x.shape[1:] != shape:
+                dims = ", ".join(map(str, shape))
+                raise ValueError(f"x must have shape (N, {dims}) or ({dims}), got shape "
+                                 f"{x.shape[1:] if single else x.shape}")
+        elif x.ndim != 2 and not (self._flatten_first and x.ndim > 2):
             raise ValueError(f"x must have shape (N, {self.in_features or 'K'}) or "
                              f"({self.in_features or 'K'},), got shape {x.shape}")
         if self.in_features is not None and x.shape[1] != self.in_features:
@@ -540,11 +565,12 @@ class Predictor:
             if y is not None:
                 return y
         single = False
-        if type(x) is np.ndarray and x.ndim == 1:
-            x = x.reshape(1, -1)
+        if type(x) is np.ndarray and x.ndim == self._sample_ndim and (
+                x.ndim == 1 or x.shape == self.in_shape):
+            x = x.reshape(1, *x.shape)
             single = True
-        if not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 2
-                and x.flags.c_contiguous and x.shape[1] == self.in_features):
+        if not (type(x) is np.ndarray and x.dtype == self.dtype and x.flags.c_contiguous
+                and x.shape[1:] == self.in_shape):
             x, one = self._coerce(x)
             single = single or one
         n = x.shape[0]
@@ -562,9 +588,10 @@ class Predictor:
             for f in plan:
                 h = f(h)
         else:
-            h = np.empty((0, self.out_features or x.shape[1]), self.dtype)
+            h = np.empty((0, *((self.out_features,) if self.out_features else x.shape[1:])),
+                         self.dtype)
         if single:
-            h = h.reshape(-1)
+            h = h.reshape(h.shape[1:])
         if out is None:
             return h.copy()   # the buffers are reused by the next call
         if not isinstance(out, np.ndarray) or out.shape != h.shape or out.dtype != h.dtype:
