@@ -61,6 +61,22 @@ MAX_CACHED_BATCH_SIZES = 8
 _BACKEND = "cython"
 
 
+#: Predictor attribute -> the (family, kernel) it runs, resolved on first use.
+_KERNELS = {"_linear": ("matmul", "linear_forward"),
+            "_act": ("elementwise", "activation_forward")}
+
+
+def _check_linear(W: np.ndarray, b: np.ndarray, activation, slope) -> None:
+    """What the GEMM and chain kernels rely on, checked once at build time."""
+    if W.ndim != 2 or b.shape != (W.shape[0],):
+        raise ValueError(f"Linear stage: weight {W.shape} and bias {b.shape} do not match "
+                         "((M, K) and (M,))")
+    if activation not in _codes.ACTIVATIONS.values():
+        raise ValueError(f"Linear stage: unknown activation code {activation!r}")
+    if not np.isfinite(slope):
+        raise ValueError(f"Linear stage: slope must be finite, got {slope!r}")
+
+
 def _leaves(model) -> list:
     """The modules in execution order, nested Sequentials flattened."""
     from .nn import Sequential  # (a model exists: fastreg.nn is imported already)
@@ -120,8 +136,60 @@ def _affine(op) -> tuple:
     return (op.scale, op.shift) if type(op) is AffineOp else (op.factor, 0.0)
 
 
-def _fold(ops: list) -> list:
-    """Fold affine/scale ops into neighbouring Linears and activations into GEMM epilogues."""
+class _Scaled:
+    """A Linear weight with its pending folds: ``base`` times each factor in turn (a (M, 1)
+    column of row scales or a (1, K) row of column scales), in float64 -- what the eager products
+    ``base * f1 * f2 ...`` give, computed by :meth:`materialize` block by block straight into
+    the compute dtype (no (M, K) float64 temporaries: on a cold start each fresh megabyte costs
+    more in page faults than the arithmetic)."""
+    __slots__ = ("base", "factors")
+
+    def __init__(self, base, factors: tuple):
+        self.base, self.factors = base, factors
+
+    @property
+    def shape(self) -> tuple:
+        return self.base.shape
+
+    def times(self, factor) -> _Scaled:
+        return _Scaled(self.base, (*self.factors, factor))
+
+    def materialize(self, dtype) -> np.ndarray:
+        base = self.base
+        M, K = base.shape
+        out = np.empty((M, K), dtype)
+        rows = max(1, 4096 // max(K, 1))       # 32 KB float64 blocks
+        block = np.empty((min(rows, M), K))
+        for r0 in range(0, M, rows):
+            r1 = min(M, r0 + rows)
+            h = block[:r1 - r0]
+            for i, f in enumerate(self.factors):
+                f = f[r0:r1] if f.shape[0] == M and M > 1 else f
+                np.multiply(base[r0:r1] if i == 0 else h, f, out=h)
+            out[r0:r1] = h
+        return out
+
+
+def _weight(w, dtype) -> np.ndarray:
+    """A LinearOp's weight (an array or a :class:`_Scaled`) as a C-contiguous ``dtype`` array."""
+    if type(w) is _Scaled:
+        return w.materialize(dtype)
+    return np.ascontiguousarray(w, dtype=dtype)
+
+
+def _scaled(w, factor, lazy: bool):
+    """``w * factor`` in float64: now, or pending (``lazy``: see :class:`_Scaled`)."""
+    factor = np.asarray(factor, dtype=np.float64)
+    if not lazy:
+        return w * factor
+    return w.times(factor) if type(w) is _Scaled else _Scaled(w, (factor,))
+
+
+def _fold(ops: list, lazy: bool = False) -> list:
+    """Fold affine/scale ops into neighbouring Linears and activations into GEMM epilogues.
+
+    ``lazy``: a folded weight is a :class:`_Scaled` (the predictor's build materializes it in
+    its dtype: the same bits as casting the eager float64 product)."""
     out: list = []
     for op in ops:
         kind = type(op)
@@ -129,8 +197,8 @@ def _fold(ops: list) -> list:
         fresh_linear = type(prev) is LinearOp and prev.activation == _codes.ACT_IDENTITY
         if kind in (AffineOp, ScaleOp) and fresh_linear:
             s, t = _affine(op)
-            out[-1] = prev._replace(weight=prev.weight * np.reshape(s, (-1, 1)),   # diag(s) W
-                                   bias=prev.bias * s + t)
+            out[-1] = prev._replace(weight=_scaled(prev.weight, np.reshape(s, (-1, 1)), lazy),
+                                   bias=prev.bias * s + t)                  # diag(s) W
         elif kind is ScaleOp and type(prev) is ScaleOp:
             out[-1] = ScaleOp(prev.factor * op.factor)
         elif kind is ActivationOp and fresh_linear:
@@ -140,7 +208,8 @@ def _fold(ops: list) -> list:
             s, t = _affine(prev)
             W = op.weight
             b = op.bias + W @ np.broadcast_to(np.asarray(t, dtype=np.float64), (W.shape[1],))
-            out.append(op._replace(weight=W * np.reshape(s, (1, -1)), bias=b))   # W diag(s)
+            out.append(op._replace(weight=_scaled(W, np.reshape(s, (1, -1)), lazy),
+                                   bias=b))                                 # W diag(s)
         else:
             out.append(op)
     return out
@@ -190,19 +259,18 @@ class Predictor:
 
     def _build(self, ops: list, dt: np.dtype) -> None:
         from ._config import FLOAT_DTYPES
-        from ._kernels import _dispatch
-        from ._kernels import matmul as _matmul
+        from ._kernels import runtime
         if dt not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dt}")
         self.dtype = dt
+        # The kernels: LinearChain (Cython) for every run of Linear stages; the per-stage
+        # kernels (_linear, _act: see __getattr__) are resolved when a plan first needs them.
         try:
-            self._linear = _dispatch.kernel("matmul", "linear_forward", _BACKEND)
-            self._act = _dispatch.kernel("elementwise", "activation_forward", _BACKEND)
+            from ._kernels.matmul import cy as _  # noqa: F401
             self.backend = _BACKEND
+            runtime.load_pool("cython", route_blas=False)     # serving calls no BLAS (yet)
         except ImportError:     # Cython extensions not built: numba (the other full backend)
             self.backend = "numba"
-            self._linear = _dispatch.kernel("matmul", "linear_forward", self.backend)
-            self._act = _dispatch.kernel("elementwise", "activation_forward", self.backend)
         self._ops = []
         self.stages = []
         feat = None
@@ -211,20 +279,17 @@ class Predictor:
         # later stages say nothing about what the predictor takes
         shaped = False
         self._flatten_first = False
-        for op in _fold(ops):
+        for op in _fold(ops, lazy=True):
             kind = type(op)
             if kind is LinearOp:
-                W = np.ascontiguousarray(op.weight, dtype=dt)
+                W = _weight(op.weight, dt)
                 b = np.ascontiguousarray(op.bias, dtype=dt)
                 if feat is not None and W.shape[1] != feat:
                     raise ValueError(f"stage {len(self.stages)}: Linear expects "
                                      f"{W.shape[1]} features, the previous stage gives {feat}")
                 if not shaped:
                     self.in_shape, shaped = (W.shape[1],), True
-                # one validated call now; per-call calls below skip the checks
-                _matmul.linear_forward(np.zeros((1, W.shape[1]), dt), W, b,
-                                       np.empty((1, W.shape[0]), dt), activation=op.activation,
-                                       slope=op.slope, backend=self.backend)
+                _check_linear(W, b, op.activation, op.slope)   # the kernels trust them
                 self._ops.append(("linear", W, b, int(op.activation), float(op.slope)))
                 name = {v: k for k, v in _codes.ACTIVATIONS.items()}[op.activation]
                 self.stages.append(f"linear{'' if name == 'identity' else '+' + name} "
@@ -311,6 +376,16 @@ class Predictor:
         if whole is not None and whole[0] == len(ops) and self.in_features is not None:
             self._fast = whole[1].fast
 
+    def __getattr__(self, name):
+        # the per-stage kernels, resolved on first use: a model that is one LinearChain (the
+        # serving case) never imports the dispatcher or the element-wise extension
+        if name in _KERNELS:
+            from ._kernels import _dispatch
+            fn = _dispatch.kernel(*_KERNELS[name], self.__dict__["backend"])
+            setattr(self, name, fn)
+            return fn
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # -- pickling: the folded weights travel; kernels, per-thread plans and the lock are rebuilt
     def __getstate__(self):
         d = dict(self.__dict__)
@@ -319,14 +394,14 @@ class Predictor:
         return d
 
     def __setstate__(self, d):
-        from ._kernels import _dispatch
         if "in_shape" not in d:         # pickled before in_shape existed
             k = d.get("in_features")
             d = {**d, "in_shape": None if k is None else (k,), "_sample_ndim": 1,
                  "_flatten_first": False}
         self.__dict__.update(d)
-        self._linear = _dispatch.kernel("matmul", "linear_forward", self.backend)
-        self._act = _dispatch.kernel("elementwise", "activation_forward", self.backend)
+        if self.backend == _BACKEND:
+            from ._kernels import runtime
+            runtime.load_pool(_BACKEND, route_blas=False)
         self._local = threading.local()
         self._module_lock = threading.Lock()
         self._build_chains()
@@ -409,7 +484,9 @@ class Predictor:
     # -- per batch size --------------------------------------------------------------------
     def _plan(self, n: int) -> list:
         """Stage closures ``h -> out`` with their output buffers allocated for ``n`` rows."""
-        from ._kernels import norm as _norm
+        if n > 4 and self.backend == _BACKEND:     # (1-4 rows run on the split pool)
+            from ._kernels import runtime
+            runtime.route_blas_pending()    # a GEMM batch on the OpenMP pool, which OpenBLAS shares
         dt = self.dtype
         backend = self.backend
         stages = []
@@ -471,6 +548,7 @@ class Predictor:
                 mean = np.empty(n, dt)
                 rstd = np.empty(n, dt)
                 known = feat == C and not multi     # else check h (from an opaque stage)
+                from ._kernels import norm as _norm
                 want = (n, *multi) if multi else (n, C)
 
                 def f(h, g=g, b=b, out=out, mean=mean, rstd=rstd, eps=eps, known=known,

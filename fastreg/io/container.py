@@ -19,19 +19,17 @@ data is read. Any violation raises :class:`ModelFileError`.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import stat
 import struct
+import sys
 import zipfile
 import zlib
 from collections.abc import Mapping
 
 import numpy as np
-
-from .atomic import atomic_write
 
 __all__ = ["HEADER_NAME", "MAX_DEPTH", "MAX_HEADER_BYTES", "MAX_MODULES", "Container",
            "ModelFileError", "load_tree", "open_container", "save_tree", "write_container"]
@@ -47,6 +45,46 @@ CHILD_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 _PREADV = hasattr(os, "preadv")
+#: Member names are ASCII (dotted identifiers): decode them as such instead of zipfile's default
+#: cp437, whose codec would be imported on the load path (a non-ASCII name is refused either way).
+_ZIP_NAMES = {"metadata_encoding": "ascii"} if sys.version_info >= (3, 11) else {}
+
+try:    # the C scanner json.loads runs, used directly: importing json compiles its regexes
+    from _json import make_scanner as _make_scanner
+except ImportError:   # pragma: no cover - an interpreter without the _json accelerator
+    _make_scanner = None
+
+
+class _JSONContext:
+    """json.JSONDecoder's defaults, as the C scanner reads them (what json.loads uses)."""
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"-Infinity": -math.inf, "Infinity": math.inf, "NaN": math.nan}.__getitem__
+
+
+_scan_json = None if _make_scanner is None else _make_scanner(_JSONContext())
+_JSON_SPACE = " \t\n\r"
+
+
+def parse_json(text: str):
+    """``json.loads(text)`` (same scanner, same values and errors, ``ValueError`` or
+    ``RecursionError``) without importing :mod:`json` on the load path."""
+    if _scan_json is None:  # pragma: no cover
+        import json
+        return json.loads(text)
+    if text.startswith("\ufeff"):
+        raise ValueError("Unexpected UTF-8 BOM")
+    start = len(text) - len(text.lstrip(_JSON_SPACE))
+    try:
+        obj, end = _scan_json(text, start)
+    except StopIteration as exc:
+        raise ValueError(f"Expecting value: char {exc.value}") from None
+    if text[end:].strip(_JSON_SPACE):
+        raise ValueError(f"Extra data: char {end}")
+    return obj
 
 
 class ModelFileError(ValueError):
@@ -59,6 +97,7 @@ class ModelFileError(ValueError):
 
 def write_container(f, header: dict, arrays: Mapping[str, np.ndarray]) -> None:
     """Write ``header`` (JSON) and each array as a stored ``<key>.npy`` member into ``f``."""
+    import json
     with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         zf.writestr(HEADER_NAME, json.dumps(header, allow_nan=True, separators=(",", ":")))
         for key, arr in arrays.items():
@@ -96,7 +135,7 @@ class Container:
         self.budget = self.size
         self._read_keys: set[str] = set()
         try:
-            self.zf = zipfile.ZipFile(f, "r")
+            self.zf = zipfile.ZipFile(f, "r", **_ZIP_NAMES)
         except Exception as exc:       # noqa: BLE001 - zipfile parsing untrusted bytes: any
             # failure (BadZipFile, NotImplementedError for a flipped version field, ...) means
             # a damaged file
@@ -125,7 +164,7 @@ class Container:
                                  f"{MAX_HEADER_BYTES}-byte limit")
         raw = self._read_member(HEADER_NAME, MAX_HEADER_BYTES)
         try:
-            header = json.loads(raw.decode("utf-8"))
+            header = parse_json(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ModelFileError(f"{path}: header is not valid JSON ({exc})") from None
         if not isinstance(header, dict):
@@ -358,6 +397,7 @@ def decode_tree(obj, c: Container, depth: int = 0):
 
 def save_tree(path, kind: str, version: int, tree: dict, extra_header: dict) -> None:
     """Atomically write ``tree`` (arrays as members) with ``extra_header`` fields."""
+    from .atomic import atomic_write
     arrays: dict[str, np.ndarray] = {}
     encoded = encode_tree(tree, arrays)
     header = {"format": kind, "format_version": version, "fastreg_version": fastreg_version(),
