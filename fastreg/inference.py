@@ -268,7 +268,7 @@ class Predictor:
         try:
             from ._kernels.matmul import cy as _  # noqa: F401
             self.backend = _BACKEND
-            runtime.load_pool("cython", route_blas=False)     # serving calls no BLAS (yet)
+            runtime.load_pool("cython", route_blas=False)     # serving never calls BLAS
         except ImportError:     # Cython extensions not built: numba (the other full backend)
             self.backend = "numba"
         self._ops = []
@@ -484,9 +484,6 @@ class Predictor:
     # -- per batch size --------------------------------------------------------------------
     def _plan(self, n: int) -> list:
         """Stage closures ``h -> out`` with their output buffers allocated for ``n`` rows."""
-        if n > 4 and self.backend == _BACKEND:     # (1-4 rows run on the split pool)
-            from ._kernels import runtime
-            runtime.route_blas_pending()    # a GEMM batch on the OpenMP pool, which OpenBLAS shares
         dt = self.dtype
         backend = self.backend
         stages = []

@@ -19,7 +19,9 @@ data is read. Any violation raises :class:`ModelFileError`.
 """
 from __future__ import annotations
 
+import io
 import math
+import mmap
 import os
 import re
 import stat
@@ -204,6 +206,70 @@ class Container:
             got += n
         return got
 
+    def read_arrays(self, expected: Mapping) -> dict:
+        """``{key: read_array(key, shape, dtype)}`` for ``expected`` = {key: (shape, dtype)},
+        the same checks and errors, with less work per tensor.
+
+        A member written the way :func:`write_container` writes it -- its local header naming
+        it as the directory does, its ``.npy`` header byte for byte the one NumPy writes for the
+        expected shape and dtype, nothing after the data -- is read with one ``preadv`` (local
+        header + ``.npy`` header into a scratch buffer, the data straight into its place) and
+        its CRC-32 checked over the same bytes; the data of all of them share one block of
+        memory mapped and populated at once (``MAP_POPULATE``: on a cold start, faulting in a
+        fresh page at a time costs more than the copy). Any other member -- and any member
+        that fails a check -- is read by :meth:`read_array`, which raises the usual error.
+        """
+        todo = []               # (key, info, shape, dtype, canonical .npy header, nbytes)
+        total = 0
+        for key, (shape, dtype) in expected.items():
+            info = self.members.get(key + ".npy")
+            dt = np.dtype(dtype)
+            nbytes = math.prod(shape) * dt.itemsize
+            if (info is None or not _PREADV or key in self._read_keys or nbytes == 0
+                    or info.flag_bits & 0x61 or nbytes > self.budget):
+                todo.append((key, None, shape, dtype, None, 0))
+                continue
+            head = _npy_header(tuple(shape), dt)
+            todo.append((key, info, shape, dt, head, nbytes))
+            total += -(-nbytes // 64) * 64          # 64-byte aligned slots
+        arena = _populated(total)
+        out, slot = {}, 0
+        for key, info, shape, dt, npy_head, nbytes in todo:
+            arr = None
+            if info is not None:
+                data = arena[slot:slot + nbytes]
+                slot += -(-nbytes // 64) * 64
+                arr = self._read_canonical(key, info, npy_head, data, nbytes)
+            out[key] = (arr.view(dt).reshape(shape) if arr is not None
+                        else self.read_array(key, shape, dt))
+        return out
+
+    def _read_canonical(self, key, info, npy_head: bytes, data, nbytes: int):
+        """``data`` filled with the member's array, or None when the member is not exactly in
+        the canonical form (see :meth:`read_arrays`) or fails its CRC."""
+        try:
+            name = info.orig_filename.encode("ascii")
+        except UnicodeEncodeError:
+            return None
+        hlen = len(npy_head)
+        if info.compress_size != hlen + nbytes or info.file_size != info.compress_size:
+            return None
+        lead = 30 + len(name) + len(info.extra)     # the local header, as the directory's
+        if info.header_offset + lead + hlen + nbytes > self.size:
+            return None
+        head = bytearray(lead + hlen)
+        if os.preadv(self._fd, [head, data], info.header_offset) != lead + hlen + nbytes:
+            return None
+        if (head[:4] != b"PK\x03\x04" or struct.unpack_from("<HH", head, 26)
+                != (len(name), len(info.extra)) or head[30:30 + len(name)] != name
+                or head[lead:] != npy_head):
+            return None
+        if zlib.crc32(data, zlib.crc32(memoryview(head)[lead:])) != info.CRC:
+            return None                 # read_array reports it
+        self._read_keys.add(key)
+        self.budget -= nbytes
+        return data
+
     def read_array(self, key: str, shape: tuple | None = None, dtype=None) -> np.ndarray:
         """Member ``key``.npy, checked against ``shape``/``dtype`` (when given) before reading.
 
@@ -283,6 +349,31 @@ class Container:
         except Exception as exc:       # noqa: BLE001 - zipfile / .npy parsing of untrusted bytes
             raise ModelFileError(f"{self.path}: tensor {key!r} is corrupted or truncated "
                                  f"({type(exc).__name__}: {exc})") from None
+
+
+def _npy_header(shape: tuple, dtype: np.dtype) -> bytes:
+    """The ``.npy`` header (magic included) NumPy writes for a C-order array of ``shape`` and
+    ``dtype`` (format 1.0): what a member written by :func:`write_container` starts with."""
+    f = io.BytesIO()
+    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                             "fortran_order": False, "shape": shape})
+    return f.getvalue()
+
+
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+
+def _populated(nbytes: int) -> np.ndarray:
+    """A fresh writeable uint8 block of ``nbytes`` (page-aligned): anonymous memory mapped with
+    ``MAP_POPULATE`` where the platform has it (every page faulted in by one system call)."""
+    if _MAP_POPULATE and nbytes:
+        try:
+            m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_POPULATE)
+        except (OSError, ValueError):   # pragma: no cover - e.g. a memory limit: plain memory
+            pass
+        else:
+            return np.frombuffer(m, np.uint8)
+    return np.empty(nbytes, np.uint8)
 
 
 def open_container(path, kind: str, version: int | tuple) -> tuple[Container, object]:

@@ -160,7 +160,7 @@ def _read_tensors(c, expected: dict, what: str) -> dict:
     if total > c.size:
         raise ModelFileError(f"{p}: the {what} declares {total} bytes of tensors but the file "
                              f"has {c.size} bytes (truncated or hostile)")
-    return {k: c.read_array(k, shape, dt) for k, (shape, dt) in expected.items()}
+    return c.read_arrays(expected)
 
 
 def _check_instance(c, model, table: dict) -> None:

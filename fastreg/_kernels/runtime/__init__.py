@@ -58,9 +58,10 @@ def load_pool(backend: str, route_blas: bool = True) -> None:
     ``route_blas=False`` (the serving path, :mod:`fastreg.inference`, which never calls BLAS)
     leaves the OpenBLAS routing of ``set_blas_interop("auto")`` pending (reading
     ``/proc/self/maps`` and the ctypes calls cost ~1 ms of a cold start): it is done by the next
-    ``load_pool("cython")`` (every kernel the dispatcher loads: training), by
-    :func:`route_blas_pending` (a predictor's first multi-threaded GEMM batch) and before
-    :func:`blas_interop_state` reports.
+    ``load_pool("cython")`` (every kernel the dispatcher loads: training, a predictor stage
+    other than a Linear chain), by ``set_blas_interop`` and before :func:`blas_interop_state`
+    reports. A serving script that also runs threaded NumPy matmuls between its predictions
+    routes them with ``fastreg.set_blas_interop("auto")``.
     """
     name = {"numba": _POOLS[0], "cython": _POOLS[1]}.get(backend)
     if name is None:
