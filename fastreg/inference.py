@@ -154,11 +154,17 @@ class _Scaled:
     def times(self, factor) -> _Scaled:
         return _Scaled(self.base, (*self.factors, factor))
 
-    def materialize(self, dtype) -> np.ndarray:
+    def materialize(self, dtype, inplace: bool = False) -> np.ndarray:
+        """The folded weight in ``dtype``; ``inplace``: ``base`` is private to the caller (a
+        tensor just read from a file) and may hold the result when it is of ``dtype``."""
         base = self.base
         M, K = base.shape
+        if len(self.factors) == 1:      # one ufunc call, float64 inside (the dd->d loop)
+            out = base if (inplace and base.dtype == dtype and base.flags.c_contiguous
+                           and base.flags.writeable) else np.empty((M, K), dtype)
+            return np.multiply(base, self.factors[0], out=out, casting="unsafe")
         out = np.empty((M, K), dtype)
-        rows = max(1, 4096 // max(K, 1))       # 32 KB float64 blocks
+        rows = max(1, 32768 // max(K, 1))       # 256 KB float64 blocks
         block = np.empty((min(rows, M), K))
         for r0 in range(0, M, rows):
             r1 = min(M, r0 + rows)
@@ -170,10 +176,11 @@ class _Scaled:
         return out
 
 
-def _weight(w, dtype) -> np.ndarray:
-    """A LinearOp's weight (an array or a :class:`_Scaled`) as a C-contiguous ``dtype`` array."""
+def _weight(w, dtype, owned: bool = False) -> np.ndarray:
+    """A LinearOp's weight (an array or a :class:`_Scaled`) as a C-contiguous ``dtype`` array
+    (``owned``: the ops' arrays are private to the caller, see :meth:`_Scaled.materialize`)."""
     if type(w) is _Scaled:
-        return w.materialize(dtype)
+        return w.materialize(dtype, inplace=owned)
     return np.ascontiguousarray(w, dtype=dtype)
 
 
@@ -250,14 +257,16 @@ class Predictor:
         self._build(_ops(model), dt)
 
     @classmethod
-    def _from_ops(cls, ops: list, dtype) -> Predictor:
+    def _from_ops(cls, ops: list, dtype, owned: bool = False) -> Predictor:
         """A predictor of float64 inference ops (unfolded, as the layers give them) run in
-        ``dtype`` (what :func:`load` builds from a model file, no module involved)."""
+        ``dtype`` (what :func:`load` builds from a model file, no module involved).
+        ``owned``: nothing else holds the ops' arrays (fresh from the file): a folded weight
+        may be written over its own unfolded one."""
         self = cls.__new__(cls)
-        self._build(ops, np.dtype(dtype))
+        self._build(ops, np.dtype(dtype), owned)
         return self
 
-    def _build(self, ops: list, dt: np.dtype) -> None:
+    def _build(self, ops: list, dt: np.dtype, owned: bool = False) -> None:
         from ._config import FLOAT_DTYPES
         from ._kernels import runtime
         if dt not in FLOAT_DTYPES:
@@ -282,7 +291,7 @@ class Predictor:
         for op in _fold(ops, lazy=True):
             kind = type(op)
             if kind is LinearOp:
-                W = _weight(op.weight, dt)
+                W = _weight(op.weight, dt, owned)
                 b = np.ascontiguousarray(op.bias, dtype=dt)
                 if feat is not None and W.shape[1] != feat:
                     raise ValueError(f"stage {len(self.stages)}: Linear expects "
@@ -739,7 +748,7 @@ def load(path, dtype=None, weights: str | None = None) -> Predictor:
     except ValueError as exc:
         raise ModelFileError(f"{os.fspath(path)}: the architecture is inconsistent: "
                              f"{exc}") from None
-    pred = Predictor._from_ops(ops, dt if dtype is None else dtype)
+    pred = Predictor._from_ops(ops, dt if dtype is None else dtype, owned=True)
     pred.metadata = metadata
     return pred
 

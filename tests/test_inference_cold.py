@@ -72,6 +72,11 @@ def test_blockwise_folds_give_the_bits_of_the_eager_float64_folds(dt):
                 got = _weight(b.weight, out)
                 assert got.dtype == out and got.flags.c_contiguous
                 assert want.tobytes() == got.tobytes(), (i, dt, out)
+                if type(b.weight).__name__ == "_Scaled":    # over a private copy of the base
+                    own = type(b.weight)(b.weight.base.copy(), b.weight.factors)
+                    got = _weight(own, out, owned=True)
+                    assert want.tobytes() == got.tobytes(), (i, dt, out, "in place")
+                    assert (got is own.base) == (len(own.factors) == 1 and own.base.dtype == out)
             assert np.array_equal(a.bias, b.bias)
         assert folded, "no fold was exercised"
 
@@ -91,6 +96,7 @@ def _mlp_file(tmp_path, dt=np.float32, layernorm=True):
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 def test_canonical_members_are_read_in_one_call_each_and_equal_np_load(tmp_path, dt,
                                                                         monkeypatch):
+    # (also: the folds written over the tensors just read give compile's bits)
     model, path = _mlp_file(tmp_path, dt)
     ref = dict(np.load(path))
     x = np.random.default_rng(1).standard_normal((5, 33)).astype(dt)
