@@ -388,9 +388,10 @@ class Predictor:
     def __getattr__(self, name):
         # the per-stage kernels, resolved on first use: a model that is one LinearChain (the
         # serving case) never imports the dispatcher or the element-wise extension
-        if name in _KERNELS:
+        backend = self.__dict__.get("backend")
+        if name in _KERNELS and backend is not None:
             from ._kernels import _dispatch
-            fn = _dispatch.kernel(*_KERNELS[name], self.__dict__["backend"])
+            fn = _dispatch.kernel(*_KERNELS[name], backend)
             setattr(self, name, fn)
             return fn
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
