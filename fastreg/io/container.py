@@ -220,17 +220,19 @@ class Container:
         that fails a check -- is read by :meth:`read_array`, which raises the usual error.
         """
         todo = []               # (key, info, shape, dtype, canonical .npy header, nbytes)
-        total = 0
+        total = planned = 0     # (the block stays within the budget: the file's own size)
         for key, (shape, dtype) in expected.items():
             info = self.members.get(key + ".npy")
             dt = np.dtype(dtype)
             nbytes = math.prod(shape) * dt.itemsize
             if (info is None or not _PREADV or key in self._read_keys or nbytes == 0
-                    or info.flag_bits & 0x61 or nbytes > self.budget):
+                    or info.flag_bits & 0x61 or planned + nbytes > self.budget
+                    or nbytes > info.file_size):
                 todo.append((key, None, shape, dtype, None, 0))
                 continue
             head = _npy_header(tuple(shape), dt)
             todo.append((key, info, shape, dt, head, nbytes))
+            planned += nbytes
             total += -(-nbytes // 64) * 64          # 64-byte aligned slots
         arena = _populated(total)
         out, slot = {}, 0
