@@ -230,3 +230,20 @@ def test_a_training_kernel_load_does_the_pending_blas_routing(tmp_path):
                          check=False, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines() == ["True 0", "False 1", "False 1", "False 1 []"]
+
+
+@pytest.mark.parametrize("name", ["0.weight\n.npy", "a\n.npy", "0.weight.npy\n"])
+def test_member_names_with_a_trailing_newline_are_refused(name):
+    from fastreg.io.container import check_member_name
+    with pytest.raises(ModelFileError, match="not allowed"):
+        check_member_name(name)
+
+
+def test_child_names_with_a_trailing_newline_are_refused():
+    from fastreg.io.tree import check_tree
+    tree = {"type": "Sequential", "args": {}, "fuse": True,
+            "children": [["0\n", {"type": "ReLU", "args": {}}]]}
+    with pytest.raises(ModelFileError, match="identifier name"):
+        check_tree(tree, "<test>")
+    tree["children"][0][0] = "0"
+    assert check_tree(tree, "<test>") == {}

@@ -41,9 +41,9 @@ HEADER_NAME = "fastreg.json"
 MAX_HEADER_BYTES = 4 << 20
 MAX_DEPTH = 64
 MAX_MODULES = 100_000
-_NAME_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*\Z")    # (\Z: "$" allows a final "\n")
 #: One path component (an architecture child name, an array reference).
-CHILD_RE = re.compile(r"^[A-Za-z0-9_]+$")
+CHILD_RE = re.compile(r"^[A-Za-z0-9_]+\Z")
 
 
 _PREADV = hasattr(os, "preadv")
