@@ -61,6 +61,22 @@ MAX_CACHED_BATCH_SIZES = 8
 _BACKEND = "cython"
 
 
+#: Predictor attribute -> the (family, kernel) it runs, resolved on first use.
+_KERNELS = {"_linear": ("matmul", "linear_forward"),
+            "_act": ("elementwise", "activation_forward")}
+
+
+def _check_linear(W: np.ndarray, b: np.ndarray, activation, slope) -> None:
+    """What the GEMM and chain kernels rely on, checked once at build time."""
+    if W.ndim != 2 or b.shape != (W.shape[0],):
+        raise ValueError(f"Linear stage: weight {W.shape} and bias {b.shape} do not match "
+                         "((M, K) and (M,))")
+    if activation not in _codes.ACTIVATIONS.values():
+        raise ValueError(f"Linear stage: unknown activation code {activation!r}")
+    if not np.isfinite(slope):
+        raise ValueError(f"Linear stage: slope must be finite, got {slope!r}")
+
+
 def _leaves(model) -> list:
     """The modules in execution order, nested Sequentials flattened."""
     from .nn import Sequential  # (a model exists: fastreg.nn is imported already)
@@ -120,8 +136,67 @@ def _affine(op) -> tuple:
     return (op.scale, op.shift) if type(op) is AffineOp else (op.factor, 0.0)
 
 
-def _fold(ops: list) -> list:
-    """Fold affine/scale ops into neighbouring Linears and activations into GEMM epilogues."""
+class _Scaled:
+    """A Linear weight with its pending folds: ``base`` times each factor in turn (a (M, 1)
+    column of row scales or a (1, K) row of column scales), in float64 -- what the eager products
+    ``base * f1 * f2 ...`` give, computed by :meth:`materialize` block by block straight into
+    the compute dtype (no (M, K) float64 temporaries: on a cold start each fresh megabyte costs
+    more in page faults than the arithmetic)."""
+    __slots__ = ("base", "factors")
+
+    def __init__(self, base, factors: tuple):
+        self.base, self.factors = base, factors
+
+    @property
+    def shape(self) -> tuple:
+        return self.base.shape
+
+    def times(self, factor) -> _Scaled:
+        return _Scaled(self.base, (*self.factors, factor))
+
+    def materialize(self, dtype, inplace: bool = False) -> np.ndarray:
+        """The folded weight in ``dtype``; ``inplace``: ``base`` is private to the caller (a
+        tensor just read from a file) and may hold the result when it is of ``dtype``."""
+        base = self.base
+        M, K = base.shape
+        if len(self.factors) == 1:      # one ufunc call, float64 inside (the dd->d loop)
+            out = base if (inplace and base.dtype == dtype and base.flags.c_contiguous
+                           and base.flags.writeable) else np.empty((M, K), dtype)
+            return np.multiply(base, self.factors[0], out=out, casting="unsafe")
+        out = np.empty((M, K), dtype)
+        rows = max(1, 32768 // max(K, 1))       # 256 KB float64 blocks
+        block = np.empty((min(rows, M), K))
+        for r0 in range(0, M, rows):
+            r1 = min(M, r0 + rows)
+            h = block[:r1 - r0]
+            for i, f in enumerate(self.factors):
+                f = f[r0:r1] if f.shape[0] == M and M > 1 else f
+                np.multiply(base[r0:r1] if i == 0 else h, f, out=h)
+            out[r0:r1] = h
+        return out
+
+
+def _weight(w, dtype, owned: bool = False) -> np.ndarray:
+    """A LinearOp's weight (an array or a :class:`_Scaled`) as a C-contiguous ``dtype`` array
+    (``owned``: the ops' arrays are private to the caller, see :meth:`_Scaled.materialize`)."""
+    if type(w) is _Scaled:
+        return w.materialize(dtype, inplace=owned)
+    return np.ascontiguousarray(w, dtype=dtype)
+
+
+def _scaled(w, factor, lazy: bool):
+    """``w * factor`` in float64: now, or pending (``lazy``: see :class:`_Scaled`)."""
+    factor = np.asarray(factor, dtype=np.float64)
+    if not lazy:
+        return w * factor
+    return w.times(factor) if type(w) is _Scaled else _Scaled(w, (factor,))
+
+
+def _fold(ops: list, lazy: bool = False) -> list:
+    """Fold affine/scale ops into neighbouring Linears and activations into GEMM epilogues.
+
+    ``lazy``: a folded weight is a :class:`_Scaled` (the predictor's build materializes it in
+    its dtype: the same bits as casting the eager float64 product)."""
     out: list = []
     for op in ops:
         kind = type(op)
@@ -129,8 +204,8 @@ def _fold(ops: list) -> list:
         fresh_linear = type(prev) is LinearOp and prev.activation == _codes.ACT_IDENTITY
         if kind in (AffineOp, ScaleOp) and fresh_linear:
             s, t = _affine(op)
-            out[-1] = prev._replace(weight=prev.weight * np.reshape(s, (-1, 1)),   # diag(s) W
-                                   bias=prev.bias * s + t)
+            out[-1] = prev._replace(weight=_scaled(prev.weight, np.reshape(s, (-1, 1)), lazy),
+                                   bias=prev.bias * s + t)                  # diag(s) W
         elif kind is ScaleOp and type(prev) is ScaleOp:
             out[-1] = ScaleOp(prev.factor * op.factor)
         elif kind is ActivationOp and fresh_linear:
@@ -140,7 +215,8 @@ def _fold(ops: list) -> list:
             s, t = _affine(prev)
             W = op.weight
             b = op.bias + W @ np.broadcast_to(np.asarray(t, dtype=np.float64), (W.shape[1],))
-            out.append(op._replace(weight=W * np.reshape(s, (1, -1)), bias=b))   # W diag(s)
+            out.append(op._replace(weight=_scaled(W, np.reshape(s, (1, -1)), lazy),
+                                   bias=b))                                 # W diag(s)
         else:
             out.append(op)
     return out
@@ -150,7 +226,9 @@ class Predictor:
     """A compiled, inference-only view of a model (see :func:`compile`).
 
     Call it (or its ``predict``) with an (N, K) array, or a single sample of shape (K,); it
-    returns a fresh (N, M) array (or (M,)), or writes into ``out``. Thread-safe: the buffers
+    returns a fresh (N, M) array (or (M,)), or writes into ``out``. A model whose first stage is
+    a LayerNorm over several dimensions takes (N, *normalized_shape) (or one such sample); one
+    that starts with a Flatten takes (N, ...). Thread-safe: the buffers
     reused across calls are per thread (each thread allocates its own on its first call with a
     batch size), and stages that run a custom module's own ``forward`` (which may reuse the
     module's buffers) are serialised by a lock.
@@ -160,7 +238,10 @@ class Predictor:
     dtype : numpy.dtype
         The model's dtype; inputs of another numeric dtype are cast (one copy).
     in_features : int or None
-        K, when the model's first stage fixes it.
+        K, when the model's first stage fixes a flat (N, K) input.
+    in_shape : tuple or None
+        The shape of one input sample when the first stage fixes it: ``(K,)``, or a multi-
+        dimensional LayerNorm's ``normalized_shape``.
     out_features : int or None
         M of the last stage that fixes it.
     backend : str
@@ -176,47 +257,48 @@ class Predictor:
         self._build(_ops(model), dt)
 
     @classmethod
-    def _from_ops(cls, ops: list, dtype) -> Predictor:
+    def _from_ops(cls, ops: list, dtype, owned: bool = False) -> Predictor:
         """A predictor of float64 inference ops (unfolded, as the layers give them) run in
-        ``dtype`` (what :func:`load` builds from a model file, no module involved)."""
+        ``dtype`` (what :func:`load` builds from a model file, no module involved).
+        ``owned``: nothing else holds the ops' arrays (fresh from the file): a folded weight
+        may be written over its own unfolded one."""
         self = cls.__new__(cls)
-        self._build(ops, np.dtype(dtype))
+        self._build(ops, np.dtype(dtype), owned)
         return self
 
-    def _build(self, ops: list, dt: np.dtype) -> None:
+    def _build(self, ops: list, dt: np.dtype, owned: bool = False) -> None:
         from ._config import FLOAT_DTYPES
-        from ._kernels import _dispatch
-        from ._kernels import matmul as _matmul
+        from ._kernels import runtime
         if dt not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dt}")
         self.dtype = dt
+        # The kernels: LinearChain (Cython) for every run of Linear stages; the per-stage
+        # kernels (_linear, _act: see __getattr__) are resolved when a plan first needs them.
         try:
-            self._linear = _dispatch.kernel("matmul", "linear_forward", _BACKEND)
-            self._act = _dispatch.kernel("elementwise", "activation_forward", _BACKEND)
+            from ._kernels.matmul import cy as _  # noqa: F401
             self.backend = _BACKEND
+            runtime.load_pool("cython", route_blas=False)     # serving never calls BLAS
         except ImportError:     # Cython extensions not built: numba (the other full backend)
             self.backend = "numba"
-            self._linear = _dispatch.kernel("matmul", "linear_forward", self.backend)
-            self._act = _dispatch.kernel("elementwise", "activation_forward", self.backend)
         self._ops = []
         self.stages = []
         feat = None
-        self.in_features = None
-        opaque = False          # a ForwardOp ran before: K is not the first typed op's
-        for op in _fold(ops):
+        self.in_shape = None
+        # a stage before fixed the input's shape, or may change it (Flatten, a custom module):
+        # later stages say nothing about what the predictor takes
+        shaped = False
+        self._flatten_first = False
+        for op in _fold(ops, lazy=True):
             kind = type(op)
             if kind is LinearOp:
-                W = np.ascontiguousarray(op.weight, dtype=dt)
+                W = _weight(op.weight, dt, owned)
                 b = np.ascontiguousarray(op.bias, dtype=dt)
                 if feat is not None and W.shape[1] != feat:
                     raise ValueError(f"stage {len(self.stages)}: Linear expects "
                                      f"{W.shape[1]} features, the previous stage gives {feat}")
-                if self.in_features is None and feat is None and not opaque:
-                    self.in_features = W.shape[1]
-                # one validated call now; per-call calls below skip the checks
-                _matmul.linear_forward(np.zeros((1, W.shape[1]), dt), W, b,
-                                       np.empty((1, W.shape[0]), dt), activation=op.activation,
-                                       slope=op.slope, backend=self.backend)
+                if not shaped:
+                    self.in_shape, shaped = (W.shape[1],), True
+                _check_linear(W, b, op.activation, op.slope)   # the kernels trust them
                 self._ops.append(("linear", W, b, int(op.activation), float(op.slope)))
                 name = {v: k for k, v in _codes.ACTIVATIONS.items()}[op.activation]
                 self.stages.append(f"linear{'' if name == 'identity' else '+' + name} "
@@ -228,8 +310,8 @@ class Predictor:
                 if feat is not None and s.shape[0] != feat:
                     raise ValueError(f"stage {len(self.stages)}: BatchNorm1d expects "
                                      f"{s.shape[0]} features, the previous stage gives {feat}")
-                if self.in_features is None and feat is None and not opaque:
-                    self.in_features = s.shape[0]
+                if not shaped:
+                    self.in_shape, shaped = (s.shape[0],), True
                 feat = s.shape[0]
                 self._ops.append(("affine", s, t))
                 self.stages.append(f"affine {feat}")
@@ -245,8 +327,8 @@ class Predictor:
                 if feat is not None and not multi and C != feat:
                     raise ValueError(f"stage {len(self.stages)}: LayerNorm expects {C} "
                                      f"features, the previous stage gives {feat}")
-                if self.in_features is None and feat is None and not opaque and not multi:
-                    self.in_features = C
+                if not shaped:
+                    self.in_shape, shaped = (multi or (C,)), True
                 feat = None if multi else C
                 g = None if op.weight is None else np.ascontiguousarray(op.weight, dtype=dt)
                 b = None if op.bias is None else np.ascontiguousarray(op.bias, dtype=dt)
@@ -255,15 +337,20 @@ class Predictor:
             elif kind is FlattenOp:
                 self._ops.append(("flatten",))
                 self.stages.append("flatten")
+                self._flatten_first = self._flatten_first or not shaped
+                shaped = True       # (N, ...) -> (N, prod): a flat feat passes through
             elif kind is ForwardOp:
                 self._ops.append(("module", op.module))
                 self.stages.append(f"module {type(op.module).__name__}")
                 feat = None
-                opaque = True
+                shaped = True
             else:
                 raise TypeError(f"compile: no stage for inference op {op!r} (known: "
                                 f"{', '.join(t.__name__ for t in OPS)})")
         self.out_features = feat
+        self.in_features = self.in_shape[0] if self.in_shape and len(self.in_shape) == 1 \
+            else None
+        self._sample_ndim = len(self.in_shape) if self.in_shape else 1
         # per-thread plans (buffers): concurrent calls never share an output buffer
         self._local = threading.local()
         self._module_lock = threading.Lock()
@@ -298,6 +385,17 @@ class Predictor:
         if whole is not None and whole[0] == len(ops) and self.in_features is not None:
             self._fast = whole[1].fast
 
+    def __getattr__(self, name):
+        # the per-stage kernels, resolved on first use: a model that is one LinearChain (the
+        # serving case) never imports the dispatcher or the element-wise extension
+        backend = self.__dict__.get("backend")
+        if name in _KERNELS and backend is not None:
+            from ._kernels import _dispatch
+            fn = _dispatch.kernel(*_KERNELS[name], backend)
+            setattr(self, name, fn)
+            return fn
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # -- pickling: the folded weights travel; kernels, per-thread plans and the lock are rebuilt
     def __getstate__(self):
         d = dict(self.__dict__)
@@ -306,10 +404,14 @@ class Predictor:
         return d
 
     def __setstate__(self, d):
-        from ._kernels import _dispatch
+        if "in_shape" not in d:         # pickled before in_shape existed
+            k = d.get("in_features")
+            d = {**d, "in_shape": None if k is None else (k,), "_sample_ndim": 1,
+                 "_flatten_first": False}
         self.__dict__.update(d)
-        self._linear = _dispatch.kernel("matmul", "linear_forward", self.backend)
-        self._act = _dispatch.kernel("elementwise", "activation_forward", self.backend)
+        if self.backend == _BACKEND:
+            from ._kernels import runtime
+            runtime.load_pool(_BACKEND, route_blas=False)
         self._local = threading.local()
         self._module_lock = threading.Lock()
         self._build_chains()
@@ -392,7 +494,6 @@ class Predictor:
     # -- per batch size --------------------------------------------------------------------
     def _plan(self, n: int) -> list:
         """Stage closures ``h -> out`` with their output buffers allocated for ``n`` rows."""
-        from ._kernels import norm as _norm
         dt = self.dtype
         backend = self.backend
         stages = []
@@ -454,6 +555,7 @@ class Predictor:
                 mean = np.empty(n, dt)
                 rstd = np.empty(n, dt)
                 known = feat == C and not multi     # else check h (from an opaque stage)
+                from ._kernels import norm as _norm
                 want = (n, *multi) if multi else (n, C)
 
                 def f(h, g=g, b=b, out=out, mean=mean, rstd=rstd, eps=eps, known=known,
@@ -507,9 +609,11 @@ class Predictor:
 
     # -- calls -------------------------------------------------------------------------------
     def _coerce(self, x) -> tuple[np.ndarray, bool]:
-        """The slow path of input checking: (2-D array, was it one sample) or a clear error.
+        """The slow path of input checking: ((N, *in_shape) array, was it one sample) or a
+        clear error.
 
-        Lists, tuples and torch tensors are arrays too: a 1-D one is a single sample."""
+        Lists, tuples and torch tensors are arrays too: one of the sample's shape (1-D for a
+        flat model) is a single sample."""
         if not isinstance(x, np.ndarray):
             if hasattr(x, "detach") and hasattr(x, "numpy"):      # a torch tensor
                 x = x.detach().cpu().numpy()
@@ -520,10 +624,16 @@ class Predictor:
                     raise TypeError(f"x must be an array, got {type(x).__name__}") from exc
         if x.dtype.kind not in "fiub":
             raise TypeError(f"x must be numeric, got dtype {x.dtype}")
-        single = x.ndim == 1
+        shape = self.in_shape
+        single = x.ndim == self._sample_ndim
         if single:
-            x = x.reshape(1, -1)
-        if x.ndim != 2:
+            x = x.reshape(1, *x.shape)
+        if shape is not None and len(shape) > 1:      # a multi-dimensional LayerNorm first
+            if x.shape[1:] != shape:
+                dims = ", ".join(map(str, shape))
+                raise ValueError(f"x must have shape (N, {dims}) or ({dims}), got shape "
+                                 f"{x.shape[1:] if single else x.shape}")
+        elif x.ndim != 2 and not (self._flatten_first and x.ndim > 2):
             raise ValueError(f"x must have shape (N, {self.in_features or 'K'}) or "
                              f"({self.in_features or 'K'},), got shape {x.shape}")
         if self.in_features is not None and x.shape[1] != self.in_features:
@@ -540,11 +650,12 @@ class Predictor:
             if y is not None:
                 return y
         single = False
-        if type(x) is np.ndarray and x.ndim == 1:
-            x = x.reshape(1, -1)
+        if type(x) is np.ndarray and x.ndim == self._sample_ndim and (
+                x.ndim == 1 or x.shape == self.in_shape):
+            x = x.reshape(1, *x.shape)
             single = True
-        if not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 2
-                and x.flags.c_contiguous and x.shape[1] == self.in_features):
+        if not (type(x) is np.ndarray and x.dtype == self.dtype and x.flags.c_contiguous
+                and x.shape[1:] == self.in_shape):
             x, one = self._coerce(x)
             single = single or one
         n = x.shape[0]
@@ -562,9 +673,10 @@ class Predictor:
             for f in plan:
                 h = f(h)
         else:
-            h = np.empty((0, self.out_features or x.shape[1]), self.dtype)
+            h = np.empty((0, *((self.out_features,) if self.out_features else x.shape[1:])),
+                         self.dtype)
         if single:
-            h = h.reshape(-1)
+            h = h.reshape(h.shape[1:])
         if out is None:
             return h.copy()   # the buffers are reused by the next call
         if not isinstance(out, np.ndarray) or out.shape != h.shape or out.dtype != h.dtype:
@@ -637,7 +749,7 @@ def load(path, dtype=None, weights: str | None = None) -> Predictor:
     except ValueError as exc:
         raise ModelFileError(f"{os.fspath(path)}: the architecture is inconsistent: "
                              f"{exc}") from None
-    pred = Predictor._from_ops(ops, dt if dtype is None else dtype)
+    pred = Predictor._from_ops(ops, dt if dtype is None else dtype, owned=True)
     pred.metadata = metadata
     return pred
 

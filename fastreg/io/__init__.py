@@ -14,29 +14,36 @@ saved or loaded, or when :data:`REGISTRY` is first read.
 """
 from __future__ import annotations
 
-# (``X as X``: re-exported; the underscored names are the former single module's, kept for
-# callers such as the tests)
-from .atomic import atomic_write as atomic_write
-from .container import HEADER_NAME as HEADER_NAME
-from .container import MAX_DEPTH as MAX_DEPTH
-from .container import MAX_HEADER_BYTES as MAX_HEADER_BYTES
-from .container import MAX_MODULES as MAX_MODULES
-from .container import ModelFileError as ModelFileError
-from .container import load_tree as _load_tree  # noqa: F401
-from .container import open_container as _open_container  # noqa: F401
-from .container import save_tree as _save_tree  # noqa: F401
-from .container import write_container as _write_container  # noqa: F401
-from .model_file import FORMAT_VERSION as FORMAT_VERSION
-from .model_file import MODEL_FORMAT as MODEL_FORMAT
-from .model_file import attach_predict as attach_predict
-from .model_file import from_torch_state_dict as from_torch_state_dict
-from .model_file import load as load
-from .model_file import save as save
-from .tree import architecture as architecture
-from .tree import build as build
+import importlib
+
+#: Names re-exported from the submodules, imported on first access (``fastreg.inference.load``
+#: needs only the container and the tree; writing pulls in :mod:`~fastreg.io.atomic` and
+#: :mod:`json`). The underscored names are the former single module's, kept for callers such
+#: as the tests.
+_EXPORTS = {
+    "atomic_write": ("atomic", "atomic_write"),
+    "HEADER_NAME": ("container", "HEADER_NAME"),
+    "MAX_DEPTH": ("container", "MAX_DEPTH"),
+    "MAX_HEADER_BYTES": ("container", "MAX_HEADER_BYTES"),
+    "MAX_MODULES": ("container", "MAX_MODULES"),
+    "ModelFileError": ("container", "ModelFileError"),
+    "_load_tree": ("container", "load_tree"),
+    "_open_container": ("container", "open_container"),
+    "_save_tree": ("container", "save_tree"),
+    "_write_container": ("container", "write_container"),
+    "FORMAT_VERSION": ("model_file", "FORMAT_VERSION"),
+    "MODEL_FORMAT": ("model_file", "MODEL_FORMAT"),
+    "attach_predict": ("model_file", "attach_predict"),
+    "from_torch_state_dict": ("model_file", "from_torch_state_dict"),
+    "load": ("model_file", "load"),
+    "save": ("model_file", "save"),
+    "architecture": ("tree", "architecture"),
+    "build": ("tree", "build"),
+}
 
 __all__ = ["FORMAT_VERSION", "REGISTRY", "ModelFileError", "architecture", "build",
            "from_torch_state_dict", "load", "save"]
+
 
 def __getattr__(name):
     if name == "REGISTRY":
@@ -44,4 +51,13 @@ def __getattr__(name):
         # registered layers; computed on first access so that importing fastreg.io stays light.
         from .tree import registry
         return registry()
-    raise AttributeError(f"module 'fastreg.io' has no attribute {name!r}")
+    where = _EXPORTS.get(name)
+    if where is None:
+        raise AttributeError(f"module 'fastreg.io' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{where[0]}"), where[1])
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_EXPORTS, "REGISTRY"})

@@ -23,7 +23,6 @@ shape and dtype exactly, and members must be stored (no decompression bombs). An
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import OrderedDict
@@ -31,7 +30,6 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .atomic import atomic_write
 from .container import (
     HEADER_NAME,
     ModelFileError,
@@ -121,7 +119,9 @@ def save(model, path: str | os.PathLike, metadata: dict | None = None) -> None:
     if names is not None and "features" not in (metadata or {}):
         metadata = {**(metadata or {}), "features": list(names)}
     if metadata is not None:
+        import json
         header["metadata"] = json.loads(json.dumps(metadata))     # JSON-able, a copy
+    from .atomic import atomic_write
     atomic_write(path, lambda f: write_container(f, header, state))
 
 
@@ -160,7 +160,7 @@ def _read_tensors(c, expected: dict, what: str) -> dict:
     if total > c.size:
         raise ModelFileError(f"{p}: the {what} declares {total} bytes of tensors but the file "
                              f"has {c.size} bytes (truncated or hostile)")
-    return {k: c.read_array(k, shape, dt) for k, (shape, dt) in expected.items()}
+    return c.read_arrays(expected)
 
 
 def _check_instance(c, model, table: dict) -> None:

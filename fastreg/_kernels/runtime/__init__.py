@@ -49,23 +49,42 @@ def set_num_threads(n: int, user: bool = False) -> None:
             mod.set_num_threads(n)
 
 
-def load_pool(backend: str) -> None:
+def load_pool(backend: str, route_blas: bool = True) -> None:
     """Import the thread pool of a CPU backend ("numba" or "cython") and give it the count.
 
     The OpenMP pool is given the count only when the user chose one: otherwise its own limit
     (``OMP_NUM_THREADS``, threadpoolctl) is left in force and read by :func:`get_num_threads`.
+
+    ``route_blas=False`` (the serving path, :mod:`fastreg.inference`, which never calls BLAS)
+    leaves the OpenBLAS routing of ``set_blas_interop("auto")`` pending (reading
+    ``/proc/self/maps`` and the ctypes calls cost ~1 ms of a cold start): it is done by the next
+    ``load_pool("cython")`` (every kernel the dispatcher loads: training, a predictor stage
+    other than a Linear chain), by ``set_blas_interop`` and before :func:`blas_interop_state`
+    reports. A serving script that also runs threaded NumPy matmuls between its predictions
+    routes them with ``fastreg.set_blas_interop("auto")``.
     """
     name = {"numba": _POOLS[0], "cython": _POOLS[1]}.get(backend)
-    if name is not None and name not in sys.modules:
+    if name is None:
+        return
+    if name not in sys.modules:
         mod = importlib.import_module(name)
         if backend == "cython":
             _omp_limit[0] = mod.get_max_threads
             if _user[0]:
                 mod.set_num_threads(_threads[0])
-            if _blas["mode"] == "auto":
-                _blas_route(mod)
+            _blas["pending"] = _blas["mode"] == "auto"
         else:
             mod.set_num_threads(get_num_threads())
+    if route_blas and backend == "cython":
+        route_blas_pending()
+
+
+def route_blas_pending() -> None:
+    """Route OpenBLAS onto the OpenMP pool now if :func:`load_pool` left it pending."""
+    if _blas["pending"]:
+        _blas["pending"] = False
+        if _blas["mode"] == "auto":
+            _blas_route(sys.modules[_POOLS[1]])
 
 
 # --- OpenBLAS on fastreg's OpenMP pool (fastreg.set_blas_interop) ------------------------------
@@ -81,7 +100,7 @@ def load_pool(backend: str) -> None:
 #: the names OpenBLAS builds export the setter under (scipy-openblas prefixes and suffixes it)
 _SETTER_NAMES = tuple(f"{pre}openblas_set_threads_callback_function{suf}"
                       for pre in ("", "scipy_") for suf in ("", "64_", "_64"))
-_blas: dict = {"mode": "auto", "routed": {}, "skipped": {}, "forked": False}
+_blas: dict = {"mode": "auto", "routed": {}, "skipped": {}, "forked": False, "pending": False}
 _FORKED = "forked child: libgomp's thread pool does not survive fork(), OpenBLAS runs its own"
 
 
@@ -162,6 +181,7 @@ def _blas_unroute() -> None:
 def set_blas_interop(mode: str) -> None:
     """Record ``mode`` (already checked) and apply it to the OpenBLAS libraries loaded now."""
     _blas["mode"] = mode
+    _blas["pending"] = False
     if mode == "off":
         _blas_unroute()
         return
@@ -172,5 +192,6 @@ def set_blas_interop(mode: str) -> None:
 
 def blas_interop_state() -> dict:
     """{"mode", "routed": [paths], "skipped": {path: why}} for fastreg.get_blas_interop."""
+    route_blas_pending()
     return {"mode": _blas["mode"], "routed": sorted(_blas["routed"]),
             "skipped": dict(_blas["skipped"])}
