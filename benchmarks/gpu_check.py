@@ -19,6 +19,7 @@ The exit status is 1 if any check fails.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import sys
@@ -28,13 +29,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import fastreg as fr  # noqa: E402
-from fastreg._kernels import dropout as kdrop  # noqa: E402
-from fastreg._kernels import elementwise as kelem  # noqa: E402
-from fastreg._kernels import matmul as kmm  # noqa: E402
-from fastreg._kernels import norm as knorm  # noqa: E402
-from fastreg._kernels import optim as kopt  # noqa: E402
-from fastreg._kernels.runtime import cuda as rt  # noqa: E402
+import fastreg as fr
+from fastreg._kernels import dropout as kdrop
+from fastreg._kernels import elementwise as kelem
+from fastreg._kernels import matmul as kmm
+from fastreg._kernels import norm as knorm
+from fastreg._kernels import optim as kopt
+from fastreg._kernels.runtime import cuda as rt
 
 GOAL = 0.5
 GOAL_OPTIM = 1.0
@@ -194,7 +195,7 @@ def norm_rows(shape, torch, timing, rounds, min_time, rng):
             aten = torch.ops.aten
 
             def peer():
-                out, sm, si = torch.native_batch_norm(tx, tw, tb, trm, trv, True, 0.1, 1e-5)
+                _out, sm, si = torch.native_batch_norm(tx, tw, tb, trm, trv, True, 0.1, 1e-5)
                 return aten.native_batch_norm_backward(tdy, tx, tw, trm, trv, sm, si, True,
                                                        1e-5, [True, True, True])
         t = _time_pair(lambda: bn(None, dev, xd, wd, bd, rmd, rvd, dyd), peer, torch, rounds,
@@ -220,7 +221,7 @@ def norm_rows(shape, torch, timing, rounds, min_time, rng):
             aten = torch.ops.aten
 
             def peer():
-                out, mu, rs = torch.native_layer_norm(tx, [C], tw, tb, 1e-5)
+                _out, mu, rs = torch.native_layer_norm(tx, [C], tw, tb, 1e-5)
                 return aten.native_layer_norm_backward(tdy, tx, [C], mu, rs, tw, tb,
                                                        [True, True, True])
         t = _time_pair(lambda: ln(ld, xd, wd, bd, dyd), peer, torch, rounds, min_time)
@@ -363,7 +364,7 @@ def train_step_rows(batch, dims, torch, timing, rounds, min_time, rng):
     def build():
         fr.manual_seed(0)
         layers = []
-        for a, b in zip(dims[:-2], dims[1:-1]):
+        for a, b in itertools.pairwise(dims[:-1]):
             # no bias before BatchNorm: its gradient is zero up to rounding, which Adam would
             # amplify into full-size steps that differ between CPU and GPU
             layers += [fr.nn.Linear(a, b, bias=False), fr.nn.BatchNorm1d(b), fr.nn.ReLU(),
@@ -401,7 +402,7 @@ def train_step_rows(batch, dims, torch, timing, rounds, min_time, rng):
         if torch is not None:
             nn = torch.nn
             mods = []
-            for a, b in zip(dims[:-2], dims[1:-1]):
+            for a, b in itertools.pairwise(dims[:-1]):
                 mods += [nn.Linear(a, b, bias=False), nn.BatchNorm1d(b), nn.ReLU(),
                          nn.Dropout(0.2)]
             mods.append(nn.Linear(dims[-2], dims[-1]))

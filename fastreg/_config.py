@@ -141,7 +141,9 @@ def set_blas_interop(mode: str = "auto") -> None:
 
     ``"auto"`` (the default): where NumPy's (or SciPy's) BLAS is OpenBLAS >= 0.3.27, its
     parallel jobs run on fastreg's OpenMP thread pool (OpenBLAS's threads callback) instead of
-    OpenBLAS's own threads, from the first Cython kernel on. One pool then owns the cores:
+    OpenBLAS's own threads, from the first kernel the dispatcher loads on (training, a
+    predictor stage other than a Linear chain; a predictor alone routes nothing until this
+    function or :func:`get_blas_interop` is called). One pool then owns the cores:
     OpenBLAS's idle threads would otherwise spin for ~0.1 s after every NumPy matmul and slow the
     fastreg kernel that follows several times over. Results are bitwise the same (OpenBLAS
     splits the work as before; only which threads run it changes), and OpenBLAS's thread count

@@ -63,7 +63,7 @@ def _renorm_kernel(weight, unique, max_norm, norm_type):
         if norm_type == math.inf:
             for j in range(D):
                 a = abs(np.float64(weight[k, j]))
-                acc = a if a > acc else acc  # noqa: PLR1730 - builtin max() does not compile for CUDA
+                acc = a if a > acc else acc  # noqa: FURB136 - builtin max() does not compile for CUDA
             norm = acc
         elif norm_type == 2.0:
             for j in range(D):
