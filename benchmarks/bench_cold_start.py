@@ -30,18 +30,9 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MAKE = r"""
-import sys, numpy as np, fastreg as fr
-from fastreg import nn
-fr.manual_seed(0)
-model = nn.Sequential(nn.Linear(784, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Dropout(0.2),
-                      nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.2),
-                      nn.Linear(256, 10))
-g = np.random.default_rng(1)
-for m in model:
-    if isinstance(m, nn.BatchNorm1d):
-        m.running_mean[...] = g.normal(0, 0.1, m.num_features)
-        m.running_var[...] = g.uniform(0.5, 2.0, m.num_features)
-model.eval()
+import sys, fastreg as fr
+from benchmarks.bench_onnx import serving_mlp   # run with cwd = this checkout
+model = serving_mlp()
 fr.save(model, sys.argv[1])
 fr.save(fr.inference.compile(model), sys.argv[2])
 """

@@ -23,26 +23,14 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build_model(path: str) -> None:
-    """The 784-512-256-10 MLP of bench_onnx.py (random running statistics), exported."""
+    """bench_onnx.py's MLP (random running statistics), exported."""
     sys.path.insert(0, ROOT)
-    import fastreg as fr
-    from fastreg import nn
-    fr.manual_seed(0)
-    model = nn.Sequential(nn.Linear(784, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Dropout(0.2),
-                          nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.2),
-                          nn.Linear(256, 10))
-    g = np.random.default_rng(1)
-    for m in model:
-        if isinstance(m, nn.BatchNorm1d):
-            m.running_mean[...] = g.normal(0, 0.1, m.num_features)
-            m.running_var[...] = g.uniform(0.5, 2.0, m.num_features)
-    fr.onnx.export(model.eval(), path)
+    from benchmarks.bench_onnx import build_model as build
+    build(path)
 
 CHILD = r'''
 import json, statistics, sys, time

@@ -126,9 +126,10 @@ TOLERANCE = {"float32": 1e-5, "bf16": 3e-2, "int8": 0.15}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def build_model(path: str) -> None:
-    """The 784-512-256-10 MLP, random running statistics, exported by fastreg."""
-    sys.path.insert(0, ROOT)
+def serving_mlp():
+    """The serving benchmarks' model: the 784-512-256-10 MLP with BatchNorm + ReLU + Dropout(0.2),
+    ``fr.manual_seed(0)`` weights and random running statistics, in eval mode (the fastreg on
+    ``sys.path``: a child process may run another checkout's)."""
     import fastreg as fr
     from fastreg import nn
     fr.manual_seed(0)
@@ -140,7 +141,14 @@ def build_model(path: str) -> None:
         if isinstance(m, nn.BatchNorm1d):
             m.running_mean[...] = g.normal(0, 0.1, m.num_features)
             m.running_var[...] = g.uniform(0.5, 2.0, m.num_features)
-    fr.onnx.export(model.eval(), path)
+    return model.eval()
+
+
+def build_model(path: str) -> None:
+    """:func:`serving_mlp`, exported by fastreg to ONNX."""
+    sys.path.insert(0, ROOT)
+    import fastreg as fr
+    fr.onnx.export(serving_mlp(), path)
 
 
 def write_torch_weights(fr_path: str, out: str) -> None:

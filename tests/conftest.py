@@ -93,3 +93,22 @@ def cuda():
 def dev(cuda):
     """``dev(a)``: host array -> new C-contiguous device array."""
     return lambda a: cuda.to_device(np.ascontiguousarray(a))
+
+
+@pytest.fixture
+def backward_gemm_calls(monkeypatch):
+    """{"input": n, "weight": n}: the Linear backward GEMM calls (dL/dx and dL/dW) made while
+    the test runs, counted at the trusted kernel entry points."""
+    from fastreg._kernels import matmul
+    calls = {"input": 0, "weight": 0}
+
+    def counting(key, f):
+        def counted(*a, **k):
+            calls[key] += 1
+            return f(*a, **k)
+        return counted
+
+    for key, name in (("input", "run_linear_backward_input"),
+                      ("weight", "run_linear_backward_weight")):
+        monkeypatch.setattr(matmul, name, counting(key, getattr(matmul, name)))
+    return calls

@@ -223,23 +223,10 @@ def test_tqdm_progress_bar_runs():
     assert len(h) == 2
 
 
-def test_fit_skips_the_data_gradient_gemm_of_the_first_layer(monkeypatch):
+def test_fit_skips_the_data_gradient_gemm_of_the_first_layer(backward_gemm_calls):
     # the loop never needs dL/d(data): a 2-Linear model runs 2 weight-gradient GEMMs per batch
     # and 1 input-gradient GEMM (the second layer's), as torch does for data without grad
-    from fastreg._kernels import matmul
-    calls = {"input": 0, "weight": 0}
-    f_in, f_w = matmul.run_linear_backward_input, matmul.run_linear_backward_weight
-
-    def count_in(*a, **k):
-        calls["input"] += 1
-        return f_in(*a, **k)
-
-    def count_w(*a, **k):
-        calls["weight"] += 1
-        return f_w(*a, **k)
-
-    monkeypatch.setattr(matmul, "run_linear_backward_input", count_in)
-    monkeypatch.setattr(matmul, "run_linear_backward_weight", count_w)
+    calls = backward_gemm_calls
     rng = np.random.default_rng(0)
     X = rng.standard_normal((50, 6)).astype(np.float32)
     y = rng.integers(0, 3, 50)

@@ -21,23 +21,14 @@ import zipfile
 import numpy as np
 import pytest
 
+# every parameter and running statistic non-trivial, as for test_inference_load's model files
+from test_inference_load import _randomize
+
 import fastreg as fr
 from fastreg import inference, nn
 from fastreg.inference import _fold, _ops, _weight
 from fastreg.io import ModelFileError
 from fastreg.io.container import Container, parse_json
-
-
-def _randomize(model, seed=0):
-    g = np.random.default_rng(seed)
-    for m in model.modules():
-        for p in m._parameters.values():
-            if p is not None:
-                p.data[...] = g.standard_normal(p.data.shape)
-        if isinstance(m, nn.BatchNorm1d):
-            m.running_mean[...] = g.normal(0, 0.5, m.num_features)
-            m.running_var[...] = g.uniform(0.3, 2.0, m.num_features)
-    return model.eval()
 
 
 def _fold_models(dt):

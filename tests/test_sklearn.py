@@ -480,23 +480,10 @@ def test_reused_batch_buffers_train_exactly_like_fresh_copies(monkeypatch, kw, w
     assert a.loss_curve_ == b.loss_curve_
 
 
-def test_fit_skips_the_data_gradient_gemm_of_the_first_layer(monkeypatch):
+def test_fit_skips_the_data_gradient_gemm_of_the_first_layer(backward_gemm_calls):
     # dL/dX is never needed (scikit-learn's backprop stops at the first hidden layer too): per
     # batch, 3 Linear layers run 3 weight-gradient GEMMs but only 2 input-gradient GEMMs
-    from fastreg._kernels import matmul
-    calls = {"input": 0, "weight": 0}
-    f_in, f_w = matmul.run_linear_backward_input, matmul.run_linear_backward_weight
-
-    def count_in(*a, **k):
-        calls["input"] += 1
-        return f_in(*a, **k)
-
-    def count_w(*a, **k):
-        calls["weight"] += 1
-        return f_w(*a, **k)
-
-    monkeypatch.setattr(matmul, "run_linear_backward_input", count_in)
-    monkeypatch.setattr(matmul, "run_linear_backward_weight", count_w)
+    calls = backward_gemm_calls
     X, y = _data(n=70, d=9)
     MLPClassifier(hidden_layer_sizes=(8, 5), batch_size=16, max_iter=2, random_state=0,
                   dtype=np.float32).fit(X, y)
