@@ -238,3 +238,26 @@ def test_child_names_with_a_trailing_newline_are_refused():
         check_tree(tree, "<test>")
     tree["children"][0][0] = "0"
     assert check_tree(tree, "<test>") == {}
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_folding_in_place_never_touches_the_users_model_or_a_second_load(tmp_path, dt):
+    # load() folds BatchNorm over the tensors it just read (owned=True); compile(model) must not:
+    # its ops hold f64() snapshots, so the model's own weights stay bit for bit (fails if the
+    # snapshot became a view while an in-place fold ran), and a second load starts from the file
+    for i, model in enumerate(_fold_models(dt)):
+        model = _randomize(model, i)
+        before = {k: v.copy() for k, v in model.state_dict().items()}
+        x = np.random.default_rng(i).standard_normal((5, model[0].weight.shape[1]
+                                                      if isinstance(model[0], nn.Linear)
+                                                      else model[0].num_features)).astype(dt)
+        want = model(x)
+        got = inference.compile(model)(x)
+        for k, v in model.state_dict().items():
+            assert v.tobytes() == before[k].tobytes(), (i, k)
+        path = tmp_path / f"m{i}.fr"
+        fr.save(model, path)
+        a, b = inference.load(path)(x), inference.load(path)(x)
+        assert a.tobytes() == b.tobytes() == got.tobytes(), i
+        np.testing.assert_allclose(got, want, rtol=1e-4 if dt == np.float32 else 1e-10,
+                                   atol=1e-4 if dt == np.float32 else 1e-10)
