@@ -94,3 +94,48 @@ def test_dtype_argument_is_checked():
         DataLoader(X, y, dtype="not a dtype")
     with pytest.raises(TypeError, match="dtype"):
         DataLoader(X, y, dtype=np.int32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(257, 64), (1000, 7, 33), (33, 1000)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_wide_rows_go_through_the_row_gather_kernel_and_match_fancy_indexing(dtype, shape,
+                                                                            threads):
+    from fastreg.data import loader as L
+    g = np.random.default_rng(5)
+    X = g.standard_normal(shape).astype(dtype)
+    y = g.integers(0, 3, shape[0])
+    assert L._row_gather(X) is not None          # the kernel path, not np.take
+    old = fr.get_num_threads()
+    fr.set_num_threads(threads)
+    try:
+        loader = DataLoader(X, y, batch_size=10, seed=2)
+        want = _expected(loader, X, y, 0)
+        got = [(xb.copy(), yb.copy()) for xb, yb in loader]
+        cast = [xb.copy() for xb, _ in DataLoader(X, y, batch_size=10, seed=2,
+                                                  dtype=np.float64 if dtype == np.float32
+                                                  else np.float32)]
+    finally:
+        fr.set_num_threads(old)
+    assert len(got) == len(want)
+    for (xb, yb), (wx, wy), c in zip(got, want, cast):
+        assert xb.dtype == X.dtype and xb.shape == wx.shape
+        np.testing.assert_array_equal(xb, wx)       # the same bytes as X[idx]
+        np.testing.assert_array_equal(yb, wy)
+        np.testing.assert_array_equal(c, wx.astype(c.dtype))
+
+
+def test_the_row_gather_kernel_is_used_only_where_it_applies():
+    from fastreg.data import loader as L
+    X = np.zeros((10, 64), np.float32)
+    assert L._row_gather(X) is not None
+    assert L._row_gather(X[:, ::2]) is None                      # not C-contiguous
+    assert L._row_gather(X.astype(">f4")) is None                # not a native float
+    assert L._row_gather(X.astype(np.int32)) is None
+    assert L._row_gather(np.zeros((10, 8), np.float32)) is None  # narrow rows: np.take
+    assert L._row_gather(np.zeros(640, np.float32)) is None      # 1-D (labels, weights)
+    # an index array the kernel does not take (int16, strided) falls back to np.take
+    gx = L._Gather(np.arange(640, dtype=np.float32).reshape(10, 64), 4)
+    for idx in (np.array([3, 1, 9], np.int16), np.array([3, 0, 1, 0, 9, 0])[::2]):
+        np.testing.assert_array_equal(gx(idx), np.arange(640, dtype=np.float32)
+                                      .reshape(10, 64)[[3, 1, 9]])

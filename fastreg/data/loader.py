@@ -255,9 +255,15 @@ class _Gather:
     count shows that nothing but this object holds it -- no yielded batch, view of one, or model
     cache still sees it -- else it is replaced by a fresh buffer (the old one stays with whoever
     holds it). A batch is the buffer itself, or a view of its first rows for a short batch.
+
+    Rows of a C-contiguous float32/float64 ``arr`` with >= 2 dimensions are copied by the
+    Cython row-gather kernel (``embedding_forward``: one ``memcpy`` a row, rows split over
+    fastreg's OpenMP threads), everything else by ``np.take``; both copy the same bytes. The
+    kernel trusts its indices: callers pass positions they drew themselves (the loader's
+    permutation, the estimator's shuffled ``arange``), never user input.
     """
 
-    __slots__ = ("arr", "bufs", "dtype", "rows", "scratch", "turn")
+    __slots__ = ("arr", "bufs", "dtype", "rowgather", "rows", "scratch", "turn")
 
     def __init__(self, arr: np.ndarray, rows: int, dtype=None):
         self.arr, self.rows = arr, rows
@@ -265,6 +271,7 @@ class _Gather:
         self.bufs = [None, None]
         self.scratch = None             # arr's dtype, for a cast gather (never handed out)
         self.turn = 0
+        self.rowgather = _row_gather(arr)
 
     def __call__(self, idx: np.ndarray) -> np.ndarray:
         t = self.turn
@@ -275,15 +282,41 @@ class _Gather:
             buf = self.bufs[t] = np.empty((self.rows, *self.arr.shape[1:]), self.dtype)
         m = len(idx)
         out = buf if m == self.rows else buf[:m]
-        if self.dtype == self.arr.dtype:
-            np.take(self.arr, idx, axis=0, out=out, mode="clip")   # (indices are in range)
-        else:
+        cast = self.dtype != self.arr.dtype
+        if cast:
             if self.scratch is None:
                 self.scratch = np.empty((self.rows, *self.arr.shape[1:]), self.arr.dtype)
             tmp = self.scratch[:m]
-            np.take(self.arr, idx, axis=0, out=tmp, mode="clip")
+        else:
+            tmp = out
+        if (self.rowgather is not None and m and type(idx) is np.ndarray
+                and idx.dtype in _INDEX_DTYPES and idx.flags.c_contiguous):
+            self.rowgather(self.arr.reshape(self.arr.shape[0], -1), idx,
+                           tmp.reshape(m, -1))
+        else:
+            np.take(self.arr, idx, axis=0, out=tmp, mode="clip")   # (indices are in range)
+        if cast:
             np.copyto(out, tmp, casting="same_kind")
         return out
+
+
+def _row_gather(arr: np.ndarray):
+    """The Cython row-gather kernel for ``arr``'s rows, or None where ``np.take`` does it (not
+    C-contiguous float32/float64 rows, rows too small to be worth threads, no Cython build)."""
+    if (arr.ndim < 2 or arr.dtype not in _ROW_DTYPES or not arr.flags.c_contiguous
+            or arr.size // max(arr.shape[0], 1) < 64):
+        return None
+    try:
+        from .._kernels import runtime
+        from .._kernels.embedding import cy
+    except ImportError:
+        return None
+    runtime.load_pool("cython", route_blas=False)   # fastreg's thread count; BLAS untouched
+    return cy.embedding_forward
+
+
+_ROW_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_INDEX_DTYPES = (np.dtype(np.int64), np.dtype(np.int32))
 
 
 def check_sample_weight(w, n: int, name: str = "sample_weight") -> np.ndarray:
