@@ -516,8 +516,9 @@ static inline void ln_bwd_rows_f(const float *restrict dy, const float *restrict
    from 4-term float32 partial sums (as the forward; the generic loop's one `omp simd`
    accumulator per sum waits on the add latency); (2) one loop that adds the row into the
    dgamma/dbeta block sums and writes dx, and prefetches the next row's dy and x. Without the
-   prefetch a row's DRAM reads wait for visit (1), and visit (2) runs with none in flight: at
-   4096 x 1024 the loop ran at ~2.5x its bytes' floor on 2 threads (benchmarks/ln_harness.c). */
+   prefetch a row's DRAM reads wait for visit (1), and visit (2) runs with none in flight, so
+   compute and memory add up: at 4096 x 1024 the loop ran at 1.45x its bytes' floor on 2
+   threads, 1.8x on one; with it 1.25x / 1.6x (benchmarks/ln_harness.c, README_hG.md). */
 static inline void ln_bwd_rows_f(const float *restrict dy, const float *restrict x,
                                  const float *restrict w, const float *restrict save_mean,
                                  const float *restrict save_rstd, float *restrict dx,
