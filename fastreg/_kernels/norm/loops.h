@@ -518,7 +518,7 @@ static inline void ln_bwd_rows_f(const float *restrict dy, const float *restrict
    dgamma/dbeta block sums and writes dx, and prefetches the next row's dy and x. Without the
    prefetch a row's DRAM reads wait for visit (1), and visit (2) runs with none in flight, so
    compute and memory add up: at 4096 x 1024 the loop ran at 1.45x its bytes' floor on 2
-   threads, 1.8x on one; with it 1.25x / 1.6x (benchmarks/ln_harness.c, README_hG.md). */
+   threads, 1.8x on one; with it 1.25x / 1.6x (benchmarks/ln_harness.c, alternated with the previous build). */
 static inline void ln_bwd_rows_f(const float *restrict dy, const float *restrict x,
                                  const float *restrict w, const float *restrict save_mean,
                                  const float *restrict save_rstd, float *restrict dx,
