@@ -860,7 +860,6 @@ class Dropout(Module):
             _dropout.run_dropout_backward(dy, cache[3], dx, cache[4], self._place.is_device)
         return dx
 
-
     def _input_grad_through(self):
         """``(out, GRAD_RELU_DROPOUT, scale)`` after a fused ReLU -> Dropout forward: its
         backward needs only its output, so a following Linear's dx GEMM can apply it

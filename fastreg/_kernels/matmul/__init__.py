@@ -180,9 +180,9 @@ def linear_backward_input_act(dy: np.ndarray, weight: np.ndarray, dx: np.ndarray
     keep scale; "identity": plain ``dy @ weight``). Bit-identical to
     :func:`linear_backward_input` followed by ``elementwise.activation_backward`` (or
     ``dropout``'s ``run_relu_dropout_backward``): the same float operations on the same values.
-    The Cython backend applies it in the GEMM's epilogue, on each output tile while it is in L1
-    (one pass over ``dx`` instead of three); the numba, blas and CUDA backends run the GEMM and
-    then the separate activation-backward kernel.
+    The Cython backend applies it in the GEMM's epilogue, on each finished row sliver of ``dx``
+    while it is in cache (no second kernel call, no write and re-read of ``dx``); the numba,
+    blas and CUDA backends run the GEMM and then the separate activation-backward kernel.
 
     Parameters
     ----------
