@@ -62,6 +62,24 @@ class LinearBackwardInput(_Linear):
         self.run()
 
 
+class LinearBackwardInputRelu(_Linear):
+    """dx through the previous layer's ReLU, ``relu'(y) * (dy @ W)`` (Sequential's input-gradient
+    fusion): Cython applies it in the GEMM's epilogue, numba / blas run the separate pass after
+    their GEMM. Against LinearBackwardInput: what the epilogue costs."""
+
+    def run(self):
+        mm.linear_backward_input_act(self.dy, self.w, self.dx, self.y, "relu",
+                                     backend=self.backend)
+
+    def setup(self, backend, dtype, shape):
+        N, K, _ = map(int, shape.split("x"))
+        self.y = np.maximum(np.random.default_rng(1).standard_normal((N, K)), 0).astype(dtype)
+        super().setup(backend, dtype, shape)
+
+    def time_linear_backward_input_relu(self, backend, dtype, shape):
+        self.run()
+
+
 class LinearBackwardWeight(_Linear):
     def run(self):
         mm.linear_backward_weight(self.dy, self.x, self.dw, self.db, accumulate=True,

@@ -98,7 +98,8 @@ def dev(cuda):
 @pytest.fixture
 def backward_gemm_calls(monkeypatch):
     """{"input": n, "weight": n}: the Linear backward GEMM calls (dL/dx and dL/dW) made while
-    the test runs, counted at the trusted kernel entry points."""
+    the test runs, counted at the trusted kernel entry points (an input-gradient GEMM with the
+    previous activation's backward fused in, run_linear_backward_input_act, counts as one)."""
     from fastreg._kernels import matmul
     calls = {"input": 0, "weight": 0}
 
@@ -109,6 +110,7 @@ def backward_gemm_calls(monkeypatch):
         return counted
 
     for key, name in (("input", "run_linear_backward_input"),
+                      ("input", "run_linear_backward_input_act"),
                       ("weight", "run_linear_backward_weight")):
         monkeypatch.setattr(matmul, name, counting(key, getattr(matmul, name)))
     return calls

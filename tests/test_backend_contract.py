@@ -41,6 +41,9 @@ HELPERS = {("matmul", "blas"): {"epilogue": "the NumPy bias + activation epilogu
                "linear_backward_input_bf16": "bf16 autocast product (tests/test_autocast.py)",
                "linear_backward_weight_bf16": "bf16 autocast product (tests/test_autocast.py)",
                "linear_forward_packed": "pre-packed inference GEMM (tests/test_matmul.py)",
+               "linear_backward_input_act": "dx GEMM with the activation's backward in its "
+                                            "epilogue; the other backends run the GEMM then "
+                                            "the activation pass (tests/test_step_fusion.py)",
                "pack_weight": "packs a weight for linear_forward_packed / LinearChain",
                "packed_size": "size arithmetic of pack_weight",
                "set_chain_parallel_min_flops": "LinearChain's batch-1 thread-split threshold",

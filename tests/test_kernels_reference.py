@@ -41,7 +41,9 @@ NOT_KERNELS = {
 TRUSTED_ONLY = {
     "matmul": {"run_linear_forward_bf16": "tests/test_autocast.py",
                "run_linear_backward_input_bf16": "tests/test_autocast.py",
-               "run_linear_backward_weight_bf16": "tests/test_autocast.py"},
+               "run_linear_backward_weight_bf16": "tests/test_autocast.py",
+               # the separate activation pass of run_linear_backward_input_act's fallback
+               "run_act_grad_pass": "tests/test_step_fusion.py"},
     # Sequential's fused ReLU -> Dropout (its Dropout checked the arrays): bit for bit against
     # the two unfused checked kernels and a NumPy reference, every backend
     "dropout": {"run_relu_dropout_forward": "tests/test_step_fusion.py",
@@ -209,6 +211,41 @@ def check_linear_backward_input(inp, out, ret, dt, v):
 kernel("matmul", cuda=[(None, 1), (None, 2)],
        cpu_match=lambda *a: _mm_cpu_match(*a, name="linear_backward_input"))(
     (build_linear_backward_input, check_linear_backward_input))
+
+_MM_ACT_GRAD = ["relu", "leaky_relu", "sigmoid", "tanh", "relu_dropout"]
+
+
+def _act_grad_from_output(y, name):
+    """f'(z) from the activation's (or the fused ReLU -> Dropout's, scale 2) output y."""
+    y = y.astype(np.float64)
+    return {"relu": (y > 0) * 1.0, "leaky_relu": np.where(y > 0, 1.0, 0.2),
+            "sigmoid": y * (1 - y), "tanh": 1 - y * y, "relu_dropout": (y > 0) * 2.0}[name]
+
+
+def build_linear_backward_input_act(rng, size, dt, v):
+    N, K, M = _mm_shape(size)
+    z = rng.standard_normal((N, K))
+    y = (ref.act(z, v, 0.2) if v != "relu_dropout"
+         else np.where(rng.random((N, K)) < 0.3, 0.0, 2.0 * ref.act(z, "relu"))).astype(dt)
+    return {"dy": rand(rng, (N, M), dt), "weight": rand(rng, (M, K), dt), "dx": nans((N, K), dt),
+            "act_out": y}, {"activation": v, "slope": 0.2, "scale": 2.0}
+
+
+def check_linear_backward_input_act(inp, out, ret, dt, v):
+    g, scale = ref.linear_backward_input(inp["dy"], inp["weight"])
+    d = _act_grad_from_output(inp["act_out"], v)
+    within_bound(out["dx"], g * d, scale * np.abs(d), dt, "dx")
+
+
+def _act_grad_cpu_match(got, cpu, inp, dt, v):
+    scale = ref.linear_backward_input(inp["dy"], inp["weight"])[1]
+    d = _act_grad_from_output(inp["act_out"], v)
+    within_bound(got["dx"], cpu["dx"].astype(np.float64), 2 * scale * np.abs(d), dt, "dx")
+
+
+kernel("matmul", variants=_MM_ACT_GRAD, cuda=[("relu", 1), ("relu_dropout", 2)],
+       cpu_match=_act_grad_cpu_match)(
+    (build_linear_backward_input_act, check_linear_backward_input_act))
 
 _MM_BWD_W = [(acc, db) for acc in (True, False) for db in (True, False)]
 
@@ -1138,7 +1175,11 @@ def _trusted_args(k, fn_checked, args, kwargs, size):
     out = dict(bound.arguments)
     out.pop("backend", None)
     if "activation" in out:
-        out["activation"] = activation_code(out["activation"])
+        if k.name == "linear_backward_input_act":   # its codes add "relu_dropout"
+            from fastreg._kernels.matmul.codes import GRAD_CODES
+            out["activation"] = GRAD_CODES[out["activation"]]
+        else:
+            out["activation"] = activation_code(out["activation"])
     if out.get("grad_scale", 0.0) is None:
         out["grad_scale"] = 1.0 / out["probs"].shape[0]
     return out

@@ -6,16 +6,25 @@
 * After warm-up, a training step (forward, loss, zero_grad, backward, AdamW step) allocates no
   arrays but the logits ``model(x)`` returns (the caller's copy): tracemalloc sees no other
   block the size of an activation.
+* The input-gradient GEMM of a Linear applies the backward of the activation (or fused ReLU ->
+  Dropout) before it in its epilogue (``matmul.linear_backward_input_act``); Sequential routes
+  the pair through it. Bit for bit the GEMM then the separate pass, on every backend.
 """
+import contextlib
 import tracemalloc
 
 import numpy as np
 import pytest
+from reference import act as ref_act
+from reference import act_grad as ref_act_grad
 
 import fastreg as fr
 from fastreg import nn
 from fastreg._kernels import dropout as D
 from fastreg._kernels import elementwise as E
+from fastreg._kernels import matmul as MM
+from fastreg._kernels.matmul.codes import GRAD_CODES, GRAD_RELU_DROPOUT
+from fastreg.nn import layers as L
 
 AWKWARD = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, 3.0, -3.0])
 
@@ -245,3 +254,379 @@ def test_zeroed_gradients_read_as_zeros_and_accumulate_after_a_write():
     body.backward(g)                               # overwritten, not added to the stale values
     np.testing.assert_allclose(body[0].weight.grad, once, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(unused.weight.grad, 0.0)
+
+
+# --- the activation's backward in the input-gradient GEMM's epilogue -------------------------
+# Linear_{i+1}'s dx = dy @ W feeds the backward of step i's activation (a Linear's fused
+# activation, or a fused ReLU -> Dropout); matmul.run_linear_backward_input_act applies it on
+# each final output tile (Cython), and Sequential.backward routes the pair through it. It must
+# give the bits of the GEMM followed by the separate pass, on every backend.
+
+GRAD_NAMES = ("relu", "leaky_relu", "sigmoid", "tanh", "relu_dropout")
+SLOPE, SCALE = 0.1, 1.0 / 0.7
+# (N, M, K): dx is (N, K), the GEMM's depth M. N <= 4: the few-rows path (3 x 1000 x 2100 is
+# split across threads); N = 7, 33, 257, 1030: whole and edge slivers; K = 1, 7, 33, 257: edge
+# panels of every width; M = 600: two depth blocks (the epilogue only in the last).
+DX_SHAPES = [(1, 1, 1), (2, 7, 33), (4, 600, 300), (3, 1000, 2100), (7, 33, 257),
+             (33, 257, 7), (257, 600, 300), (1030, 70, 129)]
+
+
+def _act_out(name, n, k, dtype, rng):
+    """A saved activation output with the values that test `y > 0`: zeros, -0.0, NaN."""
+    pre = rng.standard_normal((n, k))
+    if name == "relu_dropout":
+        keep = rng.random((n, k)) >= 0.3
+        y = np.where(keep, ref_act(pre, "relu") * SCALE, 0.0)
+    else:
+        y = ref_act(pre, name, SLOPE)
+    y = y.astype(dtype)
+    flat = y.reshape(-1)
+    flat[::5] = 0.0
+    flat[1::7] = -0.0
+    flat[2::11] = np.nan
+    return y, pre
+
+
+def _separate(dy, w, y, name, backend):
+    """The unfused pair: the GEMM, then the activation's own backward kernel."""
+    g = np.empty((dy.shape[0], w.shape[1]), dy.dtype)
+    MM.linear_backward_input(dy, w, g, backend=backend)
+    dx = np.empty_like(g)
+    if name == "relu_dropout":
+        D.run_relu_dropout_backward(g, y, dx, SCALE, backend=backend)
+    else:
+        E.activation_backward(g, y, dx, name, slope=SLOPE, backend=backend)
+    return g, dx
+
+
+@pytest.mark.parametrize("shape", DX_SHAPES, ids=["x".join(map(str, s)) for s in DX_SHAPES])
+@pytest.mark.parametrize("name", GRAD_NAMES)
+def test_dx_gemm_epilogue_is_bitwise_the_gemm_then_the_activation_pass(backend, dtype, name,
+                                                                       shape):
+    N, M, K = shape
+    rng = np.random.default_rng(N * 7919 + M * 31 + K)
+    dy = rng.standard_normal((N, M)).astype(dtype)
+    if N > 1:
+        dy[0, M // 2] = np.inf                  # one row of inf / NaN gradients
+    w = rng.standard_normal((M, K)).astype(dtype)
+    y, _ = _act_out(name, N, K, dtype, rng)
+    before = fr.get_num_threads()
+    big = 2.0 * N * M * K >= 4e6
+    try:
+        for threads in ((1, 2, 3) if big else (1,)):
+            fr.set_num_threads(threads)
+            plain, want = _separate(dy, w, y, name, backend)
+            got = np.full((N, K), 7.0, dtype)
+            assert MM.linear_backward_input_act(dy, w, got, y, name, slope=SLOPE, scale=SCALE,
+                                                backend=backend) is got
+            assert got.tobytes() == want.tobytes(), (name, shape, threads)
+    finally:
+        fr.set_num_threads(before)
+    # against NumPy float64, from the output y: the masks select (an inf gradient where y <= 0
+    # gives 0, not inf * 0), the smooth activations multiply
+    dy64, w64, y64 = dy.astype(np.float64), w.astype(np.float64), y.astype(np.float64)
+    g64, scale = dy64 @ w64, np.abs(dy64) @ np.abs(w64)
+    with np.errstate(invalid="ignore"):
+        if name == "relu":
+            want64, d = np.where(y64 > 0, g64, 0.0), np.where(y64 > 0, 1.0, 0.0)
+        elif name == "leaky_relu":
+            want64, d = np.where(y64 > 0, g64, g64 * SLOPE), np.where(y64 > 0, 1.0, SLOPE)
+        elif name == "relu_dropout":
+            s = float(dtype.type(SCALE))
+            want64, d = np.where(y64 > 0, g64 * s, 0.0), np.where(y64 > 0, s, 0.0)
+        elif name == "sigmoid":
+            d = y64 * (1 - y64)
+            want64 = g64 * d
+        else:
+            d = 1 - y64 * y64
+            want64 = g64 * d
+        tol = (1e-5 if dtype == np.float32 else 1e-12) * (
+            np.where(d == 0, 0.0, scale * np.abs(d)) + 1.0)
+        finite = np.isfinite(want64)
+        assert np.all(np.abs(got[finite] - want64[finite]) <= tol[finite]), (name, shape)
+    assert np.array_equal(np.isnan(got), np.isnan(want64))
+    assert np.array_equal(np.isinf(got), np.isinf(want64))
+    # the epilogue did run: the plain GEMM differs wherever the activation's gradient is not 1
+    changed = (np.abs(d - 1.0) > 1e-3) & np.isfinite(plain) & (plain != 0)
+    assert changed.any() or N * K == 1          # (1 x 1: tanh at y = 0 has slope 1)
+    assert np.all(got[changed] != plain[changed])
+
+
+def test_dx_gemm_epilogue_against_the_input_side_reference(dtype):
+    # f'(z) from the activation's INPUT z (reference.act_grad), the form no kernel uses
+    rng = np.random.default_rng(3)
+    N, M, K = 37, 45, 29
+    dy = rng.standard_normal((N, M)).astype(dtype)
+    w = rng.standard_normal((M, K)).astype(dtype)
+    for name in ("relu", "leaky_relu", "sigmoid", "tanh"):
+        z = rng.standard_normal((N, K))
+        y = ref_act(z, name, SLOPE).astype(dtype)
+        got = np.empty((N, K), dtype)
+        MM.linear_backward_input_act(dy, w, got, y, name, slope=SLOPE)
+        want = (dy.astype(np.float64) @ w.astype(np.float64)) * ref_act_grad(z, name, SLOPE)
+        rtol = 1e-4 if dtype == np.float32 else 1e-9
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * 10, err_msg=name)
+
+
+def test_dx_gemm_epilogue_identity_is_the_plain_gemm_and_codes_are_accepted():
+    rng = np.random.default_rng(0)
+    dy, w = rng.standard_normal((9, 5)), rng.standard_normal((5, 4))
+    y = np.abs(rng.standard_normal((9, 4)))
+    a, b = np.empty((9, 4)), np.empty((9, 4))
+    MM.linear_backward_input_act(dy, w, a, y, "identity")
+    MM.linear_backward_input(dy, w, b)
+    assert a.tobytes() == b.tobytes()
+    MM.linear_backward_input_act(dy, w, a, y, GRAD_RELU_DROPOUT, scale=2.0)
+    MM.linear_backward_input_act(dy, w, b, y, "RELU_DROPOUT", scale=2.0)
+    assert a.tobytes() == b.tobytes()
+    assert set(GRAD_CODES) == {"identity", *GRAD_NAMES}
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    ({"activation": "gelu"}, ValueError, r"activation must be one of .*'relu_dropout'.*'gelu'"),
+    ({"activation": 9}, ValueError, r"activation code must be one of"),
+    ({"activation": True}, TypeError, r"activation must be a name or an integer code"),
+    ({"activation": "relu_dropout", "scale": 0.5}, ValueError, r"scale must be >= 1.*0\.5"),
+    ({"activation": "relu_dropout", "scale": float("nan")}, ValueError, r"scale"),
+    ({"activation": "leaky_relu", "slope": float("inf")}, ValueError, r"slope"),
+])
+def test_dx_gemm_epilogue_rejects_bad_arguments(kwargs, exc, match):
+    rng = np.random.default_rng(0)
+    dy, w, y = rng.standard_normal((6, 5)), rng.standard_normal((5, 4)), rng.random((6, 4))
+    with pytest.raises(exc, match=match):
+        MM.linear_backward_input_act(dy, w, np.empty((6, 4)), y, **kwargs)
+
+
+def test_dx_gemm_epilogue_checks_act_out():
+    rng = np.random.default_rng(0)
+    dy, w = rng.standard_normal((6, 5)), rng.standard_normal((5, 4))
+    dx = np.empty((6, 4))
+    with pytest.raises(ValueError, match=r"act_out must have shape \(6, 4\), got \(4, 6\)"):
+        MM.linear_backward_input_act(dy, w, dx, np.ones((4, 6)), "relu")
+    with pytest.raises(TypeError, match=r"act_out must have dtype float64, got float32"):
+        MM.linear_backward_input_act(dy, w, dx, np.ones((6, 4), np.float32), "relu")
+    with pytest.raises(ValueError, match=r"act_out must be C-contiguous"):
+        MM.linear_backward_input_act(dy, w, dx, np.ones((4, 6)).T, "relu")
+    with pytest.raises(ValueError, match=r"dx must not share memory with act_out"):
+        MM.linear_backward_input_act(dy, w, dx, dx, "relu")
+    with pytest.raises(TypeError, match=r"act_out must be a numpy.ndarray, got list"):
+        MM.linear_backward_input_act(dy, w, dx, [[1.0] * 4] * 6, "relu")
+
+
+def _act_layer(name):
+    return {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(SLOPE), "sigmoid": nn.Sigmoid,
+            "tanh": nn.Tanh}[name]()
+
+
+def _chain(dt, name, fuse, k0=7, norm=nn.BatchNorm1d):
+    """Linear -> act -> Linear -> act -> Linear, and a BatchNorm -> ReLU -> Dropout -> Linear
+    block (the benchmark step's): three input-gradient fusions, one of them ReLU -> Dropout."""
+    fr.manual_seed(0)
+    m = nn.Sequential(nn.Linear(k0, 33, dtype=dt), _act_layer(name), nn.Linear(33, 20, dtype=dt),
+                      _act_layer(name), nn.Linear(20, 17, dtype=dt), norm(17, dtype=dt),
+                      nn.ReLU(), nn.Dropout(0.3), nn.Linear(17, 5, dtype=dt))
+    m.fuse = fuse
+    return m
+
+
+def _spy(monkeypatch):
+    """Counts of the fused dx GEMM and of the separate activation / ReLU->Dropout passes."""
+    calls = {"fused": 0, "act": 0, "relu_dropout": 0}
+
+    def counting(key, f):
+        def counted(*a, **k):
+            calls[key] += 1
+            return f(*a, **k)
+        return counted
+    monkeypatch.setattr(MM, "run_linear_backward_input_act",
+                        counting("fused", MM.run_linear_backward_input_act))
+    monkeypatch.setattr(E, "run_activation_backward",
+                        counting("act", E.run_activation_backward))
+    monkeypatch.setattr(D, "run_relu_dropout_backward",
+                        counting("relu_dropout", D.run_relu_dropout_backward))
+    return calls
+
+
+def _train_steps(model, dt, x, input_grad=True, steps=2):
+    fr.manual_seed(5)
+    g = np.random.default_rng(1)
+    got = []
+    for _ in range(steps):
+        y = model(x).copy()
+        for p in model.parameters():
+            p.grad = None
+        dx = model.backward(g.standard_normal(y.shape).astype(dt), input_grad=input_grad)
+        got.append((y, None if dx is None else dx.copy(),
+                    [p.grad.copy() for p in model.parameters()]))
+    return got
+
+
+@contextlib.contextmanager
+def _input_grad_fusion_off():
+    """Sequential as before this fusion: every other fusion on (the forward's Linear +
+    activation, ReLU -> Dropout), so a comparison isolates the input-gradient fusion."""
+    saved = L.Linear._fuses_input_grad
+    L.Linear._fuses_input_grad = lambda self, through: False
+    try:
+        yield
+    finally:
+        L.Linear._fuses_input_grad = saved
+
+
+def _assert_same_bits(a, b):
+    for (y1, dx1, g1), (y2, dx2, g2) in zip(a, b):
+        assert y1.tobytes() == y2.tobytes()
+        assert (dx1 is None) == (dx2 is None)
+        if dx1 is not None:
+            assert dx1.tobytes() == dx2.tobytes()
+        for u, v in zip(g1, g2):
+            assert u.tobytes() == v.tobytes()
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 33, 257, 1030])
+@pytest.mark.parametrize("name", ["relu", "leaky_relu", "sigmoid", "tanh"])
+def test_sequential_input_grad_fusion_is_bitwise_the_unfused_layers(backend, dtype, name, n,
+                                                                    monkeypatch):
+    fr.set_backend(backend)
+    try:
+        dt = dtype.type
+        x = np.random.default_rng(n).standard_normal((n, 7)).astype(dt)
+        norm = nn.LayerNorm if n == 1 else nn.BatchNorm1d    # (no batch statistics of 1 row)
+        with _input_grad_fusion_off():
+            plain = _train_steps(_chain(dt, name, True, norm=norm), dt, x)
+        calls = _spy(monkeypatch)
+        fused_model = _chain(dt, name, True, norm=norm)
+        fused = _train_steps(fused_model, dt, x)
+        # per step: 3 fused dx GEMMs; Cython applies the activations in their epilogues, the
+        # numba backend's fallback runs the separate passes after its GEMMs
+        sep = backend == "numba"
+        assert calls == {"fused": 3 * 2, "act": 2 * 2 * sep, "relu_dropout": 2 * sep}
+        assert fused_model[7]._cache[0] == "relu"
+        _assert_same_bits(fused, plain)
+    finally:
+        fr.set_backend("auto")
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_sequential_input_grad_fusion_is_bitwise_at_every_thread_count(threads):
+    before = fr.get_num_threads()
+    fr.set_num_threads(threads)
+    try:
+        for dt in (np.float32, np.float64):
+            fr.manual_seed(0)
+            x = np.random.default_rng(2).standard_normal((300, 64)).astype(dt)
+            a = _train_steps(_chain(dt, "relu", True, k0=64), dt, x, input_grad=False)
+            with _input_grad_fusion_off():
+                b = _train_steps(_chain(dt, "relu", True, k0=64), dt, x, input_grad=False)
+            _assert_same_bits(a, b)
+            c = _train_steps(_chain(dt, "relu", False, k0=64), dt, x, input_grad=False)
+            _assert_same_bits(a, c)     # ReLU: the unfused layers' bits too
+    finally:
+        fr.set_num_threads(before)
+
+
+def test_sequential_input_grad_fusion_on_3d_input_and_when_the_next_step_is_not_a_linear(
+        monkeypatch):
+    x = np.random.default_rng(0).standard_normal((2, 3, 6))
+
+    def model():
+        fr.manual_seed(1)
+        f64 = np.float64
+        return nn.Sequential(nn.Linear(6, 8, dtype=f64), nn.Tanh(), nn.Linear(8, 5, dtype=f64),
+                             nn.LayerNorm(5, dtype=f64), nn.ReLU(), nn.Dropout(0.2),
+                             nn.Linear(5, 4, dtype=f64), nn.Sigmoid(), nn.LayerNorm(4, dtype=f64))
+    with _input_grad_fusion_off():
+        plain = _train_steps(model(), np.float64, x)
+    calls = _spy(monkeypatch)
+    fused = _train_steps(model(), np.float64, x)
+    _assert_same_bits(fused, plain)
+    # per step: Linear(8, 5) takes Tanh's backward, Linear(5, 4) the ReLU -> Dropout's; the
+    # Sigmoid before the LayerNorm keeps its own pass
+    assert calls == {"fused": 2 * 2, "act": 2 * 1, "relu_dropout": 0}
+
+
+def test_sequential_input_grad_fusion_matches_finite_differences():
+    f64 = np.float64
+    fr.manual_seed(4)
+    model = nn.Sequential(nn.Linear(5, 6, dtype=f64), nn.Sigmoid(), nn.Linear(6, 7, dtype=f64),
+                          nn.LeakyReLU(0.2), nn.Linear(7, 6, dtype=f64), nn.Tanh(),
+                          nn.Linear(6, 8, dtype=f64), nn.LayerNorm(8, dtype=f64), nn.ReLU(),
+                          nn.Dropout(0.25), nn.Linear(8, 3, dtype=f64))
+    loss_fn = nn.CrossEntropyLoss()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((11, 5))
+    t = rng.integers(0, 3, 11)
+
+    def loss_at():
+        fr.manual_seed(99)                   # the same dropout mask at every evaluation
+        return loss_fn(model(x), t)
+
+    loss_at()
+    model.zero_grad()
+    dx = model.backward(loss_fn.backward()).copy()
+    assert model[9]._cache[0] == "relu"      # the ReLU -> Dropout pair fused
+    h = 1e-6
+    for name, p in model.named_parameters():
+        flat, gflat = p.data.reshape(-1), p.grad.reshape(-1)
+        for i in rng.choice(flat.size, size=min(5, flat.size), replace=False):
+            old = flat[i]
+            flat[i] = old + h
+            lp = loss_at()
+            flat[i] = old - h
+            lm = loss_at()
+            flat[i] = old
+            np.testing.assert_allclose(gflat[i], (lp - lm) / (2 * h), rtol=1e-5, atol=1e-8,
+                                       err_msg=name)
+    for idx in [(0, 0), (5, 2), (10, 4)]:
+        old = x[idx]
+        x[idx] = old + h
+        lp = loss_at()
+        x[idx] = old - h
+        lm = loss_at()
+        x[idx] = old
+        np.testing.assert_allclose(dx[idx], (lp - lm) / (2 * h), rtol=1e-5, atol=1e-8)
+
+
+def test_sequential_under_autocast_keeps_the_separate_pass_and_its_bits(monkeypatch):
+    f32 = np.float32
+    x = np.random.default_rng(0).standard_normal((40, 7)).astype(f32)
+    outs = []
+    for off in (False, True):
+        with fr.amp.autocast("bf16"), (_input_grad_fusion_off() if off
+                                       else contextlib.nullcontext()):
+            outs.append(_train_steps(_chain(f32, "tanh", True), f32, x))
+    _assert_same_bits(*outs)
+    calls = _spy(monkeypatch)
+    with fr.amp.autocast("bf16"):
+        _train_steps(_chain(f32, "tanh", True), f32, x, steps=1)
+    assert calls["fused"] == 0 and calls["act"] == 2 and calls["relu_dropout"] == 1
+
+
+def test_bf16_linear_given_through_applies_the_separate_pass():
+    # Sequential never passes _through to a layer recorded under autocast; if it did, the
+    # layer must still return the gradient through the activation (run_act_grad_pass)
+    f32 = np.float32
+    rng = np.random.default_rng(0)
+    fr.manual_seed(0)
+    lin = nn.Linear(6, 4, dtype=f32)
+    x = np.tanh(rng.standard_normal((5, 6))).astype(f32)
+    dy = rng.standard_normal((5, 4)).astype(f32)
+    with fr.amp.autocast("bf16"):
+        lin(x)
+    plain = lin.backward(dy).copy()
+    want = np.empty_like(plain)
+    E.activation_backward(plain, x, want, "tanh")
+    with fr.amp.autocast("bf16"):
+        lin(x)
+    got = lin.backward(dy, _through=(x, E.activation_code("tanh"), 0.01))
+    assert got.tobytes() == want.tobytes()
+    assert not np.array_equal(got, plain)
+
+
+def test_linear_backward_takes_through_only_from_sequential():
+    # the private keywords default to the unfused behaviour: a direct call is unchanged
+    import inspect
+    sig = inspect.signature(L.Linear.backward)
+    assert sig.parameters["_preact"].default is False
+    assert sig.parameters["_through"].default is None
+    assert inspect.signature(L.Dropout.backward).parameters["_preact"].default is False

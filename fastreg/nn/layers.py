@@ -28,6 +28,7 @@ from .._kernels import norm as _norm
 from .._kernels import placement
 from .._kernels.common import codes as _codes
 from .._kernels.matmul import bf16 as _matmul_bf16
+from .._kernels.matmul import codes as _matmul_codes
 from ._spec import (
     ActivationOp,
     AffineOp,
@@ -280,12 +281,21 @@ class Linear(Module):
         self.__dict__["_cache"] = (x2, shape, out, activation, slope, bf16)
         return out.reshape(*shape[:-1], self.out_features) if x.ndim != 2 else out
 
-    def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
+    def backward(self, grad_output: np.ndarray, *, input_grad: bool = True,
+                 _preact: bool = False, _through: tuple | None = None):
+        """Gradients of the last forward; returns dL/dx (None with ``input_grad=False``).
+
+        Sequential's input-gradient fusion (private): ``_preact`` says ``grad_output`` is
+        already the gradient w.r.t. the fused activation's input (the next Linear computed it),
+        so the activation pass is skipped; ``_through = (act_out, code, param)`` (from
+        :meth:`_input_grad_through` of the module before) makes the returned dx the gradient
+        through that module's activation, ``act_grad(dy @ W, act_out)``, in one GEMM.
+        """
         x2, in_shape, y, act, slope, bf16 = self._require_cache()
         dy = _check_grad(self, grad_output, (*in_shape[:-1], self.out_features), y.dtype)
         dy = dy.reshape(y.shape)
         dev = self._place.is_device
-        if act != _codes.ACT_IDENTITY:
+        if act != _codes.ACT_IDENTITY and not _preact:
             # fused activation: gradient w.r.t. the pre-activation, from the saved output
             dz = self._buffer("dz", y.shape, y.dtype)
             _elementwise.run_activation_backward(dy, y, dz, act, slope, dev)
@@ -303,6 +313,9 @@ class Linear(Module):
                 return None
             dx = self._buffer("dx", x2.shape, y.dtype)
             _matmul.run_linear_backward_input_bf16(dy, W.data, dx)
+            if _through is not None:     # (Sequential does not fuse here: the separate pass)
+                _matmul.run_act_grad_pass(dx, _through[0].reshape(x2.shape), _through[1],
+                                          _through[2], dev)
             return dx.reshape(in_shape)
         if W.requires_grad:
             # zero_grad zeroes lazily (Parameter): stale dW and db are overwritten (no pass of
@@ -323,8 +336,28 @@ class Linear(Module):
         if not input_grad:
             return None
         dx = self._buffer("dx", x2.shape, y.dtype)
-        _matmul.run_linear_backward_input(dy, W.data, dx, dev)
+        if _through is None:
+            _matmul.run_linear_backward_input(dy, W.data, dx, dev)
+        else:
+            act_out, code, param = _through      # param: the slope, or the dropout's scale
+            _matmul.run_linear_backward_input_act(dy, W.data, dx, act_out.reshape(x2.shape),
+                                                  code, param, param, dev)
         return dx.reshape(in_shape)
+
+    def _input_grad_through(self):
+        """``(act_out, code, param)`` when this Linear's backward starts with a fused
+        activation's backward that a following Linear's dx GEMM can apply in its epilogue
+        (Sequential), else None."""
+        cache = self.__dict__.get("_cache")
+        if cache is None or cache[3] == _codes.ACT_IDENTITY:
+            return None
+        return cache[2], cache[3], cache[4]
+
+    def _fuses_input_grad(self, through) -> bool:
+        """Can this Linear's backward take ``_through`` (its dx GEMM in float, shapes agree)?"""
+        cache = self.__dict__.get("_cache")
+        return (through is not None and cache is not None and not cache[5]
+                and through[0].size == cache[0].size and through[0].dtype == cache[0].dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -803,13 +836,17 @@ class Dropout(Module):
         self._cache = ("relu", x.shape, x.dtype, out, scale)
         return out
 
-    def backward(self, grad_output: np.ndarray, *, input_grad: bool = True):
+    def backward(self, grad_output: np.ndarray, *, input_grad: bool = True,
+                 _preact: bool = False):
+        """dL/dx of the last forward. ``_preact`` (Sequential, after a fused ReLU -> Dropout):
+        ``grad_output`` is already the gradient w.r.t. the ReLU's input (the following Linear's
+        dx GEMM applied this backward in its epilogue), returned as it is."""
         cache = self._require_cache()
         kind, shape, dt = cache[:3]
         dy = _check_grad(self, grad_output, shape, dt)
         if not input_grad:
             return None
-        if kind == "identity":
+        if kind == "identity" or (_preact and kind == "relu"):
             return dy
         dx = self._buffer("dx", shape, dt)
         if kind == "relu":          # fused ReLU -> Dropout: the gradient w.r.t. ReLU's input
@@ -822,6 +859,15 @@ class Dropout(Module):
         else:
             _dropout.run_dropout_backward(dy, cache[3], dx, cache[4], self._place.is_device)
         return dx
+
+    def _input_grad_through(self):
+        """``(out, GRAD_RELU_DROPOUT, scale)`` after a fused ReLU -> Dropout forward: its
+        backward needs only its output, so a following Linear's dx GEMM can apply it
+        (Sequential); else None."""
+        cache = self.__dict__.get("_cache")
+        if cache is None or cache[0] != "relu":
+            return None
+        return cache[3], _matmul_codes.GRAD_RELU_DROPOUT, cache[4]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1016,8 +1062,13 @@ class Sequential(Module):
     ``activation_backward`` from the saved output; the result equals the unfused pair. A
     ``ReLU`` directly followed by a ``Dropout`` (training, ``0 < p < 1``) runs as one
     ``relu_dropout_forward`` pass, and its backward as one ``relu_dropout_backward`` pass from the
-    output (:meth:`Dropout.forward_after_relu`); bit-identical to the two layers. Set
-    ``fuse = False`` on the instance to run every module separately.
+    output (:meth:`Dropout.forward_after_relu`); bit-identical to the two layers. In backward,
+    a Linear that follows such a fused (Linear, activation) or ReLU -> Dropout step computes
+    that step's pre-activation gradient directly, the activation's backward applied in its
+    input-gradient GEMM's epilogue (``matmul.run_linear_backward_input_act``; the step then
+    skips its own pass): the same bits as the separate pass, one pass over the gradient fewer.
+    A layer recorded under ``fastreg.autocast`` keeps the separate pass. Set ``fuse = False`` on
+    the instance to run every module separately.
 
     A module instance may appear only once: backward uses the cache of a module's latest call,
     and a second call would overwrite the output the first handed on.
@@ -1131,9 +1182,27 @@ class Sequential(Module):
                                "forward(); a model must be trained from one thread at a time")
         g = grad_output
         last = len(steps) - 1
+        through = None
         for i in range(last, -1, -1):
             m = steps[i][0]
-            if type(m) in _BUILTIN:
+            # Input-gradient fusion: a Linear whose input came from a fused (Linear, activation)
+            # or ReLU -> Dropout step computes that step's pre-activation gradient in its dx
+            # GEMM's epilogue (_through), and the step then skips its own pass (_preact).
+            preact = through is not None
+            through = None
+            if type(m) is Linear and i > 0 and self.fuse:
+                prev = steps[i - 1][0]
+                if type(prev) is Linear or type(prev) is Dropout:
+                    through = prev._input_grad_through()
+                    if not m._fuses_input_grad(through):
+                        through = None
+            if through is not None or preact:
+                if type(m) is Linear:
+                    g = m.backward(g, input_grad=input_grad or i > 0, _preact=preact,
+                                   _through=through)
+                else:
+                    g = m.backward(g, input_grad=input_grad or i > 0, _preact=True)
+            elif type(m) in _BUILTIN:
                 g = m.backward(g, input_grad=input_grad or i > 0)
             else:                   # a custom module: its backward may not take input_grad
                 g = call_backward(m, g, input_grad or i > 0)

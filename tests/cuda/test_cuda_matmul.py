@@ -106,6 +106,26 @@ def test_linear_backward_input_matches_reference_and_cpu(shape, dtype, dev, rng)
     assert_matches_cpu(got, cpu, scale, dtype)
 
 
+@pytest.mark.parametrize("name", ["tanh", "relu_dropout"])
+def test_linear_backward_input_act_is_the_gemm_then_the_activation_pass(name, dev, rng):
+    # no CUDA epilogue: the device GEMM, then the activation's own device kernel, in place
+    N, K, M = SHAPES[0]
+    dtype = np.float32
+    dy, w = rand(rng, (N, M), dtype), rand(rng, (M, K), dtype)
+    y = np.tanh(rand(rng, (N, K), dtype)) if name == "tanh" else \
+        np.maximum(rand(rng, (N, K), dtype), 0) * dtype(2.0)
+    dx = dev(np.full((N, K), np.nan, dtype))
+    assert mm.linear_backward_input_act(dev(dy), dev(w), dx, dev(y), name, scale=2.0) is dx
+    got = host(dx)
+    g, scale = ref_backward_input(dy, w)
+    y64 = y.astype(np.float64)
+    want = g * (1 - y64 * y64) if name == "tanh" else np.where(y64 > 0, 2.0 * g, 0.0)
+    assert_close(got, want, 2 * scale, dtype)
+    cpu = mm.linear_backward_input_act(dy, w, np.empty((N, K), dtype), y, name, scale=2.0,
+                                       backend=CPU)
+    assert_matches_cpu(got, cpu, 2 * scale, dtype)
+
+
 def _weight_grads(dy, x, dw0, db0, accumulate):
     """Reference dweight, dbias (None if db0 is None) and their scales."""
     want_w, scale_w, want_b, scale_b = ref_backward_weight(dy, x)

@@ -22,14 +22,16 @@ the CUDA backend, ``_matmul_cuda`` (shared-memory tiled GEMMs), whatever the bac
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
 from ..._checks import check_array, check_scalar, float_dtype, may_share_memory, on_device
 from .. import _dispatch
-from .codes import ACT_IDENTITY, activation_code
+from .codes import ACT_IDENTITY, GRAD_CODES, GRAD_RELU_DROPOUT, activation_code
 
-__all__ = ["linear_backward_input", "linear_backward_weight", "linear_forward"]
+__all__ = ["linear_backward_input", "linear_backward_input_act", "linear_backward_weight",
+           "linear_forward"]
 
 #: The kernels index with C ints.
 _MAX_DIM = 2**31 - 1
@@ -157,6 +159,83 @@ def linear_backward_input(dy: np.ndarray, weight: np.ndarray, dx: np.ndarray,
     return run_linear_backward_input(dy, weight, dx, dev, backend)
 
 
+def linear_backward_input_act(dy: np.ndarray, weight: np.ndarray, dx: np.ndarray,
+                              act_out: np.ndarray, activation: int | str, slope: float = 0.01,
+                              scale: float = 1.0, backend: str | None = None) -> np.ndarray:
+    r"""The input gradient of a linear layer taken through the activation that precedes it:
+    ``dx = act_grad(dy @ weight, act_out)`` (overwrites ``dx``).
+
+    For ``Linear_i -> act -> Linear_{i+1}``, ``dy`` is the gradient w.r.t. Linear_{i+1}'s output,
+    ``act_out`` the activation's saved output (Linear_{i+1}'s input) and ``dx`` the gradient
+    w.r.t. the activation's *input*. With :math:`g = \mathrm{dy}\,W` and :math:`y` = act_out:
+
+    .. math::
+        \mathrm{relu}: [y > 0]\,g \qquad
+        \mathrm{leaky\_relu}: y > 0 \;?\; g : g\cdot\text{slope} \qquad
+        \mathrm{sigmoid}: g\,y\,(1 - y) \qquad
+        \mathrm{tanh}: g\,(1 - y^2) \qquad
+        \mathrm{relu\_dropout}: [y > 0]\,g\cdot\text{scale}
+
+    ("relu_dropout": a fused ReLU -> Dropout, ``act_out`` the dropout's output, ``scale`` its
+    keep scale; "identity": plain ``dy @ weight``). Bit-identical to
+    :func:`linear_backward_input` followed by ``elementwise.activation_backward`` (or
+    ``dropout``'s ``run_relu_dropout_backward``): the same float operations on the same values.
+    The Cython backend applies it in the GEMM's epilogue, on each finished row sliver of ``dx``
+    while it is in cache (no second kernel call, no write and re-read of ``dx``); the numba,
+    blas and CUDA backends run the GEMM and then the separate activation-backward kernel.
+
+    Parameters
+    ----------
+    dy : ndarray, shape (N, M)
+    weight : ndarray, shape (M, K)
+    dx : ndarray, shape (N, K)
+        Written in place; must not overlap the inputs.
+    act_out : ndarray, shape (N, K)
+        The activation's output; must not overlap ``dx``.
+    activation : int or str
+        An activation code or name ("identity", "relu", "leaky_relu", "sigmoid", "tanh") or
+        "relu_dropout".
+    slope : float
+        Leaky ReLU's negative-side slope (finite).
+    scale : float
+        The dropout's scale for "relu_dropout" (finite, >= 1: ``1/(1-p)`` or 1).
+    backend : {"numba", "cython", "blas", "auto", "cuda"} or None
+
+    Returns
+    -------
+    dx : ndarray
+    """
+    dt = float_dtype("dy", dy)
+    check_array("dy", dy, ndim=2)
+    check_array("weight", weight, dtype=dt, ndim=2)
+    N, M = dy.shape
+    K = weight.shape[1]
+    if weight.shape[0] != M:
+        raise ValueError(f"dy and weight shapes do not match: dy {dy.shape} needs weight "
+                         f"({M}, K), got weight {weight.shape}")
+    check_array("dx", dx, dtype=dt, ndim=2, writeable=True)
+    if dx.shape != (N, K):
+        raise ValueError(f"dx must have shape (N, K) = ({N}, {K}) for dy {dy.shape} and weight "
+                         f"{weight.shape}, got dx {dx.shape}")
+    check_array("act_out", act_out, dtype=dt, shape=(N, K))
+    if isinstance(activation, str) and activation.lower() in GRAD_CODES:
+        code = GRAD_CODES[activation.lower()]
+    elif isinstance(activation, str):
+        raise ValueError(f"activation must be one of {sorted(GRAD_CODES)}, got {activation!r}")
+    elif activation == GRAD_RELU_DROPOUT and not isinstance(activation, bool):
+        code = GRAD_RELU_DROPOUT
+    else:
+        code = activation_code(activation)
+    slope = _check_slope(slope)
+    scale = check_scalar("scale", scale)
+    if code == GRAD_RELU_DROPOUT and not scale >= 1.0:
+        raise ValueError(f"scale must be >= 1 for relu_dropout (1/(1-p) or 1), got {scale!r}")
+    _check_dims(N, K, M)
+    dev = _on_device(dy=dy, weight=weight, dx=dx, act_out=act_out)
+    _check_outputs_apart({"dx": dx}, {"dy": dy, "weight": weight, "act_out": act_out})
+    return run_linear_backward_input_act(dy, weight, dx, act_out, code, slope, scale, dev, backend)
+
+
 def linear_backward_weight(dy: np.ndarray, x: np.ndarray, dweight: np.ndarray,
                            dbias: np.ndarray | None, accumulate: bool = True,
                            backend: str | None = None) -> None:
@@ -221,6 +300,54 @@ def run_linear_forward(x, weight, bias, out, act: int, slope: float, device: boo
 def run_linear_backward_input(dy, weight, dx, device: bool = False, backend: str | None = None):
     """Trusted :func:`linear_backward_input`."""
     _dispatch.kernel("matmul", "linear_backward_input", backend, device)(dy, weight, dx)
+    return dx
+
+
+#: The fused input-gradient kernel: the Cython backend's only (HELPERS in
+#: tests/test_backend_contract.py); the others take run_linear_backward_input_act's fallback.
+_FUSED_DX = "linear_backward_input_act"
+#: dx GEMM kernel -> the fused kernel of the same backend module, or None
+_fused_dx_cache: dict = {}
+
+
+def _fused_dx(gemm):
+    fn = _fused_dx_cache.get(gemm, _fused_dx_cache)
+    if fn is _fused_dx_cache:
+        mod = sys.modules.get(getattr(gemm, "__module__", None) or "")
+        fn = _fused_dx_cache[gemm] = getattr(mod, _FUSED_DX, None)
+    return fn
+
+
+def run_linear_backward_input_act(dy, weight, dx, act_out, code: int, slope: float,
+                                  scale: float, device: bool = False, backend: str | None = None):
+    """Trusted :func:`linear_backward_input_act` (the activation as a code: ``ACT_*`` or
+    ``GRAD_RELU_DROPOUT``). Cython: one GEMM with the activation's backward in its epilogue;
+    numba / blas / CUDA: the GEMM, then the separate activation-backward pass (same bits)."""
+    gemm = _dispatch.kernel("matmul", "linear_backward_input", backend, device)
+    if code == ACT_IDENTITY:
+        gemm(dy, weight, dx)
+        return dx
+    param = scale if code == GRAD_RELU_DROPOUT else slope
+    fused = None if device else _fused_dx(gemm)
+    if fused is not None:
+        fused(dy, weight, dx, act_out, code, param)
+        return dx
+    gemm(dy, weight, dx)
+    return run_act_grad_pass(dx, act_out, code, param, device,
+                             None if backend == "blas" else backend)
+
+
+def run_act_grad_pass(dx, act_out, code: int, param: float, device: bool = False,
+                      backend: str | None = None):
+    """The epilogue of :func:`run_linear_backward_input_act` as its own pass over ``dx`` (in
+    place): ``elementwise``'s activation backward, or ``dropout``'s ReLU -> Dropout backward (the
+    calls the unfused layers make; ``backend`` names theirs, None: the global setting)."""
+    if code == GRAD_RELU_DROPOUT:
+        from .. import dropout as _dropout
+        _dropout.run_relu_dropout_backward(dx, act_out, dx, param, device, backend)
+    elif code != ACT_IDENTITY:
+        from .. import elementwise as _elementwise
+        _elementwise.run_activation_backward(dx, act_out, dx, code, param, device, backend)
     return dx
 
 

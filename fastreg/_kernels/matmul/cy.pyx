@@ -33,6 +33,16 @@ cdef extern from "kernel.h" nogil:
                     const double *B, Py_ssize_t rsb, Py_ssize_t csb, const double *Bpk,
                     double *C, Py_ssize_t ldc, int accumulate, const double *bias, int act,
                     double slope, double *rowsum, int nthreads)
+    int fr_gemm_ep_f32(int m, int n, int k, const float *A, Py_ssize_t rsa, Py_ssize_t csa,
+                       const float *B, Py_ssize_t rsb, Py_ssize_t csb, const float *Bpk,
+                       float *C, Py_ssize_t ldc, int accumulate, const float *bias, int act,
+                       float slope, float *rowsum, const float *Y, Py_ssize_t ldy, int gcode,
+                       float gparam, int nthreads)
+    int fr_gemm_ep_f64(int m, int n, int k, const double *A, Py_ssize_t rsa, Py_ssize_t csa,
+                       const double *B, Py_ssize_t rsb, Py_ssize_t csb, const double *Bpk,
+                       double *C, Py_ssize_t ldc, int accumulate, const double *bias, int act,
+                       double slope, double *rowsum, const double *Y, Py_ssize_t ldy,
+                       int gcode, double gparam, int nthreads)
     size_t fr_packed_size_f32(int n, int k)
     size_t fr_packed_size_f64(int n, int k)
     void fr_pack_weight_f32(int n, int k, const float *W, float *Bp)
@@ -55,8 +65,10 @@ cdef inline void* _ptr(object a):
 cdef int _gemm(object dtype, int m, int n, int k, object A, Py_ssize_t rsa, Py_ssize_t csa,
                object B, Py_ssize_t rsb, Py_ssize_t csb, object C, Py_ssize_t ldc,
                int accumulate, object bias, int act, double slope, object rowsum,
-               object Bpk=None) except -1:
+               object Bpk=None, object Y=None, Py_ssize_t ldy=0, int gcode=0,
+               double gparam=0.0) except -1:
     cdef void *pa = _ptr(A)
+    cdef void *py = _ptr(Y)
     cdef void *pb = _ptr(B)
     cdef void *pbk = _ptr(Bpk)
     cdef void *pc = _ptr(C)
@@ -69,13 +81,15 @@ cdef int _gemm(object dtype, int m, int n, int k, object A, Py_ssize_t rsa, Py_s
     cdef int rc
     with nogil:
         if is_f32:
-            rc = fr_gemm_f32(m, n, k, <const float*>pa, rsa, csa, <const float*>pb, rsb, csb,
-                             <const float*>pbk, <float*>pc, ldc, accumulate,
-                             <const float*>pbias, act, <float>slope, <float*>prow, nt)
+            rc = fr_gemm_ep_f32(m, n, k, <const float*>pa, rsa, csa, <const float*>pb, rsb, csb,
+                                <const float*>pbk, <float*>pc, ldc, accumulate,
+                                <const float*>pbias, act, <float>slope, <float*>prow,
+                                <const float*>py, ldy, gcode, <float>gparam, nt)
         else:
-            rc = fr_gemm_f64(m, n, k, <const double*>pa, rsa, csa, <const double*>pb, rsb, csb,
-                             <const double*>pbk, <double*>pc, ldc, accumulate,
-                             <const double*>pbias, act, slope, <double*>prow, nt)
+            rc = fr_gemm_ep_f64(m, n, k, <const double*>pa, rsa, csa, <const double*>pb, rsb,
+                                csb, <const double*>pbk, <double*>pc, ldc, accumulate,
+                                <const double*>pbias, act, slope, <double*>prow,
+                                <const double*>py, ldy, gcode, gparam, nt)
     if rc != 0:
         raise MemoryError("fastreg matmul: could not allocate the packing scratch")
     return 0
@@ -92,6 +106,17 @@ def linear_backward_input(dy, weight, dx):
     """dx[N, K] = dy[N, M] @ weight[M, K] (overwrites dx)."""
     cdef Py_ssize_t N = dy.shape[0], M = dy.shape[1], K = weight.shape[1]
     _gemm(dy.dtype, N, K, M, dy, M, 1, weight, K, 1, dx, K, 0, None, 0, 0.0, None)
+    return dx
+
+
+def linear_backward_input_act(dy, weight, dx, act_out, int code, double param):
+    """dx[N, K] = act_grad(dy[N, M] @ weight[M, K], act_out[N, K]) in one GEMM: the epilogue
+    of each final tile applies the activation's backward (kernel.h fr_act_grad; ``code`` an
+    ACT_* or GRAD_RELU_DROPOUT, ``param`` the slope or the dropout scale); act_out (N, K)
+    C-contiguous, apart from dx (validated by the caller)."""
+    cdef Py_ssize_t N = dy.shape[0], M = dy.shape[1], K = weight.shape[1]
+    _gemm(dy.dtype, N, K, M, dy, M, 1, weight, K, 1, dx, K, 0, None, 0, 0.0, None, None,
+          act_out, K, code, param)
     return dx
 
 

@@ -24,6 +24,49 @@ static inline FR_T FN(fr_act)(FR_T v, int act, FR_T slope) {
     }
 }
 
+/* The input-gradient epilogue: C = act_grad(C, Y) on an mr x nr block, C the gradient w.r.t.
+ * an activation's output, Y that output (its own row stride), the result the gradient w.r.t.
+ * the activation's input. The same float operations on the same values as the separate passes,
+ * so the fused product gives their bits: elementwise/ops.h fr_act_backward (ReLU, LeakyReLU,
+ * Sigmoid, Tanh; p = slope) and dropout/relu_dropout.h fr_relu_dropout_backward
+ * (FR_GRAD_RELU_DROPOUT, p = scale, Y = the dropout's output). `Y > 0` is false for NaN and
+ * -0.0, which then give +0.0 (ReLU, ReLU -> Dropout) or C * slope (LeakyReLU), as there.
+ * Scalar loops, one per code, which the compiler vectorizes like the separate passes' (all but
+ * LeakyReLU's). */
+static void FN(fr_act_grad)(int mr, int nr, FR_T *restrict c, ptrdiff_t ldc,
+                            const FR_T *restrict y, ptrdiff_t ldy, int code, FR_T p) {
+    for (int i = 0; i < mr; i++) {
+        FR_T *restrict cr = c + i * ldc;
+        const FR_T *restrict yr = y + i * ldy;
+        switch (code) {
+        case FR_ACT_RELU:
+            for (int j = 0; j < nr; j++) cr[j] = yr[j] > 0 ? cr[j] : (FR_T)0;
+            break;
+        case FR_ACT_LEAKY_RELU:
+            /* (scalar: with trapping math gcc does not speculate the product, as in ops.h) */
+            for (int j = 0; j < nr; j++) cr[j] = yr[j] > 0 ? cr[j] : cr[j] * p;
+            break;
+        case FR_ACT_SIGMOID:
+            for (int j = 0; j < nr; j++) { FR_T v = yr[j]; cr[j] = cr[j] * v * ((FR_T)1 - v); }
+            break;
+        case FR_ACT_TANH:
+            for (int j = 0; j < nr; j++) { FR_T v = yr[j]; cr[j] = cr[j] * ((FR_T)1 - v * v); }
+            break;
+        case FR_GRAD_RELU_DROPOUT:
+            for (int j = 0; j < nr; j++) {
+                FR_T v = cr[j] * p;
+                FR_U u;
+                memcpy(&u, &v, sizeof u);
+                u &= (FR_U)0 - (FR_U)(yr[j] > 0);
+                memcpy(&cr[j], &u, sizeof u);
+            }
+            break;
+        default:
+            break;
+        }
+    }
+}
+
 /* Ap[k * MR + i] = A[i, k] for the mr x kc sliver at A (rows beyond mr are zero).
  * The packers are kept scalar (FR_NOVEC): gcc would vectorize the transposing loops with AVX-512
  * scatters, which are microcoded and several times slower on Zen 4. They read the source
@@ -245,6 +288,7 @@ static void FN(fr_edge_tile)(int mr, int nr, int kc, const FR_T *a, ptrdiff_t ld
 static int FN(fr_gemm_small)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdiff_t csa,
                              const FR_T *B, ptrdiff_t rsb, ptrdiff_t csb, FR_T *C, ptrdiff_t ldc,
                              int accumulate, const FR_T *bias, int act, FR_T slope, FR_T *rowsum,
+                             const FR_T *Y, ptrdiff_t ldy, int gcode, FR_T gparam,
                              int nthreads) {
     if (!(rsb == 1 || csb == 1)) return 0;
     /* A rows made contiguous (m x k, tiny) so both forms read them with unit stride. */
@@ -344,6 +388,7 @@ static int FN(fr_gemm_small)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, 
                     crow[j] = FN(fr_act)(crow[j] + (bias ? bias[j] : (FR_T)0), act, slope);
             }
         }
+        if (Y) FN(fr_act_grad)(m, j1 - j0, C + j0, ldc, Y + j0, ldy, gcode, gparam);
     }
     return 1;
 }
@@ -468,15 +513,19 @@ static void FN(fr_gemv_packed)(int m, int n, int k, const FR_T *A, ptrdiff_t lda
     }
 }
 
-/* C[m, n] (+)= A @ B, fused epilogue act(C + bias[n]) and rowsum[m] (+)= A.sum(1).
+/* C[m, n] (+)= A @ B, fused epilogue act(C + bias[n]) and rowsum[m] (+)= A.sum(1), then, with
+ * Y != NULL, the input-gradient epilogue C = act_grad(C, Y) (fr_act_grad: gcode, gparam; Y is
+ * m x n with row stride ldy, must not overlap C), applied once per tile in its last depth block.
  * Bpk: B already packed by fr_pack_weight (B = W.T, rsb = 1, csb = k, never accumulated), or
- * NULL to pack per call; with Bpk, B is not read (may be NULL).
+ * NULL to pack per call; with Bpk, B is not read (may be NULL) and Y must be NULL.
  * Returns 0 on success, -1 if the scratch could not be allocated. */
-static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdiff_t csa,
-                       const FR_T *B, ptrdiff_t rsb, ptrdiff_t csb, const FR_T *Bpk, FR_T *C,
-                       ptrdiff_t ldc, int accumulate, const FR_T *bias, int act, FR_T slope,
-                       FR_T *rowsum, int nthreads) {
+static int FN(fr_gemm_ep)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdiff_t csa,
+                          const FR_T *B, ptrdiff_t rsb, ptrdiff_t csb, const FR_T *Bpk, FR_T *C,
+                          ptrdiff_t ldc, int accumulate, const FR_T *bias, int act, FR_T slope,
+                          FR_T *rowsum, const FR_T *Y, ptrdiff_t ldy, int gcode, FR_T gparam,
+                          int nthreads) {
     if (m <= 0 || n <= 0) return 0;
+    if (Y && Bpk) return -2;
     if (k <= 0) {  /* empty sum: C = act(beta * C + bias) */
         for (int i = 0; i < m; i++) {
             if (rowsum && !accumulate) rowsum[i] = 0;
@@ -485,6 +534,7 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
                 C[i * ldc + j] = FN(fr_act)(v + (bias ? bias[j] : (FR_T)0), act, slope);
             }
         }
+        if (Y) FN(fr_act_grad)(m, n, C, ldc, Y, ldy, gcode, gparam);
         return 0;
     }
     if (nthreads < 1) nthreads = 1;
@@ -504,7 +554,7 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
     }
     if (!Bpk && m <= FR_SMALL_M &&
         FN(fr_gemm_small)(m, n, k, A, rsa, csa, B, rsb, csb, C, ldc, accumulate, bias, act,
-                          slope, rowsum, nthreads))
+                          slope, rowsum, Y, ldy, gcode, gparam, nthreads))
         return 0;
 
     const double flops = 2.0 * m * (double)n * k;
@@ -621,10 +671,25 @@ static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdif
                         FN(fr_edge_tile)(mr, nr, kc, As, lda, bp, c, ldc, load_c, last, bb,
                                          act, slope, tile);
                 }
+                /* the input-gradient epilogue on the finished sliver (mr x nc, in L1/L2): Y read
+                 * in mr row streams, which the prefetchers follow (tile by tile: 6 x 64 bytes
+                 * at a stride, ~2x slower) */
+                if (last && Y)
+                    FN(fr_act_grad)(mr, nc, C + ir * ldc + j0, ldc, Y + ir * ldy + j0, ldy, gcode,
+                                    gparam);
             }
         }
     }
     return 0;
+}
+
+/* fr_gemm_ep without the input-gradient epilogue. */
+static int FN(fr_gemm)(int m, int n, int k, const FR_T *A, ptrdiff_t rsa, ptrdiff_t csa,
+                       const FR_T *B, ptrdiff_t rsb, ptrdiff_t csb, const FR_T *Bpk, FR_T *C,
+                       ptrdiff_t ldc, int accumulate, const FR_T *bias, int act, FR_T slope,
+                       FR_T *rowsum, int nthreads) {
+    return FN(fr_gemm_ep)(m, n, k, A, rsa, csa, B, rsb, csb, Bpk, C, ldc, accumulate, bias, act,
+                          slope, rowsum, NULL, 0, FR_ACT_IDENTITY, 0, nthreads);
 }
 
 /* 1 if fr_chain(m, nl, dims, ...) may fork at this m (so the thread count matters), else 0. */

@@ -3,6 +3,7 @@
  *   C[m, n] (+)= sum_k A[m, k] * B[k, n]            (C row-major with leading dimension ldc)
  *   then, if requested: C = act(C + bias[n])        (on the tile while it is in registers/L1)
  *   and  rowsum[m] (+)= sum_k A[m, k]               (fused into the packing of A; dbias)
+ *   or, for the input gradient, C = act_grad(C, Y)  (fr_gemm_ep: once the tile is final)
  *
  * A and B are read through (row stride, column stride) pairs, so the three linear-layer products
  * (x @ W.T, dy @ W, dy.T @ x) are the same routine with different strides.
@@ -31,6 +32,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,6 +49,9 @@
 #define FR_ACT_LEAKY_RELU 2
 #define FR_ACT_SIGMOID 3
 #define FR_ACT_TANH 4
+/* The input-gradient epilogue's extra code (fastreg/_kernels/matmul/codes.py): the gradient
+ * through a fused ReLU -> Dropout, from the dropout's output (dropout/relu_dropout.h). */
+#define FR_GRAD_RELU_DROPOUT 5
 
 #define FR_CAT_(a, b) a##_##b
 #define FR_CAT(a, b) FR_CAT_(a, b)
@@ -172,6 +177,7 @@ static inline void fr_transpose_f64(const double *src, ptrdiff_t lds, double *ds
 
 /* ------------------------------------------------------------------ float */
 #define FR_T float
+#define FR_U uint32_t
 #define FR_SUFFIX f32
 #define FR_TB 8
 #define FR_EXP expf
@@ -215,6 +221,7 @@ static inline void fr_transpose_f64(const double *src, ptrdiff_t lds, double *ds
 #define FR_MC 256
 #include "gemm_impl.h"
 #undef FR_T
+#undef FR_U
 #undef FR_SUFFIX
 #undef FR_TB
 #undef FR_EXP
@@ -238,6 +245,7 @@ static inline void fr_transpose_f64(const double *src, ptrdiff_t lds, double *ds
 
 /* ----------------------------------------------------------------- double */
 #define FR_T double
+#define FR_U uint64_t
 #define FR_SUFFIX f64
 #define FR_TB 4
 #define FR_EXP exp
@@ -281,6 +289,7 @@ static inline void fr_transpose_f64(const double *src, ptrdiff_t lds, double *ds
 #define FR_MC 256
 #include "gemm_impl.h"
 #undef FR_T
+#undef FR_U
 #undef FR_SUFFIX
 #undef FR_TB
 #undef FR_EXP
