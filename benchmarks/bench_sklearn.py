@@ -127,7 +127,8 @@ def profile(n: int, d: int) -> None:
                 acc[key] += time.process_time() - t
         setattr(mod, name, timed)
 
-    for name in ("run_linear_forward", "run_linear_backward_input", "run_linear_backward_weight"):
+    for name in ("run_linear_forward", "run_linear_backward_input",
+                 "run_linear_backward_input_act", "run_linear_backward_weight"):
         wrap(matmul, name, "GEMM " + name[len("run_linear_"):])
     wrap(elementwise, "run_activation_backward", "ReLU backward")
     wrap(optim, "_run", "Adam kernel")

@@ -461,6 +461,29 @@ def _train_steps(model, dt, x, input_grad=True, steps=2):
     return got
 
 
+def _ulps(a, b):
+    it = np.int32 if a.dtype == np.float32 else np.int64
+    return np.abs(a.view(it).astype(np.int64) - b.view(it).astype(np.int64))
+
+
+@pytest.mark.parametrize("name, max_ulp", [("relu", 0), ("leaky_relu", 0), ("sigmoid", 4),
+                                           ("tanh", 4)])
+def test_fused_linear_activation_forward_is_the_unfused_pair_as_documented(backend, dtype, name,
+                                                                           max_ulp):
+    """Sequential's docstring: Linear + activation in one GEMM epilogue equals the two layers
+    bit for bit for ReLU / LeakyReLU, within a few ulp for Sigmoid / Tanh (libm's exp/tanh in
+    the epilogue, fastreg's vectorized ones in the separate layers)."""
+    fr.manual_seed(0)
+    m = nn.Sequential(nn.Linear(33, 257, dtype=dtype), _act_layer(name))
+    x = (3.0 * np.random.default_rng(0).standard_normal((65, 33))).astype(dtype)
+    fused = m(x)
+    m.fuse = False
+    unfused = m(x)
+    assert fused.dtype == unfused.dtype == dtype
+    assert np.isfinite(fused).all()
+    assert _ulps(fused, unfused).max() <= max_ulp
+
+
 @contextlib.contextmanager
 def _input_grad_fusion_off():
     """Sequential as before this fusion: every other fusion on (the forward's Linear +
