@@ -3,7 +3,11 @@
  *
  * Why: glibc's expf/tanhf are scalar calls unless -ffast-math, which we do not use (it would
  * also break NaN/inf handling), so gcc cannot vectorize a loop that calls them. The functions
- * below are branch-free arithmetic that gcc -O3 -march=native vectorizes:
+ * below are branch-free arithmetic that gcc -O3 -march=native vectorizes -- given
+ * -fno-trapping-math (setup.py sets it for this extension): with gcc's default trapping math a
+ * float compare may trap, so the clamps and the NaN pass-through are not if-converted and every
+ * loop calling these stayed scalar (float32 sigmoid 4.3 -> 0.8 ns, tanh 8.3 -> 1.5 ns an element,
+ * one thread; the same bits but for the sign of a NaN from sigmoid):
  *   exp(x) = 2^n · P(r), n = round(x / ln2), r = x - n·ln2 (Cody-Waite split), |r| <= ln2/2,
  *            P the Taylor polynomial (degree 7 for float, 13 for double: truncation < 1e-8 / 1e-17
  *            relative); 2^n is applied as two power-of-two factors so that results in the
