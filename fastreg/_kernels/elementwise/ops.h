@@ -142,6 +142,60 @@ static inline double fr_tanh(double x)
     return x == x ? t : x;
 }
 
+/* Softmax row, first pass over the 16-lane blocks [0, cv): lane j keeps the running maximum
+ * (mx, seeded by the caller) and the float sum (ls, zeroed by the caller) of l[c + j]. gcc does
+ * not vectorize this two-accumulator pattern (it unrolls the lanes into scalar compares), so
+ * AVX2 gets it written out: max_ps(v, m) is `v > m ? v : m` bit for bit (NaN never replaces),
+ * and each lane adds its elements in the same order, so the result is the loop's. */
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+static inline void fr_xent_pass1_f32(const float *l, int64_t cv, float *mx, float *ls)
+{
+#if defined(__AVX2__)
+    __m256 m0 = _mm256_loadu_ps(mx), m1 = _mm256_loadu_ps(mx + 8);
+    __m256 s0 = _mm256_loadu_ps(ls), s1 = _mm256_loadu_ps(ls + 8);
+    for (int64_t c = 0; c < cv; c += 16) {
+        __m256 v0 = _mm256_loadu_ps(l + c), v1 = _mm256_loadu_ps(l + c + 8);
+        m0 = _mm256_max_ps(v0, m0);
+        m1 = _mm256_max_ps(v1, m1);
+        s0 = _mm256_add_ps(s0, v0);
+        s1 = _mm256_add_ps(s1, v1);
+    }
+    _mm256_storeu_ps(mx, m0); _mm256_storeu_ps(mx + 8, m1);
+    _mm256_storeu_ps(ls, s0); _mm256_storeu_ps(ls + 8, s1);
+#else
+    for (int64_t c = 0; c < cv; c += 16)
+        for (int j = 0; j < 16; ++j) {
+            float v = l[c + j];
+            mx[j] = v > mx[j] ? v : mx[j];
+            ls[j] += v;
+        }
+#endif
+}
+
+static inline void fr_xent_pass1_f64(const double *l, int64_t cv, double *mx, double *ls)
+{
+#if defined(__AVX2__)
+    __m256d m[4], s[4];
+    for (int q = 0; q < 4; ++q) { m[q] = _mm256_loadu_pd(mx + 4 * q); s[q] = _mm256_loadu_pd(ls + 4 * q); }
+    for (int64_t c = 0; c < cv; c += 16)
+        for (int q = 0; q < 4; ++q) {
+            __m256d v = _mm256_loadu_pd(l + c + 4 * q);
+            m[q] = _mm256_max_pd(v, m[q]);
+            s[q] = _mm256_add_pd(s[q], v);
+        }
+    for (int q = 0; q < 4; ++q) { _mm256_storeu_pd(mx + 4 * q, m[q]); _mm256_storeu_pd(ls + 4 * q, s[q]); }
+#else
+    for (int64_t c = 0; c < cv; c += 16)
+        for (int j = 0; j < 16; ++j) {
+            double v = l[c + j];
+            mx[j] = v > mx[j] ? v : mx[j];
+            ls[j] += v;
+        }
+#endif
+}
+
 /* Activation codes, as in fastreg/_kernels/common/codes.py. */
 #define FR_ACT_IDENTITY 0
 #define FR_ACT_RELU 1
@@ -202,12 +256,7 @@ static inline double fr_xent_row_##SUFFIX(const T *l, T *p, int64_t y, int64_t C
     T mx[16], ls[16], es[16];                                                                 \
     int64_t c, j, cv = C & ~(int64_t)15;                                                      \
     for (j = 0; j < 16; ++j) { mx[j] = l[0]; ls[j] = 0; es[j] = 0; }                          \
-    for (c = 0; c < cv; c += 16)                                                              \
-        for (j = 0; j < 16; ++j) {                                                            \
-            T v = l[c + j];                                                                   \
-            mx[j] = v > mx[j] ? v : mx[j];                                                    \
-            ls[j] += v;                                                                       \
-        }                                                                                     \
+    fr_xent_pass1_##SUFFIX(l, cv, mx, ls);                                                    \
     double m = l[0], lsum = 0.0, s = 0.0;                                                     \
     for (j = 0; j < 16; ++j) { m = mx[j] > m ? mx[j] : m; lsum += ls[j]; }                    \
     for (c = cv; c < C; ++c) { m = l[c] > m ? l[c] : m; lsum += l[c]; }                       \
