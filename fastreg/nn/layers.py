@@ -300,7 +300,8 @@ class Linear(Module):
             dz = self._buffer("dz", y.shape, y.dtype)
             _elementwise.run_activation_backward(dy, y, dz, act, slope, dev)
             dy = dz
-        W, b = self.weight, self.bias
+        params = self._parameters      # (not self.weight: Module.__getattr__ is the slow path)
+        W, b = params["weight"], params["bias"]
         bp = b if (b is not None and b.requires_grad) else None
         if bf16:    # recorded under autocast: the products of fastreg.amp's backward
             db = None if bp is None else bp.grad_buffer()
@@ -1164,7 +1165,7 @@ class Sequential(Module):
                 x = y
             else:
                 x = m.forward(x, activation=other._code, slope=other.slope)
-                other._cache = None      # the activation's own backward must not run stale
+                other.__dict__["_cache"] = None   # its own backward must not run stale
         d["_plan"] = plan
         d["_plan_thread"] = threading.get_ident()
         return x

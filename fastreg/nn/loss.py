@@ -232,7 +232,8 @@ class CrossEntropyLoss(_Loss):
             t = t.reshape(1)
         ign = self.ignore_index
         ignored = False
-        if N and (t.min() < 0 or t.max() >= C):
+        # one reduction for both bounds: a negative index viewed as uint64 is >= 2**63 > C
+        if N and t.view(np.uint64).max() >= C:
             out = (t < 0) | (t >= C)
             bad = t[out & (t != ign)]
             if bad.size:
@@ -265,8 +266,9 @@ class CrossEntropyLoss(_Loss):
         unbatched = x.ndim == 1
         z = x.reshape(1, -1) if unbatched else x
         N, C = z.shape
-        if self.weight is not None and self.weight.shape != (C,):
-            raise ValueError(f"CrossEntropyLoss: weight has shape {self.weight.shape}, expected "
+        weight = self.weight            # (a buffer: one Module.__getattr__ per call)
+        if weight is not None and weight.shape != (C,):
+            raise ValueError(f"CrossEntropyLoss: weight has shape {weight.shape}, expected "
                              f"({C},) for input {x.shape}")
         th = _host(target)
         if th.dtype.kind == "f":
@@ -284,17 +286,17 @@ class CrossEntropyLoss(_Loss):
         probs = self._buffer("probs", z.shape, z.dtype)
         eps = self.label_smoothing
         dev = self._place.is_device
-        if self.weight is None:
+        if weight is None:
             loss = _elementwise.run_softmax_cross_entropy_forward(z, t, probs, eps, dev)
             if self.reduction == "sum":
                 loss *= N
-            self._cache = ("fast", probs, t, None, x.shape, x.dtype)
+            self.__dict__["_cache"] = ("fast", probs, t, None, x.shape, x.dtype)
             return loss
         # weighted (torch's formula, including label smoothing): float64 sums
         total, denom = _elementwise.run_softmax_xent_weighted_forward(
             z, t, self._placed_weight(), probs, eps, dev)
         denom = denom if self.reduction == "mean" else 1.0
-        self._cache = ("fast", probs, t, denom, x.shape, x.dtype)
+        self.__dict__["_cache"] = ("fast", probs, t, denom, x.shape, x.dtype)
         return float(total / denom)
 
     def _general(self, x, z, prob_target, t):

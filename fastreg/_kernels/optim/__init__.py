@@ -120,11 +120,15 @@ def _common(lr, weight_decay, l1, l2):
             check_scalar("l1", l1, low=0.0), check_scalar("l2", l2, low=0.0))
 
 
+_HP_GAP = [0.0] * (HP_A - 4)
+_HP_ZEROS = [0.0] * HP_LEN
+
+
 def _hp(dt, lr, wd, l1, l2, *rest) -> np.ndarray:
-    hp = np.zeros(HP_LEN, dtype=dt)
-    hp[:4] = (lr, wd, l1, 2.0 * l2)
-    hp[HP_A:HP_A + len(rest)] = rest
-    return hp
+    # one array from one list (np.zeros and two slice stores cost ~3x this, every step)
+    vals = [lr, wd, l1, 2.0 * l2, *_HP_GAP, *rest]
+    vals += _HP_ZEROS[:HP_LEN - len(vals)]
+    return np.array(vals, dtype=dt)
 
 
 def _run(kind, flags, param, grad, bufs, hp, device, backend):
