@@ -54,7 +54,9 @@ print(f"fastreg build: openmp={use_openmp} march_native={use_native}", file=sys.
 # -fno-trapping-math only drops that assumption (nothing here reads the FP exception flags or
 # enables traps); it permits no value-changing transformation, so results are unchanged.
 # optim: AMSGrad's running max is such a select (its loop ran scalar, 10x Adam's time).
-FAMILY_ARGS = {"elementwise": ["-fno-trapping-math"], "optim": ["-fno-trapping-math"]}
+# matmul: the fused Sigmoid / Tanh epilogues call ops.h's exp / tanh (kernel.h).
+FAMILY_ARGS = {"elementwise": ["-fno-trapping-math"], "optim": ["-fno-trapping-math"],
+               "matmul": ["-fno-trapping-math"]}
 
 extensions = []
 only = os.environ.get("FASTREG_ONLY", "")

@@ -1061,8 +1061,7 @@ class Sequential(Module):
     ``activation`` layer that is ``fusable()`` (ReLU, LeakyReLU(negative_slope > 0), Sigmoid,
     Tanh) is run as one ``linear_forward(..., activation=...)`` call, and its backward applies
     ``activation_backward`` from the saved output; the result equals the unfused pair bit for
-    bit for ReLU and LeakyReLU, and within a few ulp for Sigmoid and Tanh (the GEMM epilogue
-    evaluates libm's exp/tanh per element, the separate layers fastreg's vectorized ones). A
+    bit (the epilogue evaluates Sigmoid and Tanh with the elementwise kernels' exp / tanh). A
     ``ReLU`` directly followed by a ``Dropout`` (training, ``0 < p < 1``) runs as one
     ``relu_dropout_forward`` pass, and its backward as one ``relu_dropout_backward`` pass from the
     output (:meth:`Dropout.forward_after_relu`); bit-identical to the two layers. In backward,

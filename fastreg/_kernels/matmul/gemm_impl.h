@@ -259,10 +259,18 @@ static inline void FN(fr_ukernel)(int kc, const FR_T *restrict a, ptrdiff_t lda,
             c[i * ldc + j] = v;
         }
 #endif
-    /* sigmoid / tanh have no vector form here: one scalar pass over the tile, still in L1. */
-    if (epilogue && (act == FR_ACT_SIGMOID || act == FR_ACT_TANH)) {
-        for (int i = 0; i < FR_MR; i++)
-            for (int j = 0; j < FR_NR; j++) c[i * ldc + j] = FN(fr_act)(c[i * ldc + j], act, slope);
+    /* sigmoid / tanh: one pass over the tile, still in L1, with ops.h's exp / tanh (one loop per
+     * activation, so that the compiler vectorizes it; the separate layers' expressions) */
+    if (epilogue && act == FR_ACT_SIGMOID) {
+        for (int i = 0; i < FR_MR; i++) {
+            FR_T *restrict cr = c + i * ldc;
+            for (int j = 0; j < FR_NR; j++) cr[j] = (FR_T)1 / ((FR_T)1 + FR_EXP(-cr[j]));
+        }
+    } else if (epilogue && act == FR_ACT_TANH) {
+        for (int i = 0; i < FR_MR; i++) {
+            FR_T *restrict cr = c + i * ldc;
+            for (int j = 0; j < FR_NR; j++) cr[j] = FR_TANH(cr[j]);
+        }
     }
 }
 

@@ -53,6 +53,12 @@
  * through a fused ReLU -> Dropout, from the dropout's output (dropout/relu_dropout.h). */
 #define FR_GRAD_RELU_DROPOUT 5
 
+/* exp / tanh of the fused Sigmoid / Tanh epilogues: the elementwise kernels' own (branch-free,
+ * vectorizable with -fno-trapping-math, which setup.py gives this extension), so a fused
+ * Linear + Sigmoid / Tanh gives the bits of the Linear and then the separate layer. libm's
+ * expf / tanhf were scalar calls: the fused forward was slower than the two layers. */
+#include "../elementwise/ops.h"
+
 #define FR_CAT_(a, b) a##_##b
 #define FR_CAT(a, b) FR_CAT_(a, b)
 #define FR_MIN(a, b) ((a) < (b) ? (a) : (b))
@@ -180,8 +186,8 @@ static inline void fr_transpose_f64(const double *src, ptrdiff_t lds, double *ds
 #define FR_U uint32_t
 #define FR_SUFFIX f32
 #define FR_TB 8
-#define FR_EXP expf
-#define FR_TANH tanhf
+#define FR_EXP fr_expf
+#define FR_TANH fr_tanhf
 #if defined(__AVX512F__)
 #define FR_MR 8
 #define FR_W 16
@@ -248,8 +254,8 @@ static inline void fr_transpose_f64(const double *src, ptrdiff_t lds, double *ds
 #define FR_U uint64_t
 #define FR_SUFFIX f64
 #define FR_TB 4
-#define FR_EXP exp
-#define FR_TANH tanh
+#define FR_EXP fr_exp
+#define FR_TANH fr_tanh
 #if defined(__AVX512F__)
 #define FR_MR 8
 #define FR_W 8
