@@ -43,7 +43,8 @@ static void FN(fr_act_grad)(int mr, int nr, FR_T *restrict c, ptrdiff_t ldc,
             for (int j = 0; j < nr; j++) cr[j] = yr[j] > 0 ? cr[j] : (FR_T)0;
             break;
         case FR_ACT_LEAKY_RELU:
-            /* (scalar: with trapping math gcc does not speculate the product, as in ops.h) */
+            /* (vectorized only with -fno-trapping-math, which setup.py gives this extension:
+             * otherwise gcc does not speculate the product past the compare) */
             for (int j = 0; j < nr; j++) cr[j] = yr[j] > 0 ? cr[j] : cr[j] * p;
             break;
         case FR_ACT_SIGMOID:
