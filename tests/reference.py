@@ -524,3 +524,29 @@ def embedding_renorm_(weight, indices, max_norm, norm_type=2.0):
         if norm > max_norm:
             w[k] *= max_norm / (norm + 1e-7)
     return w
+
+
+# --- finite differences ----------------------------------------------------------------------
+
+def assert_model_gradients_match_central_differences(loss_at, model, x, dx, rng, per_param,
+                                                     x_indices, h=1e-6, rtol=1e-5, atol=1e-8):
+    """The gradients a float64 backward left -- ``p.grad`` of every parameter of ``model`` and
+    ``dx`` (dL/dx) -- against central differences (L(v + h) - L(v - h)) / 2h of ``loss_at()``
+    (which must re-run the forward with fixed randomness): ``per_param`` random entries of each
+    parameter, and ``x`` at ``x_indices``. Every perturbed value is restored."""
+    def central(a, i):
+        old = a[i]
+        a[i] = old + h
+        lp = loss_at()
+        a[i] = old - h
+        lm = loss_at()
+        a[i] = old
+        return (lp - lm) / (2 * h)
+    for name, p in model.named_parameters():
+        flat, gflat = p.data.reshape(-1), p.grad.reshape(-1)
+        for i in rng.choice(flat.size, size=min(per_param, flat.size), replace=False):
+            np.testing.assert_allclose(gflat[i], central(flat, i), rtol=rtol, atol=atol,
+                                       err_msg=name)
+    for idx in x_indices:
+        np.testing.assert_allclose(dx[idx], central(x, idx), rtol=rtol, atol=atol,
+                                   err_msg=f"dx{idx}")

@@ -243,6 +243,34 @@ def test_softmax_xent_is_stable_for_huge_logits(backend, dtype):
     np.testing.assert_allclose(probs, ref_probs, rtol=1e-6, atol=1e-30)
 
 
+@pytest.mark.parametrize("C", [16, 17, 33, 1000])
+def test_softmax_xent_row_max_in_every_lane_and_block(backend, dtype, C):
+    """The row maximum (the shift that keeps exp finite) found wherever it sits: each row has
+    one logit far above the rest (past exp's overflow: 100 for float32, 800 for float64), at
+    another column -- every lane of the first 16-lane blocks, the last block, the tail -- the
+    rest near -1e4; a wrong maximum overflows exp. A NaN anywhere in a row makes that row NaN and
+    leaves the others' bits alone."""
+    cols = sorted({*range(min(C, 40)), *(c for c in (C - 17, C - 16, C - 2, C - 1) if c >= 0)})
+    N = len(cols)
+    base = (-1e4 + 50.0 * np.arange(C) / C).astype(dtype)
+    logits = np.tile(base, (N, 1))
+    logits[np.arange(N), cols] = base.max() + (100.0 if dtype == np.float32 else 800.0)
+    target = np.array([(c + 3) % C for c in cols])
+    probs = np.empty_like(logits)
+    loss = E.softmax_cross_entropy_forward(logits, target, probs, 0.1, backend=backend)
+    ref_loss, ref_probs, _ = xent_ref(logits, target, 0.1)
+    assert np.isfinite(loss) and np.isfinite(probs).all()
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    np.testing.assert_allclose(probs, ref_probs, rtol=1e-5, atol=1e-30)
+    bad = logits.copy()
+    bad[0, 0] = bad[1, C // 2] = bad[2, C - 1] = np.nan   # first lane, a middle block, the end
+    E.softmax_cross_entropy_forward(bad, target, probs, 0.0, backend=backend)
+    assert np.isnan(probs[:3]).all()
+    clean = np.empty_like(probs[3:])
+    E.softmax_cross_entropy_forward(logits[3:], target[3:], clean, 0.0, backend=backend)
+    np.testing.assert_array_equal(probs[3:], clean)
+
+
 def test_softmax_xent_in_place_and_grad_scale(backend, dtype, rng):
     logits = rng.standard_normal((7, 33)).astype(dtype)
     target = rng.integers(0, 33, 7)

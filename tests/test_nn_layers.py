@@ -5,6 +5,7 @@ of the kernels (plain NumPy, float64).
 """
 import numpy as np
 import pytest
+from reference import assert_model_gradients_match_central_differences
 
 import fastreg as fr
 from fastreg import nn
@@ -325,26 +326,8 @@ def test_whole_model_backward_matches_finite_differences(rng):
     loss_at()
     model.zero_grad()
     dx = model.backward(loss_fn.backward()).copy()
-    h = 1e-6
-    for name, p in model.named_parameters():
-        flat, gflat = p.data.reshape(-1), p.grad.reshape(-1)
-        for i in rng.choice(flat.size, size=min(4, flat.size), replace=False):
-            old = flat[i]
-            flat[i] = old + h
-            lp = loss_at()
-            flat[i] = old - h
-            lm = loss_at()
-            flat[i] = old
-            np.testing.assert_allclose(gflat[i], (lp - lm) / (2 * h), rtol=1e-5, atol=1e-8,
-                                       err_msg=name)
-    for idx in [(0, 0), (3, 2), (8, 5)]:
-        old = x[idx]
-        x[idx] = old + h
-        lp = loss_at()
-        x[idx] = old - h
-        lm = loss_at()
-        x[idx] = old
-        np.testing.assert_allclose(dx[idx], (lp - lm) / (2 * h), rtol=1e-5, atol=1e-8)
+    assert_model_gradients_match_central_differences(loss_at, model, x, dx, rng, per_param=4,
+                                                     x_indices=[(0, 0), (3, 2), (8, 5)])
 
 
 # ---------------------------------------------------------------------------------------------

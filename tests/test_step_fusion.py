@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from reference import act as ref_act
 from reference import act_grad as ref_act_grad
+from reference import assert_model_gradients_match_central_differences
 
 import fastreg as fr
 from fastreg import nn
@@ -587,26 +588,8 @@ def test_sequential_input_grad_fusion_matches_finite_differences():
     model.zero_grad()
     dx = model.backward(loss_fn.backward()).copy()
     assert model[9]._cache[0] == "relu"      # the ReLU -> Dropout pair fused
-    h = 1e-6
-    for name, p in model.named_parameters():
-        flat, gflat = p.data.reshape(-1), p.grad.reshape(-1)
-        for i in rng.choice(flat.size, size=min(5, flat.size), replace=False):
-            old = flat[i]
-            flat[i] = old + h
-            lp = loss_at()
-            flat[i] = old - h
-            lm = loss_at()
-            flat[i] = old
-            np.testing.assert_allclose(gflat[i], (lp - lm) / (2 * h), rtol=1e-5, atol=1e-8,
-                                       err_msg=name)
-    for idx in [(0, 0), (5, 2), (10, 4)]:
-        old = x[idx]
-        x[idx] = old + h
-        lp = loss_at()
-        x[idx] = old - h
-        lm = loss_at()
-        x[idx] = old
-        np.testing.assert_allclose(dx[idx], (lp - lm) / (2 * h), rtol=1e-5, atol=1e-8)
+    assert_model_gradients_match_central_differences(loss_at, model, x, dx, rng, per_param=5,
+                                                     x_indices=[(0, 0), (5, 2), (10, 4)])
 
 
 def test_sequential_under_autocast_keeps_the_separate_pass_and_its_bits(monkeypatch):

@@ -150,6 +150,14 @@ static inline double fr_tanh(double x)
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
+/* the loop itself: the portable builds' path, and what the AVX2 code must equal */
+#define FR_XENT_PASS1_LOOP(T)                                                                 \
+    for (int64_t c = 0; c < cv; c += 16)                                                      \
+        for (int j = 0; j < 16; ++j) {                                                        \
+            T v = l[c + j];                                                                   \
+            mx[j] = v > mx[j] ? v : mx[j];                                                    \
+            ls[j] += v;                                                                       \
+        }
 static inline void fr_xent_pass1_f32(const float *l, int64_t cv, float *mx, float *ls)
 {
 #if defined(__AVX2__)
@@ -165,12 +173,7 @@ static inline void fr_xent_pass1_f32(const float *l, int64_t cv, float *mx, floa
     _mm256_storeu_ps(mx, m0); _mm256_storeu_ps(mx + 8, m1);
     _mm256_storeu_ps(ls, s0); _mm256_storeu_ps(ls + 8, s1);
 #else
-    for (int64_t c = 0; c < cv; c += 16)
-        for (int j = 0; j < 16; ++j) {
-            float v = l[c + j];
-            mx[j] = v > mx[j] ? v : mx[j];
-            ls[j] += v;
-        }
+    FR_XENT_PASS1_LOOP(float);
 #endif
 }
 
@@ -187,12 +190,7 @@ static inline void fr_xent_pass1_f64(const double *l, int64_t cv, double *mx, do
         }
     for (int q = 0; q < 4; ++q) { _mm256_storeu_pd(mx + 4 * q, m[q]); _mm256_storeu_pd(ls + 4 * q, s[q]); }
 #else
-    for (int64_t c = 0; c < cv; c += 16)
-        for (int j = 0; j < 16; ++j) {
-            double v = l[c + j];
-            mx[j] = v > mx[j] ? v : mx[j];
-            ls[j] += v;
-        }
+    FR_XENT_PASS1_LOOP(double);
 #endif
 }
 

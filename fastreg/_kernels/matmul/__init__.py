@@ -121,6 +121,24 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, o
     return run_linear_forward(x, weight, bias, out, act, slope, dev, backend)
 
 
+def _check_input_grad_args(dy, weight, dx) -> tuple:
+    """The checks of dx = dy @ weight: dtype, ndim, matching shapes and sizes, a writeable dx."""
+    dt = float_dtype("dy", dy)
+    check_array("dy", dy, ndim=2)
+    check_array("weight", weight, dtype=dt, ndim=2)
+    N, M = dy.shape
+    K = weight.shape[1]
+    if weight.shape[0] != M:
+        raise ValueError(f"dy and weight shapes do not match: dy {dy.shape} needs weight "
+                         f"({M}, K), got weight {weight.shape}")
+    check_array("dx", dx, dtype=dt, ndim=2, writeable=True)
+    if dx.shape != (N, K):
+        raise ValueError(f"dx must have shape (N, K) = ({N}, {K}) for dy {dy.shape} and weight "
+                         f"{weight.shape}, got dx {dx.shape}")
+    _check_dims(N, K, M)
+    return dt, N, K
+
+
 def linear_backward_input(dy: np.ndarray, weight: np.ndarray, dx: np.ndarray,
                           backend: str | None = None) -> np.ndarray:
     r"""Gradient of a linear layer w.r.t. its input: ``dx = dy @ weight`` (overwrites ``dx``).
@@ -141,19 +159,7 @@ def linear_backward_input(dy: np.ndarray, weight: np.ndarray, dx: np.ndarray,
     -------
     dx : ndarray
     """
-    dt = float_dtype("dy", dy)
-    check_array("dy", dy, ndim=2)
-    check_array("weight", weight, dtype=dt, ndim=2)
-    N, M = dy.shape
-    K = weight.shape[1]
-    if weight.shape[0] != M:
-        raise ValueError(f"dy and weight shapes do not match: dy {dy.shape} needs weight "
-                         f"({M}, K), got weight {weight.shape}")
-    check_array("dx", dx, dtype=dt, ndim=2, writeable=True)
-    if dx.shape != (N, K):
-        raise ValueError(f"dx must have shape (N, K) = ({N}, {K}) for dy {dy.shape} and weight "
-                         f"{weight.shape}, got dx {dx.shape}")
-    _check_dims(N, K, M)
+    _check_input_grad_args(dy, weight, dx)
     dev = _on_device(dy=dy, weight=weight, dx=dx)
     _check_outputs_apart({"dx": dx}, {"dy": dy, "weight": weight})
     return run_linear_backward_input(dy, weight, dx, dev, backend)
@@ -205,18 +211,7 @@ def linear_backward_input_act(dy: np.ndarray, weight: np.ndarray, dx: np.ndarray
     -------
     dx : ndarray
     """
-    dt = float_dtype("dy", dy)
-    check_array("dy", dy, ndim=2)
-    check_array("weight", weight, dtype=dt, ndim=2)
-    N, M = dy.shape
-    K = weight.shape[1]
-    if weight.shape[0] != M:
-        raise ValueError(f"dy and weight shapes do not match: dy {dy.shape} needs weight "
-                         f"({M}, K), got weight {weight.shape}")
-    check_array("dx", dx, dtype=dt, ndim=2, writeable=True)
-    if dx.shape != (N, K):
-        raise ValueError(f"dx must have shape (N, K) = ({N}, {K}) for dy {dy.shape} and weight "
-                         f"{weight.shape}, got dx {dx.shape}")
+    dt, N, K = _check_input_grad_args(dy, weight, dx)
     check_array("act_out", act_out, dtype=dt, shape=(N, K))
     if isinstance(activation, str) and activation.lower() in GRAD_CODES:
         code = GRAD_CODES[activation.lower()]
@@ -230,7 +225,6 @@ def linear_backward_input_act(dy: np.ndarray, weight: np.ndarray, dx: np.ndarray
     scale = check_scalar("scale", scale)
     if code == GRAD_RELU_DROPOUT and not scale >= 1.0:
         raise ValueError(f"scale must be >= 1 for relu_dropout (1/(1-p) or 1), got {scale!r}")
-    _check_dims(N, K, M)
     dev = _on_device(dy=dy, weight=weight, dx=dx, act_out=act_out)
     _check_outputs_apart({"dx": dx}, {"dy": dy, "weight": weight, "act_out": act_out})
     return run_linear_backward_input_act(dy, weight, dx, act_out, code, slope, scale, dev, backend)
